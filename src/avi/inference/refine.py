@@ -1,0 +1,82 @@
+"""Inference for new data with the model fixed: per-datapoint optimisation or one encoder pass."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from avi.encoders.amortized import AmortizedPosterior
+from avi.errors import ConfigError
+from avi.families import Family
+from avi.inference.local import LocalPosterior
+from avi.models.base import LatentVariableModel
+from avi.objectives.select import Objective, make_objective
+
+__all__ = ["infer", "refine_params"]
+
+
+def refine_params(
+    model: LatentVariableModel,
+    family: Family,
+    x: Tensor,
+    initial: Tensor,
+    *,
+    steps: int,
+    lr: float = 1e-2,
+    objective: Objective | None = None,
+    batch_size: int = 10_000,
+) -> Tensor:
+    """Maximise sum_i objective(model, family(lambda_i), x_i) over lambda: (N, P), model fixed.
+
+    All points of a chunk of ``batch_size`` are optimised together as one tensor by Adam, whose
+    learning rate follows a cosine decay to 0 over ``steps`` so that the stochastic iterates
+    settle at the optimum. Gradients are taken with respect to lambda only.
+    """
+    if steps < 0:
+        raise ConfigError(f"steps must be non-negative, got {steps}")
+    objective = objective or make_objective("elbo")
+    out = initial.detach().clone()
+    for start in range(0, x.shape[0], batch_size):
+        params = out[start : start + batch_size].clone().requires_grad_(True)
+        x_chunk = x[start : start + batch_size]
+        optimizer = torch.optim.Adam([params], lr=lr)
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss = -objective(model, family(params), x_chunk).value.sum()
+            (grad,) = torch.autograd.grad(loss, [params])
+            params.grad = grad
+            optimizer.step()
+        out[start : start + batch_size] = params.detach()
+    return out
+
+
+def infer(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    x: Tensor,
+    *,
+    steps: int = 500,
+    lr: float = 1e-2,
+    objective: Objective | None = None,
+    init_from: AmortizedPosterior | None = None,
+) -> nn.Module:
+    """A posterior for the new points x (B, D) with the model fixed, indexed 0..B-1.
+
+    An amortized posterior is returned as it is: inference is one forward pass. A per-datapoint
+    posterior gets a fresh table for x, started at the prior-like initial value (or at
+    ``init_from``'s output) and optimised for ``steps`` steps (:func:`refine_params`).
+    """
+    if isinstance(posterior, AmortizedPosterior) and init_from is None:
+        return posterior
+    family = posterior.family
+    with torch.no_grad():
+        initial = (
+            init_from.params(x)
+            if init_from is not None
+            else family.initial_params(x.shape[0]).to(device=x.device, dtype=x.dtype)
+        )
+    params = refine_params(model, family, x, initial, steps=steps, lr=lr, objective=objective)
+    return LocalPosterior(x.shape[0], family, initial=params)

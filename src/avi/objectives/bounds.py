@@ -1,0 +1,88 @@
+"""Variational bounds on log p(x), returned per data point.
+
+All functions take a model with ``prior()`` and ``likelihood(z)``, a variational distribution q
+with batch shape (B,) and event shape (K,), and data x: (B, D); they return tensors of shape (B,).
+Gradients flow through ``q.rsample`` (the reparameterisation estimator).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, kl_divergence
+
+from avi.errors import ConfigError
+from avi.models.base import LatentVariableModel
+
+__all__ = ["Terms", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights"]
+
+
+class Terms(NamedTuple):
+    """A bound and the two ELBO terms behind it, each (B,).
+
+    ``value`` is what is maximised; ``reconstruction`` estimates E_q[log p(x|z)] and ``kl``
+    KL(q || p(z)), so that the ELBO is ``reconstruction - kl``.
+    """
+
+    value: Tensor
+    reconstruction: Tensor
+    kl: Tensor
+
+
+def _check_count(name: str, n: int) -> None:
+    if n < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {n}")
+
+
+def log_weights(model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw z_s ~ q by reparameterisation and return (log p(x|z), log p(z), log q(z)), each (S, B)."""
+    z = q.rsample((num_samples,))
+    return model.likelihood(z).log_prob(x), model.prior().log_prob(z), q.log_prob(z)
+
+
+def elbo_terms(
+    model: LatentVariableModel, q: Distribution, x: Tensor, *, num_samples: int = 1, analytic_kl: bool = False
+) -> Terms:
+    """ELBO(x) = E_q[log p(x|z)] - KL(q || p(z)), estimated with S reparameterised samples.
+
+    With ``analytic_kl`` the KL is exact (``torch.distributions.kl_divergence``) and only the
+    reconstruction term is estimated (Kingma and Welling 2014, estimator B); otherwise both terms
+    use the same samples (estimator A).
+    """
+    _check_count("num_samples", num_samples)
+    if analytic_kl:
+        z = q.rsample((num_samples,))
+        reconstruction = model.likelihood(z).log_prob(x).mean(0)
+        kl = kl_divergence(q, model.prior())
+    else:
+        log_lik, log_prior, log_q = log_weights(model, q, x, num_samples)
+        reconstruction = log_lik.mean(0)
+        kl = (log_q - log_prior).mean(0)
+    return Terms(reconstruction - kl, reconstruction, kl)
+
+
+def elbo(
+    model: LatentVariableModel, q: Distribution, x: Tensor, *, num_samples: int = 1, analytic_kl: bool = False
+) -> Tensor:
+    """The ELBO per data point, (B,); see :func:`elbo_terms`."""
+    return elbo_terms(model, q, x, num_samples=num_samples, analytic_kl=analytic_kl).value
+
+
+def iwae_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int) -> Terms:
+    """IWAE bound L_k(x) = E[log (1/k) sum_i p(x, z_i) / q(z_i)], z_i ~ q (Burda et al. 2016).
+
+    L_1 is the ELBO and L_k increases to log p(x) as k grows. The reconstruction and KL terms
+    are the single-sample ELBO terms averaged over the same k samples.
+    """
+    _check_count("k", k)
+    log_lik, log_prior, log_q = log_weights(model, q, x, k)
+    value = torch.logsumexp(log_lik + log_prior - log_q, dim=0) - math.log(k)
+    return Terms(value, log_lik.mean(0), (log_q - log_prior).mean(0))
+
+
+def iwae_bound(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int) -> Tensor:
+    """The IWAE bound per data point, (B,); see :func:`iwae_terms`."""
+    return iwae_terms(model, q, x, k=k).value
