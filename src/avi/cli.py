@@ -1,0 +1,179 @@
+"""The ``avi`` command: a thin layer over :mod:`avi.runs`.
+
+Every input error is printed as one line on standard error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from torch import Tensor
+
+from avi.errors import AviError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Amortized variational inference: fit and evaluate latent-variable models.")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def fit(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config file; flags override it.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: vae, ppca or factor-analysis.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Architecture preset: kingma-welling or burda-1l.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="mnist, synthetic, or a .npy/.npz/.csv file.")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help="Latent dimension K.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="amortized or per-datapoint.")] = None,
+    family: Annotated[Optional[str], typer.Option(help="mean-field or full-rank.")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="elbo or iwae.")] = None,
+    k: Annotated[Optional[int], typer.Option(help="Samples of the IWAE training bound.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    subset: Annotated[Optional[int], typer.Option(help="Train on the first N training points only.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
+) -> None:
+    """Train a model and its posterior; write config, metrics, checkpoint and summary to a run directory."""
+    from avi.runs.config import load_config
+    from avi.runs.train import run_fit
+
+    try:
+        if resume is not None:
+            given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
+                     "strategy": strategy, "family": family, "objective": objective, "k": k, "batch_size": batch_size,
+                     "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
+            changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
+            if changed:
+                _fail(f"--resume continues a run as configured; it cannot change --{', --'.join(changed)} (only --epochs)")
+            settings = None
+        else:
+            settings = load_config(
+                config,
+                {
+                    "model": {"name": model, "preset": preset, "latent_dim": latent_dim},
+                    "data": {"source": data, "subset": subset},
+                    "inference": {"strategy": strategy, "family": family},
+                    "objective": {"name": objective, "k": k},
+                    "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
+                },
+            )
+        with _TrainingProgress() as progress:
+            run_dir = run_fit(
+                settings,
+                resume if resume is not None else out,
+                resume=resume is not None,
+                epochs=epochs if resume is not None else None,
+                progress=progress.update,
+                on_epoch=progress.epoch_done,
+            )
+    except AviError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        console.print("interrupted: the last finished epoch is saved; continue with [bold]avi fit --resume RUN_DIR[/]")
+        raise typer.Exit(130) from None
+    console.print(f"run directory: [bold]{run_dir}[/]  (next: avi evaluate {run_dir})", highlight=False)
+    print(run_dir)
+
+
+class _TrainingProgress:
+    """A rich progress bar per epoch: step, running objective, examples per second."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("objective {task.fields[objective]:>9}"),
+            TextColumn("{task.fields[rate]:>8} ex/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task: Any = None
+        self.epoch = 0
+        self.last = 0.0
+        self.started = 0.0
+
+    def __enter__(self) -> _TrainingProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, epoch: int, done: int, total: int, sums: Tensor) -> None:
+        now = time.perf_counter()
+        if epoch != self.epoch:
+            self.epoch, self.started = epoch, now
+            self.task = self.progress.add_task("", total=total, epoch=epoch, objective="", rate="")
+        elif now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        # one host read per refresh, not per step
+        self.progress.update(self.task, completed=done, objective=f"{sums[0].item() / done:.2f}", rate=f"{rate:,.0f}")
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        self.progress.console.print(
+            f"epoch {row['epoch']:>3}  train ELBO {row['train_elbo']:9.2f}  KL {row['train_kl']:7.2f}  "
+            f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s",
+            highlight=False,
+        )
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by avi fit.")],
+    data: Annotated[Optional[Path], typer.Option(help="Evaluate on this .npy/.npz/.csv file instead of the test split.")] = None,
+    k: Annotated[Optional[int], typer.Option(help="Importance samples per point (default: the run's evaluate.k, 5000).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
+) -> None:
+    """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run."""
+    from avi.runs.evaluate import run_evaluate
+
+    try:
+        with Progress(
+            TextColumn("importance sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("", total=None)
+            result = run_evaluate(run_dir, data=data, k=k, on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+    except AviError as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{run_dir} on {result['data']} ({result['n']} points)", show_header=True)
+    table.add_column("metric")
+    table.add_column("nats per point", justify="right")
+    table.add_row("ELBO", f"{result['elbo']:.2f}")
+    table.add_row("  reconstruction", f"{result['reconstruction']:.2f}")
+    table.add_row("  KL", f"{result['kl']:.2f}")
+    table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}")
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point of the ``avi`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""From a config to objects: data splits, the model, the posterior, the objective."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from avi.data.dataset import Dataset, Splits
+from avi.data.files import load_array_file
+from avi.data.mnist import load_mnist
+from avi.encoders.amortized import AmortizedPosterior, mlp_encoder
+from avi.errors import DataError
+from avi.families import make_family
+from avi.inference.local import LocalPosterior
+from avi.models import LatentVariableModel, LinearGaussian, VAEModel
+from avi.objectives.select import Objective, make_objective
+from avi.runs.config import Config
+
+__all__ = ["build_model", "build_objective", "build_posterior", "load_splits", "prepare_data"]
+
+
+def build_model(config: Config, data_dim: int) -> LatentVariableModel:
+    """The model named in ``config.model`` over data of dimension ``data_dim``."""
+    m = config.model
+    if m.name == "vae":
+        return VAEModel(data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood)
+    return LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")
+
+
+def build_posterior(config: Config, data_dim: int, n_train: int) -> nn.Module:
+    """An amortized posterior (MLP encoder; mirrored decoder sizes by default) or a per-datapoint table."""
+    family = make_family(config.inference.family, config.model.latent_dim)
+    if config.inference.strategy == "per-datapoint":
+        return LocalPosterior(n_train, family)
+    hidden = config.inference.encoder_hidden
+    if hidden is None:
+        hidden = list(reversed(config.model.hidden)) if config.model.name == "vae" else []
+    return AmortizedPosterior(mlp_encoder(data_dim, hidden, family.param_size, config.model.activation), family)
+
+
+def build_objective(config: Config) -> Objective:
+    o = config.objective
+    return make_objective(o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl)
+
+
+def prepare_data(x: np.ndarray | torch.Tensor, config: Config, name: str = "data") -> Dataset:
+    """Turn raw observations into a :class:`Dataset` as the config says (binarisation included).
+
+    Raises :class:`DataError` for NaN/inf, or for values that cannot be binarised.
+    """
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if not torch.isfinite(x).all():
+        raise DataError(f"{name} contains NaN or infinite values")
+    mode = config.data.binarize
+    if mode in ("dynamic", "static") and ((x < 0) | (x > 1)).any():
+        raise DataError(f"{name} has values outside [0, 1], which cannot be binarised (scale it to [0, 1])")
+    dataset = Dataset(x, dynamic=mode != "none")
+    return dataset.binarized(config.data.seed) if mode == "static" else dataset
+
+
+def _split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    held = int(round(n * fraction))
+    return order[held:], order[:held]
+
+
+def load_splits(config: Config) -> Splits:
+    """Training, validation and test data from ``config.data``; evaluation splits get one fixed
+    binarisation (seed ``data.seed + 1``) so that their scores are reproducible."""
+    d = config.data
+    generator = torch.Generator().manual_seed(d.seed)
+    labels = None
+    if d.source == "mnist":
+        mnist = load_mnist()
+        x_all = torch.from_numpy(mnist["train"][0]).float() / 255
+        labels = torch.from_numpy(mnist["train"][1])
+        x_test = torch.from_numpy(mnist["test"][0]).float() / 255
+        y_test = torch.from_numpy(mnist["test"][1])
+    else:
+        if d.source == "synthetic":
+            truth = build_model(config, d.synthetic_dim)
+            x_all = truth.sample(d.synthetic_points, generator)[0]
+        else:
+            x_np, y_np = load_array_file(d.source)
+            x_all = torch.as_tensor(x_np, dtype=torch.float32)
+            labels = None if y_np is None else torch.as_tensor(y_np)
+        keep, test_index = _split(x_all.shape[0], d.test_fraction, generator)
+        x_test, y_test = x_all[test_index], None if labels is None else labels[test_index]
+        x_all, labels = x_all[keep], None if labels is None else labels[keep]
+    train_index, val_index = _split(x_all.shape[0], d.validation_fraction, generator)
+    if d.subset is not None:
+        train_index = train_index[: d.subset]
+    if train_index.numel() == 0:
+        raise DataError(f"no training points left from {x_all.shape[0]} after the validation and test splits")
+
+    def make(x: torch.Tensor, y: torch.Tensor | None, name: str, evaluation: bool) -> Dataset:
+        dataset = prepare_data(x, config, name)
+        dataset = Dataset(dataset.x, y, dataset.dynamic)
+        return dataset.binarized(d.seed + 1) if evaluation else dataset
+
+    pick = (lambda i: None) if labels is None else (lambda i: labels[i])
+    return Splits(
+        make(x_all[train_index], pick(train_index), "training data", False),
+        make(x_all[val_index], pick(val_index), "validation data", True),
+        make(x_test, y_test, "test data", True),
+    )

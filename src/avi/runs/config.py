@@ -1,0 +1,164 @@
+"""Run configuration: validated by pydantic, read from TOML, overridden by flags, filled by presets.
+
+A config is nested sections (``model``, ``data``, ``inference``, ``objective``, ``train``,
+``evaluate``). Unknown keys, presets and options are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from avi.errors import ConfigError
+
+__all__ = ["PRESETS", "Config", "load_config", "resolve_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The generative model: ``vae`` (MLP decoder), ``ppca`` or ``factor-analysis``."""
+
+    name: Literal["vae", "ppca", "factor-analysis"] = "vae"
+    preset: str | None = None
+    latent_dim: int = Field(20, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [400])
+    activation: Literal["relu", "tanh", "elu", "softplus"] = "relu"
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+
+
+class DataConfig(_Section):
+    """Where data comes from: ``mnist`` (bundled), ``synthetic`` (the model's sampler) or a file path.
+
+    ``binarize`` applies to Bernoulli models only (default ``dynamic``). MNIST keeps its 10,000
+    test images; other sources hold out ``test_fraction``. ``validation_fraction`` of the rest
+    is held out for validation.
+    """
+
+    source: str = "mnist"
+    binarize: Literal["dynamic", "static", "none"] | None = None
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    subset: int | None = Field(None, ge=1)
+    synthetic_points: int = Field(10_000, ge=2)
+    synthetic_dim: int = Field(784, ge=1)
+    seed: int = 0
+
+
+class InferenceConfig(_Section):
+    """The inference strategy and variational family."""
+
+    strategy: Literal["amortized", "per-datapoint"] = "amortized"
+    family: Literal["mean-field", "full-rank"] = "mean-field"
+    encoder_hidden: list[int] | None = None
+    local_lr: float = Field(1e-2, gt=0)
+    infer_steps: int = Field(500, ge=0)
+    validation_steps: int = Field(50, ge=0)
+
+
+class ObjectiveConfig(_Section):
+    """The training bound: ``elbo`` with ``num_samples`` samples, or ``iwae`` with ``k``."""
+
+    name: Literal["elbo", "iwae"] = "elbo"
+    num_samples: int = Field(1, ge=1)
+    k: int = Field(5, ge=1)
+    analytic_kl: bool = True
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)
+
+
+class EvaluateConfig(_Section):
+    """Importance-sampled log-likelihood: k samples per point, ``chunk_size`` at a time."""
+
+    k: int = Field(5000, ge=1)
+    batch_size: int = Field(100, ge=1)
+    chunk_size: int = Field(500, ge=1)
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        bernoulli = self.model.name == "vae" and self.model.likelihood == "bernoulli"
+        if self.data.binarize is None:
+            self.data.binarize = "dynamic" if bernoulli else "none"
+        elif self.data.binarize != "none" and not bernoulli:
+            raise ValueError(f"data.binarize={self.data.binarize!r} needs a Bernoulli likelihood; use 'none'")
+        return self
+
+
+#: Named architectures: model fields (and the encoder mirrored from the decoder).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The 784-400-20 MLP VAE of Kingma and Welling (2014) as in the PyTorch examples.
+    "kingma-welling": {"latent_dim": 20, "hidden": [400], "activation": "relu"},
+    # Burda, Grosse and Salakhutdinov (2016), one stochastic layer: 784-200-200-50, tanh.
+    "burda-1l": {"latent_dim": 50, "hidden": [200, 200], "activation": "tanh"},
+}
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {where!r}"
+    if first["type"] == "literal_error":
+        return f"invalid value {first['input']!r} for {where}: {first['msg'].lower()}"
+    if where == "config":
+        return first["msg"].removeprefix("Value error, ")
+    return f"invalid value for {where}: {first['msg']}"
+
+
+def resolve_config(values: dict[str, Any]) -> Config:
+    """Validate nested ``values`` and fill model fields the user left unset from the preset."""
+    try:
+        config = Config.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+    preset = config.model.preset
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        if config.model.name != "vae":
+            raise ConfigError(f"preset {preset!r} is a VAE architecture; it does not apply to model {config.model.name!r}")
+        explicit = set(values.get("model", {}))
+        for key, value in PRESETS[preset].items():
+            if key not in explicit:
+                setattr(config.model, key, value)
+    return config
+
+
+def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read a TOML config (or start from defaults), apply ``overrides`` section by section, resolve."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot parse config file {path}: {err}") from None
+    for section, entries in (overrides or {}).items():
+        current = values.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"config key {section!r} must be a table")
+        current.update({k: v for k, v in entries.items() if v is not None})
+    return resolve_config(values)

@@ -1,0 +1,89 @@
+"""``avi evaluate``: test ELBO and importance-sampled log-likelihood of a trained run."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from avi.data.files import load_array_file
+from avi.encoders.amortized import AmortizedPosterior
+from avi.errors import ConfigError
+from avi.evaluation.bounds import elbo_per_point, log_likelihood
+from avi.inference.refine import infer
+from avi.runs.build import prepare_data
+from avi.runs.rundir import EVALUATION, write_json
+from avi.runs.train import load_trained
+
+__all__ = ["run_evaluate"]
+
+
+def run_evaluate(
+    run_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    k: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run on its test split (or on the file ``data``): mean ELBO, reconstruction,
+    KL and the IWAE-k estimate of log p(x) per point, in nats. A per-datapoint run first infers
+    posteriors for the points with the model fixed (``inference.infer_steps`` steps).
+
+    ``on_batch(done, total)`` reports progress of the importance sampling.
+    """
+    run = load_trained(run_dir)
+    config = run.config
+    k = config.evaluate.k if k is None else k
+    if k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k}")
+    if data is None:
+        test = run.splits.test
+        source = "test split"
+    else:
+        x, _ = load_array_file(data)
+        test = prepare_data(x, config, f"data file {data}").binarized(config.data.seed + 1)
+        run.model.check_data(test.x, f"data file {data}")
+        source = str(data)
+    x = test.x.to(run.device)
+    started = time.perf_counter()
+    posterior = run.posterior
+    if not isinstance(posterior, AmortizedPosterior):
+        posterior = infer(run.model, posterior, x, steps=config.inference.infer_steps, lr=config.inference.local_lr)
+    inference_seconds = time.perf_counter() - started
+    elbo, reconstruction, kl = elbo_per_point(run.model, posterior, x)
+    done = 0
+
+    def report(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_batch is not None:
+            on_batch(done, x.shape[0])
+
+    ll = log_likelihood(
+        run.model,
+        posterior,
+        x,
+        k=k,
+        batch_size=config.evaluate.batch_size,
+        chunk_size=config.evaluate.chunk_size,
+        on_batch=report,
+    )
+    n = x.shape[0]
+    result = {
+        "n": n,
+        "data": source,
+        "elbo": elbo.mean().item(),
+        "reconstruction": reconstruction.mean().item(),
+        "kl": kl.mean().item(),
+        "log_likelihood": ll.value.mean().item(),
+        "log_likelihood_stderr": math.sqrt(ll.stderr.pow(2).sum().item()) / n,
+        "k": k,
+        "strategy": config.inference.strategy,
+        "inference_seconds": inference_seconds,
+        "seconds": time.perf_counter() - started,
+    }
+    if data is None:
+        write_json(Path(run_dir) / EVALUATION, result)
+    return result

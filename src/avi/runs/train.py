@@ -1,0 +1,248 @@
+"""``avi fit``: train from a config into a run directory, with checkpoints and resume."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from avi.data.dataset import Dataset
+from avi.errors import ConfigError, RunError
+from avi.evaluation.bounds import elbo_per_point
+from avi.inference.fit import EpochStats, make_optimizers, train_epoch
+from avi.inference.local import LocalPosterior
+from avi.inference.refine import refine_params
+from avi.models.base import LatentVariableModel
+from avi.runs import distributed
+from avi.runs.build import build_model, build_objective, build_posterior, load_splits
+from avi.runs.config import Config
+from avi.runs.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    read_config,
+    require_run,
+    write_checkpoint,
+    write_json,
+    write_metrics,
+)
+
+__all__ = ["ProgressHook", "TrainedRun", "default_run_dir", "load_trained", "resolve_device", "run_fit"]
+
+#: called as hook(epoch, examples_done, examples_total, running_objective_sums) on the main rank
+ProgressHook = Callable[[int, int, int, Tensor], None]
+
+
+@dataclass
+class TrainedRun:
+    """A run's objects, as built from its config and restored from its checkpoint."""
+
+    config: Config
+    model: LatentVariableModel
+    posterior: nn.Module
+    splits: Any
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda[:i]`` or ``auto`` (CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use 'cpu', 'cuda' or 'auto'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
+    return device
+
+
+def default_run_dir(config: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.model.name}-{config.inference.strategy}"
+
+
+def _build(config: Config) -> TrainedRun:
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    splits = load_splits(config)
+    model = build_model(config, splits.train.dim)
+    for name, split in zip(("training", "validation", "test"), splits):
+        if len(split) and not split.dynamic:
+            model.check_data(split.x, f"{name} data")
+    posterior = build_posterior(config, splits.train.dim, len(splits.train))
+    return TrainedRun(config, model.to(device), posterior.to(device), splits, device)
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    """Rebuild a run's model and posterior and load the weights of its last checkpoint."""
+    run_dir = require_run(run_dir)
+    run = _build(read_config(run_dir))
+    state = _load_state(run_dir / CHECKPOINT)
+    try:
+        run.model.load_state_dict(state["model"])
+        run.posterior.load_state_dict(state["posterior"])
+    except RuntimeError as err:
+        raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
+    return run
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: say which, in one line
+        raise RunError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def _validate(run: TrainedRun, validation_params: Tensor | None) -> tuple[dict[str, float], Tensor | None]:
+    """Validation ELBO terms; a per-datapoint run first refines its validation table (warm start)."""
+    data = run.splits.validation
+    if len(data) == 0:
+        return {"val_elbo": float("nan"), "val_reconstruction": float("nan"), "val_kl": float("nan")}, None
+    posterior = run.posterior
+    if isinstance(posterior, LocalPosterior):
+        if validation_params is None:
+            validation_params = posterior.family.initial_params(len(data)).to(run.device)
+        validation_params = refine_params(
+            run.model,
+            posterior.family,
+            data.x,
+            validation_params,
+            steps=run.config.inference.validation_steps,
+            lr=run.config.inference.local_lr,
+        )
+        posterior = LocalPosterior(len(data), posterior.family, initial=validation_params)
+    value, reconstruction, kl = elbo_per_point(run.model, posterior, data)
+    return (
+        {"val_elbo": value.mean().item(), "val_reconstruction": reconstruction.mean().item(), "val_kl": kl.mean().item()},
+        validation_params,
+    )
+
+
+def _row(epoch: int, stats: EpochStats, val: dict[str, float], wall: float) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "train_objective": stats.objective,
+        "train_elbo": stats.elbo,
+        "train_reconstruction": stats.reconstruction,
+        "train_kl": stats.kl,
+        **val,
+        "epoch_seconds": stats.seconds,
+        "examples_per_second": stats.examples / stats.seconds if stats.seconds > 0 else float("nan"),
+        "wall_seconds": wall,
+    }
+
+
+def run_fit(
+    config: Config | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: ProgressHook | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
+    """Train as ``config`` says into ``run_dir``, checkpointing after every epoch.
+
+    With ``resume=True`` the config is read from ``run_dir`` and training continues after the
+    last checkpointed epoch (``epochs`` may raise the total). Returns the run directory.
+    """
+    if resume:
+        if run_dir is None:
+            raise ConfigError("resuming needs the run directory")
+        run_dir = require_run(run_dir)
+        config = read_config(run_dir)
+        if epochs is not None:
+            config.train.epochs = epochs
+    else:
+        config = config or Config()
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        if (run_dir / CHECKPOINT).exists():
+            raise RunError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir}")
+    run = _build(config)
+    main = distributed.is_main()
+    generator = torch.Generator().manual_seed(config.train.seed)
+    optimizers = make_optimizers(run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr)
+    rows: list[dict[str, Any]] = []
+    validation_params: Tensor | None = None
+    start_epoch, wall_before = 0, 0.0
+    if resume:
+        state = _load_state(run_dir / CHECKPOINT)
+        run.model.load_state_dict(state["model"])
+        run.posterior.load_state_dict(state["posterior"])
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        rows, start_epoch = state["metrics"], state["epoch"]
+        validation_params = state.get("validation_params")
+        wall_before = rows[-1]["wall_seconds"] if rows else 0.0
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, config.model_dump())
+    if main:
+        write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": config.train.epochs})
+    objective = build_objective(config)
+    started = time.perf_counter()
+    train: Dataset = run.splits.train.to(run.device)
+    for epoch in range(start_epoch + 1, config.train.epochs + 1):
+        hook = None
+        if progress is not None and main:
+            hook = lambda done, sums, e=epoch: progress(e, done, len(train), sums)  # noqa: E731
+        stats = train_epoch(
+            run.model,
+            run.posterior,
+            train,
+            optimizers,
+            objective=objective,
+            batch_size=config.train.batch_size,
+            generator=generator,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+            on_progress=hook,
+        )
+        val, validation_params = _validate(run, validation_params)
+        rows.append(_row(epoch, stats, val, wall_before + time.perf_counter() - started))
+        if main:
+            write_checkpoint(
+                run_dir / CHECKPOINT,
+                {
+                    "model": run.model.state_dict(),
+                    "posterior": run.posterior.state_dict(),
+                    "optimizers": [opt.state_dict() for opt in optimizers],
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "metrics": rows,
+                    "epoch": epoch,
+                    "validation_params": validation_params,
+                },
+            )
+            write_metrics(run_dir / METRICS, rows)
+            write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": epoch, "epochs": config.train.epochs})
+            if on_epoch is not None:
+                on_epoch(rows[-1])
+    if main:
+        final = rows[-1] if rows else {}
+        write_json(
+            run_dir / SUMMARY,
+            {
+                "status": "finished",
+                "epochs_done": len(rows),
+                "epochs": config.train.epochs,
+                "train_elbo": final.get("train_elbo"),
+                "val_elbo": final.get("val_elbo"),
+                "wall_seconds": final.get("wall_seconds", 0.0),
+                "parameters": sum(p.numel() for p in run.model.parameters())
+                + sum(p.numel() for p in run.posterior.parameters()),
+            },
+        )
+    return Path(run_dir)
