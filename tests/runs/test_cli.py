@@ -1,0 +1,150 @@
+"""The command line as a user runs it: fit, evaluate, resume after a kill, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_fit_writes_run_directory_and_evaluate_reports_json(run_avi, small_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fitted = run_avi("fit", str(small_config(3)), "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "summary.json"} <= {p.name for p in run.iterdir()}
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for key in ("train_elbo", "val_elbo", "train_kl", "train_reconstruction", "wall_seconds"):
+        assert np.isfinite(float(rows[-1][key]))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 2 and config["data"]["binarize"] == "dynamic"
+
+    evaluated = run_avi("evaluate", str(run), "--k", "30", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["k"] == 30 and result["n"] == 60
+    # IWAE with k samples bounds log p(x) more tightly than the ELBO (up to MC error, large here).
+    assert result["log_likelihood"] >= result["elbo"] - 0.5
+    assert result["elbo"] == pytest.approx(result["reconstruction"] - result["kl"], abs=1e-3)
+
+
+def test_per_datapoint_strategy_fits_and_evaluates(run_avi, small_config, tmp_path: Path) -> None:
+    run = tmp_path / "local"
+    fitted = run_avi("fit", str(small_config(2)), "--strategy", "per-datapoint", "--family", "full-rank", "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["posterior"]["table"].shape == (486, 2 + 3)  # 600 - 60 test - 54 validation points
+    evaluated = run_avi("evaluate", str(run), "--k", "10", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["strategy"] == "per-datapoint"
+
+
+def test_killed_run_keeps_checkpoint_and_resumes_to_the_same_epoch_count(run_avi, small_config, tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    config = small_config(40)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avi", "fit", str(config), "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        summary = run / "summary.json"
+        if summary.exists() and json.loads(summary.read_text() or "{}").get("epochs_done", 0) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(run / "checkpoint.pt", weights_only=False)  # intact: loads
+    done = state["epoch"]
+    assert 3 <= done < 40
+    assert len(state["metrics"]) == done
+    assert not list(run.glob(".*.tmp"))  # no temporary files left visible as the real ones
+
+    resumed = run_avi("fit", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 41))
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 40
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "--preset", "nope"], "unknown preset 'nope'"),
+        (["fit", "--batch-size", "0"], "train.batch_size"),
+        (["fit", "--strategy", "magic"], "inference.strategy"),
+        (["fit", "--data", "/nonexistent/data.npy"], "does not exist"),
+        (["evaluate", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(run_avi, args: list[str], message: str) -> None:
+    result = run_avi(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_bad_data_files_name_the_problem(run_avi, tmp_path: Path) -> None:
+    nan = tmp_path / "nan.npy"
+    x = np.random.default_rng(0).random((50, 6))
+    x[3, 2] = np.nan
+    np.save(nan, x)
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.random.default_rng(0).integers(0, 2, (50, 6)).astype(float) * 3)
+    unreadable = tmp_path / "broken.npz"
+    unreadable.write_bytes(b"not a zip archive")
+    config = tmp_path / "bad.toml"
+    config.write_text("[model]\nlatent_dim = 2\nhidden = [8]\ncolour = 'red'\n")
+    cases = [
+        (["fit", "--data", str(nan)], "NaN or infinite"),
+        (["fit", "--data", str(wide)], "outside [0, 1]"),
+        (["fit", "--data", str(unreadable)], "cannot read data file"),
+        (["fit", str(config)], "unknown config key 'model.colour'"),
+        (["fit", str(tmp_path / "none.toml")], "config file"),
+    ]
+    for args, message in cases:
+        result = run_avi(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+
+
+def test_evaluate_rejects_data_of_the_wrong_dimension_and_bad_k(run_avi, small_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_avi("fit", str(small_config(1)), "--out", str(run)).returncode == 0
+    other = tmp_path / "other.npy"
+    np.save(other, np.ones((5, 7)))
+    result = run_avi("evaluate", str(run), "--data", str(other))
+    assert result.returncode == 2 and "dimension 7 but the model expects 12" in result.stderr
+    result = run_avi("evaluate", str(run), "--k", "0")
+    assert result.returncode == 2 and "k must be a positive integer" in result.stderr
+    not_binary = tmp_path / "half.npy"
+    np.save(not_binary, np.full((5, 12), 0.5))
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["binarize"] == "dynamic"  # so 0.5 is binarised, not rejected
+    assert run_avi("evaluate", str(run), "--data", str(not_binary), "--k", "5").returncode == 0
+
+
+def test_resume_refuses_to_change_the_configuration(run_avi, small_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_avi("fit", str(small_config(1)), "--out", str(run)).returncode == 0
+    result = run_avi("fit", "--resume", str(run), "--batch-size", "7")
+    assert result.returncode == 2 and "--batch-size" in result.stderr
+    again = run_avi("fit", str(small_config(1)), "--out", str(run))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
