@@ -46,7 +46,7 @@ class History:
 
 
 def make_optimizers(
-    model: nn.Module, posterior: nn.Module, *, lr: float = 1e-3, local_lr: float = 1e-2, train_model: bool = True
+    model: nn.Module, posterior: nn.Module, *, lr: float = 1e-3, local_lr: float = 0.1, train_model: bool = True
 ) -> list[Optimizer]:
     """Adam for the model and encoder (fused kernel where the device has one), SparseAdam for a
     per-datapoint table, so that a step touches only the rows of the batch."""
@@ -111,7 +111,7 @@ def fit(
     batch_size: int = 100,
     objective: Objective | None = None,
     lr: float = 1e-3,
-    local_lr: float = 1e-2,
+    local_lr: float = 0.1,
     train_model: bool = True,
     validation: Dataset | None = None,
     generator: torch.Generator | None = None,

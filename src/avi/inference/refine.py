@@ -24,7 +24,7 @@ def refine_params(
     initial: Tensor,
     *,
     steps: int,
-    lr: float = 1e-2,
+    lr: float = 0.1,
     objective: Objective | None = None,
     batch_size: int = 10_000,
 ) -> Tensor:
@@ -59,7 +59,7 @@ def infer(
     x: Tensor,
     *,
     steps: int = 500,
-    lr: float = 1e-2,
+    lr: float = 0.1,
     objective: Objective | None = None,
     init_from: AmortizedPosterior | None = None,
 ) -> nn.Module:

@@ -56,7 +56,7 @@ class InferenceConfig(_Section):
     strategy: Literal["amortized", "per-datapoint"] = "amortized"
     family: Literal["mean-field", "full-rank"] = "mean-field"
     encoder_hidden: list[int] | None = None
-    local_lr: float = Field(1e-2, gt=0)
+    local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
     validation_steps: int = Field(50, ge=0)
 
