@@ -46,7 +46,13 @@ class History:
 
 
 def make_optimizers(
-    model: nn.Module, posterior: nn.Module, *, lr: float = 1e-3, local_lr: float = 0.1, train_model: bool = True
+    model: nn.Module,
+    posterior: nn.Module,
+    *,
+    lr: float = 1e-3,
+    local_lr: float = 0.1,
+    train_model: bool = True,
+    eps: float = 1e-8,
 ) -> list[Optimizer]:
     """Adam for the model and encoder (fused kernel where the device has one), SparseAdam for a
     per-datapoint table, so that a step touches only the rows of the batch."""
@@ -55,7 +61,7 @@ def make_optimizers(
         dense += list(model.parameters())
     optimizers: list[Optimizer] = []
     if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=lr, fused=True))
+        optimizers.append(torch.optim.Adam(dense, lr=lr, eps=eps, fused=True))
     if isinstance(posterior, LocalPosterior):
         optimizers.append(torch.optim.SparseAdam([posterior.table], lr=local_lr))
     return optimizers

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from avi.errors import ConfigError
 
-__all__ = ["PRESETS", "Config", "load_config", "resolve_config"]
+__all__ = ["PRESETS", "Config", "learning_rate", "load_config", "resolve_config"]
 
 
 class _Section(BaseModel):
@@ -71,9 +71,14 @@ class ObjectiveConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """Adam on minibatches. ``lr_schedule="burda"`` is Burda et al.'s (2016): stage i = 0..7 lasts
+    3^i epochs at lr * 10^(-i/7) (3,280 epochs in all); ``epochs`` may stop it earlier."""
+
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "burda"] = "constant"
+    adam_eps: float = Field(1e-8, gt=0)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
@@ -162,3 +167,14 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
             raise ConfigError(f"config key {section!r} must be a table")
         current.update({k: v for k, v in entries.items() if v is not None})
     return resolve_config(values)
+
+
+def learning_rate(train: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (1-based) under ``train.lr_schedule``."""
+    if train.lr_schedule == "constant":
+        return train.lr
+    stage, end = 0, 1
+    while epoch > end and stage < 7:
+        stage += 1
+        end += 3**stage
+    return train.lr * 10 ** (-stage / 7)

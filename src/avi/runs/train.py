@@ -21,7 +21,7 @@ from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
 from avi.runs.build import build_model, build_objective, build_posterior, load_splits
-from avi.runs.config import Config
+from avi.runs.config import Config, learning_rate
 from avi.runs.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -171,7 +171,10 @@ def run_fit(
     run = _build(config)
     main = distributed.is_main()
     generator = torch.Generator().manual_seed(config.train.seed)
-    optimizers = make_optimizers(run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr)
+    optimizers = make_optimizers(
+        run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr, eps=config.train.adam_eps
+    )
+    dense = next((opt for opt in optimizers if isinstance(opt, torch.optim.Adam)), None)
     rows: list[dict[str, Any]] = []
     validation_params: Tensor | None = None
     start_epoch, wall_before = 0, 0.0
@@ -195,6 +198,9 @@ def run_fit(
     started = time.perf_counter()
     train: Dataset = run.splits.train.to(run.device)
     for epoch in range(start_epoch + 1, config.train.epochs + 1):
+        if dense is not None:
+            for group in dense.param_groups:
+                group["lr"] = learning_rate(config.train, epoch)
         hook = None
         if progress is not None and main:
             hook = lambda done, sums, e=epoch: progress(e, done, len(train), sums)  # noqa: E731
