@@ -1,0 +1,81 @@
+"""Datasets, binarisation and the per-rank sharding of batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avi.data import Dataset, shard_batches
+from avi.errors import ConfigError
+
+
+def test_static_dataset_batches_are_the_rows() -> None:
+    data = Dataset(torch.arange(12.0).reshape(6, 2), labels=torch.arange(6))
+    assert len(data) == 6 and data.dim == 2
+    index = torch.tensor([4, 1])
+    torch.testing.assert_close(data.batch(index), data.x[index])
+    sub = data.subset(index)
+    torch.testing.assert_close(sub.x, data.x[index])
+    torch.testing.assert_close(sub.labels, torch.tensor([4, 1]))
+    assert data.binarized(0) is data
+
+
+@pytest.mark.statistical
+def test_dynamic_binarisation_draws_fresh_bernoulli_batches() -> None:
+    p = torch.tensor([[0.0, 1.0, 0.5, 0.5]]).expand(2000, 4).contiguous()
+    data = Dataset(p, dynamic=True)
+    index = torch.arange(2000)
+    a = data.batch(index, torch.Generator().manual_seed(0))
+    b = data.batch(index, torch.Generator().manual_seed(1))
+    assert ((a == 0) | (a == 1)).all()
+    assert (a[:, 0] == 0).all() and (a[:, 1] == 1).all()
+    assert not torch.equal(a, b)  # a fresh draw each time
+    # mean of 2000 Bernoulli(1/2): standard error 0.5 / sqrt(2000) = 0.011; allow 4 of them
+    assert (a[:, 2:].mean(0) - 0.5).abs().max() < 0.045
+
+
+def test_static_binarisation_is_a_fixed_draw() -> None:
+    data = Dataset(torch.full((50, 3), 0.5), dynamic=True)
+    a, b = data.binarized(3), data.binarized(3)
+    assert not a.dynamic and torch.equal(a.x, b.x)
+    assert ((a.x == 0) | (a.x == 1)).all()
+    assert not torch.equal(a.x, data.binarized(4).x)
+
+
+def test_one_process_sees_every_point_once_per_epoch(generator: torch.Generator) -> None:
+    batches = list(shard_batches(103, 10, generator))
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    assert torch.cat(batches).sort().values.tolist() == list(range(103))
+    unshuffled = torch.cat(list(shard_batches(7, 3, torch.Generator(), shuffle=False)))
+    assert unshuffled.tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_rank_shards_together_are_the_single_process_batch(world_size: int) -> None:
+    n, batch_size = 103, 20
+    single = list(shard_batches(n, batch_size, torch.Generator().manual_seed(7)))
+    shards = [
+        list(
+            shard_batches(
+                n, batch_size, torch.Generator().manual_seed(7), rank=rank, world_size=world_size
+            )
+        )
+        for rank in range(world_size)
+    ]
+    assert all(len(s) == len(single) for s in shards)
+    for step, batch in enumerate(single):
+        parts = [s[step] for s in shards]
+        together = torch.cat(parts)
+        assert (
+            together.sort().values.tolist() == batch.sort().values.tolist()
+        )  # same points, no repeats
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "world_size", "message"),
+    [(0, 1, "positive"), (-5, 1, "positive"), (10, 3, "divisible")],
+)
+def test_bad_batch_size_is_a_config_error(batch_size: int, world_size: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        next(shard_batches(10, batch_size, torch.Generator(), world_size=world_size))
