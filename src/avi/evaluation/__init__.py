@@ -1,5 +1,6 @@
-"""Evaluation: bounds and importance-sampled log-likelihood over data sets."""
+"""Evaluation: bounds and importance-sampled log-likelihood over data sets, the gap decomposition."""
 
 from avi.evaluation.bounds import LogLikelihood, elbo_per_point, log_likelihood, mean_elbo
+from avi.evaluation.gaps import GapDecomposition, gap_decomposition
 
-__all__ = ["LogLikelihood", "elbo_per_point", "log_likelihood", "mean_elbo"]
+__all__ = ["GapDecomposition", "LogLikelihood", "elbo_per_point", "gap_decomposition", "log_likelihood", "mean_elbo"]

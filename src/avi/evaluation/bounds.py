@@ -49,18 +49,10 @@ def elbo_per_point(
     for start in range(0, x.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
         q = posterior(x[index], index)
-        terms = elbo_terms(model, q, x[index], num_samples=num_samples, analytic_kl=_has_analytic_kl(q, model) and analytic_kl)
+        terms = elbo_terms(model, q, x[index], num_samples=num_samples, analytic_kl=analytic_kl)
         out.append(torch.stack([terms.value, terms.reconstruction, terms.kl]))
     value, reconstruction, kl = torch.cat(out, dim=1)
     return value, reconstruction, kl
-
-
-def _has_analytic_kl(q: torch.distributions.Distribution, model: LatentVariableModel) -> bool:
-    try:
-        torch.distributions.kl_divergence(q, model.prior())
-    except NotImplementedError:
-        return False
-    return True
 
 
 def mean_elbo(model: LatentVariableModel, posterior: nn.Module, data: Dataset | Tensor) -> float:

@@ -15,7 +15,11 @@ __all__ = ["FAMILIES", "Family", "FullRankGaussian", "MeanFieldGaussian", "inver
 
 
 class Family(Protocol):
-    """What a family offers: ``param_size`` P, lambda -> q, q -> lambda, and a starting lambda."""
+    """What a family offers: ``param_size`` P, lambda (B, P) -> q, and a starting lambda.
+
+    Gaussian families are plain functions of lambda; flow families are ``nn.Module``s whose
+    weights are shared by all points (a posterior that holds one registers them).
+    """
 
     name: str
     latent_dim: int
@@ -23,16 +27,20 @@ class Family(Protocol):
 
     def __call__(self, params: Tensor) -> Distribution: ...
 
-    def params_of(self, q: Distribution) -> Tensor: ...
-
     def initial_params(self, n: int, scale: float = 1.0) -> Tensor: ...
 
 
-FAMILIES: dict[str, type] = {"mean-field": MeanFieldGaussian, "full-rank": FullRankGaussian}
+FAMILIES = ("mean-field", "full-rank", "iaf", "nsf")
 
 
 def make_family(name: str, latent_dim: int) -> Family:
-    """The family called ``name`` over R^latent_dim."""
-    if name not in FAMILIES:
-        raise ConfigError(f"unknown variational family {name!r}; choose from {sorted(FAMILIES)}")
-    return FAMILIES[name](latent_dim)
+    """The family called ``name`` over R^latent_dim (flows with their default sizes)."""
+    if name == "mean-field":
+        return MeanFieldGaussian(latent_dim)
+    if name == "full-rank":
+        return FullRankGaussian(latent_dim)
+    if name in ("iaf", "nsf"):
+        from avi.families.flow import FlowFamily
+
+        return FlowFamily(latent_dim, name)
+    raise ConfigError(f"unknown variational family {name!r}; choose from {list(FAMILIES)}")

@@ -56,14 +56,15 @@ def make_optimizers(
 ) -> list[Optimizer]:
     """Adam for the model and encoder (fused kernel where the device has one), SparseAdam for a
     per-datapoint table, so that a step touches only the rows of the batch."""
-    dense = [p for p in posterior.parameters() if not isinstance(posterior, LocalPosterior)]
+    table = posterior.table if isinstance(posterior, LocalPosterior) else None
+    dense = [p for p in posterior.parameters() if p is not table]
     if train_model:
         dense += list(model.parameters())
     optimizers: list[Optimizer] = []
     if dense:
         optimizers.append(torch.optim.Adam(dense, lr=lr, eps=eps, fused=True))
-    if isinstance(posterior, LocalPosterior):
-        optimizers.append(torch.optim.SparseAdam([posterior.table], lr=local_lr))
+    if table is not None:
+        optimizers.append(torch.optim.SparseAdam([table], lr=local_lr))
     return optimizers
 
 

@@ -17,7 +17,7 @@ from torch.distributions import Distribution, kl_divergence
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 
-__all__ = ["Terms", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights"]
+__all__ = ["Terms", "analytic_kl_or_none", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights"]
 
 
 class Terms(NamedTuple):
@@ -38,9 +38,18 @@ def _check_count(name: str, n: int) -> None:
 
 
 def log_weights(model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Draw z_s ~ q by reparameterisation and return (log p(x|z), log p(z), log q(z)), each (S, B)."""
-    z = q.rsample((num_samples,))
-    return model.likelihood(z).log_prob(x), model.prior().log_prob(z), q.log_prob(z)
+    """Draw z_s ~ q by reparameterisation and return (log p(x|z), log p(z), log q(z)), each (S, B).
+
+    Flows that know the density of their own samples (``rsample_and_log_prob``, as zuko's do)
+    give it in the same pass; an inverse autoregressive flow's ``log_prob`` of an arbitrary z
+    would need one pass per dimension.
+    """
+    if hasattr(q, "rsample_and_log_prob"):
+        z, log_q = q.rsample_and_log_prob((num_samples,))
+    else:
+        z = q.rsample((num_samples,))
+        log_q = q.log_prob(z)
+    return model.likelihood(z).log_prob(x), model.prior().log_prob(z), log_q
 
 
 def elbo_terms(
@@ -48,20 +57,29 @@ def elbo_terms(
 ) -> Terms:
     """ELBO(x) = E_q[log p(x|z)] - KL(q || p(z)), estimated with S reparameterised samples.
 
-    With ``analytic_kl`` the KL is exact (``torch.distributions.kl_divergence``) and only the
-    reconstruction term is estimated (Kingma and Welling 2014, estimator B); otherwise both terms
-    use the same samples (estimator A).
+    With ``analytic_kl`` the KL is exact (``torch.distributions.kl_divergence``) where torch
+    knows it for the pair (q, prior) and only the reconstruction term is estimated (Kingma and
+    Welling 2014, estimator B); otherwise (flows, say) both terms use the same samples
+    (estimator A).
     """
     _check_count("num_samples", num_samples)
-    if analytic_kl:
+    kl = analytic_kl_or_none(q, model.prior()) if analytic_kl else None
+    if kl is not None:
         z = q.rsample((num_samples,))
         reconstruction = model.likelihood(z).log_prob(x).mean(0)
-        kl = kl_divergence(q, model.prior())
     else:
         log_lik, log_prior, log_q = log_weights(model, q, x, num_samples)
         reconstruction = log_lik.mean(0)
         kl = (log_q - log_prior).mean(0)
     return Terms(reconstruction - kl, reconstruction, kl)
+
+
+def analytic_kl_or_none(q: Distribution, p: Distribution) -> Tensor | None:
+    """KL(q || p) in closed form where torch.distributions knows it for these types, else None."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
 
 
 def elbo(

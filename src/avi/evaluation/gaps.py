@@ -1,0 +1,98 @@
+"""The inference gap and its two parts (Cremer, Li and Duvenaud 2018).
+
+For a model p and an amortized posterior q(z|x) of family Q:
+
+    log p(x) - L[q]  =  (log p(x) - L[q*])  +  (L[q*] - L[q])
+                        approximation gap      amortization gap
+
+where q* is the best member of Q for each point, found by per-datapoint VI started from the
+encoder's output and run to convergence with the model fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from avi.errors import ConfigError
+from avi.evaluation.bounds import elbo_per_point, log_likelihood
+from avi.inference.local import LocalPosterior
+from avi.inference.refine import refine_params
+from avi.models.base import LatentVariableModel
+from avi.objectives.select import make_objective
+
+__all__ = ["GapDecomposition", "gap_decomposition"]
+
+
+class GapDecomposition(NamedTuple):
+    """Means per data point, in nats, and how log p(x) was obtained (``exact`` or ``iwae``)."""
+
+    log_likelihood: float
+    elbo_optimal: float
+    elbo_amortized: float
+    approximation_gap: float
+    amortization_gap: float
+    log_likelihood_method: str
+    #: standard errors of the two mean gaps (paired over points: Monte Carlo and data variation)
+    approximation_gap_stderr: float
+    amortization_gap_stderr: float
+
+
+def _stderr(values: Tensor) -> float:
+    return (values.std() / math.sqrt(values.numel())).item() if values.numel() > 1 else 0.0
+
+
+def gap_decomposition(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    x: Tensor,
+    *,
+    k: int = 5000,
+    steps: int = 1000,
+    lr: float = 0.05,
+    elbo_samples: int = 100,
+    refine_samples: int = 1,
+    batch_size: int = 1000,
+) -> GapDecomposition:
+    """Decompose the inference gap of ``posterior`` (any module with ``params(x)`` and a
+    ``family``) on the points x (N, D).
+
+    L[q] and L[q*] are ELBOs estimated with ``elbo_samples`` samples per point (analytic KL
+    where torch has it). q* comes from ``steps`` Adam steps on each point's lambda (gradients
+    from ``refine_samples`` samples), started at the encoder's output; for a flow family only
+    the context lambda is optimised, the flow's shared weights stay as trained. log p(x) is exact where the model has ``exact_log_marginal``, and
+    otherwise the IWAE bound with k samples drawn from q* (a lower bound, so the approximation
+    gap is then a lower bound on the true one too).
+    """
+    if not hasattr(posterior, "params") or not hasattr(posterior, "family") or isinstance(posterior, LocalPosterior):
+        raise ConfigError("the gap decomposition needs an amortized posterior (an encoder), not per-datapoint VI")
+    family = posterior.family
+    with torch.no_grad():
+        initial = torch.cat([posterior.params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
+    amortized = LocalPosterior(x.shape[0], family, initial=initial)
+    optimal = LocalPosterior(
+        x.shape[0],
+        family,
+        initial=refine_params(
+            model,
+            family,
+            x,
+            initial,
+            steps=steps,
+            lr=lr,
+            objective=make_objective("elbo", num_samples=refine_samples),
+            batch_size=batch_size,
+        ),
+    )
+    elbo_a = elbo_per_point(model, amortized, x, num_samples=elbo_samples, batch_size=batch_size)[0]
+    elbo_o = elbo_per_point(model, optimal, x, num_samples=elbo_samples, batch_size=batch_size)[0]
+    if hasattr(model, "exact_log_marginal"):
+        with torch.no_grad():
+            log_px, method = model.exact_log_marginal(x), "exact"
+    else:
+        log_px, method = log_likelihood(model, optimal, x, k=k).value, "iwae"
+    ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))
+    return GapDecomposition(ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a))
