@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import Tensor
@@ -37,8 +38,9 @@ def fit(
     preset: Annotated[Optional[str], typer.Option(help="Architecture preset: kingma-welling or burda-1l.")] = None,
     data: Annotated[Optional[str], typer.Option(help="mnist, synthetic, or a .npy/.npz/.csv file.")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Latent dimension K.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="amortized or per-datapoint.")] = None,
-    family: Annotated[Optional[str], typer.Option(help="mean-field or full-rank.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="amortized, per-datapoint, semi-amortized or iterative.")] = None,
+    family: Annotated[Optional[str], typer.Option(help="mean-field, full-rank, iaf or nsf.")] = None,
+    refine_steps: Annotated[Optional[int], typer.Option(help="Refinement steps K of the semi-amortized strategy.")] = None,
     objective: Annotated[Optional[str], typer.Option(help="elbo or iwae.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Samples of the IWAE training bound.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,
@@ -57,7 +59,7 @@ def fit(
     try:
         if resume is not None:
             given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
-                     "strategy": strategy, "family": family, "objective": objective, "k": k, "batch_size": batch_size,
+                     "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
                      "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
             changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
             if changed:
@@ -69,7 +71,7 @@ def fit(
                 {
                     "model": {"name": model, "preset": preset, "latent_dim": latent_dim},
                     "data": {"source": data, "subset": subset},
-                    "inference": {"strategy": strategy, "family": family},
+                    "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps},
                     "objective": {"name": objective, "k": k},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
                 },
@@ -168,6 +170,61 @@ def evaluate(
     table.add_row("  KL", f"{result['kl']:.2f}")
     table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}")
     Console().print(table)
+
+
+@app.command()
+def compare(
+    model: Annotated[str, typer.Option(help="linear-regression, logistic-regression, normal-normal, beta-bernoulli or dirichlet-categorical.")],
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts (default: all that apply).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for comparison.json and comparison.png (default runs/compare-MODEL).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
+) -> None:
+    """Time against posterior accuracy of exact inference, VI and MCMC on one model (table and PNG figure)."""
+    from avi.baselines.compare import format_table, run_compare
+
+    try:
+        comparison, out_dir = run_compare(model, methods, out)
+    except AviError as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps(comparison.to_dict()))
+        return
+    print(format_table(comparison))
+    console.print(f"figure and JSON: [bold]{out_dir}[/]", highlight=False)
+
+
+@app.command()
+def gaps(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of an amortized run.")],
+    data: Annotated[Optional[Path], typer.Option(help="Decompose on this .npy/.npz/.csv file instead.")] = None,
+    family: Annotated[Optional[str], typer.Option(help="Family (default: the run's); another trains a new encoder on the fixed model.")] = None,
+    k: Annotated[Optional[int], typer.Option(help="IWAE samples for log p(x) where it is not exact.")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    points: Annotated[int, typer.Option(help="Number of points to decompose on.")] = 1000,
+    steps: Annotated[int, typer.Option(help="Per-datapoint optimisation steps for q*.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
+) -> None:
+    """Split the inference gap into approximation and amortization gaps (Cremer et al. 2018)."""
+    from avi.runs.gaps import run_gaps
+
+    try:
+        with console.status("optimising per-datapoint posteriors and estimating log p(x)"):
+            result = run_gaps(run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps)
+    except AviError as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{run_dir}: {result['family']} on {result['data']} ({result['n']} points)")
+    table.add_column("term")
+    table.add_column("nats per point", justify="right")
+    table.add_row(f"log p(x) ({result['log_likelihood_method']})", f"{result['log_likelihood']:.3f}")
+    table.add_row(escape("L[q*] (optimal in family)"), f"{result['elbo_optimal']:.3f}")
+    table.add_row(escape("L[q] (amortized)"), f"{result['elbo_amortized']:.3f}")
+    table.add_row("approximation gap", f"{result['approximation_gap']:.3f} ± {result['approximation_gap_stderr']:.3f}")
+    table.add_row("amortization gap", f"{result['amortization_gap']:.3f} ± {result['amortization_gap_stderr']:.3f}")
+    Console().print(table)
+    console.print(f"figure: {Path(run_dir) / 'gaps.png'}", highlight=False)
 
 
 def main() -> None:

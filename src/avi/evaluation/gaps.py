@@ -54,7 +54,7 @@ def gap_decomposition(
     steps: int = 1000,
     lr: float = 0.05,
     elbo_samples: int = 100,
-    refine_samples: int = 1,
+    refine_samples: int = 4,
     batch_size: int = 1000,
 ) -> GapDecomposition:
     """Decompose the inference gap of ``posterior`` (any module with ``params(x)`` and a

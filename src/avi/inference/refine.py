@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from avi.encoders.amortized import AmortizedPosterior
 from avi.errors import ConfigError
 from avi.families import Family
 from avi.inference.local import LocalPosterior
@@ -61,15 +60,16 @@ def infer(
     steps: int = 500,
     lr: float = 0.1,
     objective: Objective | None = None,
-    init_from: AmortizedPosterior | None = None,
+    init_from: nn.Module | None = None,
 ) -> nn.Module:
     """A posterior for the new points x (B, D) with the model fixed, indexed 0..B-1.
 
-    An amortized posterior is returned as it is: inference is one forward pass. A per-datapoint
-    posterior gets a fresh table for x, started at the prior-like initial value (or at
-    ``init_from``'s output) and optimised for ``steps`` steps (:func:`refine_params`).
+    An amortized posterior (plain, semi-amortized or iterative) is returned as it is: inference
+    is one forward pass. A per-datapoint posterior gets a fresh table for x, started at the
+    prior-like initial value (or at the output ``init_from.params(x)`` of an amortized
+    posterior) and optimised for ``steps`` steps (:func:`refine_params`).
     """
-    if isinstance(posterior, AmortizedPosterior) and init_from is None:
+    if not isinstance(posterior, LocalPosterior) and init_from is None:
         return posterior
     family = posterior.family
     with torch.no_grad():

@@ -11,13 +11,16 @@ from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
 from avi.encoders.amortized import AmortizedPosterior, mlp_encoder
 from avi.errors import DataError
-from avi.families import make_family
+from avi.families import Family, make_family
+from avi.families.flow import FLOW_KINDS, FlowFamily
 from avi.inference.local import LocalPosterior
+from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPosterior
 from avi.models import LatentVariableModel, LinearGaussian, VAEModel
+from avi.nn import mlp
 from avi.objectives.select import Objective, make_objective
 from avi.runs.config import Config
 
-__all__ = ["build_model", "build_objective", "build_posterior", "load_splits", "prepare_data"]
+__all__ = ["build_family", "build_model", "build_objective", "build_posterior", "load_splits", "prepare_data"]
 
 
 def build_model(config: Config, data_dim: int) -> LatentVariableModel:
@@ -28,15 +31,34 @@ def build_model(config: Config, data_dim: int) -> LatentVariableModel:
     return LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")
 
 
-def build_posterior(config: Config, data_dim: int, n_train: int) -> nn.Module:
-    """An amortized posterior (MLP encoder; mirrored decoder sizes by default) or a per-datapoint table."""
-    family = make_family(config.inference.family, config.model.latent_dim)
-    if config.inference.strategy == "per-datapoint":
+def build_family(config: Config) -> Family:
+    """The variational family named in ``config.inference.family``."""
+    inf = config.inference
+    if inf.family in FLOW_KINDS:
+        return FlowFamily(config.model.latent_dim, inf.family, transforms=inf.flow_transforms, hidden=inf.flow_hidden)
+    return make_family(inf.family, config.model.latent_dim)
+
+
+def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> nn.Module:
+    """The strategy's posterior: an encoder (MLP, mirrored decoder sizes by default), a
+    per-datapoint table, an encoder with refinement, or an iterative update network."""
+    inf = config.inference
+    family = build_family(config)
+    if inf.strategy == "per-datapoint":
         return LocalPosterior(n_train, family)
-    hidden = config.inference.encoder_hidden
+    hidden = inf.encoder_hidden
     if hidden is None:
         hidden = list(reversed(config.model.hidden)) if config.model.name == "vae" else []
-    return AmortizedPosterior(mlp_encoder(data_dim, hidden, family.param_size, config.model.activation), family)
+    activation = config.model.activation
+    if inf.strategy == "iterative":
+        update = mlp([2 * family.param_size, *hidden, 2 * family.param_size], activation)
+        return IterativePosterior(update, family, model, iterations=inf.iterations)
+    encoder = mlp_encoder(model.data_dim, hidden, family.param_size, activation)
+    if inf.strategy == "semi-amortized":
+        return SemiAmortizedPosterior(
+            encoder, family, model, steps=inf.refine_steps, lr=inf.refine_lr, backprop=inf.refine_backprop
+        )
+    return AmortizedPosterior(encoder, family)
 
 
 def build_objective(config: Config) -> Objective:

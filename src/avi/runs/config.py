@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from avi.errors import ConfigError
 
-__all__ = ["PRESETS", "Config", "learning_rate", "load_config", "resolve_config"]
+__all__ = ["FAMILY_NAMES", "PRESETS", "STRATEGY_NAMES", "Config", "learning_rate", "load_config", "resolve_config"]
 
 
 class _Section(BaseModel):
@@ -50,15 +50,37 @@ class DataConfig(_Section):
     seed: int = 0
 
 
-class InferenceConfig(_Section):
-    """The inference strategy and variational family."""
+StrategyName = Literal["amortized", "per-datapoint", "semi-amortized", "iterative"]
+FamilyName = Literal["mean-field", "full-rank", "iaf", "nsf"]
+STRATEGY_NAMES = get_args(StrategyName)
+FAMILY_NAMES = get_args(FamilyName)
 
-    strategy: Literal["amortized", "per-datapoint"] = "amortized"
-    family: Literal["mean-field", "full-rank"] = "mean-field"
+
+class InferenceConfig(_Section):
+    """The inference strategy and variational family.
+
+    - ``amortized``: q(z|x) = family(encoder(x)).
+    - ``per-datapoint``: a parameter table, ``local_lr`` for its (sparse) Adam; new points get
+      ``infer_steps`` steps, validation points ``validation_steps`` more steps each epoch.
+    - ``semi-amortized``: the encoder's output refined by ``refine_steps`` gradient steps of size
+      ``refine_lr`` (SA-VAE); ``refine_backprop=false`` stops the gradient through them.
+    - ``iterative``: ``iterations`` learned updates from (lambda, grad ELBO) (Marino et al. 2018).
+
+    Flow families (``iaf``, ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
+    """
+
+    strategy: StrategyName = "amortized"
+    family: FamilyName = "mean-field"
     encoder_hidden: list[int] | None = None
     local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
     validation_steps: int = Field(50, ge=0)
+    refine_steps: int = Field(10, ge=0)
+    refine_lr: float = Field(0.1, gt=0)
+    refine_backprop: bool = True
+    iterations: int = Field(5, ge=1)
+    flow_transforms: int = Field(2, ge=1)
+    flow_hidden: list[int] = Field(default_factory=lambda: [64, 64])
 
 
 class ObjectiveConfig(_Section):

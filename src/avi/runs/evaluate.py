@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from avi.data.files import load_array_file
-from avi.encoders.amortized import AmortizedPosterior
 from avi.errors import ConfigError
 from avi.evaluation.bounds import elbo_per_point, log_likelihood
+from avi.inference.local import LocalPosterior
 from avi.inference.refine import infer
 from avi.runs.build import prepare_data
 from avi.runs.rundir import EVALUATION, write_json
@@ -49,7 +49,7 @@ def run_evaluate(
     x = test.x.to(run.device)
     started = time.perf_counter()
     posterior = run.posterior
-    if not isinstance(posterior, AmortizedPosterior):
+    if isinstance(posterior, LocalPosterior):
         posterior = infer(run.model, posterior, x, steps=config.inference.infer_steps, lr=config.inference.local_lr)
     inference_seconds = time.perf_counter() - started
     elbo, reconstruction, kl = elbo_per_point(run.model, posterior, x)

@@ -79,7 +79,7 @@ def _build(config: Config) -> TrainedRun:
     for name, split in zip(("training", "validation", "test"), splits):
         if len(split) and not split.dynamic:
             model.check_data(split.x, f"{name} data")
-    posterior = build_posterior(config, splits.train.dim, len(splits.train))
+    posterior = build_posterior(config, model, len(splits.train))
     return TrainedRun(config, model.to(device), posterior.to(device), splits, device)
 
 
