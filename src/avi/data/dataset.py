@@ -75,6 +75,8 @@ def shard_batches(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in a world of size {world_size}")
     if batch_size % world_size:
         raise ConfigError(f"batch size {batch_size} is not divisible by the world size {world_size}")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)

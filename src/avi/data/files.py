@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,13 +25,14 @@ def load_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
-    if path.suffix not in SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
         raise DataError(f"data file {path} has suffix {path.suffix!r}; use one of {list(SUFFIXES)}")
     labels = None
     try:
-        if path.suffix == ".npy":
+        if suffix == ".npy":
             x = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
+        elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 names = list(archive.keys())
                 if "x" in names:
@@ -45,9 +47,14 @@ def load_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"cannot read data file {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickled" in reason:  # numpy's word for any .npy it cannot parse without pickle
+            reason = "not a numeric .npy array (corrupt, or holds Python objects)"
+        raise DataError(f"cannot read data file {path}: {reason}") from None
     if x.ndim != 2:
         raise DataError(f"data in {path} must be 2-D (points, features), got shape {x.shape}")
+    if x.dtype == np.bool_:
+        x = x.astype(np.float32)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"data in {path} must be real numbers, got dtype {x.dtype}")
     if labels is not None and labels.shape != (x.shape[0],):
@@ -63,7 +70,9 @@ def _read_csv(path: Path) -> np.ndarray:
         skip = 0
     except ValueError:
         skip = 1
-    x = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # numpy warns on an empty file; we raise below
+        x = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
     if x.size == 0:
         raise DataError(f"data file {path} holds no rows")
     return x

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from avi.data.dataset import Dataset, shard_batches
+from avi.errors import ConfigError
 from avi.evaluation.bounds import mean_elbo
 from avi.inference.local import LocalPosterior
 from avi.models.base import LatentVariableModel
@@ -126,16 +127,25 @@ def fit(
     """Fit by ``epochs`` passes of Adam over minibatches; the default objective is the ELBO with
     one reparameterised sample and analytic KL. ``train_model=False`` keeps the model fixed and
     fits only the posterior (an encoder against a known decoder, or per-datapoint VI)."""
+    if validation is not None and validation.dynamic:
+        raise ConfigError("validation data needs one fixed binarisation: pass validation.binarized(seed)")
     objective = objective or make_objective("elbo")
     generator = generator or torch.Generator().manual_seed(0)
     optimizers = make_optimizers(model, posterior, lr=lr, local_lr=local_lr, train_model=train_model)
     history = History()
-    for _ in range(epochs):
-        history.train.append(
-            train_epoch(
-                model, posterior, data, optimizers, objective=objective, batch_size=batch_size, generator=generator
+    frozen = [] if train_model else [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:  # no gradients are computed for a fixed model
+        p.requires_grad_(False)
+    try:
+        for _ in range(epochs):
+            history.train.append(
+                train_epoch(
+                    model, posterior, data, optimizers, objective=objective, batch_size=batch_size, generator=generator
+                )
             )
-        )
-        if validation is not None and not isinstance(posterior, LocalPosterior):
-            history.validation_elbo.append(mean_elbo(model, posterior, validation))
+            if validation is not None and not isinstance(posterior, LocalPosterior):
+                history.validation_elbo.append(mean_elbo(model, posterior, validation))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return history
