@@ -81,7 +81,7 @@ def fit(
                 settings,
                 resume if resume is not None else out,
                 resume=resume is not None,
-                epochs=epochs if resume is not None else None,
+                epochs=epochs if resume is not None else None,  # a fresh run takes --epochs from its config
                 progress=progress.update,
                 on_epoch=progress.epoch_done,
             )

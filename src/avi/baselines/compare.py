@@ -166,6 +166,9 @@ def compare(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown methods {unknown}; choose from {list(METHODS)}" if unknown else "no methods to compare")
+    missing = [m for m in methods if m in ("exact", "gibbs") and m not in default_methods(target)]
+    if missing:
+        raise AviError(f"{', '.join(missing)} does not apply to {model_name or target.name}: it has no closed-form posterior or conjugate full conditionals")
     ref = reference if reference is not None else reference_moments(target, settings, generator)
     results = [_run_method(m, target, settings, ref[:2], generator) for m in methods]
     return Comparison(model_name or target.name, ref[2], settings.tolerance, results)
