@@ -1,6 +1,16 @@
 """Evaluation: bounds and importance-sampled log-likelihood over data sets, the gap decomposition."""
 
 from avi.evaluation.bounds import LogLikelihood, elbo_per_point, log_likelihood, mean_elbo
+from avi.evaluation.collapse import active_units, posterior_mean_variance
 from avi.evaluation.gaps import GapDecomposition, gap_decomposition
 
-__all__ = ["GapDecomposition", "LogLikelihood", "elbo_per_point", "gap_decomposition", "log_likelihood", "mean_elbo"]
+__all__ = [
+    "GapDecomposition",
+    "LogLikelihood",
+    "active_units",
+    "elbo_per_point",
+    "gap_decomposition",
+    "log_likelihood",
+    "mean_elbo",
+    "posterior_mean_variance",
+]

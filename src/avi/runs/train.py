@@ -154,20 +154,22 @@ def run_fit(
     """Train as ``config`` says into ``run_dir``, checkpointing after every epoch.
 
     With ``resume=True`` the config is read from ``run_dir`` and training continues after the
-    last checkpointed epoch (``epochs`` may raise the total). Returns the run directory.
+    last checkpointed epoch. ``epochs`` stops training after that many epochs in all, instead of
+    ``config.train.epochs`` (a run can be extended, or trained in parts). Returns the run directory.
     """
     if resume:
         if run_dir is None:
             raise ConfigError("resuming needs the run directory")
         run_dir = require_run(run_dir)
         config = read_config(run_dir)
-        if epochs is not None:
-            config.train.epochs = epochs
     else:
         config = config or Config()
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
         if (run_dir / CHECKPOINT).exists():
             raise RunError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir}")
+    last_epoch = config.train.epochs if epochs is None else epochs
+    if last_epoch < 0:
+        raise ConfigError(f"epochs must be non-negative, got {last_epoch}")
     run = _build(config)
     main = distributed.is_main()
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -193,11 +195,11 @@ def run_fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, config.model_dump())
     if main:
-        write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": config.train.epochs})
+        write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config)
     started = time.perf_counter()
     train: Dataset = run.splits.train.to(run.device)
-    for epoch in range(start_epoch + 1, config.train.epochs + 1):
+    for epoch in range(start_epoch + 1, last_epoch + 1):
         if dense is not None:
             for group in dense.param_groups:
                 group["lr"] = learning_rate(config.train, epoch)
@@ -233,7 +235,7 @@ def run_fit(
                 },
             )
             write_metrics(run_dir / METRICS, rows)
-            write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": epoch, "epochs": config.train.epochs})
+            write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": epoch, "epochs": last_epoch})
             if on_epoch is not None:
                 on_epoch(rows[-1])
     if main:
@@ -243,7 +245,7 @@ def run_fit(
             {
                 "status": "finished",
                 "epochs_done": len(rows),
-                "epochs": config.train.epochs,
+                "epochs": last_epoch,
                 "train_elbo": final.get("train_elbo"),
                 "val_elbo": final.get("val_elbo"),
                 "wall_seconds": final.get("wall_seconds", 0.0),
