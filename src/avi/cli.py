@@ -227,6 +227,21 @@ def gaps(
     console.print(f"figure: {Path(run_dir) / 'gaps.png'}", highlight=False)
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by avi fit.")],
+) -> None:
+    """Write PNG figures and a self-contained HTML page into the run directory; print the page's path."""
+    from avi.runs.report import run_report
+
+    try:
+        with console.status("drawing figures"):
+            path = run_report(run_dir)
+    except AviError as err:
+        _fail(str(err))
+    print(path)
+
+
 def main() -> None:
     """Entry point of the ``avi`` script."""
     app()
