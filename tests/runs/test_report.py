@@ -1,0 +1,97 @@
+"""``avi report``: figures, a self-contained HTML page, and its errors; a headless-browser check."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPORT_JOB = """
+[model]
+latent_dim = 2
+hidden = [16]
+[data]
+source = "synthetic"
+synthetic_dim = 16
+synthetic_points = 400
+[train]
+epochs = 2
+batch_size = 50
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from avi.runs.config import load_config
+    from avi.runs.train import run_fit
+
+    root = tmp_path_factory.mktemp("report")
+    config_path = root / "job.toml"
+    config_path.write_text(REPORT_JOB)
+    return run_fit(load_config(config_path), root / "run")
+
+
+def test_report_writes_every_figure_and_an_html_page_with_only_embedded_images(run_avi, finished_run: Path) -> None:
+    result = run_avi("report", str(finished_run))
+    assert result.returncode == 0, result.stderr
+    page = Path(result.stdout.strip())
+    assert page == finished_run / "report.html"
+    for name in ("curves.png", "reconstructions.png", "samples.png", "latent.png"):
+        assert (finished_run / name).stat().st_size > 1000, name  # 16 = 4 x 4 image data
+    text = page.read_text()
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "href=" not in text and "<script" not in text  # nothing to fetch, nothing to run
+    assert "Final metrics" in text and "latent_dim" in text
+
+
+def test_report_errors_name_the_problem(run_avi, finished_run: Path, tmp_path: Path) -> None:
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    result = run_avi("report", str(not_a_run))
+    assert result.returncode == 2 and "is not a run directory" in result.stderr
+
+    no_checkpoint = tmp_path / "no-checkpoint"
+    no_checkpoint.mkdir()
+    shutil.copy(finished_run / "config.json", no_checkpoint / "config.json")
+    result = run_avi("report", str(no_checkpoint))
+    assert result.returncode == 2 and "has no checkpoint" in result.stderr
+
+    running = tmp_path / "running"
+    shutil.copytree(finished_run, running)
+    (running / "summary.json").write_text(json.dumps({"status": "running", "epochs_done": 1, "epochs": 2}))
+    result = run_avi("report", str(running))
+    assert result.returncode == 2 and "still being written" in result.stderr
+    for r in (result,):
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
+def test_report_renders_in_headless_chromium_without_console_errors(run_avi, finished_run: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    assert run_avi("report", str(finished_run)).returncode == 0
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    url = (finished_run / "report.html").resolve().as_uri()
+    result = subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.exists(), result.stderr[-2000:]
+    console_errors = [line for line in result.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert not console_errors, console_errors
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert len(np.unique(pixels)) > 20  # text, plots and images, not a blank page
