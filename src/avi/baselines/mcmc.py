@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Transform, biject_to
+from torch.distributions import Transform, biject_to, constraints
 
 from avi.baselines.targets import Target, check_count, forked_rng
 from avi.errors import AviError
@@ -66,6 +66,8 @@ class Unconstrained:
             raise AviError(f"{target.name} has a discrete latent; MCMC here needs a continuous one (use exact enumeration)")
         self.target = target
         self.transform: Transform = biject_to(target.support)
+        #: whether theta = u (the support is all of R^K)
+        self.identity = target.support is constraints.real_vector
         self.dim = self.transform.inverse_shape((target.dim,))[-1]
 
     def log_prob(self, u: Tensor) -> Tensor:
@@ -222,11 +224,9 @@ class Samples:
     def to_inference_data(self) -> Any:
         """An ``arviz.InferenceData`` with one posterior variable ``theta`` of dims
         (chain, draw, *batch, K) and the sampler's settings as attributes."""
-        az = _arviz()
-        return az.from_dict(
-            posterior={"theta": self.draws.detach().cpu().numpy()},
-            attrs={"sampler": self.method, "accept_rate": self.accept_rate, "divergences": self.divergences},
-        )
+        data = _arviz().from_dict(posterior={"theta": self.draws.detach().cpu().numpy()})
+        data.posterior.attrs.update(sampler=self.method, accept_rate=self.accept_rate, divergences=self.divergences)
+        return data
 
     def diagnostics(self) -> Diagnostics:
         """Split R-hat and bulk ESS for every coordinate (needs at least 2 chains for R-hat)."""
@@ -256,8 +256,7 @@ def sample_chains(
     kernel: Kernel, initial: Tensor, *, warmup: int, num_samples: int, generator: torch.Generator, method: str
 ) -> Samples:
     """Run ``warmup`` steps, then keep ``num_samples`` draws of every chain in ``initial`` (C, ..., D)."""
-    check_count("num_samples", num_samples)
-    check_count("warmup", warmup, minimum=0)
+    _check_run(num_samples, warmup)
     start = time.perf_counter()
     state = kernel.init(initial)
     draws, seconds, accept = [], [], []
@@ -272,12 +271,18 @@ def sample_chains(
     return Samples(method, torch.stack(draws, 1), torch.tensor(seconds, dtype=torch.float64), rate)
 
 
+def _check_run(num_samples: int, warmup: int) -> None:
+    check_count("num_samples", num_samples)
+    check_count("warmup", warmup, minimum=0)
+
+
 def mh(
     target: Target, *, num_samples: int = 1000, warmup: int = 1000, num_chains: int = 4,
     generator: torch.Generator, target_accept: float | None = None,
 ) -> Samples:  # fmt: skip
     """Adaptive random-walk Metropolis-Hastings (:func:`random_walk_mh_kernel`), adapted for the
     ``warmup`` steps that are then discarded."""
+    _check_run(num_samples, warmup)
     initial = initial_positions(target, num_chains, generator)
     kernel = random_walk_mh_kernel(target, adapt_steps=warmup, target_accept=target_accept)
     return sample_chains(kernel, initial, warmup=warmup, num_samples=num_samples, generator=generator, method="mh")
@@ -285,6 +290,7 @@ def mh(
 
 def gibbs(target: Target, *, num_samples: int = 1000, warmup: int = 100, num_chains: int = 4, generator: torch.Generator) -> Samples:
     """Systematic-scan Gibbs sampling (:func:`gibbs_kernel`), the first ``warmup`` sweeps discarded."""
+    _check_run(num_samples, warmup)
     kernel = gibbs_kernel(target)
     initial = initial_positions(target, num_chains, generator)
     return sample_chains(kernel, initial, warmup=warmup, num_samples=num_samples, generator=generator, method="gibbs")
@@ -312,8 +318,7 @@ def nuts(
     """Pyro's NUTS on the unconstrained target, chains run one after another, each seeded from
     ``generator``; step size and diagonal mass matrix adapted during ``warmup``. A batched target
     is sampled as one joint density (the sum of its independent log densities)."""
-    check_count("num_samples", num_samples)
-    check_count("warmup", warmup, minimum=0)
+    _check_run(num_samples, warmup)
     check_count("max_tree_depth", max_tree_depth)
     space = Unconstrained(target)
     initial = initial_positions(target, num_chains, generator)

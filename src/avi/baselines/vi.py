@@ -66,7 +66,7 @@ def fit_vi(
 
     def posterior() -> Distribution:
         q = fam(params.detach())
-        return q if space.transform.domain == space.transform.codomain else TransformedDistribution(q, [space.transform])
+        return q if space.identity else TransformedDistribution(q, [space.transform])
 
     seconds, means, sds, spent = [], [], [], 0.0
     with forked_rng(generator):
