@@ -70,8 +70,6 @@ def default_run_dir(config: Config) -> Path:
 
 
 def _build(config: Config) -> TrainedRun:
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
     splits = load_splits(config)
@@ -170,6 +168,8 @@ def run_fit(
     last_epoch = config.train.epochs if epochs is None else epochs
     if last_epoch < 0:
         raise ConfigError(f"epochs must be non-negative, got {last_epoch}")
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
     run = _build(config)
     main = distributed.is_main()
     generator = torch.Generator().manual_seed(config.train.seed)
