@@ -199,7 +199,7 @@ def test_make_objective(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     # the default ELBO objective uses the analytic KL
     torch.testing.assert_close(make_objective("elbo")(ppca, q, ppca_x).kl, prior_kl(q))
     with pytest.raises(ConfigError, match="unknown objective"):
-        make_objective("renyi")
+        make_objective("magic")
 
 
 def _small_vae() -> VAEModel:

@@ -1,6 +1,25 @@
 """Objectives: pure functions of (model, q, x) returning per-data-point values."""
 
 from avi.objectives.bounds import Terms, elbo, elbo_terms, iwae_bound, iwae_terms, log_weights
+from avi.objectives.cubo import cubo, cubo_terms
+from avi.objectives.renyi import log_power_mean, renyi_bound, renyi_terms
+from avi.objectives.rws import rws_terms
 from avi.objectives.select import OBJECTIVES, Objective, make_objective
 
-__all__ = ["OBJECTIVES", "Objective", "Terms", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights", "make_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "Terms",
+    "cubo",
+    "cubo_terms",
+    "elbo",
+    "elbo_terms",
+    "iwae_bound",
+    "iwae_terms",
+    "log_power_mean",
+    "log_weights",
+    "make_objective",
+    "renyi_bound",
+    "renyi_terms",
+    "rws_terms",
+]

@@ -17,7 +17,7 @@ from torch.distributions import Distribution, kl_divergence
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 
-__all__ = ["Terms", "analytic_kl_or_none", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights"]
+__all__ = ["Terms", "analytic_kl_or_none", "check_count", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights", "rsample_with_log_prob"]
 
 
 class Terms(NamedTuple):
@@ -32,7 +32,7 @@ class Terms(NamedTuple):
     kl: Tensor
 
 
-def _check_count(name: str, n: int) -> None:
+def check_count(name: str, n: int) -> None:
     if n < 1:
         raise ConfigError(f"{name} must be a positive integer, got {n}")
 
@@ -44,12 +44,16 @@ def log_weights(model: LatentVariableModel, q: Distribution, x: Tensor, num_samp
     give it in the same pass; an inverse autoregressive flow's ``log_prob`` of an arbitrary z
     would need one pass per dimension.
     """
-    if hasattr(q, "rsample_and_log_prob"):
-        z, log_q = q.rsample_and_log_prob((num_samples,))
-    else:
-        z = q.rsample((num_samples,))
-        log_q = q.log_prob(z)
+    z, log_q = rsample_with_log_prob(q, num_samples)
     return model.likelihood(z).log_prob(x), model.prior().log_prob(z), log_q
+
+
+def rsample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
+    """z_s ~ q by reparameterisation, (S, B, K), and log q(z_s), (S, B), in one pass where q can."""
+    if hasattr(q, "rsample_and_log_prob"):
+        return q.rsample_and_log_prob((num_samples,))
+    z = q.rsample((num_samples,))
+    return z, q.log_prob(z)
 
 
 def elbo_terms(
@@ -62,7 +66,7 @@ def elbo_terms(
     Welling 2014, estimator B); otherwise (flows, say) both terms use the same samples
     (estimator A).
     """
-    _check_count("num_samples", num_samples)
+    check_count("num_samples", num_samples)
     kl = analytic_kl_or_none(q, model.prior()) if analytic_kl else None
     if kl is not None:
         z = q.rsample((num_samples,))
@@ -95,7 +99,7 @@ def iwae_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int
     L_1 is the ELBO and L_k increases to log p(x) as k grows. The reconstruction and KL terms
     are the single-sample ELBO terms averaged over the same k samples.
     """
-    _check_count("k", k)
+    check_count("k", k)
     log_lik, log_prior, log_q = log_weights(model, q, x, k)
     value = torch.logsumexp(log_lik + log_prior - log_q, dim=0) - math.log(k)
     return Terms(value, log_lik.mean(0), (log_q - log_prior).mean(0))
