@@ -11,10 +11,11 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, S
 
 from avi.data import Dataset
 from avi.errors import ConfigError
-from avi.evaluation import elbo_per_point, log_likelihood, mean_elbo
+from avi.evaluation import cubo_per_point, elbo_per_point, log_likelihood, mean_elbo
 from avi.families import make_family
 from avi.inference import LocalPosterior
 from avi.models import LinearGaussian
+from avi.objectives import cubo
 from tests.closed_forms import linear_gaussian_elbo, prior_kl
 
 
@@ -155,3 +156,44 @@ def test_bad_sizes_are_config_errors(
             batch_size=batch_size,
             chunk_size=chunk_size,
         )
+
+
+def test_cubo_of_the_exact_posterior_is_log_marginal(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # every weight is p(x): (1/n) log mean w^n = log p(x) and the weights do not vary
+    result = cubo_per_point(ppca, _exact_posterior(ppca, ppca_x), ppca_x, n=2.0, k=50, chunk_size=16)
+    torch.testing.assert_close(result.value, ppca.exact_log_marginal(ppca_x))
+    assert result.stderr.max() < 1e-6
+
+
+def test_chunked_cubo_equals_the_estimator_on_the_same_draws(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # four chunks of 8 samples (800 normal draws each, a multiple of the 16 that torch's CPU
+    # sampler generates at a time) consume the generator as one draw of 32 does
+    posterior = _imperfect_posterior(ppca, ppca_x)
+    index = torch.arange(ppca_x.shape[0])
+    torch.manual_seed(9)
+    chunked = cubo_per_point(ppca, posterior, ppca_x, n=3.0, k=32, chunk_size=8, batch_size=50).value
+    torch.manual_seed(9)
+    direct = cubo(ppca, posterior(ppca_x, index), ppca_x, n=3.0, k=32)
+    torch.testing.assert_close(chunked, direct)
+
+
+@pytest.mark.statistical
+def test_elbo_log_marginal_cubo_sandwich(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # q's mean off by 0.5 sd, its covariance 1.69 times the posterior's: log p(x) - ELBO = 2.0
+    # nats and CUBO_2 - log p(x) = 0.87 for every point (tests/objectives/test_cubo.py). With
+    # k = 2,000 samples the estimate's downward bias is below 0.01 nats (measured); averaged over
+    # the 50 points its standard error is sqrt(sum se_i^2) / 50 by the delta method. Both sides
+    # of the sandwich must hold by more than 4 standard errors, and the mean CUBO must be within
+    # 4 standard errors plus 0.02 nats of the closed form.
+    posterior = _imperfect_posterior(ppca, ppca_x)
+    log_px = ppca.exact_log_marginal(ppca_x).mean()
+    upper = cubo_per_point(ppca, posterior, ppca_x, n=2.0, k=2000)
+    mean, se = upper.value.mean(), upper.stderr.pow(2).sum().sqrt() / ppca_x.shape[0]
+    assert mean - log_px > 4 * se
+    assert abs(mean - log_px - 0.867) < 4 * se + 0.02
+    assert elbo_per_point(ppca, posterior, ppca_x, num_samples=100)[0].mean() < log_px - 1.5
+
+
+def test_cubo_order_must_exceed_one(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    with pytest.raises(ConfigError, match="greater than 1"):
+        cubo_per_point(ppca, _exact_posterior(ppca, ppca_x), ppca_x, n=1.0, k=5)

@@ -1,6 +1,6 @@
 """Evaluation: bounds and importance-sampled log-likelihood over data sets, the gap decomposition."""
 
-from avi.evaluation.bounds import LogLikelihood, elbo_per_point, log_likelihood, mean_elbo
+from avi.evaluation.bounds import LogLikelihood, cubo_per_point, elbo_per_point, log_likelihood, mean_elbo
 from avi.evaluation.collapse import active_units, posterior_mean_variance
 from avi.evaluation.gaps import GapDecomposition, gap_decomposition
 
@@ -8,6 +8,7 @@ __all__ = [
     "GapDecomposition",
     "LogLikelihood",
     "active_units",
+    "cubo_per_point",
     "elbo_per_point",
     "gap_decomposition",
     "log_likelihood",
