@@ -50,7 +50,7 @@ def posterior_moments(q: Distribution, *, num_samples: int = 4000) -> tuple[Tens
 
 
 def fit_vi(
-    target: Target, family: str, *, steps: int = 2000, lr: float = 0.05, num_samples: int = 8,
+    target: Target, family: str, *, steps: int = 2000, lr: float = 0.1, num_samples: int = 8,
     generator: torch.Generator, record_every: int = 50,
 ) -> VIResult:  # fmt: skip
     """Fit q from ``family`` ("mean-field" or "full-rank") to the target by ``steps`` Adam steps;
