@@ -1,5 +1,5 @@
 """Inference networks x -> lambda: amortization lives here."""
 
-from avi.encoders.amortized import AmortizedPosterior, mlp_encoder
+from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
 
-__all__ = ["AmortizedPosterior", "mlp_encoder"]
+__all__ = ["AmortizedPosterior", "DenoisingEncoder", "mlp_encoder", "weight_normalize"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.nn import eval_mode
 from avi.objectives.bounds import elbo_terms, log_weights
 from avi.objectives.cubo import check_order
 
@@ -45,12 +46,14 @@ def elbo_per_point(
     analytic_kl: bool = True,
     batch_size: int = 1000,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(ELBO, reconstruction, KL) per point, each (N,); q for point i is ``posterior(x, i)``."""
+    """(ELBO, reconstruction, KL) per point, each (N,); q for point i is ``posterior(x, i)`` in
+    evaluation mode (no training-only noise)."""
     x = _points(data)
     out = []
     for start in range(0, x.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-        q = posterior(x[index], index)
+        with eval_mode(posterior):
+            q = posterior(x[index], index)
         terms = elbo_terms(model, q, x[index], num_samples=num_samples, analytic_kl=analytic_kl)
         out.append(torch.stack([terms.value, terms.reconstruction, terms.kl]))
     value, reconstruction, kl = torch.cat(out, dim=1)
@@ -127,7 +130,8 @@ def _log_power_mean(
     values, stderrs = [], []
     for start in range(0, x.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-        q = posterior(x[index], index)
+        with eval_mode(posterior):
+            q = posterior(x[index], index)
         lse = torch.full((index.numel(),), -math.inf, device=x.device, dtype=x.dtype)
         lse2 = lse.clone()
         for done in range(0, k, chunk_size):

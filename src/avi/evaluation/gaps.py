@@ -22,6 +22,7 @@ from avi.evaluation.bounds import elbo_per_point, log_likelihood
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
+from avi.nn import eval_mode
 from avi.objectives.select import make_objective
 
 __all__ = ["GapDecomposition", "gap_decomposition"]
@@ -70,7 +71,7 @@ def gap_decomposition(
     if not hasattr(posterior, "params") or not hasattr(posterior, "family") or isinstance(posterior, LocalPosterior):
         raise ConfigError("the gap decomposition needs an amortized posterior (an encoder), not per-datapoint VI")
     family = posterior.family
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(posterior):
         initial = torch.cat([posterior.params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
     optimal = LocalPosterior(

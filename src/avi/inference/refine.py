@@ -11,6 +11,7 @@ from avi.errors import ConfigError
 from avi.families import Family
 from avi.inference.local import LocalPosterior
 from avi.models.base import LatentVariableModel
+from avi.nn import eval_mode
 from avi.objectives.select import Objective, make_objective
 
 __all__ = ["infer", "refine_params"]
@@ -72,11 +73,10 @@ def infer(
     if not isinstance(posterior, LocalPosterior) and init_from is None:
         return posterior
     family = posterior.family
-    with torch.no_grad():
-        initial = (
-            init_from.params(x)
-            if init_from is not None
-            else family.initial_params(x.shape[0]).to(device=x.device, dtype=x.dtype)
-        )
+    if init_from is None:
+        initial = family.initial_params(x.shape[0]).to(device=x.device, dtype=x.dtype)
+    else:
+        with torch.no_grad(), eval_mode(init_from):
+            initial = init_from.params(x)
     params = refine_params(model, family, x, initial, steps=steps, lr=lr, objective=objective)
     return LocalPosterior(x.shape[0], family, initial=params)
