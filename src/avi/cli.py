@@ -174,12 +174,21 @@ def evaluate(
 
 @app.command()
 def compare(
-    model: Annotated[str, typer.Option(help="linear-regression, logistic-regression, normal-normal, beta-bernoulli or dirichlet-categorical.")],
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts (default: all that apply).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Directory for comparison.json and comparison.png (default runs/compare-MODEL).")] = None,
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="Run directories to compare side by side.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Compare inference methods on a model instead: linear-regression, logistic-regression, normal-normal, beta-bernoulli or dirichlet-categorical.")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="With --model, comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts (default: all that apply).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for the JSON/Markdown table and the PNG figure.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
-    """Time against posterior accuracy of exact inference, VI and MCMC on one model (table and PNG figure)."""
+    """Compare runs (avi compare RUN_DIR RUN_DIR ...: key metrics, best marked, Markdown and a figure),
+    or inference methods on one model (avi compare --model NAME: time against posterior accuracy)."""
+    if runs and model:
+        _fail("give run directories or --model, not both")
+    if not runs and not model:
+        _fail("give run directories to compare runs, or --model NAME to compare inference methods")
+    if runs:
+        _compare_runs(runs, out or Path("runs") / "compare", as_json)
+        return
     from avi.baselines.compare import format_table, run_compare
 
     try:
@@ -191,6 +200,36 @@ def compare(
         return
     print(format_table(comparison))
     console.print(f"figure and JSON: [bold]{out_dir}[/]", highlight=False)
+
+
+def _compare_runs(runs: list[Path], out: Path, as_json: bool) -> None:
+    from avi.runs.compare import METRICS_COMPARED, best_of, collect, write_comparison
+
+    try:
+        collected = [collect(run) for run in runs]
+    except AviError as err:
+        _fail(str(err))
+    markdown, figure = write_comparison(collected, out)
+    best = {key: collected[i]["run"] for key, _, d in METRICS_COMPARED if (i := best_of(collected, key, d)) is not None}
+    if as_json:
+        print(json.dumps({"runs": collected, "best": best}))
+        return
+    table = Table(title="runs compared (* marks the best value of each row)")
+    table.add_column("metric")
+    for r in collected:
+        table.add_column(escape(f"{Path(r['run']).name}\n{r['strategy']}, {r['family']}"), justify="right")
+    for key, label, direction in METRICS_COMPARED:
+        if all(r.get(key) is None for r in collected):
+            continue
+        winner = best_of(collected, key, direction)
+        cells = []
+        for i, r in enumerate(collected):
+            value = r.get(key)
+            text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+            cells.append(f"[bold green]{text} *[/]" if i == winner else text)
+        table.add_row(label, *cells)
+    Console().print(table)
+    console.print(f"Markdown: {markdown}  figure: {figure}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,121 @@
+"""``avi compare RUN_DIR RUN_DIR ...``: the key metrics of several runs side by side.
+
+Each run contributes what it has: final training and validation ELBO from its metrics, test
+ELBO and log-likelihood from ``avi evaluate`` (evaluation.json), gaps from ``avi gaps``,
+active units where recorded, and training time. The best value of each row is marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
+
+__all__ = ["METRICS_COMPARED", "best_of", "collect", "to_markdown", "write_comparison"]
+
+#: (key, label, which direction is better)
+METRICS_COMPARED: tuple[tuple[str, str, str], ...] = (
+    ("train_elbo", "train ELBO", "max"),
+    ("val_elbo", "validation ELBO", "max"),
+    ("test_elbo", "test ELBO", "max"),
+    ("test_log_likelihood", "test log p(x) (IWAE)", "max"),
+    ("approximation_gap", "approximation gap", "min"),
+    ("amortization_gap", "amortization gap", "min"),
+    ("active_units", "active units", "max"),
+    ("epochs", "epochs", "none"),
+    ("train_seconds", "training time (s)", "min"),
+)
+
+
+def collect(run_dir: str | Path) -> dict[str, Any]:
+    """The comparable numbers of one run (missing ones are absent)."""
+    run_dir = require_run(run_dir, checkpoint=False)
+    config = read_json(run_dir / "config.json")
+    out: dict[str, Any] = {
+        "run": str(run_dir),
+        "model": config["model"]["name"],
+        "strategy": config["inference"]["strategy"],
+        "family": config["inference"]["family"],
+        "objective": config["objective"]["name"],
+    }
+    if (run_dir / METRICS).exists():
+        with (run_dir / METRICS).open() as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            last = rows[-1]
+            out.update({"train_elbo": float(last["train_elbo"]), "val_elbo": float(last["val_elbo"]), "epochs": int(last["epoch"])})
+            out["train_seconds"] = float(last["wall_seconds"])
+            if "active_units" in last:
+                out["active_units"] = int(float(last["active_units"]))
+    if (run_dir / EVALUATION).exists():
+        evaluation = read_json(run_dir / EVALUATION)
+        out["test_elbo"] = evaluation["elbo"]
+        out["test_log_likelihood"] = evaluation["log_likelihood"]
+        if "active_units" in evaluation:
+            out["active_units"] = evaluation["active_units"]
+    gaps = sorted(run_dir.glob("gaps-*-test.json"))
+    if gaps:
+        g = json.loads(gaps[0].read_text())
+        out["approximation_gap"], out["amortization_gap"] = g["approximation_gap"], g["amortization_gap"]
+    if (run_dir / SUMMARY).exists():
+        out["status"] = read_json(run_dir / SUMMARY).get("status")
+    return out
+
+
+def best_of(runs: list[dict[str, Any]], key: str, direction: str) -> int | None:
+    """Index of the best run for ``key`` (None if no direction, or fewer than two runs have it)."""
+    values = [(i, r[key]) for i, r in enumerate(runs) if r.get(key) is not None]
+    if direction == "none" or len(values) < 2:
+        return None
+    pick = max if direction == "max" else min
+    return pick(values, key=lambda item: item[1])[0]
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def to_markdown(runs: list[dict[str, Any]]) -> str:
+    """A Markdown table, one column per run, the best value of each row in bold."""
+    header = "| metric | " + " | ".join(f"{Path(r['run']).name} ({r['strategy']}, {r['family']})" for r in runs) + " |"
+    lines = [header, "|---|" + "---|" * len(runs)]
+    for key, label, direction in METRICS_COMPARED:
+        if all(r.get(key) is None for r in runs):
+            continue
+        best = best_of(runs, key, direction)
+        cells = [f"**{_format(r.get(key))}**" if i == best else _format(r.get(key)) for i, r in enumerate(runs)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``comparison.md`` and ``comparison.png`` (validation ELBO curves of all runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "comparison.md"
+    markdown.write_text(to_markdown(runs))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in runs:
+        path = Path(r["run"]) / METRICS
+        if path.exists():
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+            ax.plot([int(row["epoch"]) for row in rows], [float(row["val_elbo"]) for row in rows], marker="o",
+                    label=f"{Path(r['run']).name} ({r['strategy']}, {r['family']})")  # fmt: skip
+    ax.set(xlabel="epoch", ylabel="validation ELBO (nats per point)", title="Runs compared")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figure = out_dir / "comparison.png"
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+    return markdown, figure
