@@ -1,0 +1,67 @@
+"""``avi compare RUN_DIR RUN_DIR``: both runs shown, the better value marked, Markdown and figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+JOB = """
+[model]
+latent_dim = 2
+hidden = [16]
+[data]
+source = "synthetic"
+synthetic_dim = 12
+synthetic_points = 400
+[train]
+epochs = {epochs}
+batch_size = 50
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from avi.runs.config import load_config
+    from avi.runs.train import run_fit
+
+    root = tmp_path_factory.mktemp("compare")
+    runs = []
+    for name, epochs in (("short", 1), ("long", 6)):
+        path = root / f"{name}.toml"
+        path.write_text(JOB.format(epochs=epochs))
+        runs.append(run_fit(load_config(path), root / name))
+    return runs[0], runs[1]
+
+
+def test_compare_prints_both_runs_and_marks_the_better_value(run_avi, two_runs, tmp_path: Path) -> None:
+    short, long = two_runs
+    out = tmp_path / "cmp"
+    result = run_avi("compare", str(short), str(long), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "short" in result.stdout and "long" in result.stdout
+    train_row = next(line for line in result.stdout.splitlines() if "train ELBO" in line)
+    cells = [c.strip() for c in train_row.strip("│ ").split("│")][1:]
+    assert len(cells) == 2 and cells[1].endswith("*") and not cells[0].endswith("*")  # 6 epochs beat 1
+    markdown = (out / "comparison.md").read_text()
+    assert markdown.count("**") >= 2 and "train ELBO" in markdown
+    assert (out / "comparison.png").stat().st_size > 1000
+
+
+def test_compare_json_names_the_best_run(run_avi, two_runs, tmp_path: Path) -> None:
+    short, long = two_runs
+    result = run_avi("compare", str(short), str(long), "--out", str(tmp_path / "cmp"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(r["run"]).name for r in report["runs"]] == ["short", "long"]
+    assert report["runs"][1]["train_elbo"] > report["runs"][0]["train_elbo"]
+    assert Path(report["best"]["train_elbo"]).name == "long"
+
+
+def test_compare_needs_runs_or_a_model(run_avi, tmp_path: Path) -> None:
+    result = run_avi("compare")
+    assert result.returncode == 2 and "give run directories" in result.stderr
+    result = run_avi("compare", str(tmp_path))
+    assert result.returncode == 2 and "not a run directory" in result.stderr
