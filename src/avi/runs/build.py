@@ -9,7 +9,7 @@ from torch import nn
 from avi.data.dataset import Dataset, Splits
 from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
-from avi.encoders.amortized import AmortizedPosterior, mlp_encoder
+from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
 from avi.errors import DataError
 from avi.families import Family, make_family
 from avi.families.flow import FLOW_KINDS, FlowFamily
@@ -41,7 +41,8 @@ def build_family(config: Config) -> Family:
 
 def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> nn.Module:
     """The strategy's posterior: an encoder (MLP, mirrored decoder sizes by default), a
-    per-datapoint table, an encoder with refinement, or an iterative update network."""
+    per-datapoint table, an encoder with refinement, or an iterative update network. An encoder
+    is weight-normalised and/or denoising where ``inference.weight_norm`` / ``denoise`` say."""
     inf = config.inference
     family = build_family(config)
     if inf.strategy == "per-datapoint":
@@ -54,6 +55,10 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
         update = mlp([2 * family.param_size, *hidden, 2 * family.param_size], activation)
         return IterativePosterior(update, family, model, iterations=inf.iterations)
     encoder = mlp_encoder(model.data_dim, hidden, family.param_size, activation)
+    if inf.weight_norm:
+        weight_normalize(encoder)
+    if inf.denoise > 0:
+        encoder = DenoisingEncoder(encoder, inf.denoise)
     if inf.strategy == "semi-amortized":
         return SemiAmortizedPosterior(
             encoder, family, model, steps=inf.refine_steps, lr=inf.refine_lr, backprop=inf.refine_backprop
@@ -63,7 +68,9 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
 
 def build_objective(config: Config) -> Objective:
     o = config.objective
-    return make_objective(o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl)
+    return make_objective(
+        o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order
+    )
 
 
 def prepare_data(x: np.ndarray | torch.Tensor, config: Config, name: str = "data") -> Dataset:

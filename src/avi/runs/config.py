@@ -67,6 +67,10 @@ class InferenceConfig(_Section):
     - ``iterative``: ``iterations`` learned updates from (lambda, grad ELBO) (Marino et al. 2018).
 
     Flow families (``iaf``, ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
+
+    Amortized inference regularisation (Shu et al. 2018) of an encoder of x (``amortized`` and
+    ``semi-amortized``): ``denoise`` = sigma > 0 adds N(0, sigma^2 I) noise to the encoder's input
+    in training only; ``weight_norm`` weight-normalises its linear layers.
     """
 
     strategy: StrategyName = "amortized"
@@ -81,15 +85,23 @@ class InferenceConfig(_Section):
     iterations: int = Field(5, ge=1)
     flow_transforms: int = Field(2, ge=1)
     flow_hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    denoise: float = Field(0.0, ge=0, allow_inf_nan=False)
+    weight_norm: bool = False
 
 
 class ObjectiveConfig(_Section):
-    """The training bound: ``elbo`` with ``num_samples`` samples, or ``iwae`` with ``k``."""
+    """The training bound: ``elbo`` with ``num_samples`` samples, or one with ``k`` samples per
+    point: ``iwae``; ``renyi``, the VR bound of order ``alpha`` (1 is the ELBO, 0 IWAE); ``cubo``,
+    where q minimises the chi upper bound of order ``cubo_order`` > 1 and the model follows the
+    IWAE gradient (the logged training objective is then -CUBO); ``rws``, reweighted wake-sleep
+    (the model on IWAE, q on the inclusive KL). See :func:`avi.objectives.make_objective`."""
 
-    name: Literal["elbo", "iwae"] = "elbo"
+    name: Literal["elbo", "iwae", "renyi", "cubo", "rws"] = "elbo"
     num_samples: int = Field(1, ge=1)
     k: int = Field(5, ge=1)
     analytic_kl: bool = True
+    alpha: float = Field(0.5, allow_inf_nan=False)
+    cubo_order: float = Field(2.0, gt=1, allow_inf_nan=False)
 
 
 class TrainConfig(_Section):
@@ -129,6 +141,16 @@ class Config(_Section):
             self.data.binarize = "dynamic" if bernoulli else "none"
         elif self.data.binarize != "none" and not bernoulli:
             raise ValueError(f"data.binarize={self.data.binarize!r} needs a Bernoulli likelihood; use 'none'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_encoder_regularisers(self) -> Config:
+        inf = self.inference
+        if (inf.denoise > 0 or inf.weight_norm) and inf.strategy not in ("amortized", "semi-amortized"):
+            raise ValueError(
+                f"inference.denoise and inference.weight_norm regularise an encoder of x; strategy {inf.strategy!r} "
+                "has none (use 'amortized' or 'semi-amortized')"
+            )
         return self
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from avi.data.files import load_array_file
 from avi.errors import ConfigError
-from avi.evaluation.bounds import elbo_per_point, log_likelihood
+from avi.evaluation.bounds import cubo_per_point, elbo_per_point, log_likelihood
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import infer
 from avi.runs.build import prepare_data
@@ -25,11 +25,17 @@ def run_evaluate(
     *,
     data: str | Path | None = None,
     k: int | None = None,
+    cubo: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split (or on the file ``data``): mean ELBO, reconstruction,
     KL and the IWAE-k estimate of log p(x) per point, in nats. A per-datapoint run first infers
     posteriors for the points with the model fixed (``inference.infer_steps`` steps).
+
+    With ``cubo`` the result also holds ``cubo``, the chi upper bound CUBO_n (n =
+    ``objective.cubo_order``, default 2) estimated with the same k and its standard error: with
+    the ELBO it sandwiches log p(x), ELBO <= log p(x) <= CUBO (the k-sample CUBO estimate is
+    biased low, so the upper side holds only for k large enough for q; Dieng et al. 2017).
 
     ``on_batch(done, total)`` reports progress of the importance sampling.
     """
@@ -59,7 +65,7 @@ def run_evaluate(
         nonlocal done
         done += n
         if on_batch is not None:
-            on_batch(done, x.shape[0])
+            on_batch(done, x.shape[0] * (2 if cubo else 1))
 
     ll = log_likelihood(
         run.model,
@@ -70,6 +76,18 @@ def run_evaluate(
         chunk_size=config.evaluate.chunk_size,
         on_batch=report,
     )
+    upper = None
+    if cubo:
+        upper = cubo_per_point(
+            run.model,
+            posterior,
+            x,
+            n=config.objective.cubo_order,
+            k=k,
+            batch_size=config.evaluate.batch_size,
+            chunk_size=config.evaluate.chunk_size,
+            on_batch=report,
+        )
     n = x.shape[0]
     result = {
         "n": n,
@@ -84,6 +102,12 @@ def run_evaluate(
         "inference_seconds": inference_seconds,
         "seconds": time.perf_counter() - started,
     }
+    if upper is not None:
+        result.update(
+            cubo=upper.value.mean().item(),
+            cubo_stderr=math.sqrt(upper.stderr.pow(2).sum().item()) / n,
+            cubo_order=config.objective.cubo_order,
+        )
     if data is None:
         write_json(Path(run_dir) / EVALUATION, result)
     return result

@@ -91,6 +91,7 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
         run.posterior.load_state_dict(state["posterior"])
     except RuntimeError as err:
         raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
+    run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run
 
 

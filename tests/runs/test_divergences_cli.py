@@ -1,0 +1,60 @@
+"""The command line for the objectives beyond the reverse KL and the encoder regularisers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--objective", "renyi", "--alpha", "0.5"], {"name": "renyi", "alpha": 0.5}),
+        (["--objective", "cubo"], {"name": "cubo", "cubo_order": 2.0}),
+        (["--objective", "rws", "--k", "4"], {"name": "rws", "k": 4}),
+    ],
+    ids=["renyi", "cubo", "rws"],
+)
+def test_fit_with_each_objective(run_avi, small_config, tmp_path: Path, args: list[str], expected: dict) -> None:
+    run = tmp_path / "run"
+    fitted = run_avi("fit", str(small_config(2)), *args, "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    objective = json.loads((run / "config.json").read_text())["objective"]
+    assert expected.items() <= objective.items()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and math.isfinite(summary["val_elbo"])
+
+
+def test_regularised_encoder_fits_and_evaluates_with_the_cubo_sandwich(run_avi, small_config, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fitted = run_avi("fit", str(small_config(2)), "--denoise", "0.2", "--weight-norm", "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    inference = json.loads((run / "config.json").read_text())["inference"]
+    assert inference["denoise"] == 0.2 and inference["weight_norm"] is True
+    evaluated = run_avi("evaluate", str(run), "--k", "50", "--cubo", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["cubo_order"] == 2.0 and result["cubo_stderr"] >= 0
+    assert result["elbo"] <= result["log_likelihood"] <= result["cubo"]
+    plain = json.loads(run_avi("evaluate", str(run), "--k", "5", "--json").stdout)
+    assert "cubo" not in plain
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--objective", "renyi", "--alpha", "nan"], "objective.alpha"),
+        (["--objective", "cubo", "--cubo-order", "1"], "objective.cubo_order"),
+        (["--denoise", "-0.1"], "inference.denoise"),
+        (["--strategy", "per-datapoint", "--weight-norm"], "regularise an encoder"),
+        (["--objective", "chi"], "objective.name"),
+    ],
+)
+def test_bad_objective_and_regulariser_settings_are_one_line_errors(run_avi, small_config, args: list[str], message: str) -> None:
+    result = run_avi("fit", str(small_config(1)), *args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
