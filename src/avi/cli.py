@@ -41,8 +41,12 @@ def fit(
     strategy: Annotated[Optional[str], typer.Option(help="amortized, per-datapoint, semi-amortized or iterative.")] = None,
     family: Annotated[Optional[str], typer.Option(help="mean-field, full-rank, iaf or nsf.")] = None,
     refine_steps: Annotated[Optional[int], typer.Option(help="Refinement steps K of the semi-amortized strategy.")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="elbo or iwae.")] = None,
-    k: Annotated[Optional[int], typer.Option(help="Samples of the IWAE training bound.")] = None,
+    denoise: Annotated[Optional[float], typer.Option(help="Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018).")] = None,
+    weight_norm: Annotated[bool, typer.Option("--weight-norm", help="Weight-normalise the encoder's linear layers (Shu et al. 2018).")] = False,
+    objective: Annotated[Optional[str], typer.Option(help="elbo, iwae, renyi, cubo or rws.")] = None,
+    k: Annotated[Optional[int], typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")] = None,
+    cubo_order: Annotated[Optional[float], typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
@@ -61,6 +65,7 @@ def fit(
             given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
                      "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
                      "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
+            given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order})
             changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
             if changed:
                 _fail(f"--resume continues a run as configured; it cannot change --{', --'.join(changed)} (only --epochs)")
@@ -71,8 +76,9 @@ def fit(
                 {
                     "model": {"name": model, "preset": preset, "latent_dim": latent_dim},
                     "data": {"source": data, "subset": subset},
-                    "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps},
-                    "objective": {"name": objective, "k": k},
+                    "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps,
+                                  "denoise": denoise, "weight_norm": weight_norm or None},
+                    "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
                 },
             )
@@ -145,6 +151,7 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by avi fit.")],
     data: Annotated[Optional[Path], typer.Option(help="Evaluate on this .npy/.npz/.csv file instead of the test split.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Importance samples per point (default: the run's evaluate.k, 5000).")] = None,
+    cubo: Annotated[bool, typer.Option("--cubo", help="Also estimate the chi upper bound CUBO (ELBO <= log p(x) <= CUBO).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
     """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run."""
@@ -156,7 +163,7 @@ def evaluate(
             TimeRemainingColumn(), console=console, transient=True,
         ) as progress:  # fmt: skip
             task = progress.add_task("", total=None)
-            result = run_evaluate(run_dir, data=data, k=k, on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+            result = run_evaluate(run_dir, data=data, k=k, cubo=cubo, on_batch=lambda done, total: progress.update(task, completed=done, total=total))
     except AviError as err:
         _fail(str(err))
     if as_json:
@@ -169,6 +176,8 @@ def evaluate(
     table.add_row("  reconstruction", f"{result['reconstruction']:.2f}")
     table.add_row("  KL", f"{result['kl']:.2f}")
     table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}")
+    if "cubo" in result:
+        table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2f}")
     Console().print(table)
 
 
