@@ -65,7 +65,7 @@ def fit_vi(
     optimizer = torch.optim.Adam([params], lr=lr)
 
     def posterior() -> Distribution:
-        q = fam(params.detach())
+        q = fam(params.detach().clone())  # a copy: Adam updates params in place
         return q if space.identity else TransformedDistribution(q, [space.transform])
 
     seconds, means, sds, spent = [], [], [], 0.0
