@@ -126,6 +126,15 @@ class EvaluateConfig(_Section):
     chunk_size: int = Field(500, ge=1)
 
 
+class TrackingConfig(_Section):
+    """Optional mirrors of the per-epoch metrics: TensorBoard (``RUN_DIR/tensorboard``) and
+    MLflow (``mlflow_uri``, default a SQLite file ``RUN_DIR/mlflow.db``)."""
+
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -133,6 +142,7 @@ class Config(_Section):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -33,6 +33,7 @@ from avi.runs.rundir import (
     write_json,
     write_metrics,
 )
+from avi.runs.tracking import open_trackers
 
 __all__ = ["ProgressHook", "TrainedRun", "default_run_dir", "load_trained", "resolve_device", "run_fit"]
 
@@ -198,6 +199,10 @@ def run_fit(
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config)
+    trackers = open_trackers(config, run_dir) if main else []
+    for row in rows:  # a resumed run's trackers see its history too
+        for tracker in trackers:
+            tracker.log(row)
     started = time.perf_counter()
     train: Dataset = run.splits.train.to(run.device)
     for epoch in range(start_epoch + 1, last_epoch + 1):
@@ -237,8 +242,12 @@ def run_fit(
             )
             write_metrics(run_dir / METRICS, rows)
             write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": epoch, "epochs": last_epoch})
+            for tracker in trackers:
+                tracker.log(rows[-1])
             if on_epoch is not None:
                 on_epoch(rows[-1])
+    for tracker in trackers:
+        tracker.close()
     if main:
         final = rows[-1] if rows else {}
         write_json(
