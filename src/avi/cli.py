@@ -55,6 +55,12 @@ def fit(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
+    kl_warmup: Annotated[Optional[int], typer.Option(help="Collapse remedy: linear KL warm-up over the first EPOCHS epochs.")] = None,
+    kl_cycles: Annotated[Optional[int], typer.Option(help="Collapse remedy: N cycles of cyclical KL annealing over the run.")] = None,
+    free_bits: Annotated[Optional[float], typer.Option(help="Collapse remedy: free bits, NATS per latent dimension.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Collapse remedy: weight B of the KL term (beta-VAE).")] = None,
+    aggressive: Annotated[bool, typer.Option("--aggressive", help="Collapse remedy: aggressive encoder training (He et al. 2019).")] = False,
 ) -> None:
     """Train a model and its posterior; write config, metrics, checkpoint and summary to a run directory."""
     from avi.runs.config import load_config
@@ -66,6 +72,8 @@ def fit(
                      "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
                      "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
             given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order})
+            given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
+                          "beta": beta, "aggressive": aggressive or None})  # fmt: skip
             changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
             if changed:
                 _fail(f"--resume continues a run as configured; it cannot change --{', --'.join(changed)} (only --epochs)")
@@ -74,12 +82,14 @@ def fit(
             settings = load_config(
                 config,
                 {
-                    "model": {"name": model, "preset": preset, "latent_dim": latent_dim},
+                    "model": {"name": model, "preset": preset, "latent_dim": latent_dim, "decoder": decoder},
                     "data": {"source": data, "subset": subset},
                     "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps,
                                   "denoise": denoise, "weight_norm": weight_norm or None},
                     "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
+                    "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,
+                                 "aggressive": aggressive or None},
                 },
             )
         with _TrainingProgress() as progress:
@@ -141,7 +151,8 @@ class _TrainingProgress:
     def epoch_done(self, row: dict[str, Any]) -> None:
         self.progress.console.print(
             f"epoch {row['epoch']:>3}  train ELBO {row['train_elbo']:9.2f}  KL {row['train_kl']:7.2f}  "
-            f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s",
+            f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s"
+            + (f"  AU {row['active_units']}  MI {row['mutual_information']:.2f}" if "active_units" in row else ""),
             highlight=False,
         )
 
@@ -178,6 +189,9 @@ def evaluate(
     table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}")
     if "cubo" in result:
         table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2f}")
+    table.add_row("I(x; z) (He et al. 2019)", f"{result['mutual_information']:.2f}")
+    table.add_row("active units", f"{result['active_units']} of {len(result['kl_per_dim'])}")
+    table.add_row("KL per dimension", " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     Console().print(table)
 
 

@@ -41,11 +41,11 @@ def test_report_writes_every_figure_and_an_html_page_with_only_embedded_images(r
     assert result.returncode == 0, result.stderr
     page = Path(result.stdout.strip())
     assert page == finished_run / "report.html"
-    for name in ("curves.png", "reconstructions.png", "samples.png", "latent.png"):
+    for name in ("curves.png", "reconstructions.png", "samples.png", "latent.png", "collapse.png"):
         assert (finished_run / name).stat().st_size > 1000, name  # 16 = 4 x 4 image data
     text = page.read_text()
     sources = re.findall(r'src="([^"]*)"', text)
-    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "href=" not in text and "<script" not in text  # nothing to fetch, nothing to run
     assert "Final metrics" in text and "latent_dim" in text
 

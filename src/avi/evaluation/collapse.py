@@ -1,11 +1,64 @@
-"""Posterior-collapse diagnostics."""
+"""Posterior-collapse diagnostics: KL per latent dimension, active units, mutual information.
+
+Posterior collapse is q(z|x) = p(z) for every x: the KL term vanishes and the latents carry no
+information about x. Three views of it, all computed from the posterior over a data set:
+
+- KL(q(z_k|x) || p(z_k)) per dimension k, averaged over points;
+- active units (Burda et al. 2016): dimensions whose posterior mean moves with x;
+- I(x; z) under the encoder's joint p_data(x) q(z|x) (Hoffman and Johnson 2016), estimated as
+  He, Spokoyny, Neubig and Berg-Kirkpatrick (2019) do (their ``calc_mi``).
+"""
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-__all__ = ["active_units", "posterior_mean_variance"]
+from avi.errors import ConfigError
+from avi.models.base import LatentVariableModel
+from avi.objectives.bounds import analytic_kl_or_none
+
+__all__ = [
+    "CollapseDiagnostics",
+    "active_units",
+    "batch_mutual_information",
+    "collapse_diagnostics",
+    "dimension_kl",
+    "mutual_information",
+    "posterior_mean_variance",
+]
+
+
+class CollapseDiagnostics(NamedTuple):
+    """What :func:`collapse_diagnostics` returns for a data set.
+
+    ``kl_per_dim`` (K,): mean over points of KL(q(z_k|x) || p(z_k)); ``mean_variance`` (K,):
+    Cov_x(E_q[z_k|x]); ``active_units``: how many of those exceed the threshold;
+    ``mutual_information``: the estimate of I(x; z) in nats.
+    """
+
+    kl_per_dim: Tensor
+    mean_variance: Tensor
+    active_units: int
+    mutual_information: float
+
+
+def _mean(q: Distribution) -> Tensor:
+    """E_q[z] (B, K): closed form, or from 100 samples for distributions without one (flows)."""
+    try:
+        return q.mean
+    except NotImplementedError:
+        return q.sample((100,)).mean(0)
+
+
+def _batches(n: int, batch_size: int, device: torch.device) -> list[Tensor]:
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size}")
+    return [torch.arange(s, min(s + batch_size, n), device=device) for s in range(0, n, batch_size)]
 
 
 @torch.no_grad()
@@ -13,17 +66,104 @@ def posterior_mean_variance(posterior: nn.Module, x: Tensor, *, batch_size: int 
     """Cov_x(E_q[z | x]) per latent dimension, (K,): how much each dimension's posterior mean
     moves across data points. Means come from ``q.mean``; for distributions without a closed-form
     mean (flows), from 100 samples."""
-    means = []
-    for start in range(0, x.shape[0], batch_size):
-        index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-        q = posterior(x[index], index)
-        try:
-            means.append(q.mean)
-        except NotImplementedError:
-            means.append(q.sample((100,)).mean(0))
-    return torch.cat(means).var(0)
+    return torch.cat([_mean(posterior(x[i], i)) for i in _batches(x.shape[0], batch_size, x.device)]).var(0)
 
 
 def active_units(posterior: nn.Module, x: Tensor, *, threshold: float = 0.01) -> int:
     """Burda, Grosse and Salakhutdinov (2016): dimension u is active if Cov_x(E_q[z_u | x]) > 0.01."""
     return int((posterior_mean_variance(posterior, x) > threshold).sum())
+
+
+def dimension_kl(q: Distribution, prior: Distribution, *, num_samples: int = 100) -> Tensor:
+    """KL(q(z_k|x) || p(z_k)) per point and latent dimension, (B, K), for a factorised prior.
+
+    Exact for a mean-field q whose factors torch has a KL for (diagonal Gaussians), and for a
+    full-rank Gaussian q (its marginals are Gaussian). A factorised q of other factors gets a
+    Monte Carlo estimate from ``num_samples`` samples. Any other q (flows) is replaced by the
+    Gaussians matching its marginals' moments (from ``num_samples`` samples); against a Gaussian
+    prior that is a lower bound on each marginal KL (the Gaussian has the largest entropy for its
+    variance). For a q that does not factorise, the marginal KLs sum to KL(q || p) minus the total
+    correlation of q, not to KL(q || p).
+    """
+    if not (isinstance(prior, Independent) and prior.reinterpreted_batch_ndims == 1):
+        raise ConfigError("KL per dimension needs a prior that factorises over the latent dimensions")
+    if isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1:
+        marginal = q.base_dist
+    elif isinstance(q, MultivariateNormal):
+        marginal = Normal(q.loc, q.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt(), validate_args=False)
+    else:
+        z = q.sample((num_samples,))
+        marginal = Normal(z.mean(0), z.std(0), validate_args=False)
+    kl = analytic_kl_or_none(marginal, prior.base_dist)
+    if kl is None:
+        z = marginal.sample((num_samples,))
+        kl = (marginal.log_prob(z) - prior.base_dist.log_prob(z)).mean(0)
+    return kl
+
+
+@torch.no_grad()
+def batch_mutual_information(q: Distribution, *, chunk_size: int = 256) -> Tensor:
+    """He et al. (2019)'s estimate of I(x; z) from one batch, as per-point terms (B,) (the
+    estimate is their mean):
+
+        term_i = -H[q(z|x_i)] - log (1/B) sum_j q(z_i | x_j),   z_i ~ q(z | x_i),
+
+    the aggregate posterior q(z) = E_x q(z|x) replaced by the mixture over the batch. The entropy
+    is exact where torch has it, else -log q(z_i|x_i). In expectation this is the InfoNCE bound
+    (van den Oord et al. 2018): at most I(x; z) and at most log B. The B x B matrix
+    log q(z_i|x_j) is formed ``chunk_size`` rows at a time.
+    """
+    z = q.sample()  # (B, K)
+    n = z.shape[0]
+    try:
+        neg_entropy = -q.entropy()
+    except NotImplementedError:
+        neg_entropy = q.log_prob(z)
+    log_qz = torch.cat(
+        [
+            torch.logsumexp(q.log_prob(z[s : s + chunk_size, None, :].expand(-1, n, -1)), dim=1)
+            for s in range(0, n, chunk_size)
+        ]
+    )
+    return neg_entropy - (log_qz - math.log(n))
+
+
+@torch.no_grad()
+def mutual_information(posterior: nn.Module, x: Tensor, *, batch_size: int = 500) -> float:
+    """I(x; z) in nats: :func:`batch_mutual_information` over consecutive batches of
+    ``batch_size`` points, averaged with weights the batch sizes (He et al. 2019's ``calc_mi``)."""
+    return (
+        sum(
+            batch_mutual_information(posterior(x[i], i)).sum().item()
+            for i in _batches(x.shape[0], batch_size, x.device)
+        )
+        / x.shape[0]
+    )
+
+
+@torch.no_grad()
+def collapse_diagnostics(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    x: Tensor,
+    *,
+    batch_size: int = 500,
+    threshold: float = 0.01,
+) -> CollapseDiagnostics:
+    """KL per dimension, active units (Cov_x(E_q[z_k|x]) > ``threshold``) and mutual information
+    of ``posterior`` on x: (N, D), in one pass over batches of ``batch_size`` points (the batch of
+    the mutual-information estimate: it cannot exceed log ``batch_size``)."""
+    prior = model.prior()
+    kl, means, mi = [], [], 0.0
+    for index in _batches(x.shape[0], batch_size, x.device):
+        q = posterior(x[index], index)
+        kl.append(dimension_kl(q, prior).sum(0))
+        means.append(_mean(q))
+        mi += batch_mutual_information(q).sum().item()
+    mean_variance = torch.cat(means).var(0)
+    return CollapseDiagnostics(
+        torch.stack(kl).sum(0) / x.shape[0],
+        mean_variance,
+        int((mean_variance > threshold).sum()),
+        mi / x.shape[0],
+    )

@@ -16,6 +16,7 @@ from avi.families.flow import FLOW_KINDS, FlowFamily
 from avi.inference.local import LocalPosterior
 from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPosterior
 from avi.models import LatentVariableModel, LinearGaussian, VAEModel
+from avi.models.made import MADEModel
 from avi.nn import mlp
 from avi.objectives.select import Objective, make_objective
 from avi.runs.config import Config
@@ -26,6 +27,8 @@ __all__ = ["build_family", "build_model", "build_objective", "build_posterior", 
 def build_model(config: Config, data_dim: int) -> LatentVariableModel:
     """The model named in ``config.model`` over data of dimension ``data_dim``."""
     m = config.model
+    if m.name == "vae" and m.decoder == "made":
+        return MADEModel(data_dim, m.latent_dim, m.hidden, m.activation)
     if m.name == "vae":
         return VAEModel(data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood)
     return LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")

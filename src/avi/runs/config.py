@@ -30,6 +30,8 @@ class ModelConfig(_Section):
     hidden: list[int] = Field(default_factory=lambda: [400])
     activation: Literal["relu", "tanh", "elu", "softplus"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
+    decoder: Literal["mlp", "made"] = "mlp"
 
 
 class DataConfig(_Section):
@@ -118,6 +120,28 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)
 
 
+class RemediesConfig(_Section):
+    """Posterior-collapse remedies, combinable (see :mod:`avi.objectives.schedules`).
+
+    The ELBO's KL term is weighted by beta x warm-up x cycle, the weight of each epoch taken
+    at its midpoint: ``beta`` (Higgins et al. 2017); a linear warm-up from ``kl_start_weight``
+    at epoch ``kl_warmup_start`` to 1 at epoch ``kl_warmup`` (0: none); ``kl_cycles``
+    cyclical-annealing cycles over the run, rising for ``kl_cycle_ratio`` of each (Fu et al.
+    2019). ``free_bits`` nats per latent dimension: the KL term is sum_k max(lambda, KL_k)
+    (Kingma et al. 2016; needs a mean-field q). ``aggressive``: aggressive encoder training
+    while the mutual information rises (He et al. 2019).
+    """
+
+    beta: float = Field(1.0, ge=0)
+    kl_warmup: int = Field(0, ge=0)
+    kl_warmup_start: int = Field(0, ge=0)
+    kl_start_weight: float = Field(0.0, ge=0, le=1)
+    kl_cycles: int = Field(0, ge=0)
+    kl_cycle_ratio: float = Field(0.5, gt=0, le=1)
+    free_bits: float = Field(0.0, ge=0)
+    aggressive: bool = False
+
+
 class EvaluateConfig(_Section):
     """Importance-sampled log-likelihood: k samples per point, ``chunk_size`` at a time."""
 
@@ -143,6 +167,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    remedies: RemediesConfig = Field(default_factory=RemediesConfig)
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -163,6 +188,13 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_collapse(self) -> Config:
+        from avi.runs.collapse import check_collapse_options
+
+        check_collapse_options(self)
+        return self
+
 
 #: Named architectures: model fields (and the encoder mirrored from the decoder).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -177,6 +209,8 @@ def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
+        if first["loc"][0] == "remedies" and len(first["loc"]) == 2:
+            return f"unknown remedy {first['loc'][1]!r}; choose from {sorted(RemediesConfig.model_fields)}"
         return f"unknown config key {where!r}"
     if first["type"] == "literal_error":
         return f"invalid value {first['input']!r} for {where}: {first['msg'].lower()}"

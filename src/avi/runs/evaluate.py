@@ -11,9 +11,11 @@ from typing import Any
 from avi.data.files import load_array_file
 from avi.errors import ConfigError
 from avi.evaluation.bounds import cubo_per_point, elbo_per_point, log_likelihood
+from avi.evaluation.collapse import collapse_diagnostics
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import infer
 from avi.runs.build import prepare_data
+from avi.runs.collapse import MI_BATCH_SIZE
 from avi.runs.rundir import EVALUATION, write_json
 from avi.runs.train import load_trained
 
@@ -29,7 +31,8 @@ def run_evaluate(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split (or on the file ``data``): mean ELBO, reconstruction,
-    KL and the IWAE-k estimate of log p(x) per point, in nats. A per-datapoint run first infers
+    KL and the IWAE-k estimate of log p(x) per point, in nats, and the collapse diagnostics (KL
+    per latent dimension, active units, mutual information I(x; z)). A per-datapoint run first infers
     posteriors for the points with the model fixed (``inference.infer_steps`` steps).
 
     With ``cubo`` the result also holds ``cubo``, the chi upper bound CUBO_n (n =
@@ -59,6 +62,7 @@ def run_evaluate(
         posterior = infer(run.model, posterior, x, steps=config.inference.infer_steps, lr=config.inference.local_lr)
     inference_seconds = time.perf_counter() - started
     elbo, reconstruction, kl = elbo_per_point(run.model, posterior, x)
+    collapse = collapse_diagnostics(run.model, posterior, x, batch_size=MI_BATCH_SIZE)
     done = 0
 
     def report(n: int) -> None:
@@ -98,6 +102,9 @@ def run_evaluate(
         "log_likelihood": ll.value.mean().item(),
         "log_likelihood_stderr": math.sqrt(ll.stderr.pow(2).sum().item()) / n,
         "k": k,
+        "kl_per_dim": collapse.kl_per_dim.tolist(),
+        "active_units": collapse.active_units,
+        "mutual_information": collapse.mutual_information,
         "strategy": config.inference.strategy,
         "inference_seconds": inference_seconds,
         "seconds": time.perf_counter() - started,

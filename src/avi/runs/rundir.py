@@ -77,7 +77,8 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """The whole metrics table, rewritten atomically (it is small), so it always matches the checkpoint."""
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        # every column any row has (rows of a run resumed across versions may differ)
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_bytes(path, buffer.getvalue().encode())

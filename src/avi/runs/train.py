@@ -15,12 +15,14 @@ from torch import Tensor, nn
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError, RunError
 from avi.evaluation.bounds import elbo_per_point
+from avi.inference.aggressive import aggressive_epoch
 from avi.inference.fit import EpochStats, make_optimizers, train_epoch
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
 from avi.runs.build import build_model, build_objective, build_posterior, load_splits
+from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_objective, plot_collapse
 from avi.runs.config import Config, learning_rate
 from avi.runs.rundir import (
     CHECKPOINT,
@@ -128,6 +130,17 @@ def _validate(run: TrainedRun, validation_params: Tensor | None) -> tuple[dict[s
     )
 
 
+def _diagnostics(run: TrainedRun, validation_params: Tensor | None) -> dict[str, Any]:
+    """Collapse diagnostics on the validation split (on the first 1,000 training points, with
+    a fixed binarisation, when there is no validation split)."""
+    data, posterior = run.splits.validation, run.posterior
+    if len(data) == 0:
+        data = run.splits.train.subset(slice(0, 1000)).binarized(run.config.data.seed + 2)
+    elif isinstance(posterior, LocalPosterior):
+        posterior = LocalPosterior(len(data), posterior.family, initial=validation_params)
+    return diagnostics_row(run.model, posterior, data.x.to(run.device), seed=run.config.train.seed)
+
+
 def _row(epoch: int, stats: EpochStats, val: dict[str, float], wall: float) -> dict[str, Any]:
     return {
         "epoch": epoch,
@@ -212,20 +225,31 @@ def run_fit(
         hook = None
         if progress is not None and main:
             hook = lambda done, sums, e=epoch: progress(e, done, len(train), sums)  # noqa: E731
-        stats = train_epoch(
+        optimised, kl_weight = epoch_objective(config, epoch, objective)
+        aggressive = aggressive_next(config, rows)
+        result = (aggressive_epoch if aggressive else train_epoch)(
             run.model,
             run.posterior,
             train,
             optimizers,
-            objective=objective,
+            objective=optimised,
             batch_size=config.train.batch_size,
             generator=generator,
             rank=distributed.rank(),
             world_size=distributed.world_size(),
             on_progress=hook,
         )
+        stats, encoder_steps = result if aggressive else (result, 0)
         val, validation_params = _validate(run, validation_params)
-        rows.append(_row(epoch, stats, val, wall_before + time.perf_counter() - started))
+        rows.append(
+            {
+                **_row(epoch, stats, val, wall_before + time.perf_counter() - started),
+                "kl_weight": kl_weight,
+                "aggressive": int(aggressive),
+                "encoder_steps": encoder_steps,
+                **_diagnostics(run, validation_params),
+            }
+        )
         if main:
             write_checkpoint(
                 run_dir / CHECKPOINT,
@@ -249,6 +273,8 @@ def run_fit(
     for tracker in trackers:
         tracker.close()
     if main:
+        if rows and "kl_dim_0" in rows[-1]:
+            plot_collapse(run_dir)
         final = rows[-1] if rows else {}
         write_json(
             run_dir / SUMMARY,

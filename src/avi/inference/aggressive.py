@@ -1,0 +1,115 @@
+"""Aggressive inference-network training (He, Spokoyny, Neubig and Berg-Kirkpatrick 2019,
+"Lagging Inference Networks and Posterior Collapse in Variational Autoencoders", Algorithm 1).
+
+Early in training the encoder lags behind the true posterior and the decoder learns to ignore
+z. Aggressive training lets the encoder catch up before every decoder update: for each batch,
+encoder-only steps on random batches until the encoder's objective stops improving, then one
+decoder-only step on the batch. The caller runs such epochs while the mutual information
+I(x; z) still rises (see :func:`avi.evaluation.mutual_information`), then returns to joint
+updates (:func:`avi.inference.train_epoch`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from avi.data.dataset import Dataset, shard_batches
+from avi.inference.fit import EpochStats
+from avi.models.base import LatentVariableModel
+from avi.objectives.select import Objective
+
+__all__ = ["AggressiveStats", "aggressive_epoch"]
+
+
+class AggressiveStats(NamedTuple):
+    """An aggressive epoch's statistics (over its decoder steps) and its encoder steps in all."""
+
+    epoch: EpochStats
+    encoder_steps: int
+
+
+def _step(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    x: Tensor,
+    index: Tensor,
+    optimizers: list[Optimizer],
+    objective: Objective,
+    params: list[nn.Parameter],
+) -> Tensor:
+    """One step of the optimisers on the gradient of -mean(objective) w.r.t. ``params`` only
+    (the other parameters get no gradient, so Adam leaves them and their moments untouched).
+    Returns the per-point terms, detached, stacked (3, B)."""
+    terms = objective(model, posterior(x, index), x)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    (-terms.value.mean()).backward(inputs=params)
+    for opt in optimizers:
+        opt.step()
+    return torch.stack([terms.value, terms.reconstruction, terms.kl]).detach()
+
+
+def aggressive_epoch(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    data: Dataset,
+    optimizers: list[Optimizer],
+    *,
+    objective: Objective,
+    batch_size: int,
+    generator: torch.Generator,
+    max_encoder_steps: int = 100,
+    check_every: int = 10,
+    rank: int = 0,
+    world_size: int = 1,
+    on_progress: Callable[[int, Tensor], None] | None = None,
+) -> AggressiveStats:
+    """One epoch of aggressive training. For each batch x of the epoch:
+
+    1. encoder (``posterior``) steps, the first on x, the others on random batches drawn without
+       replacement, until the mean loss over the last ``check_every`` steps is above that of the
+       ``check_every`` before, or ``max_encoder_steps - 1`` steps are done (He et al.'s image
+       code: windows of 10, fewer than 100 steps);
+    2. one decoder (``model``) step on x.
+
+    ``optimizers`` must hold the parameters of both (e.g. :func:`~avi.inference.make_optimizers`);
+    each step computes gradients for one side only. The statistics (objective, ELBO terms) are
+    those of the decoder steps; ``on_progress`` is called as in :func:`~avi.inference.train_epoch`.
+    """
+    start = time.perf_counter()
+    device = data.x.device
+    encoder_params = [p for p in posterior.parameters() if p.requires_grad]
+    decoder_params = [p for p in model.parameters() if p.requires_grad]
+    sample = generator if device.type == "cpu" else None
+    sums = torch.zeros(3, device=device)
+    examples = encoder_steps = 0
+    for index in shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size):
+        index = index.to(device)
+        x = data.batch(index, sample)
+        enc_index, enc_x = index, x
+        window, previous = torch.zeros((), device=device), math.inf
+        for step in range(1, max_encoder_steps):
+            window += -_step(model, posterior, enc_x, enc_index, optimizers, objective, encoder_params)[0].mean()
+            encoder_steps += 1
+            if step % check_every == 0:
+                current = window.item() / check_every  # one host read per window
+                if current > previous:
+                    break
+                window, previous = torch.zeros((), device=device), current
+            enc_index = torch.randperm(len(data), generator=generator)[:batch_size][rank::world_size].to(device)
+            enc_x = data.batch(enc_index, sample)
+        terms = _step(model, posterior, x, index, optimizers, objective, decoder_params)
+        sums += terms.sum(1)
+        examples += index.numel()
+        if on_progress is not None:
+            on_progress(examples, sums)
+    value, reconstruction, kl = (sums / max(examples, 1)).tolist()
+    stats = EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, examples)
+    return AggressiveStats(stats, encoder_steps)

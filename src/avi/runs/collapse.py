@@ -1,0 +1,167 @@
+"""Posterior collapse in runs: the remedies' checks, the objective of each epoch, when to train
+aggressively, the diagnostics recorded per epoch, and their figure.
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from avi.errors import ConfigError
+from avi.evaluation.collapse import collapse_diagnostics
+from avi.models.base import LatentVariableModel
+from avi.objectives.schedules import KLSchedule
+from avi.objectives.select import Objective
+from avi.objectives.weighted import weighted_elbo_terms
+
+if TYPE_CHECKING:
+    from avi.runs.config import Config
+
+__all__ = [
+    "COLLAPSE_FIGURE",
+    "MI_BATCH_SIZE",
+    "aggressive_next",
+    "check_collapse_options",
+    "diagnostics_row",
+    "epoch_objective",
+    "kl_schedule",
+    "plot_collapse",
+]
+
+#: points per batch of the mutual-information estimate (it cannot exceed log 500 = 6.2 nats)
+MI_BATCH_SIZE = 500
+COLLAPSE_FIGURE = "collapse.png"
+
+
+def kl_schedule(config: Config) -> KLSchedule:
+    """The KL weight schedule of ``config.remedies`` over the run's ``train.epochs``."""
+    r = config.remedies
+    return KLSchedule(
+        beta=r.beta,
+        warmup_start=r.kl_warmup_start,
+        warmup_end=r.kl_warmup,
+        start_weight=r.kl_start_weight,
+        cycles=r.kl_cycles,
+        cycle_ratio=r.kl_cycle_ratio,
+        epochs=config.train.epochs,
+    )
+
+
+def _weights_kl(config: Config) -> bool:
+    r = config.remedies
+    return r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0
+
+
+def check_collapse_options(config: Config) -> None:
+    """Raise :class:`ConfigError` for remedies (or a MADE decoder) the rest of ``config`` rules out."""
+    kl_schedule(config)
+    if _weights_kl(config) and config.objective.name != "elbo":
+        raise ConfigError(
+            f"beta, KL annealing and free bits weight the ELBO's KL term; objective {config.objective.name!r} has none"
+        )
+    if config.remedies.free_bits > 0 and config.inference.family != "mean-field":
+        raise ConfigError(f"free bits per dimension need the mean-field family, not {config.inference.family!r}")
+    if config.remedies.aggressive and config.inference.strategy == "per-datapoint":
+        raise ConfigError("aggressive training needs an inference network; the per-datapoint strategy has none")
+    m = config.model
+    if m.decoder == "made" and (m.name != "vae" or m.likelihood != "bernoulli"):
+        raise ConfigError(f"the MADE decoder is for a VAE with a Bernoulli likelihood, not {m.name} / {m.likelihood}")
+
+
+def epoch_objective(config: Config, epoch: int, base: Objective) -> tuple[Objective, float]:
+    """The objective of epoch ``epoch`` (1-based) and its KL weight: ``base`` (the configured
+    objective, unchanged) when no remedy weights the KL, else the weighted ELBO of
+    :func:`~avi.objectives.weighted.weighted_elbo_terms` with the schedule's weight."""
+    if not _weights_kl(config):
+        return base, 1.0
+    weight = kl_schedule(config).epoch_weight(epoch)
+    o = config.objective
+    objective = partial(
+        weighted_elbo_terms,
+        weight=weight,
+        free_bits=config.remedies.free_bits,
+        num_samples=o.num_samples,
+        analytic_kl=o.analytic_kl,
+    )
+    return objective, weight
+
+
+def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
+    """Whether the next epoch trains aggressively: from the start while the mutual information
+    of each epoch is at least that of the epoch before (the first compared with 0), then never
+    again (He et al. 2019, their text models' rule)."""
+    if not config.remedies.aggressive:
+        return False
+    if not rows:
+        return True
+    if not rows[-1].get("aggressive"):
+        return False
+    previous = rows[-2]["mutual_information"] if len(rows) > 1 else 0.0
+    return rows[-1]["mutual_information"] >= previous
+
+
+def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor, *, seed: int = 0) -> dict[str, Any]:
+    """Metrics columns ``kl_dim_0..K-1``, ``active_units`` and ``mutual_information`` of the
+    posterior on x, with the random draws of the estimate seeded by ``seed`` and the global
+    RNG left as it was (training draws the same numbers with or without diagnostics)."""
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        d = collapse_diagnostics(model, posterior, x, batch_size=MI_BATCH_SIZE)
+    return {
+        **{f"kl_dim_{k}": v for k, v in enumerate(d.kl_per_dim.tolist())},
+        "active_units": d.active_units,
+        "mutual_information": d.mutual_information,
+    }
+
+
+def plot_collapse(run_dir: Path) -> Path:
+    """``collapse.png`` from the run's metrics: KL per latent dimension over epochs (heat map)
+    above, active units, mutual information and the KL weight over epochs below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    dims = sorted((k for k in rows[0] if k.startswith("kl_dim_")), key=lambda k: int(k.removeprefix("kl_dim_")))
+    if not dims:
+        raise ConfigError(f"{run_dir} has no collapse diagnostics in its metrics")
+    epochs = [int(r["epoch"]) for r in rows]
+    kl = torch.tensor([[float(r[k]) for r in rows] for k in dims])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    image = top.imshow(
+        kl.clamp_min(1e-3).log10().numpy(),
+        aspect="auto",
+        origin="lower",
+        extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, len(dims) - 0.5),
+        cmap="viridis",
+    )
+    fig.colorbar(image, ax=top, label="log10 KL (nats)")
+    top.yaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    top.set_ylabel("latent dimension")
+    top.set_title("KL(q(z_k|x) || p(z_k)) per dimension, validation mean")
+    bottom.plot(epochs, [int(float(r["active_units"])) for r in rows], "o-", color="#4C72B0", label="active units")
+    bottom.set_ylabel("active units", color="#4C72B0")
+    bottom.set_ylim(-0.5, len(dims) + 0.5)
+    bottom.set_xlabel("epoch")
+    right = bottom.twinx()
+    right.plot(epochs, [float(r["mutual_information"]) for r in rows], "s-", color="#DD8452", label="I(x; z)")
+    if "kl_weight" in rows[0]:
+        right.plot(epochs, [float(r["kl_weight"]) for r in rows], ":", color="gray", label="KL weight")
+    right.set_ylabel("nats (MI) / KL weight")
+    lines = bottom.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    bottom.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
+    fig.tight_layout()
+    path = run_dir / COLLAPSE_FIGURE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
