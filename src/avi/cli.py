@@ -43,6 +43,8 @@ def fit(
     refine_steps: Annotated[Optional[int], typer.Option(help="Refinement steps K of the semi-amortized strategy.")] = None,
     denoise: Annotated[Optional[float], typer.Option(help="Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018).")] = None,
     weight_norm: Annotated[bool, typer.Option("--weight-norm", help="Weight-normalise the encoder's linear layers (Shu et al. 2018).")] = False,
+    consistency: Annotated[Optional[float], typer.Option(help="Consistency penalty WEIGHT on KL(q(z|x) || q(z|t(x))) (Sinha and Dieng 2021).")] = None,
+    transform: Annotated[Optional[str], typer.Option(help="Transform t of the consistency penalty: translate or rotate.")] = None,
     objective: Annotated[Optional[str], typer.Option(help="elbo, iwae, renyi, cubo or rws.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")] = None,
@@ -71,7 +73,8 @@ def fit(
             given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
                      "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
                      "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
-            given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order})
+            given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order,
+                          "consistency": consistency, "transform": transform})  # fmt: skip
             given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
                           "beta": beta, "aggressive": aggressive or None})  # fmt: skip
             changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
@@ -85,7 +88,8 @@ def fit(
                     "model": {"name": model, "preset": preset, "latent_dim": latent_dim, "decoder": decoder},
                     "data": {"source": data, "subset": subset},
                     "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps,
-                                  "denoise": denoise, "weight_norm": weight_norm or None},
+                                  "denoise": denoise, "weight_norm": weight_norm or None,
+                                  "consistency": consistency, "transform": transform},
                     "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
                     "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,

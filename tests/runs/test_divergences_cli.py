@@ -51,6 +51,9 @@ def test_regularised_encoder_fits_and_evaluates_with_the_cubo_sandwich(run_avi, 
         (["--denoise", "-0.1"], "inference.denoise"),
         (["--strategy", "per-datapoint", "--weight-norm"], "regularise an encoder"),
         (["--objective", "chi"], "objective.name"),
+        (["--consistency", "-1"], "inference.consistency"),
+        (["--consistency", "1", "--transform", "shear"], "inference.transform"),
+        (["--consistency", "1"], "need 28x28 images"),  # the small job's data have 12 dimensions
     ],
 )
 def test_bad_objective_and_regulariser_settings_are_one_line_errors(run_avi, small_config, args: list[str], message: str) -> None:
@@ -58,3 +61,29 @@ def test_bad_objective_and_regulariser_settings_are_one_line_errors(run_avi, sma
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+IMAGE_JOB = """
+[model]
+latent_dim = 2
+hidden = [16]
+[data]
+source = "synthetic"
+synthetic_dim = 784
+synthetic_points = 300
+[train]
+epochs = 1
+batch_size = 50
+threads = 1
+"""
+
+
+@pytest.mark.parametrize("transform", ["translate", "rotate"])
+def test_fit_with_consistency_regularisation(run_avi, tmp_path: Path, transform: str) -> None:
+    config = tmp_path / "images.toml"
+    config.write_text(IMAGE_JOB)
+    run = tmp_path / "run"
+    fitted = run_avi("fit", str(config), "--consistency", "0.5", "--transform", transform, "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    inference = json.loads((run / "config.json").read_text())["inference"]
+    assert inference["consistency"] == 0.5 and inference["transform"] == transform

@@ -9,6 +9,7 @@ from torch import nn
 from avi.data.dataset import Dataset, Splits
 from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
+from avi.data.transforms import make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
 from avi.errors import DataError
 from avi.families import Family, make_family
@@ -18,6 +19,7 @@ from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPoster
 from avi.models import LatentVariableModel, LinearGaussian, VAEModel
 from avi.models.made import MADEModel
 from avi.nn import mlp
+from avi.objectives.consistency import consistency_regularised
 from avi.objectives.select import Objective, make_objective
 from avi.runs.config import Config
 
@@ -69,11 +71,17 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
     return AmortizedPosterior(encoder, family)
 
 
-def build_objective(config: Config) -> Objective:
+def build_objective(config: Config, posterior: nn.Module | None = None) -> Objective:
+    """The configured objective; with ``inference.consistency`` > 0 and the run's ``posterior``
+    (an encoder), penalised by the consistency KL (:mod:`avi.objectives.consistency`)."""
     o = config.objective
-    return make_objective(
+    objective = make_objective(
         o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order
     )
+    inf = config.inference
+    if inf.consistency > 0 and posterior is not None:
+        objective = consistency_regularised(objective, posterior, make_transform(inf.transform), inf.consistency)
+    return objective
 
 
 def prepare_data(x: np.ndarray | torch.Tensor, config: Config, name: str = "data") -> Dataset:

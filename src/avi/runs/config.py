@@ -72,7 +72,10 @@ class InferenceConfig(_Section):
 
     Amortized inference regularisation (Shu et al. 2018) of an encoder of x (``amortized`` and
     ``semi-amortized``): ``denoise`` = sigma > 0 adds N(0, sigma^2 I) noise to the encoder's input
-    in training only; ``weight_norm`` weight-normalises its linear layers.
+    in training only; ``weight_norm`` weight-normalises its linear layers. Consistency
+    regularisation (Sinha and Dieng 2021): ``consistency`` = w > 0 subtracts
+    w * KL(q(z|x) || q(z|t(x))) from the objective, t a random ``transform`` of 28x28 images
+    (``translate``: up to 2 pixels; ``rotate``: up to 15 degrees).
     """
 
     strategy: StrategyName = "amortized"
@@ -89,6 +92,8 @@ class InferenceConfig(_Section):
     flow_hidden: list[int] = Field(default_factory=lambda: [64, 64])
     denoise: float = Field(0.0, ge=0, allow_inf_nan=False)
     weight_norm: bool = False
+    consistency: float = Field(0.0, ge=0, allow_inf_nan=False)
+    transform: Literal["translate", "rotate"] = "translate"
 
 
 class ObjectiveConfig(_Section):
@@ -181,9 +186,12 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_encoder_regularisers(self) -> Config:
         inf = self.inference
-        if (inf.denoise > 0 or inf.weight_norm) and inf.strategy not in ("amortized", "semi-amortized"):
+        if (inf.denoise > 0 or inf.weight_norm or inf.consistency > 0) and inf.strategy not in (
+            "amortized",
+            "semi-amortized",
+        ):
             raise ValueError(
-                f"inference.denoise and inference.weight_norm regularise an encoder of x; strategy {inf.strategy!r} "
+                f"inference.denoise, weight_norm and consistency regularise an encoder of x; strategy {inf.strategy!r} "
                 "has none (use 'amortized' or 'semi-amortized')"
             )
         return self

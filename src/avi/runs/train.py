@@ -211,7 +211,7 @@ def run_fit(
         write_json(run_dir / CONFIG, config.model_dump())
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
-    objective = build_objective(config)
+    objective = build_objective(config, run.posterior)
     trackers = open_trackers(config, run_dir) if main else []
     for row in rows:  # a resumed run's trackers see its history too
         for tracker in trackers:
