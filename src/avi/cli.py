@@ -167,6 +167,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option(help="Evaluate on this .npy/.npz/.csv file instead of the test split.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Importance samples per point (default: the run's evaluate.k, 5000).")] = None,
     cubo: Annotated[bool, typer.Option("--cubo", help="Also estimate the chi upper bound CUBO (ELBO <= log p(x) <= CUBO).")] = False,
+    consistency: Annotated[bool, typer.Option("--consistency", help="Also report consistency KLs under translation/rotation and a linear-probe accuracy.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
     """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run."""
@@ -178,7 +179,8 @@ def evaluate(
             TimeRemainingColumn(), console=console, transient=True,
         ) as progress:  # fmt: skip
             task = progress.add_task("", total=None)
-            result = run_evaluate(run_dir, data=data, k=k, cubo=cubo, on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+            result = run_evaluate(run_dir, data=data, k=k, cubo=cubo, consistency=consistency,
+                                  on_batch=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
     except AviError as err:
         _fail(str(err))
     if as_json:
@@ -193,6 +195,11 @@ def evaluate(
     table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}")
     if "cubo" in result:
         table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2f}")
+    for name in ("translate", "rotate"):
+        if f"consistency_kl_{name}" in result:
+            table.add_row(f"consistency KL ({name})", f"{result[f'consistency_kl_{name}']:.3f}")
+    if result.get("probe_accuracy") is not None:
+        table.add_row("linear-probe accuracy", f"{100 * result['probe_accuracy']:.1f}%")
     table.add_row("I(x; z) (He et al. 2019)", f"{result['mutual_information']:.2f}")
     table.add_row("active units", f"{result['active_units']} of {len(result['kl_per_dim'])}")
     table.add_row("KL per dimension", " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))

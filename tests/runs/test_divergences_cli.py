@@ -87,3 +87,8 @@ def test_fit_with_consistency_regularisation(run_avi, tmp_path: Path, transform:
     assert fitted.returncode == 0, fitted.stderr
     inference = json.loads((run / "config.json").read_text())["inference"]
     assert inference["consistency"] == 0.5 and inference["transform"] == transform
+    evaluated = run_avi("evaluate", str(run), "--k", "5", "--consistency", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["consistency_kl_translate"] >= 0 and result["consistency_kl_rotate"] >= 0
+    assert result["probe_accuracy"] is None  # synthetic data have no labels
