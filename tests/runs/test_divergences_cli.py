@@ -92,3 +92,19 @@ def test_fit_with_consistency_regularisation(run_avi, tmp_path: Path, transform:
     result = json.loads(evaluated.stdout)
     assert result["consistency_kl_translate"] >= 0 and result["consistency_kl_rotate"] >= 0
     assert result["probe_accuracy"] is None  # synthetic data have no labels
+
+
+def test_consistency_penalty_is_kept_alongside_a_kl_remedy(run_avi, tmp_path: Path) -> None:
+    # the penalty is applied after a remedy reweights the ELBO's KL, so the logged objective
+    # (weighted ELBO minus the penalty) differs from the same seeded run without the penalty
+    # (were the penalty dropped, the two runs would be identical)
+    config = tmp_path / "images.toml"
+    config.write_text(IMAGE_JOB)
+    for weight in ("0", "5"):
+        fitted = run_avi("fit", str(config), "--beta", "0.5", "--consistency", weight, "--out", str(tmp_path / f"run-{weight}"))
+        assert fitted.returncode == 0, fitted.stderr
+    rows = [(tmp_path / f"run-{w}" / "metrics.csv").read_text().splitlines() for w in ("0", "5")]
+    header = rows[0][0].split(",")
+    column = header.index("train_objective")
+    with_penalty, without = float(rows[1][1].split(",")[column]), float(rows[0][1].split(",")[column])
+    assert with_penalty != without

@@ -23,7 +23,7 @@ from avi.objectives.consistency import consistency_regularised
 from avi.objectives.select import Objective, make_objective
 from avi.runs.config import Config
 
-__all__ = ["build_family", "build_model", "build_objective", "build_posterior", "load_splits", "prepare_data"]
+__all__ = ["build_family", "build_model", "build_objective", "build_posterior", "load_splits", "prepare_data", "regularise"]
 
 
 def build_model(config: Config, data_dim: int) -> LatentVariableModel:
@@ -72,15 +72,21 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
 
 
 def build_objective(config: Config, posterior: nn.Module | None = None) -> Objective:
-    """The configured objective; with ``inference.consistency`` > 0 and the run's ``posterior``
-    (an encoder), penalised by the consistency KL (:mod:`avi.objectives.consistency`)."""
+    """The configured objective; given the run's ``posterior``, with its encoder penalties
+    (:func:`regularise`)."""
     o = config.objective
     objective = make_objective(
         o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order
     )
+    return objective if posterior is None else regularise(config, objective, posterior)
+
+
+def regularise(config: Config, objective: Objective, posterior: nn.Module) -> Objective:
+    """``objective`` penalised as ``config.inference`` says for the encoder ``posterior``: by the
+    consistency KL where ``inference.consistency`` > 0 (:mod:`avi.objectives.consistency`)."""
     inf = config.inference
-    if inf.consistency > 0 and posterior is not None:
-        objective = consistency_regularised(objective, posterior, make_transform(inf.transform), inf.consistency)
+    if inf.consistency > 0:
+        return consistency_regularised(objective, posterior, make_transform(inf.transform), inf.consistency)
     return objective
 
 

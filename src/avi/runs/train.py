@@ -21,7 +21,7 @@ from avi.inference.local import LocalPosterior
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
-from avi.runs.build import build_model, build_objective, build_posterior, load_splits
+from avi.runs.build import build_model, build_objective, build_posterior, load_splits, regularise
 from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_objective, plot_collapse
 from avi.runs.config import Config, learning_rate
 from avi.runs.rundir import (
@@ -211,7 +211,7 @@ def run_fit(
         write_json(run_dir / CONFIG, config.model_dump())
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
-    objective = build_objective(config, run.posterior)
+    objective = build_objective(config)
     trackers = open_trackers(config, run_dir) if main else []
     for row in rows:  # a resumed run's trackers see its history too
         for tracker in trackers:
@@ -226,6 +226,7 @@ def run_fit(
         if progress is not None and main:
             hook = lambda done, sums, e=epoch: progress(e, done, len(train), sums)  # noqa: E731
         optimised, kl_weight = epoch_objective(config, epoch, objective)
+        optimised = regularise(config, optimised, run.posterior)  # after a remedy's reweighting, so both apply
         aggressive = aggressive_next(config, rows)
         result = (aggressive_epoch if aggressive else train_epoch)(
             run.model,
