@@ -157,11 +157,20 @@ def notes(encoders: dict[str, dict[str, Any]]) -> list[str]:
         test = r["test"]
         change = test["amortization_gap"] - plain["amortization_gap"]
         se = math.hypot(test["amortization_gap_stderr"], plain["amortization_gap_stderr"])
-        verdict = "reduced" if change < -2 * se else "increased" if change > 2 * se else "did not change (within 2 standard errors)"
+        verdict = (
+            "reduced"
+            if change < -2 * se
+            else "increased"
+            if change > 2 * se
+            else "did not change (within 2 standard errors)"
+        )
+        generalisation = r["generalisation_gap"] - encoders["plain"]["generalisation_gap"]
+        generalisation_se = math.hypot(r["generalisation_gap_stderr"], encoders["plain"]["generalisation_gap_stderr"])
         out.append(
             f"- {name}: test amortization gap {verdict}: {change:+.2f} ± {se:.2f} nats "
             f"({100 * change / plain['amortization_gap']:+.0f}% of the plain encoder's "
-            f"{plain['amortization_gap']:.2f}); test log p(x) {test['log_likelihood'] - plain['log_likelihood']:+.2f} nats."
+            f"{plain['amortization_gap']:.2f}); test - train gap {generalisation:+.2f} ± {generalisation_se:.2f} "
+            f"nats; test log p(x) {test['log_likelihood'] - plain['log_likelihood']:+.2f} nats."
         )
     return out
 
@@ -169,7 +178,9 @@ def notes(encoders: dict[str, dict[str, Any]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 images, 2 epochs, 30 points (< 1 minute)")
-    parser.add_argument("--sigma", type=float, nargs="+", default=[0.1, 0.3], help="noise stds of the denoising encoders")
+    parser.add_argument(
+        "--sigma", type=float, nargs="+", default=[0.1, 0.3], help="noise stds of the denoising encoders"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes (and the .md beside it)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)

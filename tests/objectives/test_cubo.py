@@ -39,7 +39,9 @@ def gaussian_cubo(model: LinearGaussian, q: Distribution, x: Tensor, n: float) -
 
 @pytest.mark.statistical
 @pytest.mark.parametrize("n", [2.0, 3.0])
-def test_exponentiated_single_sample_estimate_is_unbiased_for_the_closed_form(ppca: LinearGaussian, ppca_x: Tensor, n: float) -> None:
+def test_exponentiated_single_sample_estimate_is_unbiased_for_the_closed_form(
+    ppca: LinearGaussian, ppca_x: Tensor, n: float
+) -> None:
     # exp(n CUBO_n,1) = w^n is unbiased for exp(n CUBO_n) = E_q[w^n]. Divided by p(x)^n, over
     # R = 40,000 replicates per point its mean has standard error sd / sqrt(R); the sample sd is
     # reliable because E[w^(4n)] is finite (4n B - (4n - 1) A > 0 for B = 1.69 A). Six points at
@@ -74,7 +76,9 @@ def test_sandwich_elbo_below_log_marginal_below_cubo(ppca: LinearGaussian, ppca_
     assert (gaussian_cubo(ppca, FAMILY(params), x, 2.0) > log_px).all()
 
 
-def test_one_sample_is_the_elbo_and_the_bound_grows_with_n(ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor) -> None:
+def test_one_sample_is_the_elbo_and_the_bound_grows_with_n(
+    ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor
+) -> None:
     # On one draw: k = 1 gives log w, the ELBO estimate; log M_n(w) grows with n, and exceeds
     # the IWAE bound (order 1) of the same draw.
     q = FAMILY(off_params)

@@ -17,7 +17,9 @@ from tests.objectives.common import grads
 FAMILY = make_family("full-rank", 2)
 
 
-def test_alpha_one_value_and_gradient_are_the_elbos(trainable_ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor) -> None:
+def test_alpha_one_value_and_gradient_are_the_elbos(
+    trainable_ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor
+) -> None:
     # Same seed, same k draws: the alpha = 1 limit is mean_i log w_i, the ELBO estimate with k
     # samples and Monte Carlo KL (estimator A); gradients for lambda and the model agree.
     params = off_params.clone().requires_grad_(True)
@@ -53,7 +55,9 @@ def test_alpha_near_one_is_continuous(ppca: LinearGaussian, ppca_x: Tensor, off_
         torch.testing.assert_close(values[alpha] - values[1.0], (1 - alpha) * m2 / 2, rtol=0, atol=1e-8)
 
 
-def test_alpha_zero_is_the_iwae_bound_of_the_same_samples(trainable_ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor) -> None:
+def test_alpha_zero_is_the_iwae_bound_of_the_same_samples(
+    trainable_ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor
+) -> None:
     params = off_params.clone().requires_grad_(True)
     inputs = [params, *trainable_ppca.parameters()]
     torch.manual_seed(5)

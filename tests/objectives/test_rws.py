@@ -17,7 +17,9 @@ from tests.objectives.common import grads
 FAMILY = make_family("full-rank", 2)
 
 
-def test_value_and_model_gradient_are_the_iwae_bounds(trainable_ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor) -> None:
+def test_value_and_model_gradient_are_the_iwae_bounds(
+    trainable_ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor
+) -> None:
     # Same seed, same draws (sample and rsample draw the same noise): the value is the IWAE
     # bound and, as the samples do not depend on the model, so is the model's gradient.
     params = off_params.clone().requires_grad_(True)
@@ -31,7 +33,9 @@ def test_value_and_model_gradient_are_the_iwae_bounds(trainable_ppca: LinearGaus
         torch.testing.assert_close(a, b)
 
 
-def test_encoder_gradient_is_the_self_normalised_wake_phi_gradient(ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor) -> None:
+def test_encoder_gradient_is_the_self_normalised_wake_phi_gradient(
+    ppca: LinearGaussian, ppca_x: Tensor, off_params: Tensor
+) -> None:
     # d value / d lambda = sum_i w~_i d log q(z_i) at fixed z_i, w~ = softmax(log p(x, z) - log q(z)).
     params = off_params.clone().requires_grad_(True)
     torch.manual_seed(5)

@@ -56,7 +56,9 @@ def test_regularised_encoder_fits_and_evaluates_with_the_cubo_sandwich(run_avi, 
         (["--consistency", "1"], "need 28x28 images"),  # the small job's data have 12 dimensions
     ],
 )
-def test_bad_objective_and_regulariser_settings_are_one_line_errors(run_avi, small_config, args: list[str], message: str) -> None:
+def test_bad_objective_and_regulariser_settings_are_one_line_errors(
+    run_avi, small_config, args: list[str], message: str
+) -> None:
     result = run_avi("fit", str(small_config(1)), *args)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -101,7 +103,9 @@ def test_consistency_penalty_is_kept_alongside_a_kl_remedy(run_avi, tmp_path: Pa
     config = tmp_path / "images.toml"
     config.write_text(IMAGE_JOB)
     for weight in ("0", "5"):
-        fitted = run_avi("fit", str(config), "--beta", "0.5", "--consistency", weight, "--out", str(tmp_path / f"run-{weight}"))
+        fitted = run_avi(
+            "fit", str(config), "--beta", "0.5", "--consistency", weight, "--out", str(tmp_path / f"run-{weight}")
+        )
         assert fitted.returncode == 0, fitted.stderr
     rows = [(tmp_path / f"run-{w}" / "metrics.csv").read_text().splitlines() for w in ("0", "5")]
     header = rows[0][0].split(",")
