@@ -21,6 +21,7 @@ __all__ = [
     "best_mean_field_gap",
     "gaussian_moments",
     "linear_gaussian_elbo",
+    "linear_gaussian_reconstruction_variance",
     "make_ppca",
     "prior_kl",
 ]
@@ -69,3 +70,20 @@ def best_mean_field_gap(S: Tensor) -> Tensor:
     """KL from the best factorised Gaussian to N(m, S): 1/2 [sum log diag(S^-1) + log det S]."""
     precision = torch.linalg.inv(S)
     return 0.5 * (torch.diagonal(precision, dim1=-2, dim2=-1).log().sum(-1) + torch.logdet(S))
+
+
+def linear_gaussian_reconstruction_variance(
+    model: LinearGaussian, q: Distribution, x: Tensor
+) -> Tensor:
+    """Var_{z~q}[log p(x|z)] for a Gaussian q = N(m, S) under a linear-Gaussian model, (B,).
+
+    With a = Psi^-1/2 (x - W m - mu) and C = Psi^-1/2 W S W^T Psi^-1/2, log p(x|z) is a constant
+    minus Q/2, Q = ||a - v||^2 with v ~ N(0, C); Gaussian moments give
+    Var(Q) = 4 a^T C a + 2 tr(C^2), so the variance is a^T C a + tr(C^2) / 2.
+    """
+    m, S = gaussian_moments(q)
+    scale = model.noise_var.rsqrt()
+    a = (x - m @ model.W.T - model.mu) * scale
+    w_scaled = model.W * scale[:, None]
+    C = w_scaled @ S @ w_scaled.T
+    return torch.einsum("bd,bde,be->b", a, C, a) + 0.5 * (C @ C).diagonal(dim1=-2, dim2=-1).sum(-1)

@@ -73,12 +73,14 @@ class SemiAmortizedPosterior(_Refining):
 
     def params(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         initial = self.encoder(x)
+        # decided outside enable_grad: under no_grad (evaluation) no second-order graph is built
+        differentiable = self.backprop and torch.is_grad_enabled()
         with torch.enable_grad():
-            params = initial if self.backprop else initial.detach()
+            params = initial if differentiable else initial.detach()
             for _ in range(self.steps):
-                grad = elbo_gradient(self.model, self.family, params, x, create_graph=self.backprop and torch.is_grad_enabled())
+                grad = elbo_gradient(self.model, self.family, params, x, create_graph=differentiable)
                 params = params + self.lr * grad
-        if self.backprop:
+        if differentiable:
             return params
         return params.detach() + initial - initial.detach()
 

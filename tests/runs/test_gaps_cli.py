@@ -1,0 +1,116 @@
+"""``avi gaps`` and the semi-amortized, iterative and flow strategies as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PPCA_JOB = """
+[model]
+name = "ppca"
+latent_dim = 2
+[data]
+source = "synthetic"
+synthetic_dim = 6
+synthetic_points = 400
+[train]
+epochs = 3
+batch_size = 50
+lr = 0.01
+threads = 1
+"""
+
+KEYS = {
+    "log_likelihood",
+    "elbo_optimal",
+    "elbo_amortized",
+    "approximation_gap",
+    "amortization_gap",
+    "family",
+}
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_gaps_of_a_ppca_run_and_of_a_new_full_rank_encoder(run_avi, tmp_path: Path) -> None:
+    config, run = tmp_path / "ppca.toml", tmp_path / "ppca"
+    config.write_text(PPCA_JOB)
+    fitted = run_avi("fit", str(config), "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+
+    result = run_avi("gaps", str(run), "--json", "--steps", "300")
+    assert result.returncode == 0, result.stderr
+    gaps = json.loads(result.stdout)
+    assert KEYS <= set(gaps)
+    assert (gaps["family"], gaps["log_likelihood_method"], gaps["n"]) == ("mean-field", "exact", 40)
+    total = gaps["log_likelihood"] - gaps["elbo_amortized"]
+    assert total == pytest.approx(gaps["approximation_gap"] + gaps["amortization_gap"], abs=1e-5)
+    assert (run / "gaps-mean-field-test.json").is_file()
+    assert (run / "gaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Another family trains a new amortized encoder against the fixed model. Full-rank q
+    # contains PPCA's posterior, so its approximation gap is 0 up to the 300-step optimiser
+    # (float32; we allow 0.03 nats) and 4 of its reported standard errors.
+    result = run_avi("gaps", str(run), "--json", "--steps", "300", "--family", "full-rank")
+    assert result.returncode == 0, result.stderr
+    full_rank = json.loads(result.stdout)
+    assert full_rank["family"] == "full-rank" and KEYS <= set(full_rank)
+    tolerance = 0.03 + 4 * full_rank["approximation_gap_stderr"]
+    assert abs(full_rank["approximation_gap"]) < tolerance, full_rank
+    for name in ("gaps-mean-field-test.json", "gaps-full-rank-test.json", "gaps.png"):
+        assert (run / name).is_file(), name
+
+    _one_line_error(
+        run_avi("gaps", str(run), "--family", "planar"), "unknown variational family 'planar'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--strategy", "semi-amortized", "--refine-steps", "2"],
+            {"strategy": "semi-amortized", "refine_steps": 2},
+        ),
+        (["--strategy", "iterative"], {"strategy": "iterative"}),
+        (["--family", "iaf"], {"family": "iaf", "strategy": "amortized"}),
+    ],
+    ids=["semi-amortized", "iterative", "iaf"],
+)
+def test_refining_and_flow_strategies_fit_and_evaluate(
+    run_avi, small_config, tmp_path: Path, args: list[str], expected: dict[str, object]
+) -> None:
+    run = tmp_path / "run"
+    fitted = run_avi("fit", str(small_config(2)), *args, "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    inference = json.loads((run / "config.json").read_text())["inference"]
+    assert {key: inference[key] for key in expected} == expected
+    evaluated = run_avi("evaluate", str(run), "--k", "10", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["n"] == 60 and math.isfinite(result["elbo"])
+    # IWAE with k samples bounds log p(x) more tightly than the ELBO (up to MC error, large here)
+    assert result["log_likelihood"] >= result["elbo"] - 0.5
+    if "iaf" in args:  # a flow family where log p(x) is not exact: the IWAE estimate from q*
+        result = run_avi("gaps", str(run), "--json", "--steps", "20", "--points", "20", "--k", "50")
+        assert result.returncode == 0, result.stderr
+        gaps = json.loads(result.stdout)
+        assert (gaps["family"], gaps["log_likelihood_method"], gaps["n"]) == ("iaf", "iwae", 20)
+
+
+def test_bad_gaps_and_refinement_input_is_one_line_with_exit_code_2(
+    run_avi, small_config, tmp_path: Path
+) -> None:
+    _one_line_error(run_avi("fit", "--refine-steps", "-1"), "inference.refine_steps")
+    run = tmp_path / "local"
+    fitted = run_avi("fit", str(small_config(1)), "--strategy", "per-datapoint", "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    _one_line_error(run_avi("gaps", str(run)), "needs an amortized posterior")
