@@ -27,8 +27,8 @@ __all__ = ["MADE", "AutoregressiveBernoulli", "MADEModel"]
 class _MaskedLinear(nn.Linear):
     """y = x (W * M)^T + b with a fixed 0/1 mask M (out, in)."""
 
-    def __init__(self, mask: Tensor) -> None:
-        super().__init__(mask.shape[1], mask.shape[0])
+    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -40,7 +40,8 @@ class MADE(nn.Module):
     hidden unit and output sees (Germain et al. 2015, with a conditioning input).
 
     Hidden unit degrees cycle through 1..D-1; a hidden unit of degree m sees inputs 1..m, and
-    output d sees hidden units of degree < d, so logit d depends on x_<d only.
+    output d sees hidden units of degree < d, so logit d depends on x_<d only. Outputs also see
+    x_<d directly (a masked linear map: Germain et al.'s direct connections).
 
     Example:
         >>> made = MADE(4, 2, [8])
@@ -61,6 +62,7 @@ class MADE(nn.Module):
             _MaskedLinear((d_out[:, None] >= d_in[None, :]).float()) for d_in, d_out in pairwise(degrees)
         )
         self.output = _MaskedLinear((degrees[0][:, None] > degrees[-1][None, :]).float())
+        self.direct = _MaskedLinear(torch.ones(data_dim, data_dim).tril(-1), bias=False)
         self.context_hidden = nn.Linear(context_dim, hidden[0], bias=False)
         self.context_output = nn.Linear(context_dim, data_dim, bias=False)
         self.activation = ACTIVATIONS[activation]()
@@ -70,7 +72,7 @@ class MADE(nn.Module):
         h = self.activation(self.hidden[0](x) + self.context_hidden(context))
         for layer in self.hidden[1:]:
             h = self.activation(layer(h))
-        return self.output(h) + self.context_output(context)
+        return self.output(h) + self.direct(x) + self.context_output(context)
 
 
 class AutoregressiveBernoulli(Distribution):
