@@ -275,6 +275,7 @@ def gaps(
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     points: Annotated[int, typer.Option(help="Number of points to decompose on.")] = 1000,
     steps: Annotated[int, typer.Option(help="Per-datapoint optimisation steps for q*.")] = 1000,
+    ais_steps: Annotated[int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
     """Split the inference gap into approximation and amortization gaps (Cremer et al. 2018)."""
@@ -282,7 +283,9 @@ def gaps(
 
     try:
         with console.status("optimising per-datapoint posteriors and estimating log p(x)"):
-            result = run_gaps(run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps)
+            result = run_gaps(
+                run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps, ais_steps=ais_steps
+            )
     except AviError as err:
         _fail(str(err))
     if as_json:

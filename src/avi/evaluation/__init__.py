@@ -1,5 +1,6 @@
 """Evaluation: bounds and importance-sampled log-likelihood over data sets, the gap decomposition."""
 
+from avi.evaluation.ais import ais_log_likelihood
 from avi.evaluation.bounds import LogLikelihood, cubo_per_point, elbo_per_point, log_likelihood, mean_elbo
 from avi.evaluation.collapse import active_units, posterior_mean_variance
 from avi.evaluation.gaps import GapDecomposition, gap_decomposition
@@ -8,6 +9,7 @@ __all__ = [
     "GapDecomposition",
     "LogLikelihood",
     "active_units",
+    "ais_log_likelihood",
     "cubo_per_point",
     "elbo_per_point",
     "gap_decomposition",

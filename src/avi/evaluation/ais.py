@@ -1,0 +1,108 @@
+"""Annealed importance sampling of log p(x) (Neal 2001), with HMC transitions as used for
+decoder-based models by Wu, Burda, Salakhutdinov and Grosse (2017).
+
+Chains start from q(z|x) and follow the geometric path pi_t(z) = q(z|x)^(1 - b_t) p(x, z)^(b_t),
+b_0 = 0 < b_1 < ... < b_T = 1. The log weight of a chain is
+
+    log w = sum_t (b_t - b_{t-1}) [log p(x, z_{t-1}) - log q(z_{t-1} | x)],
+
+where z_t comes from an HMC step that leaves pi_t invariant. E[w] = p(x), so log of the mean
+weight over chains is a stochastic lower bound on log p(x) that tightens as T grows; with T = 1
+(no transition) it is the IWAE bound with as many samples as chains.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from avi.errors import ConfigError
+from avi.evaluation.bounds import LogLikelihood
+from avi.models.base import LatentVariableModel
+
+__all__ = ["ais_log_likelihood"]
+
+
+def _log_densities(model: LatentVariableModel, q: torch.distributions.Distribution, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """(log p(x, z), log q(z | x)) for z: (S, B, K), each (S, B)."""
+    return model.prior().log_prob(z) + model.likelihood(z).log_prob(x), q.log_prob(z)
+
+
+def _grad_log_target(model: LatentVariableModel, q: torch.distributions.Distribution, x: Tensor, z: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """log pi_beta(z) (S, B) and its gradient with respect to z (S, B, K)."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        log_joint, log_q = _log_densities(model, q, x, z)
+        log_target = log_q + beta * (log_joint - log_q)
+        (grad,) = torch.autograd.grad(log_target.sum(), [z])
+    return log_target.detach(), grad
+
+
+def _hmc_step(
+    model: LatentVariableModel,
+    q: torch.distributions.Distribution,
+    x: Tensor,
+    z: Tensor,
+    beta: float,
+    step_size: Tensor,
+    leapfrog_steps: int,
+) -> tuple[Tensor, Tensor]:
+    """One HMC transition leaving pi_beta invariant; returns (z, accepted (S, B) booleans)."""
+    momentum = torch.randn_like(z)
+    log_target, grad = _grad_log_target(model, q, x, z, beta)
+    start_energy = -log_target + 0.5 * momentum.pow(2).sum(-1)
+    z_new, p = z, momentum + 0.5 * step_size * grad
+    for i in range(leapfrog_steps):
+        z_new = z_new + step_size * p
+        new_log_target, grad = _grad_log_target(model, q, x, z_new, beta)
+        p = p + (step_size if i < leapfrog_steps - 1 else 0.5 * step_size) * grad
+    end_energy = -new_log_target + 0.5 * p.pow(2).sum(-1)
+    accept = torch.log(torch.rand_like(start_energy)) < (start_energy - end_energy).nan_to_num(nan=-math.inf)
+    return torch.where(accept[..., None], z_new, z), accept
+
+
+@torch.no_grad()
+def ais_log_likelihood(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    x: Tensor,
+    *,
+    steps: int = 100,
+    chains: int = 16,
+    leapfrog_steps: int = 5,
+    step_size: float = 0.05,
+    batch_size: int = 100,
+) -> LogLikelihood:
+    """AIS estimates of log p(x) for x: (N, D), ``chains`` chains per point, ``steps`` annealing
+    increments on a linear schedule of b, with one HMC step of ``leapfrog_steps`` leapfrog
+    steps targeting each intermediate distribution (T - 1 transitions in all). Each chain's step size adapts towards an acceptance
+    rate of 0.65 (up 2% on acceptance, down 2% on rejection), as Wu et al. do. The standard
+    error is the delta-method one of the mean weight, as for :func:`log_likelihood`.
+    """
+    if steps < 1 or chains < 1 or leapfrog_steps < 1 or step_size <= 0:
+        raise ConfigError(
+            f"AIS needs steps >= 1, chains >= 1, leapfrog_steps >= 1 and step_size > 0; "
+            f"got {steps}, {chains}, {leapfrog_steps}, {step_size}"
+        )
+    betas = torch.linspace(0, 1, steps + 1).tolist()
+    values, stderrs = [], []
+    for start in range(0, x.shape[0], batch_size):
+        index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
+        xb = x[index]
+        q = posterior(xb, index)
+        z = q.sample((chains,))
+        log_w = torch.zeros(z.shape[:-1], dtype=x.dtype, device=x.device)
+        eps = torch.full((*z.shape[:-1], 1), step_size, dtype=x.dtype, device=x.device)
+        for t, (previous, beta) in enumerate(zip(betas[:-1], betas[1:])):
+            log_joint, log_q = _log_densities(model, q, xb, z)
+            log_w += (beta - previous) * (log_joint - log_q)
+            if t < steps - 1:  # the final target needs no transition: the weight is complete
+                z, accepted = _hmc_step(model, q, xb, z, beta, eps, leapfrog_steps)
+                eps = eps * torch.where(accepted, 1.02, 0.98)[..., None]
+        lse = torch.logsumexp(log_w, 0)
+        values.append(lse - math.log(chains))
+        relative_var = (chains * torch.exp(torch.logsumexp(2 * log_w, 0) - 2 * lse) - 1).clamp_min(0)
+        stderrs.append((relative_var / chains).sqrt())
+    return LogLikelihood(torch.cat(values), torch.cat(stderrs), chains)
