@@ -71,6 +71,19 @@ def test_report_errors_name_the_problem(run_avi, finished_run: Path, tmp_path: P
         assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_report_on_an_autoregressive_decoder_draws_samples(run_avi, tmp_path: Path) -> None:
+    """A MADE decoder has no closed-form E[x | z]: the image figures show draws instead."""
+    from avi.runs.config import load_config
+    from avi.runs.train import run_fit
+
+    config = tmp_path / "made.toml"
+    config.write_text(REPORT_JOB.replace("hidden = [16]", 'hidden = [16]\ndecoder = "made"').replace("epochs = 2", "epochs = 1"))
+    run = run_fit(load_config(config), tmp_path / "made")
+    result = run_avi("report", str(run))
+    assert result.returncode == 0, result.stderr
+    assert (run / "reconstructions.png").exists() and (run / "samples.png").exists()
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

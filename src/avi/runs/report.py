@@ -84,8 +84,12 @@ def _grid(images: torch.Tensor, side: int, path: Path, title: str, rows: int) ->
 
 @torch.no_grad()
 def _mean_image(run: TrainedRun, z: torch.Tensor) -> torch.Tensor:
-    """E[x | z]: Bernoulli probabilities or Gaussian means."""
-    return run.model.likelihood(z).mean
+    """E[x | z] (Bernoulli probabilities, Gaussian means), or one draw x ~ p(x | z) where the
+    mean has no closed form (an autoregressive decoder)."""
+    try:
+        return run.model.likelihood(z).mean
+    except NotImplementedError:
+        return run.model.sample_data(z)
 
 
 def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) -> str:

@@ -49,7 +49,10 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY, EVALUATION = (
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: readers see the old file or the new one, never a part."""
+    ``path``: readers see the old file or the new one, never a part. Temporary files that an
+    earlier, killed write of the same file left behind are removed first."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
