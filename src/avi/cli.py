@@ -49,6 +49,7 @@ def fit(
     k: Annotated[Optional[int], typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")] = None,
     cubo_order: Annotated[Optional[float], typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
+    estimator: Annotated[Optional[str], typer.Option(help="Gradient estimator: reparam (default); score, score-baseline or stl for elbo; vimco or dreg for iwae.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
@@ -73,7 +74,7 @@ def fit(
             given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
                      "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
                      "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
-            given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order,
+            given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
                           "consistency": consistency, "transform": transform})  # fmt: skip
             given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
                           "beta": beta, "aggressive": aggressive or None})  # fmt: skip
@@ -90,7 +91,7 @@ def fit(
                     "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps,
                                   "denoise": denoise, "weight_norm": weight_norm or None,
                                   "consistency": consistency, "transform": transform},
-                    "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order},
+                    "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
                     "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,
                                  "aggressive": aggressive or None},

@@ -25,7 +25,7 @@ from avi.errors import ConfigError
 from avi.evaluation.gradients import GradientMoments, gradient_moments
 from avi.families import make_family
 from avi.models import LinearGaussian
-from avi.objectives import Terms, iwae_terms
+from avi.objectives import Terms, iwae_terms, make_objective
 from avi.objectives.bounds import elbo_terms
 from avi.objectives.estimators import (
     MovingAverageBaseline,
@@ -210,3 +210,23 @@ def test_bad_input_is_a_config_error(ppca: LinearGaussian, x: Tensor, params: Te
         MovingAverageBaseline(decay=1.0)
     with pytest.raises(ConfigError, match="Gaussian family"):
         stop_gradient(torch.distributions.Categorical(logits=torch.zeros(3)))
+
+
+def test_make_objective_picks_the_estimator(ppca: LinearGaussian, x: Tensor, params: Tensor) -> None:
+    score = make_objective("elbo", estimator="score-baseline", num_samples=2)
+    assert score.func is score_terms and isinstance(score.keywords["baseline"], MovingAverageBaseline)
+    nvil = NVILBaseline(5)
+    assert make_objective("elbo", estimator="nvil", baseline=nvil).keywords["baseline"] is nvil
+    assert make_objective("iwae", estimator="dreg", k=3).func is dreg_terms
+    assert make_objective("iwae", estimator="vimco", k=3).func is vimco_terms
+    assert make_objective("elbo", estimator="stl").func is stl_terms
+    for name, estimator, message in [
+        ("elbo", "vimco", "does not apply to objective 'elbo'"),
+        ("rws", "score", "does not apply"),
+        ("elbo", "nvil", "needs a baseline network"),
+        ("elbo", "gumbel", "categorical family"),
+        ("elbo", "magic", "unknown gradient estimator"),
+        ("magic", "reparam", "unknown objective"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            make_objective(name, estimator=estimator)

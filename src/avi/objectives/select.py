@@ -5,20 +5,43 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 from avi.objectives.bounds import Terms, elbo_terms, iwae_terms
 from avi.objectives.cubo import check_order, cubo_terms
+from avi.objectives.estimators import (
+    MovingAverageBaseline,
+    dreg_terms,
+    score_terms,
+    stl_terms,
+    vimco_terms,
+)
 from avi.objectives.renyi import check_alpha, renyi_terms
 from avi.objectives.rws import rws_terms
 
-__all__ = ["OBJECTIVES", "Objective", "make_objective"]
+__all__ = ["ESTIMATORS", "OBJECTIVES", "Objective", "check_estimator", "make_objective"]
 
 Objective = Callable[[LatentVariableModel, Distribution, Tensor], Terms]
 OBJECTIVES = ("elbo", "iwae", "renyi", "cubo", "rws")
+ESTIMATORS = ("reparam", "score", "score-baseline", "nvil", "vimco", "stl", "dreg", "gumbel")
+#: the estimators each objective has besides ``reparam`` (see :mod:`avi.objectives.estimators`)
+_ESTIMATORS_OF = {"elbo": ("score", "score-baseline", "nvil", "stl"), "iwae": ("vimco", "dreg")}
+
+
+def check_estimator(objective: str, estimator: str) -> None:
+    """Raise :class:`ConfigError` unless ``estimator`` is a gradient estimator of ``objective``."""
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"unknown gradient estimator {estimator!r}; choose from {list(ESTIMATORS)}")
+    if estimator == "gumbel":
+        raise ConfigError("the gumbel estimator needs a categorical family, which avi does not have yet")
+    if estimator != "reparam" and estimator not in _ESTIMATORS_OF.get(objective, ()):
+        raise ConfigError(
+            f"estimator {estimator!r} does not apply to objective {objective!r}; "
+            f"choose from {['reparam', *_ESTIMATORS_OF.get(objective, ())]}"
+        )
 
 
 def make_objective(
@@ -29,6 +52,8 @@ def make_objective(
     analytic_kl: bool = True,
     alpha: float = 0.5,
     cubo_order: float = 2.0,
+    estimator: str = "reparam",
+    baseline: nn.Module | None = None,
 ) -> Objective:
     """The training objective ``name``; every one but ``elbo`` uses k samples per point.
 
@@ -40,7 +65,30 @@ def make_objective(
       :func:`avi.objectives.cubo.cubo_terms`).
     - ``rws``: reweighted wake-sleep, value the IWAE bound, q trained on the inclusive KL
       (Bornschein and Bengio 2015; Le et al. 2019; see :func:`avi.objectives.rws.rws_terms`).
+
+    ``estimator`` picks the gradient (:mod:`avi.objectives.estimators`): ``reparam`` (the
+    reparameterisation trick) for all; for ``elbo`` also ``score`` (REINFORCE),
+    ``score-baseline`` (with a moving-average baseline), ``nvil`` (with a learned baseline
+    network) and ``stl`` (sticking the landing); for ``iwae`` also ``vimco`` and ``dreg``.
+    ``baseline`` is the state of ``score-baseline`` (a fresh :class:`MovingAverageBaseline` by
+    default, bound into the returned objective) and, required, the :class:`NVILBaseline` of
+    ``nvil``, whose parameters the caller must optimise with the posterior's.
     """
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose from {list(OBJECTIVES)}")
+    check_estimator(name, estimator)
+    if estimator in ("score", "score-baseline", "nvil"):
+        if estimator == "score-baseline":
+            baseline = baseline if baseline is not None else MovingAverageBaseline()
+        elif estimator == "nvil" and baseline is None:
+            raise ConfigError("the nvil estimator needs a baseline network (an NVILBaseline) trained with the posterior")
+        return partial(score_terms, num_samples=num_samples, baseline=baseline if estimator != "score" else None)
+    if estimator == "stl":
+        return partial(stl_terms, num_samples=num_samples)
+    if estimator == "vimco":
+        return partial(vimco_terms, k=k)
+    if estimator == "dreg":
+        return partial(dreg_terms, k=k)
     if name == "elbo":
         return partial(elbo_terms, num_samples=num_samples, analytic_kl=analytic_kl)
     if name == "iwae":
@@ -51,6 +99,4 @@ def make_objective(
     if name == "cubo":
         check_order(cubo_order)
         return partial(cubo_terms, n=cubo_order, k=k)
-    if name == "rws":
-        return partial(rws_terms, k=k)
-    raise ConfigError(f"unknown objective {name!r}; choose from {list(OBJECTIVES)}")
+    return partial(rws_terms, k=k)

@@ -76,7 +76,8 @@ def build_objective(config: Config, posterior: nn.Module | None = None) -> Objec
     (:func:`regularise`)."""
     o = config.objective
     objective = make_objective(
-        o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order
+        o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order,
+        estimator=o.estimator,
     )
     return objective if posterior is None else regularise(config, objective, posterior)
 

@@ -110,6 +110,8 @@ class ObjectiveConfig(_Section):
     analytic_kl: bool = True
     alpha: float = Field(0.5, allow_inf_nan=False)
     cubo_order: float = Field(2.0, gt=1, allow_inf_nan=False)
+    #: the gradient estimator (:mod:`avi.objectives.estimators`); see :func:`avi.objectives.make_objective`
+    estimator: Literal["reparam", "score", "score-baseline", "nvil", "vimco", "stl", "dreg", "gumbel"] = "reparam"
 
 
 class TrainConfig(_Section):
@@ -195,6 +197,17 @@ class Config(_Section):
                 f"inference.denoise, weight_norm and consistency regularise an encoder of x; strategy {inf.strategy!r} "
                 "has none (use 'amortized' or 'semi-amortized')"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_estimator(self) -> Config:
+        from avi.objectives.select import check_estimator
+
+        check_estimator(self.objective.name, self.objective.estimator)
+        if self.objective.estimator in ("stl", "dreg") and self.inference.family not in ("mean-field", "full-rank"):
+            raise ValueError(f"the {self.objective.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}")
+        if self.objective.estimator == "nvil":
+            raise ValueError("avi fit cannot train an NVIL baseline network yet; use avi.objectives.score_terms with an NVILBaseline")
         return self
 
     @model_validator(mode="after")
