@@ -224,7 +224,7 @@ def test_make_objective_picks_the_estimator(ppca: LinearGaussian, x: Tensor, par
         ("elbo", "vimco", "does not apply to objective 'elbo'"),
         ("rws", "score", "does not apply"),
         ("elbo", "nvil", "needs a baseline network"),
-        ("elbo", "gumbel", "categorical family"),
+        ("elbo", "gumbel", "categorical latents"),
         ("elbo", "magic", "unknown gradient estimator"),
         ("magic", "reparam", "unknown objective"),
     ]:

@@ -14,7 +14,7 @@ import pytest
         (["--estimator", "magic"], "invalid value 'magic' for objective.estimator"),
         (["--estimator", "vimco"], "estimator 'vimco' does not apply to objective 'elbo'"),
         (["--objective", "iwae", "--estimator", "dreg", "--family", "iaf"], "needs a Gaussian family"),
-        (["--estimator", "gumbel"], "needs a categorical family"),
+        (["--estimator", "gumbel"], "needs a model with categorical latents"),
         (["--estimator", "nvil"], "cannot train an NVIL baseline"),
     ],
 )

@@ -21,6 +21,8 @@ With z ~ q_phi(z|x), log w = log p_theta(x, z) - log q_phi(z|x):
 - ``dreg`` (doubly reparameterised, Tucker, Lawson, Gu and Maddison 2019): for the IWAE bound,
   d_phi L = E[sum_i w~_i^2 d_z log w_i dz_i/dphi] with log q at cut parameters; the model
   keeps the IWAE gradient sum_i w~_i d_theta log p(x, z_i).
+- ``gumbel`` (Jang, Gu and Poole 2017; Maddison, Mnih and Teh 2017): for categorical q, the
+  ELBO at Gumbel-softmax relaxed samples, optionally straight-through (:func:`gumbel_terms`).
 
 The model's gradient is the usual one in every case (z does not depend on theta).
 
@@ -38,9 +40,10 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from avi.errors import ConfigError
+from avi.families.discrete import relaxed_sample
 from avi.models.base import LatentVariableModel
 from avi.objectives.bounds import Terms, check_count
 
@@ -48,6 +51,7 @@ __all__ = [
     "MovingAverageBaseline",
     "NVILBaseline",
     "dreg_terms",
+    "gumbel_terms",
     "score_terms",
     "stl_terms",
     "stop_gradient",
@@ -116,7 +120,7 @@ def stop_gradient(q: Distribution) -> Distribution:
         return Normal(q.loc.detach(), q.scale.detach(), validate_args=False)
     if isinstance(q, MultivariateNormal):
         return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach(), validate_args=False)
-    raise ConfigError(f"the stl and dreg estimators need a Gaussian family, not {type(q).__name__}")
+    raise ConfigError(f"the stl and dreg estimators need a reparameterised Gaussian family, not {type(q).__name__}")
 
 
 def _log_joint(model: LatentVariableModel, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,8 +179,9 @@ def vimco_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: in
 def stl_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, num_samples: int = 1) -> Terms:
     """The ELBO with the sticking-the-landing (path-derivative) gradient, (B,) for x: (B, D)."""
     check_count("num_samples", num_samples)
+    fixed = stop_gradient(q)
     z = q.rsample((num_samples,))
-    log_q = stop_gradient(q).log_prob(z)
+    log_q = fixed.log_prob(z)
     log_lik, log_prior = _log_joint(model, x, z)
     value = (log_lik + log_prior - log_q).mean(0)
     return Terms(value, log_lik.mean(0), (log_q - log_prior).mean(0))
@@ -185,8 +190,9 @@ def stl_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, num_sam
 def dreg_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int) -> Terms:
     """The IWAE bound with k samples and the doubly reparameterised gradient, (B,)."""
     check_count("k", k)
+    fixed = stop_gradient(q)
     z = q.rsample((k,))
-    log_q = stop_gradient(q).log_prob(z)
+    log_q = fixed.log_prob(z)
     log_lik, log_prior = _log_joint(model, x, z)
     log_lik_fixed, log_prior_fixed = _log_joint(model, x, z.detach())
     log_w_model = log_lik_fixed + log_prior_fixed - log_q.detach()  # gradient to theta only
@@ -196,3 +202,27 @@ def dreg_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int
     weights = torch.softmax(log_w_model.detach(), 0)
     path = (weights**2 * log_w_path).sum(0)
     return Terms(iwae + path - path.detach(), log_lik.mean(0), (log_q - log_prior).mean(0))
+
+
+def gumbel_terms(
+    model: LatentVariableModel,
+    q: Distribution,
+    x: Tensor,
+    *,
+    temperature: float,
+    straight_through: bool = False,
+    num_samples: int = 1,
+) -> Terms:
+    """The ELBO of a categorical q with Gumbel-softmax (Concrete) samples, (B,) for x: (B, D).
+
+    E_q[log p(x|z)] is estimated at relaxed samples z (Jang et al. 2017; Maddison et al. 2017),
+    which the model's likelihood must accept (one-hot vectors relaxed to the simplex); the KL to
+    the categorical prior is exact. The gradient is biased, less so as ``temperature`` -> 0 at
+    the price of variance. With ``straight_through`` z is one-hot, so the value is an unbiased
+    ELBO estimate while the gradient stays the relaxed one.
+    """
+    check_count("num_samples", num_samples)
+    z = relaxed_sample(q, (num_samples,), temperature, straight_through)
+    reconstruction = model.likelihood(z).log_prob(x).mean(0)
+    kl = kl_divergence(q, model.prior())
+    return Terms(reconstruction - kl, reconstruction, kl)

@@ -36,7 +36,10 @@ def check_estimator(objective: str, estimator: str) -> None:
     if estimator not in ESTIMATORS:
         raise ConfigError(f"unknown gradient estimator {estimator!r}; choose from {list(ESTIMATORS)}")
     if estimator == "gumbel":
-        raise ConfigError("the gumbel estimator needs a categorical family, which avi does not have yet")
+        raise ConfigError(
+            "the gumbel estimator needs a model with categorical latents, which avi fit has none of yet "
+            "(see avi.objectives.gumbel_terms)"
+        )
     if estimator != "reparam" and estimator not in _ESTIMATORS_OF.get(objective, ()):
         raise ConfigError(
             f"estimator {estimator!r} does not apply to objective {objective!r}; "
