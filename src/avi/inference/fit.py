@@ -8,11 +8,13 @@ each process takes its shard of every global batch, and only the caller decides 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -20,6 +22,7 @@ from avi.data.dataset import Dataset, shard_batches
 from avi.errors import ConfigError
 from avi.evaluation.bounds import mean_elbo
 from avi.inference.local import LocalPosterior
+from avi.inference.parallel import data_parallel, sync_table_grad
 from avi.models.base import LatentVariableModel
 from avi.objectives.select import Objective, make_objective
 
@@ -81,33 +84,64 @@ def train_epoch(
     rank: int = 0,
     world_size: int = 1,
     on_progress: Callable[[int, Tensor], None] | None = None,
+    step: nn.Module | None = None,
 ) -> EpochStats:
     """One pass over ``data``: for each batch, maximise mean(objective(model, q(x), x)).
 
     Sums of the per-point values stay on the device; ``on_progress(examples, sums)`` is called
     after every step with the running sums (objective, reconstruction, kl) and must not force a
     host synchronisation on every call.
+
+    With ``world_size > 1`` (a process group is initialised) this process takes its shard of
+    every global batch and ``step`` (default :func:`~avi.inference.parallel.data_parallel`,
+    built once per run by the caller) averages gradients over the ranks, so that the update
+    is the single-process update on the global batch; the returned means are over all ranks,
+    and ``on_progress`` sees this rank's sums and examples times ``world_size``. Dynamic
+    binarisation then draws from a per-rank generator seeded from the state of ``generator``
+    (which is not advanced, so that the ranks' permutations stay those of a single process).
     """
     start = time.perf_counter()
     device = data.x.device
     sums = torch.zeros(3, device=device)
     examples = 0
-    for index in shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size):
+    parallel = world_size > 1
+    noise = generator
+    if parallel:
+        step = step if step is not None else data_parallel(model, posterior)
+        table = posterior.table if isinstance(posterior, LocalPosterior) else None
+        noise = torch.Generator().manual_seed(_seed_of(generator) + rank)
+    batches = shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size)
+    for i, index in enumerate(batches):
         index = index.to(device)
-        x = data.batch(index, generator if device.type == "cpu" else None)
-        terms = objective(model, posterior(x, index), x)
-        loss = -terms.value.mean()
+        x = data.batch(index, noise if device.type == "cpu" else None)
+        if parallel:
+            batch = min(batch_size, len(data) - i * batch_size)
+            terms = step(x, index, objective)
+            loss = terms.value.sum() * (-world_size / batch)  # DDP's mean over ranks: the global mean
+        else:
+            terms = objective(model, posterior(x, index), x)
+            loss = -terms.value.mean()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if parallel and table is not None:
+            sync_table_grad(table, index, rank=rank, world_size=world_size, batch=batch)
         for opt in optimizers:
             opt.step()
         sums += torch.stack([terms.value.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach()
         examples += index.numel()
         if on_progress is not None:
-            on_progress(examples, sums)
+            on_progress(examples * world_size, sums * world_size if parallel else sums)
+    if parallel:
+        dist.all_reduce(sums)
+        examples = len(data)
     value, reconstruction, kl = (sums / max(examples, 1)).tolist()
     return EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, examples)
+
+
+def _seed_of(generator: torch.Generator) -> int:
+    """A seed that changes with the state of ``generator``, without drawing from it."""
+    return int.from_bytes(hashlib.sha256(generator.get_state().numpy().tobytes()).digest()[:7], "little")
 
 
 def fit(

@@ -1,10 +1,27 @@
-"""Process-group facts for rank-aware I/O: single-process runs are rank 0 of 1."""
+"""Process-group facts for rank-aware I/O, and joining the group that torchrun describes.
+
+Single-process runs are rank 0 of 1 and never touch ``torch.distributed``. Under ``torchrun``
+(one process per rank, on one or several machines) :func:`init_from_env` joins the process
+group named by torchrun's environment variables, with the gloo backend on CPU and nccl on CUDA.
+"""
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+
+import torch
 import torch.distributed as dist
 
-__all__ = ["is_main", "rank", "world_size"]
+from avi.errors import ConfigError
+
+__all__ = ["all_reduce_sum", "barrier", "init_from_env", "is_main", "rank", "world_size"]
+
+#: the variables torchrun sets for every process; all or none must be present
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+#: seconds a collective waits for the other ranks before failing (instead of hanging)
+TIMEOUT_SECONDS = float(os.environ.get("AVI_DIST_TIMEOUT", "600"))
 
 
 def rank() -> int:
@@ -18,3 +35,58 @@ def world_size() -> int:
 def is_main() -> bool:
     """Whether this process writes files and prints progress."""
     return rank() == 0
+
+
+def init_from_env(device: torch.device, batch_size: int) -> bool:
+    """Join the process group described by torchrun's environment variables, if any.
+
+    Checks before any rendezvous (so that a bad setting fails at once on every rank instead of
+    hanging): every variable of :data:`RENDEZVOUS_VARIABLES` is set when one is, and
+    ``batch_size`` is divisible by the world size. A CUDA run uses the GPU ``LOCAL_RANK``.
+    Returns whether this call created the group (the caller then destroys it); a group that
+    already exists (a test's ``torch.multiprocessing`` workers) is used as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        _check_batch(batch_size, dist.get_world_size())
+        return False
+    present = [name for name in RENDEZVOUS_VARIABLES if name in os.environ]
+    if not present:
+        return False
+    missing = [name for name in RENDEZVOUS_VARIABLES if name not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"incomplete torch.distributed environment: {', '.join(present)} set but {', '.join(missing)} missing"
+            " (start several processes with torchrun)"
+        )
+    try:
+        size, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        raise ConfigError("WORLD_SIZE and LOCAL_RANK must be integers") from None
+    _check_batch(batch_size, size)
+    if size == 1:
+        return False
+    if not dist.is_available():
+        raise ConfigError("this torch build has no torch.distributed")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_SECONDS))
+    return True
+
+
+def _check_batch(batch_size: int, size: int) -> None:
+    if batch_size % size:
+        raise ConfigError(f"batch size {batch_size} is not divisible by the world size {size}")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks, in place; unchanged in a single process."""
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every rank; nothing in a single process."""
+    if world_size() > 1:
+        dist.barrier()

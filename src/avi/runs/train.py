@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from avi.evaluation.bounds import elbo_per_point
 from avi.inference.aggressive import aggressive_epoch
 from avi.inference.fit import EpochStats, make_optimizers, train_epoch
 from avi.inference.local import LocalPosterior
+from avi.inference.parallel import data_parallel
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
@@ -191,6 +193,10 @@ def run_fit(
         raise ConfigError(f"epochs must be non-negative, got {last_epoch}")
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
+    if distributed.init_from_env(resolve_device(config.train.device), config.train.batch_size):
+        atexit.register(torch.distributed.destroy_process_group)
+    if distributed.world_size() > 1 and config.remedies.aggressive:
+        raise ConfigError("aggressive encoder training runs in a single process; start it without torchrun")
     run = _build(config)
     main = distributed.is_main()
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -215,6 +221,11 @@ def run_fit(
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, config.model_dump())
+    parallel: dict[str, Any] = {}
+    if distributed.world_size() > 1:  # gradients averaged by DDP; other ranks' noise decorrelated from rank 0's
+        parallel["step"] = data_parallel(run.model, run.posterior)
+        if not main:
+            torch.manual_seed(config.train.seed + 7919 * distributed.rank() + start_epoch)
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config)
@@ -245,6 +256,7 @@ def run_fit(
             rank=distributed.rank(),
             world_size=distributed.world_size(),
             on_progress=hook,
+            **parallel,
         )
         stats, encoder_steps = result if aggressive else (result, 0)
         val, validation_params = _validate(run, validation_params)

@@ -1,0 +1,74 @@
+"""Data-parallel training steps with PyTorch's DistributedDataParallel.
+
+Every rank computes the objective on its shard of a global batch; DDP averages the gradients of
+the model and encoder over the ranks. Each rank scales its loss so that this average is the
+gradient a single process computes for the mean over the global batch of B points:
+
+    loss_r = -(W / B) * sum_{i in shard r} value_i,   (1/W) sum_r grad loss_r = -grad (1/B) sum_i value_i,
+
+with W the world size; B is the size of the step's global batch (smaller for the last one).
+
+A per-datapoint table (:class:`~avi.inference.local.LocalPosterior`) is kept out of DDP: its
+gradient is sparse and touches only the rows of the batch. :func:`sync_table_grad` gathers the
+rows of all shards into one sparse gradient, the same on every rank, so that each rank's
+``SparseAdam`` makes the single-process update and every rank holds the whole, current table
+(a point lands on a different rank in every epoch, because every epoch reshuffles). A
+checkpoint written by rank 0 is therefore a single-process checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from avi.inference.local import LocalPosterior
+from avi.objectives.bounds import Terms
+from avi.objectives.select import Objective
+
+__all__ = ["ShardStep", "data_parallel", "sync_table_grad"]
+
+
+class ShardStep(nn.Module):
+    """One forward pass for DDP's hooks: ``forward(x, index, objective)`` is the per-point
+    :class:`Terms` (B_r,) of the local shard, ``objective(model, posterior(x, index), x)``."""
+
+    def __init__(self, model: nn.Module, posterior: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.posterior = posterior
+
+    def forward(self, x: Tensor, index: Tensor, objective: Objective) -> Terms:
+        return objective(self.model, self.posterior(x, index), x)
+
+
+def data_parallel(model: nn.Module, posterior: nn.Module) -> nn.Module:
+    """``ShardStep(model, posterior)`` wrapped in DDP (a per-datapoint table left out of it).
+
+    Without a dense trainable parameter (per-datapoint VI against a fixed model) there is
+    nothing for DDP to average and the step is returned unwrapped.
+    """
+    step = ShardStep(model, posterior)
+    ignored = ["posterior.table"] if isinstance(posterior, LocalPosterior) else []
+    if not any(p.requires_grad for name, p in step.named_parameters() if name not in ignored):
+        return step
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, ignored)
+    device = next(step.parameters()).device
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_table_grad(table: nn.Parameter, index: Tensor, *, rank: int, world_size: int, batch: int) -> None:
+    """Replace the sparse gradient of ``table`` for this rank's rows ``index`` (positions
+    ``rank::world_size`` of the global batch of ``batch`` points) by the gradient of the whole
+    batch, divided by ``world_size`` (undoing the loss scale above): the same on every rank."""
+    width = table.shape[1]
+    values = torch.zeros(batch, width, dtype=table.dtype, device=table.device)
+    rows = torch.zeros(batch, dtype=torch.long, device=table.device)
+    if table.grad is not None and index.numel():
+        grad = table.grad.coalesce()  # rows sorted and unique: find each index's row
+        values[rank::world_size] = grad.values()[torch.searchsorted(grad.indices()[0], index.contiguous())]
+    rows[rank::world_size] = index
+    dist.all_reduce(values)
+    dist.all_reduce(rows)
+    table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world_size, table.shape, check_invariants=False)

@@ -1,0 +1,132 @@
+"""Data-parallel training on two gloo processes on loopback, started the way torchrun starts them
+(its environment variables, one interpreter per rank), against a single process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+TIMEOUT = 240  # seconds for a whole multi-process run: a hang fails the test instead of the suite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun sets for one process of a standalone run."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "AVI_DIST_TIMEOUT": "120",
+    }
+
+
+def run_ranks(args: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``python ARGS`` as ranks 0..world_size-1 of one process group; all must finish in time."""
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args], env=rank_env(r, world_size, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in range(world_size)
+    ]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=TIMEOUT)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def run_single(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
+def test_two_ranks_match_one_process(tmp_path: Path, strategy: str) -> None:
+    """Two epochs of 53 points in global batches of 8 (the last, of 5, split 3 + 2): the
+    parameters and per-epoch objectives of the 2-rank run equal the single-process run's."""
+    single = run_single([str(WORKER), strategy, str(tmp_path / "single.pt")])
+    assert single.returncode == 0, single.stderr
+    ranks = run_ranks([str(WORKER), strategy, str(tmp_path / "rank{rank}.pt")])
+    for result in ranks:
+        assert result.returncode == 0, result.stderr
+    reference = torch.load(tmp_path / "single.pt")
+    for r in range(2):
+        state = torch.load(tmp_path / f"rank{r}.pt")
+        assert state["objective"] == pytest.approx(reference["objective"], rel=1e-5)
+        for part in ("model", "posterior"):
+            assert state[part].keys() == reference[part].keys()
+            for name, value in reference[part].items():
+                torch.testing.assert_close(state[part][name], value, rtol=1e-4, atol=1e-5, msg=f"{part}.{name}")
+
+
+def fit_args(config: Path, *args: str) -> list[str]:
+    return ["-m", "avi", "fit", str(config), *args]
+
+
+def test_two_rank_checkpoint_resumes_in_one_process_and_back(tmp_path: Path, small_config) -> None:
+    """``avi fit`` on two ranks writes the run directory of a single-process run (rank 0 only);
+    either kind of run resumes the other's checkpoint."""
+    config = small_config(epochs=2)
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    for result in run_ranks(fit_args(config, "--out", str(parallel))):
+        assert result.returncode == 0, result.stderr
+    assert run_single(fit_args(config, "--out", str(single))).returncode == 0
+    assert sorted(p.name for p in parallel.iterdir()) == sorted(p.name for p in single.iterdir())
+    ours, theirs = torch.load(parallel / "checkpoint.pt", weights_only=False), torch.load(single / "checkpoint.pt", weights_only=False)
+    assert ours.keys() == theirs.keys() and ours["epoch"] == 2
+    assert {k: v.shape for k, v in ours["model"].items()} == {k: v.shape for k, v in theirs["model"].items()}
+    assert [row["epoch"] for row in ours["metrics"]] == [1, 2]
+
+    resumed = run_single(["-m", "avi", "fit", "--resume", str(parallel), "--epochs", "3"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(parallel / "checkpoint.pt", weights_only=False)["epoch"] == 3
+    for result in run_ranks(["-m", "avi", "fit", "--resume", str(single), "--epochs", "3"]):
+        assert result.returncode == 0, result.stderr
+    state = torch.load(single / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 3 and len(state["metrics"]) == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_world_size_must_divide_the_batch(tmp_path: Path, small_config) -> None:
+    """Checked before any rendezvous: one process alone fails at once, with one line."""
+    env = rank_env(0, 2, free_port())
+    result = subprocess.run(
+        [sys.executable, *fit_args(small_config(), "--batch-size", "51", "--out", str(tmp_path / "run"))],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: batch size 51 is not divisible by the world size 2"
+
+
+def test_missing_rendezvous_variable(tmp_path: Path, small_config) -> None:
+    env = rank_env(0, 2, free_port())
+    del env["MASTER_PORT"]
+    result = subprocess.run(
+        [sys.executable, *fit_args(small_config(), "--out", str(tmp_path / "run"))],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "MASTER_PORT missing" in result.stderr
