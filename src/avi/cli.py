@@ -67,6 +67,7 @@ def fit(
 ) -> None:
     """Train a model and its posterior; write config, metrics, checkpoint and summary to a run directory."""
     from avi.runs.config import load_config
+    from avi.runs.distributed import is_main
     from avi.runs.train import run_fit
 
     try:
@@ -111,6 +112,8 @@ def fit(
     except KeyboardInterrupt:
         console.print("interrupted: the last finished epoch is saved; continue with [bold]avi fit --resume RUN_DIR[/]")
         raise typer.Exit(130) from None
+    if not is_main():  # under torchrun, rank 0 alone speaks
+        return
     console.print(f"run directory: [bold]{run_dir}[/]  (next: avi evaluate {run_dir})", highlight=False)
     print(run_dir)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -59,7 +60,7 @@ def run_ranks(args: list[str], world_size: int = 2) -> list[subprocess.Completed
 
 def run_single(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
 @pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
@@ -90,8 +91,10 @@ def test_two_rank_checkpoint_resumes_in_one_process_and_back(tmp_path: Path, sma
     either kind of run resumes the other's checkpoint."""
     config = small_config(epochs=2)
     single, parallel = tmp_path / "single", tmp_path / "parallel"
-    for result in run_ranks(fit_args(config, "--out", str(parallel))):
+    ranks = run_ranks(fit_args(config, "--out", str(parallel)))
+    for result in ranks:
         assert result.returncode == 0, result.stderr
+    assert ranks[0].stdout.strip() == str(parallel) and ranks[1].stdout == ""  # rank 0 alone reports
     assert run_single(fit_args(config, "--out", str(single))).returncode == 0
     assert sorted(p.name for p in parallel.iterdir()) == sorted(p.name for p in single.iterdir())
     ours, theirs = torch.load(parallel / "checkpoint.pt", weights_only=False), torch.load(single / "checkpoint.pt", weights_only=False)
@@ -114,7 +117,7 @@ def test_world_size_must_divide_the_batch(tmp_path: Path, small_config) -> None:
     env = rank_env(0, 2, free_port())
     result = subprocess.run(
         [sys.executable, *fit_args(small_config(), "--batch-size", "51", "--out", str(tmp_path / "run"))],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == "error: batch size 51 is not divisible by the world size 2"
@@ -125,8 +128,21 @@ def test_missing_rendezvous_variable(tmp_path: Path, small_config) -> None:
     del env["MASTER_PORT"]
     result = subprocess.run(
         [sys.executable, *fit_args(small_config(), "--out", str(tmp_path / "run"))],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "MASTER_PORT missing" in result.stderr
+
+
+def test_resuming_an_incompatible_checkpoint_is_one_line(tmp_path: Path, small_config) -> None:
+    """A run whose config no longer matches its checkpoint (here: another hidden layer size)."""
+    run = tmp_path / "run"
+    assert run_single(fit_args(small_config(epochs=1), "--out", str(run))).returncode == 0
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden"] = [8]
+    (run / "config.json").write_text(json.dumps(config))
+    result = run_single(["-m", "avi", "fit", "--resume", str(run), "--epochs", "2"])
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "does not match its config" in result.stderr

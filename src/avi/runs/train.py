@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import atexit
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -90,14 +90,22 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     """Rebuild a run's model and posterior and load the weights of its last checkpoint."""
     run_dir = require_run(run_dir)
     run = _build(read_config(run_dir))
-    state = _load_state(run_dir / CHECKPOINT)
+    _load_weights(run, _load_state(run_dir / CHECKPOINT), run_dir)
+    run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
+    return run
+
+
+def _load_weights(
+    run: TrainedRun, state: dict[str, Any], run_dir: Path, optimizers: Sequence[torch.optim.Optimizer] = ()
+) -> None:
+    """Load a checkpoint's model, posterior (and optimiser) states; a mismatch is one line."""
     try:
         run.model.load_state_dict(state["model"])
         run.posterior.load_state_dict(state["posterior"])
-    except RuntimeError as err:
+        for opt, opt_state in zip(optimizers, state["optimizers"] if optimizers else ()):
+            opt.load_state_dict(opt_state)
+    except (RuntimeError, ValueError, KeyError) as err:
         raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
-    run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
-    return run
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -209,10 +217,7 @@ def run_fit(
     start_epoch, wall_before = 0, 0.0
     if resume:
         state = _load_state(run_dir / CHECKPOINT)
-        run.model.load_state_dict(state["model"])
-        run.posterior.load_state_dict(state["posterior"])
-        for opt, opt_state in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
+        _load_weights(run, state, run_dir, optimizers)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         rows, start_epoch = state["metrics"], state["epoch"]
