@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
@@ -66,8 +65,7 @@ def main(strategy: str, out: str) -> None:
         for _ in range(2)
     ]
     torch.save({"model": model.state_dict(), "posterior": posterior.state_dict(), "objective": [s.objective for s in stats]}, out.format(rank=distributed.rank()))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from avi.errors import ConfigError
 
-__all__ = ["all_reduce_sum", "barrier", "init_from_env", "is_main", "rank", "world_size"]
+__all__ = ["all_reduce_sum", "barrier", "init_from_env", "is_main", "rank", "shutdown", "world_size"]
 
 #: the variables torchrun sets for every process; all or none must be present
 RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -90,3 +90,12 @@ def barrier() -> None:
     """Wait for every rank; nothing in a single process."""
     if world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group: a barrier first, so that no rank tears down its gloo or nccl
+    connections while a peer is still in a collective (which aborts the peer at exit), then
+    ``destroy_process_group``. Does nothing in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -202,7 +202,7 @@ def run_fit(
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     if distributed.init_from_env(resolve_device(config.train.device), config.train.batch_size):
-        atexit.register(torch.distributed.destroy_process_group)
+        atexit.register(distributed.shutdown)
     if distributed.world_size() > 1 and config.remedies.aggressive:
         raise ConfigError("aggressive encoder training runs in a single process; start it without torchrun")
     run = _build(config)
