@@ -56,6 +56,7 @@ def fit(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     subset: Annotated[Optional[int], typer.Option(help="Train on the first N training points only.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
@@ -74,7 +75,7 @@ def fit(
         if resume is not None:
             given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
                      "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
-                     "lr": lr, "seed": seed, "subset": subset, "device": device, "out": out}  # fmt: skip
+                     "lr": lr, "seed": seed, "subset": subset, "device": device, "precision": precision, "out": out}  # fmt: skip
             given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
                           "consistency": consistency, "transform": transform})  # fmt: skip
             given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
@@ -93,7 +94,8 @@ def fit(
                                   "denoise": denoise, "weight_norm": weight_norm or None,
                                   "consistency": consistency, "transform": transform},
                     "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator},
-                    "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device},
+                    "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+                              "precision": precision},
                     "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,
                                  "aggressive": aggressive or None},
                 },

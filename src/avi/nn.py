@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from avi.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "eval_mode", "mlp"]
+__all__ = ["ACTIVATIONS", "MLP", "autocast_forward", "eval_mode", "mlp"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 
 
-def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+def autocast_forward(module: nn.Module, forward: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Tensor:
+    """``forward(x, *args)`` under autocast to ``module.compute_dtype`` (when set), the result
+    cast back to x's dtype: reduced-precision matrix products, full-precision output."""
+    dtype = module.compute_dtype
+    if dtype is None:
+        return forward(x, *args)
+    with torch.autocast(x.device.type, dtype=dtype):
+        out = forward(x, *args)
+    return out.to(x.dtype)
+
+
+class MLP(nn.Sequential):
+    """An ``nn.Sequential`` of linear layers and activations whose products can run in bfloat16
+    (``compute_dtype``, set by :func:`avi.precision.set_precision`) while its output keeps the
+    input's dtype."""
+
+    compute_dtype: torch.dtype | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return autocast_forward(self, super().forward, x)
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> MLP:
     """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers, linear output.
 
     ``mlp([784, 400, 40])`` is Linear(784, 400), ReLU, Linear(400, 40); ``mlp([D, K])`` is affine.
@@ -28,7 +51,7 @@ def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 @contextmanager

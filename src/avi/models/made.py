@@ -19,7 +19,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, co
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
-from avi.nn import ACTIVATIONS
+from avi.nn import ACTIVATIONS, autocast_forward
 
 __all__ = ["MADE", "AutoregressiveBernoulli", "MADEModel"]
 
@@ -67,8 +67,14 @@ class MADE(nn.Module):
         self.context_output = nn.Linear(context_dim, data_dim, bias=False)
         self.activation = ACTIVATIONS[activation]()
 
+    #: bfloat16 products under autocast when set (:func:`avi.precision.set_precision`)
+    compute_dtype: torch.dtype | None = None
+
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: (..., D), context: (..., C), broadcast against each other -> logits (..., D)."""
+        return autocast_forward(self, self._logits, x, context)
+
+    def _logits(self, x: Tensor, context: Tensor) -> Tensor:
         h = self.activation(self.hidden[0](x) + self.context_hidden(context))
         for layer in self.hidden[1:]:
             h = self.activation(layer(h))

@@ -116,7 +116,9 @@ class ObjectiveConfig(_Section):
 
 class TrainConfig(_Section):
     """Adam on minibatches. ``lr_schedule="burda"`` is Burda et al.'s (2016): stage i = 0..7 lasts
-    3^i epochs at lr * 10^(-i/7) (3,280 epochs in all); ``epochs`` may stop it earlier."""
+    3^i epochs at lr * 10^(-i/7) (3,280 epochs in all); ``epochs`` may stop it earlier.
+    ``precision="bf16"`` runs the networks' products in bfloat16 under autocast, the bound in
+    float32 (:mod:`avi.precision`); without bf16 hardware it says so and trains in fp32."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)
@@ -126,6 +128,7 @@ class TrainConfig(_Section):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class RemediesConfig(_Section):

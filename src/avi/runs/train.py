@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from avi.inference.local import LocalPosterior
 from avi.inference.parallel import data_parallel
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
+from avi.precision import resolve_precision, set_precision
 from avi.runs import distributed
 from avi.runs.build import build_model, build_objective, build_posterior, load_splits, regularise
 from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_objective, plot_collapse
@@ -207,6 +209,10 @@ def run_fit(
         raise ConfigError("aggressive encoder training runs in a single process; start it without torchrun")
     run = _build(config)
     main = distributed.is_main()
+    precision, fallback = resolve_precision(config.train.precision, run.device)
+    if fallback is not None and main:
+        print(f"note: {fallback}", file=sys.stderr)
+    set_precision(precision, run.model, run.posterior)  # training only: evaluation stays fp32
     generator = torch.Generator().manual_seed(config.train.seed)
     optimizers = make_optimizers(
         run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr, eps=config.train.adam_eps
@@ -309,6 +315,7 @@ def run_fit(
                 "train_elbo": final.get("train_elbo"),
                 "val_elbo": final.get("val_elbo"),
                 "wall_seconds": final.get("wall_seconds", 0.0),
+                "precision": precision,
                 "parameters": sum(p.numel() for p in run.model.parameters())
                 + sum(p.numel() for p in run.posterior.parameters()),
             },
