@@ -8,6 +8,9 @@ a fresh Bernoulli draw of each batch), with one reparameterised sample and Adam 
   MeanFieldGaussian(20))`` and ``VAEModel(784, 20, (400,))`` (Bernoulli). One round is one
   ``train_epoch`` over a data subset of ``steps * batch`` points, so the timing includes
   everything the loop does: shuffling, batching, binarisation, metric sums.
+- ``avi_bf16``: the same with ``set_precision("bf16", ...)``: the networks' products in bfloat16
+  under autocast, the bound in float32 (``avi fit --precision bf16``). Skipped, with null
+  results, where the CPU has no native bf16 (:func:`avi.precision.bf16_supported`).
 - ``plain``: the loop one writes by hand (the PyTorch VAE example, with distributions):
   torch.distributions with default settings (argument validation on), ``Independent(Normal)``
   and ``Independent(Bernoulli)``, analytic ``kl_divergence``, ``torch.optim.Adam`` defaults,
@@ -55,6 +58,7 @@ from avi.families import MeanFieldGaussian
 from avi.inference import make_optimizers, train_epoch
 from avi.models import VAEModel
 from avi.objectives import make_objective
+from avi.precision import bf16_supported, set_precision
 
 try:
     import pyro
@@ -82,12 +86,13 @@ def _timed(run: Callable[[], float]) -> tuple[float, float]:
     return time.perf_counter() - start, elbo
 
 
-def avi_runner(x: Tensor, batch: int) -> Runner:
+def avi_runner(x: Tensor, batch: int, precision: str = "fp32") -> Runner:
     """avi's own loop: train_epoch over the first ``steps * batch`` points."""
     model = VAEModel(DATA_DIM, LATENT, (HIDDEN,), likelihood="bernoulli")
     posterior = AmortizedPosterior(
         mlp_encoder(DATA_DIM, (HIDDEN,), 2 * LATENT), MeanFieldGaussian(LATENT)
     )
+    set_precision(precision, model, posterior)
     optimizers = make_optimizers(model, posterior, lr=LR)
     objective = make_objective("elbo")
     generator = torch.Generator().manual_seed(1)
@@ -176,6 +181,8 @@ def pyro_runner(x: Tensor, batch: int, loss: str) -> Runner:
 def measure(x: Tensor, batch: int, steps: int, rounds: int, warmup: int) -> dict:
     """Interleaved rounds of every variant at one batch size: steps/s per round and medians."""
     runners: dict[str, Runner] = {"avi": avi_runner(x, batch), "plain": plain_runner(x, batch)}
+    if bf16_supported(torch.device("cpu")):
+        runners["avi_bf16"] = avi_runner(x, batch, "bf16")
     if pyro is not None:
         runners["pyro_trace_elbo"] = pyro_runner(x, batch, "trace")
         runners["pyro_mean_field"] = pyro_runner(x, batch, "mean_field")
@@ -200,7 +207,7 @@ def measure(x: Tensor, batch: int, steps: int, rounds: int, warmup: int) -> dict
             "steps_per_s_per_round": per_round,
             "last_round_train_elbo": elbos[name],
         }
-    for name in ("pyro_trace_elbo", "pyro_mean_field"):
+    for name in ("avi_bf16", "pyro_trace_elbo", "pyro_mean_field"):
         result.setdefault(name, None)
     return result
 
@@ -258,6 +265,8 @@ def main() -> None:
         "pyro_mean_field_steps_per_s": _field(results, 100, "pyro_mean_field", "steps_per_s"),
         "fp32_b100_ratio_vs_plain": _field(results, 100, "avi", "ratio_vs_plain"),
         "fp32_b1000_ratio_vs_plain": _field(results, 1000, "avi", "ratio_vs_plain"),
+        "bf16_b100_ratio_vs_plain": _field(results, 100, "avi_bf16", "ratio_vs_plain"),
+        "bf16_b1000_ratio_vs_plain": _field(results, 1000, "avi_bf16", "ratio_vs_plain"),
         "pyro_trace_elbo_b100_ratio_vs_plain": _field(
             results, 100, "pyro_trace_elbo", "ratio_vs_plain"
         ),
@@ -300,10 +309,10 @@ def main() -> None:
     )
     for batch, result in results.items():
         print(f"batch {batch} ({result['steps_per_round']} steps per round):")
-        for name in ("avi", "plain", "pyro_trace_elbo", "pyro_mean_field"):
+        for name in ("avi", "avi_bf16", "plain", "pyro_trace_elbo", "pyro_mean_field"):
             entry = result[name]
             if entry is None:
-                print(f"  {name:16s}  (pyro-ppl not installed)")
+                print(f"  {name:16s}  (skipped: {'no native bf16' if name == 'avi_bf16' else 'pyro-ppl not installed'})")
                 continue
             print(
                 f"  {name:16s} {entry['steps_per_s']:7.1f} ({entry['ratio_vs_plain']:4.2f}x)"
