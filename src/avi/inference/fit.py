@@ -128,7 +128,8 @@ def train_epoch(
             sync_table_grad(table, index, rank=rank, world_size=world_size, batch=batch)
         for opt in optimizers:
             opt.step()
-        sums += torch.stack([terms.value.sum(), terms.reconstruction.sum(), terms.kl.sum()]).detach()
+        with torch.no_grad():  # metrics: no autograd graph, no host synchronisation
+            sums += torch.stack([terms.value.sum(), terms.reconstruction.sum(), terms.kl.sum()])
         examples += index.numel()
         if on_progress is not None:
             on_progress(examples * world_size, sums * world_size if parallel else sums)

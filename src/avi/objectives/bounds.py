@@ -68,7 +68,9 @@ def elbo_terms(
     """
     check_count("num_samples", num_samples)
     kl = analytic_kl_or_none(q, model.prior()) if analytic_kl else None
-    if kl is not None:
+    if kl is not None and num_samples == 1:  # the common case, without a sample axis to average
+        reconstruction = model.likelihood(q.rsample()).log_prob(x)
+    elif kl is not None:
         z = q.rsample((num_samples,))
         reconstruction = model.likelihood(z).log_prob(x).mean(0)
     else:
