@@ -237,8 +237,8 @@ class AVITM(LatentVariableModel):
     n ~ Multinomial(N_d, p(w | theta)) with topic parameters beta (K, V):
 
     - ``decoder="product"`` (ProdLDA): p(w | theta) = softmax(theta^T beta), a product of
-      experts with unnormalised topics. Adding one vector to every row of beta leaves it
-      unchanged (theta sums to one), so softmax(beta_k) is defined only up to that shift.
+      experts with unnormalised topics: a document's word distribution is a weighted geometric
+      mean of the topics softmax(beta_k) rather than their mixture.
     - ``decoder="mixture"`` (NVLDA): p(w | theta) = theta^T softmax(beta), LDA's own likelihood
       with each z_dn summed out, so the topics softmax(beta_k) are LDA's beta_k.
 
