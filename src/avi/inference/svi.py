@@ -102,7 +102,7 @@ def _check_batch(model: LDA, counts: Tensor, num_docs: int) -> None:
 
 @torch.no_grad()
 def minibatch_elbo(
-    model: LDA, lam: Tensor, counts: Tensor, *, num_docs: int, max_local_iterations: int = 200, local_tol: float = 1e-6
+    model: LDA, lam: Tensor, counts: Tensor, *, num_docs: int, max_local_iterations: int = 200, local_tol: float = 1e-3
 ) -> Tensor:
     """L_B(lambda) = (N / |B|) sum_{d in B} ell_d(lambda) - sum_k KL(Dir(lambda_k) || Dir(eta)),
     for the minibatch ``counts`` (|B|, V) of a corpus of N = ``num_docs`` documents: unbiased
@@ -124,7 +124,7 @@ def step(
     tau: float = 1.0,
     kappa: float = 0.7,
     max_local_iterations: int = 200,
-    local_tol: float = 1e-6,
+    local_tol: float = 1e-3,
 ) -> tuple[SVIState, SVIInfo]:
     """One SVI update from the minibatch ``counts`` (|B|, V) of a corpus of N = ``num_docs``:
     local coordinate ascent for each document of B given q(beta) (:meth:`LDA.local_step`), then
@@ -143,7 +143,7 @@ def step(
 
 @torch.no_grad()
 def coordinate_ascent_step(
-    state: SVIState, counts: Tensor, *, model: LDA, max_local_iterations: int = 200, local_tol: float = 1e-6
+    state: SVIState, counts: Tensor, *, model: LDA, max_local_iterations: int = 200, local_tol: float = 1e-3
 ) -> tuple[SVIState, SVIInfo]:
     """One iteration of batch mean-field VI (Blei et al. 2003) on the whole corpus ``counts``
     (N, V): local coordinate ascent for every document, then lambda = eta + sum_d n_dw phi_dwk.
@@ -166,7 +166,7 @@ def fit_svi(
     kappa: float = 0.7,
     state: SVIState | None = None,
     max_local_iterations: int = 200,
-    local_tol: float = 1e-6,
+    local_tol: float = 1e-3,
 ) -> tuple[SVIState, list[SVIInfo]]:
     """``epochs`` passes of :func:`step` over ``counts`` (N, V) in random minibatches of
     ``batch_size`` (a fresh permutation per epoch from ``generator``), from ``state`` or
@@ -196,7 +196,7 @@ def fit_batch_vi(
     generator: torch.Generator,
     state: SVIState | None = None,
     max_local_iterations: int = 200,
-    local_tol: float = 1e-6,
+    local_tol: float = 1e-3,
 ) -> tuple[SVIState, list[SVIInfo]]:
     """``iterations`` of :func:`coordinate_ascent_step` on the whole corpus, from ``state`` or
     :func:`init` (the same start as :func:`fit_svi` for the same generator state)."""

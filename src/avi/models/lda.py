@@ -158,16 +158,16 @@ class LDA:
 
     @torch.no_grad()
     def local_step(
-        self, counts: Tensor, elog_beta: Tensor, *, max_iterations: int = 200, tol: float = 1e-6
+        self, counts: Tensor, elog_beta: Tensor, *, max_iterations: int = 200, tol: float = 1e-3
     ) -> LocalFit:
         """Coordinate ascent on q(theta_d), q(z_d) of each document in ``counts`` (B, V) with
         E[log beta] = ``elog_beta`` (K, V) fixed (Blei et al. 2003; Hoffman et al. 2013, Alg. 2).
 
         Every gamma_d starts at alpha + N_d / K and alternates phi_dwk ∝ exp(E[log theta_dk] +
         E[log beta_kw]) and gamma_d = alpha + sum_w n_dw phi_dw until its mean absolute change is
-        below ``tol`` or after ``max_iterations`` sweeps. Each document stops on its own change,
-        so its gamma does not depend on which other documents share the batch. phi is never
-        stored: sum_w n_dw phi_dwk = exp(E log theta_dk) sum_w exp(E log beta_kw) n_dw / Z_dw
+        below ``tol`` (0.001 by default, as Hoffman et al. 2013) or after ``max_iterations``
+        sweeps. Each document stops on its own change, so its gamma does not depend on which
+        other documents share the batch. phi is never stored: sum_w n_dw phi_dwk = exp(E log theta_dk) sum_w exp(E log beta_kw) n_dw / Z_dw
         with Z_dw = sum_k exp(E log theta_dk + E log beta_kw) (Hoffman, Blei and Bach 2010).
         """
         if max_iterations < 1:
@@ -207,7 +207,7 @@ class LDA:
         return kl_divergence(Dirichlet(lam, validate_args=False), prior).sum()
 
     @torch.no_grad()
-    def elbo(self, counts: Tensor, lam: Tensor, *, max_iterations: int = 200, tol: float = 1e-6) -> Tensor:
+    def elbo(self, counts: Tensor, lam: Tensor, *, max_iterations: int = 200, tol: float = 1e-3) -> Tensor:
         """The full-data ELBO L(lambda, gamma*(lambda)) of the module docstring, each gamma_d
         from :meth:`local_step` given q(beta) = Dir(lambda): a scalar."""
         self.check_counts(counts)
