@@ -4,13 +4,18 @@ from avi.encoders.amortized import AmortizedPosterior
 from avi.inference.fit import EpochStats, History, fit, make_optimizers, train_epoch
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import infer, refine_params
+from avi.inference.svi import SVIInfo, SVIState, fit_batch_vi, fit_svi
 
 __all__ = [
     "AmortizedPosterior",
     "EpochStats",
     "History",
     "LocalPosterior",
+    "SVIInfo",
+    "SVIState",
     "fit",
+    "fit_batch_vi",
+    "fit_svi",
     "infer",
     "make_optimizers",
     "refine_params",

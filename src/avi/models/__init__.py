@@ -1,7 +1,8 @@
 """Generative models p(x, z) = p(z) p(x|z)."""
 
 from avi.models.base import LatentVariableModel
+from avi.models.lda import AVITM, LDA, synthetic_corpus
 from avi.models.linear_gaussian import LinearGaussian, ppca_max_log_likelihood
 from avi.models.vae import VAEModel
 
-__all__ = ["LatentVariableModel", "LinearGaussian", "VAEModel", "ppca_max_log_likelihood"]
+__all__ = ["AVITM", "LDA", "LatentVariableModel", "LinearGaussian", "VAEModel", "ppca_max_log_likelihood", "synthetic_corpus"]
