@@ -98,6 +98,7 @@ def test_global_step_is_the_natural_gradient(small: Corpus) -> None:
     assert info.rho == 6**-0.7 and new.t == 5
 
 
+@pytest.mark.slow
 @pytest.mark.statistical
 def test_minibatch_elbo_is_unbiased(small: Corpus) -> None:
     """L_B = (N/|B|) sum_{d in B} ell_d - KL(q(beta) || p(beta)). A document is in a uniformly drawn
