@@ -4,6 +4,8 @@ rises, and the fitted topics match the generating ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import Tensor
@@ -145,7 +147,9 @@ def test_svi_elbo_increases_on_average(small: Corpus) -> None:
     assert elbos[0] < early < late, elbos
 
 
-def _best_of_restarts(model: LDA, counts: Tensor, fit, restarts: int = 3) -> tuple[list[float], Tensor]:  # noqa: ANN001
+def _best_of_restarts(
+    model: LDA, counts: Tensor, fit: Callable[[torch.Generator], Tensor], restarts: int = 3
+) -> tuple[list[float], Tensor]:
     fits = [fit(torch.Generator().manual_seed(seed)) for seed in range(restarts)]
     elbos = [model.elbo(counts, lam, tol=1e-3).item() for lam in fits]
     return elbos, fits[max(range(restarts), key=elbos.__getitem__)]
