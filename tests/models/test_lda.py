@@ -16,7 +16,7 @@ from avi.errors import ConfigError, DataError
 from avi.evaluation.topics import match_topics
 from avi.families import MeanFieldGaussian
 from avi.inference import fit
-from avi.models.lda import AVITM, LDA, expected_log_dirichlet, laplace_dirichlet_prior, synthetic_corpus
+from avi.models.lda import AVITM, LDA, Corpus, expected_log_dirichlet, laplace_dirichlet_prior, synthetic_corpus
 
 
 def _tiny() -> tuple[LDA, Tensor, Tensor]:
@@ -172,7 +172,7 @@ def test_match_topics_finds_the_permutation() -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus():  # noqa: ANN201
+def corpus() -> Corpus:
     """The corpus of the topic-recovery tests (as in tests/inference/test_svi.py): K = 5
     topics over V = 100 words drawn from Dir(0.05), 500 documents of about 100 words with
     Dir(0.5) proportions."""
@@ -190,7 +190,7 @@ AVITM_BOUNDS = {"mixture": 0.08, "product": 0.4}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["mixture", "product"])
-def test_avitm_recovers_the_topics(corpus, decoder: str) -> None:  # noqa: ANN001
+def test_avitm_recovers_the_topics(corpus: Corpus, decoder: str) -> None:
     x = corpus.counts.float()
     model = AVITM(100, 5, alpha=0.5, decoder=decoder)
     family = MeanFieldGaussian(5)

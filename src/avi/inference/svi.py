@@ -35,7 +35,7 @@ from torch import Tensor
 
 from avi.data.dataset import shard_batches
 from avi.errors import ConfigError
-from avi.models.lda import LDA, expected_log_dirichlet
+from avi.models.lda import LDA, LocalFit, expected_log_dirichlet
 
 __all__ = [
     "SVIInfo",
@@ -86,9 +86,10 @@ def init(model: LDA, *, num_words: float, generator: torch.Generator, dtype: tor
     """lambda_kw = eta + e_kw, e_kw ~ Exponential with mean ``num_words`` / (K V): random topics
     carrying the corpus's ``num_words`` word counts between them, as the first full update would.
 
-    Hoffman et al. (2013) start from Gamma(100, 1/100) draws (mean 1, sd 0.1); on the small
-    synthetic corpora of the tests those nearly uniform topics left batch VI and SVI in
-    merged-and-split topic optima in about half of the runs, and this start in far fewer.
+    Hoffman et al. (2013) start from Gamma(100, 1/100) draws (mean 1, sd 0.1). On four small
+    synthetic corpora (K = 5, V = 50, 4 starts each) batch VI ended in merged-and-split topic
+    optima (mean topic TV above 0.1) in 7 of 16 runs from those nearly uniform topics and in 2 of
+    16 from this start; SVI (10 epochs) in 12 and 10 of 16.
     """
     lam = torch.empty(model.num_topics, model.vocab_size, dtype=dtype).exponential_(generator=generator)
     return SVIState(model.eta + lam * (num_words / (model.num_topics * model.vocab_size)), 0)
@@ -100,6 +101,16 @@ def _check_batch(model: LDA, counts: Tensor, num_docs: int) -> None:
         raise ConfigError(f"a minibatch of {counts.shape[0]} documents cannot come from a corpus of {num_docs}")
 
 
+def _local_fit(
+    model: LDA, lam: Tensor, counts: Tensor, scale: float, max_iterations: int, tol: float
+) -> tuple[LocalFit, Tensor]:
+    """The documents' local coordinate ascent given q(beta) = Dir(lambda), and
+    scale * sum_d ell_d(lambda) - sum_k KL(Dir(lambda_k) || Dir(eta))."""
+    elog_beta = expected_log_dirichlet(lam)
+    local = model.local_step(counts, elog_beta, max_iterations=max_iterations, tol=tol)
+    return local, scale * model.document_elbo(counts, local.gamma, elog_beta).sum() - model.global_kl(lam)
+
+
 @torch.no_grad()
 def minibatch_elbo(
     model: LDA, lam: Tensor, counts: Tensor, *, num_docs: int, max_local_iterations: int = 200, local_tol: float = 1e-3
@@ -108,10 +119,7 @@ def minibatch_elbo(
     for the minibatch ``counts`` (|B|, V) of a corpus of N = ``num_docs`` documents: unbiased
     for :meth:`LDA.elbo` over the corpus when B is a uniform random subset (module docstring)."""
     _check_batch(model, counts, num_docs)
-    elog_beta = expected_log_dirichlet(lam)
-    local = model.local_step(counts, elog_beta, max_iterations=max_local_iterations, tol=local_tol)
-    scale = num_docs / counts.shape[0]
-    return scale * model.document_elbo(counts, local.gamma, elog_beta).sum() - model.global_kl(lam)
+    return _local_fit(model, lam, counts, num_docs / counts.shape[0], max_local_iterations, local_tol)[1]
 
 
 @torch.no_grad()
@@ -132,12 +140,10 @@ def step(
     (Hoffman et al. 2013, Algorithm 1 and Figure 6)."""
     _check_batch(model, counts, num_docs)
     rho = step_size(state.t + 1, tau=tau, kappa=kappa)
-    elog_beta = expected_log_dirichlet(state.lam)
-    local = model.local_step(counts, elog_beta, max_iterations=max_local_iterations, tol=local_tol)
     scale = num_docs / counts.shape[0]
+    local, elbo = _local_fit(model, state.lam, counts, scale, max_local_iterations, local_tol)
     lam_hat = model.eta + scale * local.sstats
     lam = (1 - rho) * state.lam + rho * lam_hat
-    elbo = scale * model.document_elbo(counts, local.gamma, elog_beta).sum() - model.global_kl(state.lam)
     return SVIState(lam, state.t + 1), SVIInfo(rho, float(elbo), local.iterations)
 
 
@@ -149,9 +155,7 @@ def coordinate_ascent_step(
     (N, V): local coordinate ascent for every document, then lambda = eta + sum_d n_dw phi_dwk.
     The info's ELBO is the full-data ELBO at the lambda before the update."""
     model.check_counts(counts)
-    elog_beta = expected_log_dirichlet(state.lam)
-    local = model.local_step(counts, elog_beta, max_iterations=max_local_iterations, tol=local_tol)
-    elbo = model.document_elbo(counts, local.gamma, elog_beta).sum() - model.global_kl(state.lam)
+    local, elbo = _local_fit(model, state.lam, counts, 1.0, max_local_iterations, local_tol)
     return SVIState(model.eta + local.sstats, state.t + 1), SVIInfo(1.0, float(elbo), local.iterations)
 
 

@@ -82,7 +82,8 @@ def synthetic_corpus(
     numpy's generator seeded with ``seed`` draws everything (torch has no Dirichlet sampler that
     takes an explicit generator), so a seed gives the same corpus on every machine.
     """
-    for name, value in (("num_docs", num_docs), ("vocab_size", vocab_size), ("num_topics", num_topics), ("doc_length", doc_length)):
+    sizes = {"num_docs": num_docs, "vocab_size": vocab_size, "num_topics": num_topics, "doc_length": doc_length}
+    for name, value in sizes.items():
         if value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value}")
     _check_concentration("alpha", alpha)
@@ -93,9 +94,8 @@ def synthetic_corpus(
     lengths = 1 + rng.poisson(doc_length - 1, size=num_docs)
     word_probs = proportions @ topics
     word_probs /= word_probs.sum(1, keepdims=True)
-    counts = np.stack([rng.multinomial(n, p) for n, p in zip(lengths, word_probs)])
-    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-    return Corpus(as_tensor(counts), as_tensor(topics), as_tensor(proportions))
+    counts = rng.multinomial(lengths, word_probs)
+    return Corpus(*(torch.as_tensor(a, dtype=torch.float64) for a in (counts, topics, proportions)))
 
 
 def _check_concentration(name: str, value: float) -> None:
@@ -167,8 +167,9 @@ class LDA:
         E[log beta_kw]) and gamma_d = alpha + sum_w n_dw phi_dw until its mean absolute change is
         below ``tol`` (0.001 by default, as Hoffman et al. 2013) or after ``max_iterations``
         sweeps. Each document stops on its own change, so its gamma does not depend on which
-        other documents share the batch. phi is never stored: sum_w n_dw phi_dwk = exp(E log theta_dk) sum_w exp(E log beta_kw) n_dw / Z_dw
-        with Z_dw = sum_k exp(E log theta_dk + E log beta_kw) (Hoffman, Blei and Bach 2010).
+        other documents share the batch. phi is never stored:
+        sum_w n_dw phi_dwk = exp(E log theta_dk) sum_w exp(E log beta_kw) n_dw / Z_dw with
+        Z_dw = sum_k exp(E log theta_dk + E log beta_kw) (Hoffman, Blei and Bach 2010).
         """
         if max_iterations < 1:
             raise ConfigError(f"max_iterations must be a positive integer, got {max_iterations}")
