@@ -16,7 +16,8 @@ Carlo error of the NLL on the same points is far smaller). A short schedule favo
 batches (five times the updates per pass), so a gap here is an upper estimate of what the
 change costs once the 3,280 passes have converged.
 
-Usage: ``python benchmarks/burda_settings.py [--quick] [--out PATH] [--passes N]``.
+Usage: ``python benchmarks/burda_settings.py [--quick] [--out PATH] [--passes N] [--only NAME,...]``;
+with ``--only`` the named settings are (re)run and merged into the JSON's other results.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--only", help="comma-separated setting names to run, e.g. iwae_b100_fp32,iwae_b100_bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mnist = load_mnist()
@@ -95,8 +97,14 @@ def main() -> None:
     if args.quick:
         train_x, args.passes, args.points, args.k = train_x[:6000], 1, 200, 100
     test_x = test_x[: args.points]
-    results: dict[str, dict | None] = {}
+    only = set(args.only.split(",")) if args.only else {name for name, *_ in SETTINGS}
+    if unknown := only - {name for name, *_ in SETTINGS}:
+        parser.error(f"unknown settings {sorted(unknown)}; choose from {[name for name, *_ in SETTINGS]}")
+    previous = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    results: dict[str, dict | None] = dict(previous.get("results", {}))
     for name, objective, k, batch, precision in SETTINGS:
+        if name not in only:
+            continue
         if precision == "bf16" and not bf16_supported(torch.device("cpu")):
             results[name] = None
             continue
