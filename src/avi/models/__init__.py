@@ -1,7 +1,16 @@
 """Generative models p(x, z) = p(z) p(x|z)."""
 
 from avi.models.base import LatentVariableModel
+from avi.models.discrete import CategoricalVAE, GaussianMixture, SigmoidBeliefNet
 from avi.models.linear_gaussian import LinearGaussian, ppca_max_log_likelihood
 from avi.models.vae import VAEModel
 
-__all__ = ["LatentVariableModel", "LinearGaussian", "VAEModel", "ppca_max_log_likelihood"]
+__all__ = [
+    "CategoricalVAE",
+    "GaussianMixture",
+    "LatentVariableModel",
+    "LinearGaussian",
+    "SigmoidBeliefNet",
+    "VAEModel",
+    "ppca_max_log_likelihood",
+]
