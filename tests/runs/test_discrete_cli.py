@@ -69,7 +69,7 @@ def test_discrete_models_train_and_evaluate(
     assert len(metrics["kl_per_dim"]) == 3  # one KL per categorical variable or binary unit
 
 
-def test_nvil_baseline_is_trained_and_resumes_exactly(run_avi, discrete_config, tmp_path: Path) -> None:
+def test_nvil_baseline_is_trained_resumes_exactly_and_reports(run_avi, discrete_config, tmp_path: Path) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
     config = discrete_config("discrete-vae", epochs=2)
     assert run_avi("fit", str(config), "--out", str(straight), "--estimator", "nvil").returncode == 0
@@ -89,6 +89,9 @@ def test_nvil_baseline_is_trained_and_resumes_exactly(run_avi, discrete_config, 
         torch.testing.assert_close(b["baseline"][name], value, atol=0, rtol=0)
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, atol=0, rtol=0)
+    report = run_avi("report", str(straight))  # figures of a categorical q: latent view of the flat one-hot means
+    assert report.returncode == 0, report.stderr
+    assert (straight / "latent.png").exists() and (straight / "report.html").exists()
 
 
 @pytest.mark.parametrize(
