@@ -224,7 +224,7 @@ def run_fit(
     if resume:
         state = _load_state(run_dir / CHECKPOINT)
         _load_weights(run, state, run_dir, optimizers)
-        if baseline is not None:
+        if baseline is not None and state.get("baseline") is not None:  # checkpoints before baselines were saved: none
             baseline.load_state_dict(state["baseline"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
