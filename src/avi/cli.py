@@ -34,12 +34,13 @@ def _fail(message: str) -> None:
 @app.command()
 def fit(
     config: Annotated[Optional[Path], typer.Argument(help="TOML config file; flags override it.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model: vae, ppca or factor-analysis.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: vae, ppca, factor-analysis; discrete latents: discrete-vae (categorical) or sbn (sigmoid belief net).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Architecture preset: kingma-welling or burda-1l.")] = None,
     data: Annotated[Optional[str], typer.Option(help="mnist, synthetic, or a .npy/.npz/.csv file.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(help="Latent dimension K.")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help="Latent dimension K (discrete-vae: categorical variables; sbn: binary units).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes of each categorical latent of the discrete-vae (default 10).")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="amortized, per-datapoint, semi-amortized or iterative.")] = None,
-    family: Annotated[Optional[str], typer.Option(help="mean-field, full-rank, iaf or nsf.")] = None,
+    family: Annotated[Optional[str], typer.Option(help="mean-field, full-rank, iaf or nsf (discrete models: their own, categorical or bernoulli).")] = None,
     refine_steps: Annotated[Optional[int], typer.Option(help="Refinement steps K of the semi-amortized strategy.")] = None,
     denoise: Annotated[Optional[float], typer.Option(help="Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018).")] = None,
     weight_norm: Annotated[bool, typer.Option("--weight-norm", help="Weight-normalise the encoder's linear layers (Shu et al. 2018).")] = False,
@@ -49,7 +50,9 @@ def fit(
     k: Annotated[Optional[int], typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")] = None,
     cubo_order: Annotated[Optional[float], typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
-    estimator: Annotated[Optional[str], typer.Option(help="Gradient estimator: reparam (default); score, score-baseline or stl for elbo; vimco or dreg for iwae.")] = None,
+    estimator: Annotated[Optional[str], typer.Option(help="Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Temperature > 0 of the gumbel estimator's relaxation (default 1).")] = None,
+    straight_through: Annotated[bool, typer.Option("--straight-through", help="gumbel estimator: hard samples forward, relaxed gradient.")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
@@ -77,7 +80,8 @@ def fit(
                      "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
                      "lr": lr, "seed": seed, "subset": subset, "device": device, "precision": precision, "out": out}  # fmt: skip
             given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
-                          "consistency": consistency, "transform": transform})  # fmt: skip
+                          "consistency": consistency, "transform": transform, "num_classes": num_classes,
+                          "temperature": temperature, "straight_through": straight_through or None})  # fmt: skip
             given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
                           "beta": beta, "aggressive": aggressive or None})  # fmt: skip
             changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
@@ -88,12 +92,14 @@ def fit(
             settings = load_config(
                 config,
                 {
-                    "model": {"name": model, "preset": preset, "latent_dim": latent_dim, "decoder": decoder},
+                    "model": {"name": model, "preset": preset, "latent_dim": latent_dim, "decoder": decoder,
+                              "num_classes": num_classes},
                     "data": {"source": data, "subset": subset},
                     "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps,
                                   "denoise": denoise, "weight_norm": weight_norm or None,
                                   "consistency": consistency, "transform": transform},
-                    "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator},
+                    "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
+                                  "temperature": temperature, "straight_through": straight_through or None},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
                               "precision": precision},
                     "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,

@@ -33,11 +33,13 @@ from avi.objectives.estimators import (
     MovingAverageBaseline,
     NVILBaseline,
     dreg_terms,
+    gumbel_terms,
     score_terms,
     stl_terms,
     stop_gradient,
     vimco_terms,
 )
+from avi.objectives.select import check_estimator
 from tests.closed_forms import linear_gaussian_elbo
 from tests.objectives.common import grads, off_posterior_params
 
@@ -222,16 +224,21 @@ def test_make_objective_picks_the_estimator(ppca: LinearGaussian, x: Tensor, par
     assert make_objective("iwae", estimator="dreg", k=3).func is dreg_terms
     assert make_objective("iwae", estimator="vimco", k=3).func is vimco_terms
     assert make_objective("elbo", estimator="stl").func is stl_terms
+    gumbel = make_objective("elbo", estimator="gumbel", temperature=0.3, straight_through=True)
+    assert gumbel.func is gumbel_terms and gumbel.keywords["temperature"] == 0.3 and gumbel.keywords["straight_through"]
     for name, estimator, message in [
         ("elbo", "vimco", "does not apply to objective 'elbo'"),
         ("rws", "score", "does not apply"),
         ("elbo", "nvil", "needs a baseline network"),
-        ("elbo", "gumbel", "categorical latents"),
+        ("elbo", "gumbel", "temperature must be positive"),
         ("elbo", "magic", "unknown gradient estimator"),
         ("magic", "reparam", "unknown objective"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            make_objective(name, estimator=estimator)
+            make_objective(name, estimator=estimator, temperature=0.0)
+    for estimator in ("reparam", "stl", "dreg"):
+        with pytest.raises(ConfigError, match="reparameterised estimator asked for a discrete family"):
+            check_estimator("elbo" if estimator != "dreg" else "iwae", estimator, discrete=True)
 
 
 @pytest.mark.parametrize("estimator", [("elbo", "score-baseline"), ("elbo", "stl"), ("iwae", "vimco"), ("iwae", "dreg")])

@@ -96,7 +96,7 @@ def test_bad_input_is_a_config_error(setup: tuple[CategoricalGaussian, Tensor, T
     for temperature in (0.0, -1.0):
         with pytest.raises(ConfigError, match="temperature must be positive"):
             gumbel_terms(model, FAMILY(params), x, temperature=temperature)
-    with pytest.raises(ConfigError, match="needs a categorical family"):
+    with pytest.raises(ConfigError, match="needs a categorical or Bernoulli family"):
         gumbel_terms(model, Normal(torch.zeros(6, 2), 1.0), x, temperature=1.0)
     with pytest.raises(ConfigError, match="reparameterised Gaussian family"):
         stl_terms(model, FAMILY(params), x)

@@ -3,10 +3,12 @@
 from avi.evaluation.ais import ais_log_likelihood
 from avi.evaluation.bounds import LogLikelihood, cubo_per_point, elbo_per_point, log_likelihood, mean_elbo
 from avi.evaluation.collapse import active_units, posterior_mean_variance
+from avi.evaluation.enumeration import EnumeratedBounds, enumerated_bounds
 from avi.evaluation.gaps import GapDecomposition, gap_decomposition
 from avi.evaluation.gradients import GradientMoments, gradient_moments
 
 __all__ = [
+    "EnumeratedBounds",
     "GapDecomposition",
     "GradientMoments",
     "LogLikelihood",
@@ -14,6 +16,7 @@ __all__ = [
     "ais_log_likelihood",
     "cubo_per_point",
     "elbo_per_point",
+    "enumerated_bounds",
     "gap_decomposition",
     "gradient_moments",
     "log_likelihood",

@@ -121,7 +121,7 @@ def batch_mutual_information(q: Distribution, *, chunk_size: int = 256) -> Tenso
         neg_entropy = q.log_prob(z)
     log_qz = torch.cat(
         [
-            torch.logsumexp(q.log_prob(z[s : s + chunk_size, None, :].expand(-1, n, -1)), dim=1)
+            torch.logsumexp(q.log_prob(z[s : s + chunk_size].unsqueeze(1).expand(-1, n, *z.shape[1:])), dim=1)
             for s in range(0, n, chunk_size)
         ]
     )

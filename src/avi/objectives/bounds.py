@@ -17,7 +17,7 @@ from torch.distributions import Distribution, kl_divergence
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 
-__all__ = ["Terms", "analytic_kl_or_none", "check_count", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights", "rsample_with_log_prob"]
+__all__ = ["Terms", "analytic_kl_or_none", "check_count", "draw", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights", "rsample_with_log_prob"]
 
 
 class Terms(NamedTuple):
@@ -52,8 +52,22 @@ def rsample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Te
     """z_s ~ q by reparameterisation, (S, B, K), and log q(z_s), (S, B), in one pass where q can."""
     if hasattr(q, "rsample_and_log_prob"):
         return q.rsample_and_log_prob((num_samples,))
-    z = q.rsample((num_samples,))
+    z = draw(q, num_samples)
     return z, q.log_prob(z)
+
+
+def draw(q: Distribution, num_samples: int) -> Tensor:
+    """S samples of q, (S, B, ...): reparameterised; for a q without ``rsample`` (a discrete
+    family) plain samples, allowed only where no gradient is taken (evaluation under
+    ``torch.no_grad``), else :class:`ConfigError`."""
+    if q.has_rsample:
+        return q.rsample((num_samples,))
+    if torch.is_grad_enabled():
+        raise ConfigError(
+            f"reparameterised estimator asked for a discrete family ({type(q).__name__} has no rsample); "
+            "use a score-function estimator or gumbel"
+        )
+    return q.sample((num_samples,))
 
 
 def elbo_terms(
@@ -68,10 +82,10 @@ def elbo_terms(
     """
     check_count("num_samples", num_samples)
     kl = analytic_kl_or_none(q, model.prior()) if analytic_kl else None
-    if kl is not None and num_samples == 1:  # the common case, without a sample axis to average
+    if kl is not None and num_samples == 1 and q.has_rsample:  # the common case, without a sample axis
         reconstruction = model.likelihood(q.rsample()).log_prob(x)
     elif kl is not None:
-        z = q.rsample((num_samples,))
+        z = draw(q, num_samples)
         reconstruction = model.likelihood(z).log_prob(x).mean(0)
     else:
         log_lik, log_prior, log_q = log_weights(model, q, x, num_samples)

@@ -9,12 +9,14 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
+from avi.families.discrete import check_temperature
 from avi.models.base import LatentVariableModel
 from avi.objectives.bounds import Terms, elbo_terms, iwae_terms
 from avi.objectives.cubo import check_order, cubo_terms
 from avi.objectives.estimators import (
     MovingAverageBaseline,
     dreg_terms,
+    gumbel_terms,
     score_terms,
     stl_terms,
     vimco_terms,
@@ -22,24 +24,30 @@ from avi.objectives.estimators import (
 from avi.objectives.renyi import check_alpha, renyi_terms
 from avi.objectives.rws import rws_terms
 
-__all__ = ["ESTIMATORS", "OBJECTIVES", "Objective", "check_estimator", "make_objective"]
+__all__ = ["ESTIMATORS", "OBJECTIVES", "REPARAMETERISED", "Objective", "check_estimator", "make_objective"]
 
 Objective = Callable[[LatentVariableModel, Distribution, Tensor], Terms]
 OBJECTIVES = ("elbo", "iwae", "renyi", "cubo", "rws")
 ESTIMATORS = ("reparam", "score", "score-baseline", "nvil", "vimco", "stl", "dreg", "gumbel")
 #: the estimators each objective has besides ``reparam`` (see :mod:`avi.objectives.estimators`)
-_ESTIMATORS_OF = {"elbo": ("score", "score-baseline", "nvil", "stl"), "iwae": ("vimco", "dreg")}
+_ESTIMATORS_OF = {"elbo": ("score", "score-baseline", "nvil", "stl", "gumbel"), "iwae": ("vimco", "dreg")}
+#: the estimators that differentiate through z ~ q (q must have ``rsample``: not a discrete family)
+REPARAMETERISED = ("reparam", "stl", "dreg")
 
 
-def check_estimator(objective: str, estimator: str) -> None:
-    """Raise :class:`ConfigError` unless ``estimator`` is a gradient estimator of ``objective``."""
+def check_estimator(objective: str, estimator: str, *, discrete: bool | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``estimator`` is a gradient estimator of ``objective``
+    and, where ``discrete`` says whether the family is discrete (None: unknown), of that family:
+    a discrete family has no reparameterised samples, and ``gumbel`` needs one."""
     if estimator not in ESTIMATORS:
         raise ConfigError(f"unknown gradient estimator {estimator!r}; choose from {list(ESTIMATORS)}")
-    if estimator == "gumbel":
+    if discrete and estimator in REPARAMETERISED:
         raise ConfigError(
-            "the gumbel estimator needs a model with categorical latents, which avi fit has none of yet "
-            "(see avi.objectives.gumbel_terms)"
+            f"reparameterised estimator asked for a discrete family ({estimator!r}); use score, score-baseline, "
+            "nvil or gumbel with the elbo objective, or vimco with iwae"
         )
+    if discrete is False and estimator == "gumbel":
+        raise ConfigError("the gumbel estimator needs a model with discrete latents (model discrete-vae or sbn)")
     if estimator != "reparam" and estimator not in _ESTIMATORS_OF.get(objective, ()):
         raise ConfigError(
             f"estimator {estimator!r} does not apply to objective {objective!r}; "
@@ -57,6 +65,8 @@ def make_objective(
     cubo_order: float = 2.0,
     estimator: str = "reparam",
     baseline: nn.Module | None = None,
+    temperature: float = 1.0,
+    straight_through: bool = False,
 ) -> Objective:
     """The training objective ``name``; every one but ``elbo`` uses k samples per point.
 
@@ -72,7 +82,9 @@ def make_objective(
     ``estimator`` picks the gradient (:mod:`avi.objectives.estimators`): ``reparam`` (the
     reparameterisation trick) for all; for ``elbo`` also ``score`` (REINFORCE),
     ``score-baseline`` (with a moving-average baseline), ``nvil`` (with a learned baseline
-    network) and ``stl`` (sticking the landing); for ``iwae`` also ``vimco`` and ``dreg``.
+    network), ``stl`` (sticking the landing) and ``gumbel`` (categorical or Bernoulli q relaxed at
+    ``temperature``, hard samples with ``straight_through``); for ``iwae`` also ``vimco`` and
+    ``dreg``. A discrete family trains with the score-function estimators or ``gumbel``.
     ``baseline`` is the state of ``score-baseline`` (a fresh :class:`MovingAverageBaseline` by
     default, bound into the returned objective) and, required, the :class:`NVILBaseline` of
     ``nvil``, whose parameters the caller must optimise with the posterior's.
@@ -88,6 +100,9 @@ def make_objective(
         return partial(score_terms, num_samples=num_samples, baseline=baseline if estimator != "score" else None)
     if estimator == "stl":
         return partial(stl_terms, num_samples=num_samples)
+    if estimator == "gumbel":
+        check_temperature(temperature)
+        return partial(gumbel_terms, temperature=temperature, straight_through=straight_through, num_samples=num_samples)
     if estimator == "vimco":
         return partial(vimco_terms, k=k)
     if estimator == "dreg":

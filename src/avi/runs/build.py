@@ -13,17 +13,19 @@ from avi.data.transforms import make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
 from avi.errors import DataError
 from avi.families import Family, make_family
+from avi.families.discrete import BernoulliFamily, CategoricalFamily
 from avi.families.flow import FLOW_KINDS, FlowFamily
 from avi.inference.local import LocalPosterior
 from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPosterior
-from avi.models import LatentVariableModel, LinearGaussian, VAEModel
+from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
 from avi.models.made import MADEModel
 from avi.nn import mlp
 from avi.objectives.consistency import consistency_regularised
+from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline
 from avi.objectives.select import Objective, make_objective
 from avi.runs.config import Config
 
-__all__ = ["build_family", "build_model", "build_objective", "build_posterior", "load_splits", "prepare_data", "regularise"]
+__all__ = ["build_baseline", "build_family", "build_model", "build_objective", "build_posterior", "load_splits", "prepare_data", "regularise"]
 
 
 def build_model(config: Config, data_dim: int) -> LatentVariableModel:
@@ -33,12 +35,20 @@ def build_model(config: Config, data_dim: int) -> LatentVariableModel:
         return MADEModel(data_dim, m.latent_dim, m.hidden, m.activation)
     if m.name == "vae":
         return VAEModel(data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood)
+    if m.name == "discrete-vae":
+        return CategoricalVAE(data_dim, m.latent_dim, m.num_classes, m.hidden, m.activation)
+    if m.name == "sbn":
+        return SigmoidBeliefNet(data_dim, m.latent_dim, m.hidden, m.activation)
     return LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")
 
 
 def build_family(config: Config) -> Family:
     """The variational family named in ``config.inference.family``."""
     inf = config.inference
+    if inf.family == "categorical":
+        return CategoricalFamily(config.model.latent_dim, config.model.num_classes)
+    if inf.family == "bernoulli":
+        return BernoulliFamily(config.model.latent_dim)
     if inf.family in FLOW_KINDS:
         return FlowFamily(config.model.latent_dim, inf.family, transforms=inf.flow_transforms, hidden=inf.flow_hidden)
     return make_family(inf.family, config.model.latent_dim)
@@ -54,7 +64,7 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
         return LocalPosterior(n_train, family)
     hidden = inf.encoder_hidden
     if hidden is None:
-        hidden = list(reversed(config.model.hidden)) if config.model.name == "vae" else []
+        hidden = list(reversed(config.model.hidden)) if config.model.name not in ("ppca", "factor-analysis") else []
     activation = config.model.activation
     if inf.strategy == "iterative":
         update = mlp([2 * family.param_size, *hidden, 2 * family.param_size], activation)
@@ -71,13 +81,24 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
     return AmortizedPosterior(encoder, family)
 
 
-def build_objective(config: Config, posterior: nn.Module | None = None) -> Objective:
-    """The configured objective; given the run's ``posterior``, with its encoder penalties
-    (:func:`regularise`)."""
+def build_baseline(config: Config, data_dim: int) -> nn.Module | None:
+    """The control variate's state that the run owns: a :class:`MovingAverageBaseline` for
+    ``score-baseline``, an :class:`NVILBaseline` network b(x) for ``nvil`` (its parameters go
+    into the run's optimiser), None for the other estimators."""
+    if config.objective.estimator == "score-baseline":
+        return MovingAverageBaseline()
+    if config.objective.estimator == "nvil":
+        return NVILBaseline(data_dim)
+    return None
+
+
+def build_objective(config: Config, posterior: nn.Module | None = None, baseline: nn.Module | None = None) -> Objective:
+    """The configured objective, with the run's ``baseline`` (:func:`build_baseline`); given the
+    run's ``posterior``, with its encoder penalties (:func:`regularise`)."""
     o = config.objective
     objective = make_objective(
         o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order,
-        estimator=o.estimator,
+        estimator=o.estimator, baseline=baseline, temperature=o.temperature, straight_through=o.straight_through,
     )
     return objective if posterior is None else regularise(config, objective, posterior)
 

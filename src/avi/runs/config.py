@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from avi.errors import ConfigError
 
-__all__ = ["FAMILY_NAMES", "PRESETS", "STRATEGY_NAMES", "Config", "learning_rate", "load_config", "resolve_config"]
+__all__ = ["DISCRETE_MODELS", "FAMILY_NAMES", "PRESETS", "STRATEGY_NAMES", "Config", "learning_rate", "load_config", "resolve_config"]
 
 
 class _Section(BaseModel):
@@ -22,9 +22,12 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The generative model: ``vae`` (MLP decoder), ``ppca`` or ``factor-analysis``."""
+    """The generative model: ``vae`` (MLP decoder), ``ppca`` or ``factor-analysis``; or one with
+    discrete latents (Bernoulli likelihood, :mod:`avi.models.discrete`): ``discrete-vae``,
+    ``latent_dim`` categorical variables of ``num_classes`` classes each under a uniform prior,
+    or ``sbn``, a sigmoid belief net of ``latent_dim`` binary units (``hidden = []``: one layer)."""
 
-    name: Literal["vae", "ppca", "factor-analysis"] = "vae"
+    name: Literal["vae", "ppca", "factor-analysis", "discrete-vae", "sbn"] = "vae"
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [400])
@@ -32,6 +35,8 @@ class ModelConfig(_Section):
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
     decoder: Literal["mlp", "made"] = "mlp"
+    #: classes C of each categorical latent of the discrete-vae
+    num_classes: int = Field(10, ge=2)
 
 
 class DataConfig(_Section):
@@ -53,7 +58,7 @@ class DataConfig(_Section):
 
 
 StrategyName = Literal["amortized", "per-datapoint", "semi-amortized", "iterative"]
-FamilyName = Literal["mean-field", "full-rank", "iaf", "nsf"]
+FamilyName = Literal["mean-field", "full-rank", "iaf", "nsf", "categorical", "bernoulli"]
 STRATEGY_NAMES = get_args(StrategyName)
 FAMILY_NAMES = get_args(FamilyName)
 
@@ -69,7 +74,9 @@ class InferenceConfig(_Section):
       ``refine_backprop=false`` stops the gradient through them.
     - ``iterative``: ``iterations`` learned updates from (lambda, grad ELBO) (Marino et al. 2018).
 
-    Flow families (``iaf``, ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
+    A model with discrete latents takes the matching discrete family (``categorical`` for the
+    discrete-vae, ``bernoulli`` for the sbn; the default for those models) and the amortized
+    strategy. Flow families (``iaf``, ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
 
     Amortized inference regularisation (Shu et al. 2018) of an encoder of x (``amortized`` and
     ``semi-amortized``): ``denoise`` = sigma > 0 adds N(0, sigma^2 I) noise to the encoder's input
@@ -102,7 +109,12 @@ class ObjectiveConfig(_Section):
     point: ``iwae``; ``renyi``, the VR bound of order ``alpha`` (1 is the ELBO, 0 IWAE); ``cubo``,
     where q minimises the chi upper bound of order ``cubo_order`` > 1 and the model follows the
     IWAE gradient (the logged training objective is then -CUBO); ``rws``, reweighted wake-sleep
-    (the model on IWAE, q on the inclusive KL). See :func:`avi.objectives.make_objective`."""
+    (the model on IWAE, q on the inclusive KL). See :func:`avi.objectives.make_objective`.
+
+    ``estimator`` chooses the gradient (default ``reparam``; for a model with discrete latents,
+    which no reparameterised estimator applies to, ``gumbel`` for elbo and ``vimco`` for iwae); ``gumbel`` relaxes the discrete
+    samples at ``temperature`` > 0, and with ``straight_through`` uses the hard samples in the
+    forward pass."""
 
     name: Literal["elbo", "iwae", "renyi", "cubo", "rws"] = "elbo"
     num_samples: int = Field(1, ge=1)
@@ -112,6 +124,8 @@ class ObjectiveConfig(_Section):
     cubo_order: float = Field(2.0, gt=1, allow_inf_nan=False)
     #: the gradient estimator (:mod:`avi.objectives.estimators`); see :func:`avi.objectives.make_objective`
     estimator: Literal["reparam", "score", "score-baseline", "nvil", "vimco", "stl", "dreg", "gumbel"] = "reparam"
+    temperature: float = Field(1.0, allow_inf_nan=False)
+    straight_through: bool = False
 
 
 class TrainConfig(_Section):
@@ -182,7 +196,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        bernoulli = self.model.name == "vae" and self.model.likelihood == "bernoulli"
+        bernoulli = self.model.name in ("vae", *DISCRETE_MODELS) and self.model.likelihood == "bernoulli"
         if self.data.binarize is None:
             self.data.binarize = "dynamic" if bernoulli else "none"
         elif self.data.binarize != "none" and not bernoulli:
@@ -203,14 +217,39 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_discrete(self) -> Config:
+        m, inf, o = self.model, self.inference, self.objective
+        family = DISCRETE_MODELS.get(m.name)
+        if family is None:
+            if inf.family in DISCRETE_MODELS.values():
+                raise ValueError(f"family {inf.family!r} is for a model with discrete latents (discrete-vae: categorical, sbn: bernoulli)")
+            return self
+        if "family" not in inf.model_fields_set:
+            inf.family = family
+        elif inf.family != family:
+            raise ValueError(f"model {m.name!r} has {family} latents: inference.family must be {family!r}, not {inf.family!r}")
+        if "estimator" not in o.model_fields_set:  # reparam does not apply: the estimator of the bound
+            o.estimator = {"elbo": "gumbel", "iwae": "vimco"}.get(o.name, "reparam")
+        if m.likelihood != "bernoulli":
+            raise ValueError(f"model {m.name!r} has a Bernoulli likelihood, not {m.likelihood!r}")
+        if inf.strategy != "amortized":
+            raise ValueError(f"model {m.name!r} trains an amortized posterior in avi fit, not strategy {inf.strategy!r}")
+        return self
+
+    @model_validator(mode="after")
     def _check_estimator(self) -> Config:
+        from avi.families.discrete import DISCRETE_FAMILIES, check_temperature
         from avi.objectives.select import check_estimator
 
-        check_estimator(self.objective.name, self.objective.estimator)
-        if self.objective.estimator in ("stl", "dreg") and self.inference.family not in ("mean-field", "full-rank"):
-            raise ValueError(f"the {self.objective.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}")
-        if self.objective.estimator == "nvil":
-            raise ValueError("avi fit cannot train an NVIL baseline network yet; use avi.objectives.score_terms with an NVILBaseline")
+        o = self.objective
+        check_estimator(o.name, o.estimator, discrete=self.inference.family in DISCRETE_FAMILIES)
+        if o.estimator in ("stl", "dreg") and self.inference.family not in ("mean-field", "full-rank"):
+            raise ValueError(f"the {o.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}")
+        if o.estimator == "gumbel":
+            check_temperature(o.temperature)
+        r = self.remedies
+        if o.estimator != "reparam" and (r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0):
+            raise ValueError(f"beta, KL annealing and free bits weight the reparameterised ELBO; they do not combine with estimator {o.estimator!r}")
         return self
 
     @model_validator(mode="after")
@@ -220,6 +259,9 @@ class Config(_Section):
         check_collapse_options(self)
         return self
 
+
+#: models with discrete latents, and the variational family each takes
+DISCRETE_MODELS = {"discrete-vae": "categorical", "sbn": "bernoulli"}
 
 #: Named architectures: model fields (and the encoder mirrored from the decoder).
 PRESETS: dict[str, dict[str, Any]] = {

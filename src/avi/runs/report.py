@@ -173,7 +173,7 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
         _grid(_mean_image(run, prior_z), side, run_dir / "samples.png", "E[x | z], z ~ p(z)", rows=4)
         sections.append(("Reconstructions", _embed(run_dir / "reconstructions.png")))
         sections.append(("Samples from the prior", _embed(run_dir / "samples.png")))
-    method = plot_latent(means.cpu(), labels, run_dir / "latent.png")
+    method = plot_latent(means.flatten(1).cpu(), labels, run_dir / "latent.png")  # (B, N, C) one-hot means: flat
     sections.append((f"Latent space ({method})", _embed(run_dir / "latent.png")))
     if (run_dir / "gaps.png").exists():
         gap_rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("gaps-*.json"))]

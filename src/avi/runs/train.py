@@ -25,7 +25,7 @@ from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.precision import resolve_precision, set_precision
 from avi.runs import distributed
-from avi.runs.build import build_model, build_objective, build_posterior, load_splits, regularise
+from avi.runs.build import build_baseline, build_model, build_objective, build_posterior, load_splits, regularise
 from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_objective, plot_collapse
 from avi.runs.config import Config, learning_rate
 from avi.runs.rundir import (
@@ -218,12 +218,20 @@ def run_fit(
         run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr, eps=config.train.adam_eps
     )
     dense = next((opt for opt in optimizers if isinstance(opt, torch.optim.Adam)), None)
+    # a score-function control variate: its state is checkpointed, a learned one (NVIL) trained
+    baseline = build_baseline(config, run.model.data_dim)
+    if baseline is not None:
+        baseline.to(run.device)
+        if list(baseline.parameters()):
+            optimizers.append(torch.optim.Adam(baseline.parameters(), lr=config.train.lr, eps=config.train.adam_eps))
     rows: list[dict[str, Any]] = []
     validation_params: Tensor | None = None
     start_epoch, wall_before = 0, 0.0
     if resume:
         state = _load_state(run_dir / CHECKPOINT)
         _load_weights(run, state, run_dir, optimizers)
+        if baseline is not None and state.get("baseline") is not None:  # checkpoints before baselines were saved: none
+            baseline.load_state_dict(state["baseline"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         rows, start_epoch = state["metrics"], state["epoch"]
@@ -239,7 +247,7 @@ def run_fit(
             torch.manual_seed(config.train.seed + 7919 * distributed.rank() + start_epoch)
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
-    objective = build_objective(config)
+    objective = build_objective(config, baseline=baseline)
     trackers = open_trackers(config, run_dir) if main else []
     for row in rows:  # a resumed run's trackers see its history too
         for tracker in trackers:
@@ -292,6 +300,7 @@ def run_fit(
                     "metrics": rows,
                     "epoch": epoch,
                     "validation_params": validation_params,
+                    "baseline": None if baseline is None else baseline.state_dict(),
                 },
             )
             write_metrics(run_dir / METRICS, rows)
