@@ -119,11 +119,12 @@ def main() -> None:
               f"  {sum(r['train_seconds'] for r in runs):6.0f} s", flush=True)  # fmt: skip
 
     def difference(a: str, b: str) -> dict | None:
-        """Mean NLL of b minus that of a, with a standard error from the spread over seeds."""
+        """Mean NLL of b minus that of a, with a standard error from the spread over seeds (a
+        rough one: with 2 seeds each spread has one degree of freedom)."""
         ra, rb = results.get(a), results.get(b)
-        if ra is None or rb is None or ra["test_nll_seed_sd"] is None:
+        if ra is None or rb is None or ra["test_nll_seed_sd"] is None or rb["test_nll_seed_sd"] is None:
             return None
-        stderr = ((ra["test_nll_seed_sd"] ** 2 + rb["test_nll_seed_sd"] ** 2) / args.seeds) ** 0.5
+        stderr = (ra["test_nll_seed_sd"] ** 2 / len(ra["seeds"]) + rb["test_nll_seed_sd"] ** 2 / len(rb["seeds"])) ** 0.5
         return {"difference": rb["test_nll"] - ra["test_nll"], "stderr": stderr}
 
     comparisons = {

@@ -15,7 +15,7 @@ from avi.inference import fit
 from avi.models import VAEModel
 from avi.models.made import MADEModel
 from avi.objectives import elbo_terms, iwae_terms
-from avi.precision import bf16_supported, resolve_precision, set_precision
+from avi.precision import bf16_supported, full_precision, resolve_precision, set_precision
 
 needs_bf16 = pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16")
 
@@ -57,12 +57,14 @@ def test_networks_compute_in_bf16_and_the_bound_stays_fp32() -> None:
 
 @needs_bf16
 def test_bf16_and_fp32_give_the_same_elbo_on_the_same_parameters_and_noise() -> None:
-    """Round-to-nearest bf16 errors are unbiased, so the per-point differences average out: the
-    mean difference must lie within 4 standard errors of 0 (sd of the differences / sqrt(N)).
-    Each point's error is bounded too: inputs and weights rounded to bf16 (unit roundoff
-    u = 2^-8) move a logit by about u times its size, and d log p(x|z) / d l_d = x_d - sigmoid(l_d)
-    lies in [-1, 1], so a point's ELBO may move by at most u * sum_d |l_d| (the KL term, from
-    the encoder's bf16 output, is far smaller)."""
+    """The tolerances are measured margins, not derived bounds (a rigorous bound would follow
+    every layer's rounding through the network). Per point: rounding to bf16 (unit roundoff
+    u = 2^-8) moves a logit by a few u times the size of its terms, and d log p(x|z) / d l_d =
+    x_d - sigmoid(l_d) lies in [-1, 1], so the scale of a point's error is u * sum_d |l_d|;
+    measured: at most 0.35 of it (0.00135 / 2^-8), asserted: below 1. On average over points:
+    round-to-nearest errors of the activations have both signs, but the weights' rounding is
+    shared by every point, so the mean difference need not vanish; measured 0.0002-0.0012 nats
+    on this model and on MNIST, asserted: below 0.02 nats."""
     x = _data()
     model, posterior = _vae()
     fit(model, posterior, Dataset(x), epochs=5, batch_size=100, lr=3e-3)  # logits of a fitted model
@@ -78,7 +80,7 @@ def test_bf16_and_fp32_give_the_same_elbo_on_the_same_parameters_and_noise() -> 
     assert values["fp32"].mean() > -30  # fitted: far above the untrained -44 (64 log 2)
     difference = values["bf16"] - values["fp32"]
     assert difference.abs().max() > 0  # really computed differently
-    assert difference.mean().abs() < 4 * difference.std() / len(x) ** 0.5
+    assert difference.mean().abs() < 0.02
     assert (difference.abs() / logit_size).max() < 2**-8
 
 
@@ -94,7 +96,8 @@ def test_bf16_training_improves_the_elbo_like_fp32() -> None:
         results[precision] = [stats.elbo for stats in history.train]
     for elbos in results.values():
         assert elbos[-1] > elbos[0] + 5
-    # different rounding, different trajectories; the same place after 4 epochs within 2%
+    # different rounding, different trajectories; a measured margin: after 4 epochs the two
+    # training ELBOs differ by 0.07% (-20.257 vs -20.271), asserted within 2%
     assert results["bf16"][-1] == pytest.approx(results["fp32"][-1], rel=0.02)
 
 
@@ -125,3 +128,12 @@ def test_without_bf16_hardware_precision_falls_back_to_fp32_with_a_message(monke
     precision, message = resolve_precision("bf16", torch.device("cpu"))
     assert precision == "fp32" and "running in fp32" in message and "\n" not in message
     assert resolve_precision("fp32", torch.device("cpu")) == ("fp32", None)
+
+
+def test_full_precision_runs_a_block_in_fp32_and_restores_bf16() -> None:
+    """A bf16 run's validation and diagnostics run inside ``full_precision``."""
+    model, posterior = _vae()
+    set_precision("bf16", model, posterior)
+    with full_precision(model, posterior):
+        assert model.decoder.compute_dtype is None and posterior.encoder.compute_dtype is None
+    assert model.decoder.compute_dtype == torch.bfloat16 and posterior.encoder.compute_dtype == torch.bfloat16

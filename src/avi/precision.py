@@ -8,22 +8,31 @@ means over points) stay in float32. zuko's flow networks are not affected (they 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from avi.errors import ConfigError
 
-__all__ = ["PRECISIONS", "bf16_supported", "compute_dtype", "resolve_precision", "set_precision"]
+__all__ = ["PRECISIONS", "bf16_supported", "compute_dtype", "full_precision", "resolve_precision", "set_precision"]
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 matrix products natively: a CUDA GPU with bf16, or a
-    CPU with AVX-512 BF16 / AMX, as oneDNN reports it."""
+    """Whether ``device`` computes bfloat16 matrix products natively: a CUDA GPU of compute
+    capability 8.0 or more (Ampere on; older GPUs only emulate bf16), or a CPU with AVX-512 BF16 /
+    AMX as oneDNN reports it (False where this build cannot tell)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_properties(device).major >= 8
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private oneDNN query, absent from some builds
+        return False
 
 
 def resolve_precision(name: str, device: torch.device) -> tuple[str, str | None]:
@@ -39,6 +48,20 @@ def resolve_precision(name: str, device: torch.device) -> tuple[str, str | None]
 def compute_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision: None for fp32 (no autocast)."""
     return torch.bfloat16 if precision == "bf16" else None
+
+
+@contextmanager
+def full_precision(*modules: nn.Module) -> Iterator[None]:
+    """fp32 for the block (a bf16 run's validation and diagnostics), each network's setting
+    restored after."""
+    saved = [(m, m.compute_dtype) for module in modules for m in module.modules() if hasattr(m, "compute_dtype")]
+    for m, _ in saved:
+        m.compute_dtype = None
+    try:
+        yield
+    finally:
+        for m, dtype in saved:
+            m.compute_dtype = dtype
 
 
 def set_precision(precision: str, *modules: nn.Module) -> None:

@@ -21,14 +21,12 @@ def all_binary(d: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "model",
-    [
-        SigmoidBeliefNet(4, 3, hidden=(5,)).double(),
-        CategoricalVAE(4, 2, 3, hidden=(5,)).double(),
-    ],
+    "make",
+    [lambda: SigmoidBeliefNet(4, 3, hidden=(5,)), lambda: CategoricalVAE(4, 2, 3, hidden=(5,))],
     ids=["sbn", "discrete-vae"],
 )
-def test_enumerated_marginal_sums_to_one_over_all_data(model: torch.nn.Module) -> None:
+def test_enumerated_marginal_sums_to_one_over_all_data(make) -> None:
+    model = make().double()  # built inside the test, after the seed fixture
     # sum over the 16 binary x of p(x) = sum_x sum_z p(x, z) = 1: checks log_joint and the states
     x = all_binary(4)
     q = (BernoulliFamily(3) if isinstance(model, SigmoidBeliefNet) else CategoricalFamily(2, 3))(

@@ -92,6 +92,8 @@ def test_nvil_baseline_is_trained_resumes_exactly_and_reports(run_avi, discrete_
     report = run_avi("report", str(straight))  # figures of a categorical q: latent view of the flat one-hot means
     assert report.returncode == 0, report.stderr
     assert (straight / "latent.png").exists() and (straight / "report.html").exists()
+    gaps = run_avi("gaps", str(straight), "--points", "5")  # refinement is by gradient steps on a continuous q
+    assert gaps.returncode == 2 and "has discrete latents" in gaps.stderr and len(gaps.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -109,6 +111,8 @@ def test_nvil_baseline_is_trained_resumes_exactly_and_reports(run_avi, discrete_
         ("discrete-vae", ["--beta", "0.5"], "do not combine with estimator 'gumbel'"),
         ("vae", ["--estimator", "gumbel"], "gumbel estimator needs a model with discrete latents"),
         ("vae", ["--family", "categorical"], "is for a model with discrete latents"),
+        ("sbn", ["--estimator", "nvil", "--temperature", "0.5"], "belong to the gumbel estimator, not 'nvil'"),
+        ("discrete-vae", ["--estimator", "score", "--straight-through"], "belong to the gumbel estimator, not 'score'"),
     ],
 )
 def test_bad_discrete_input_is_one_line_with_exit_code_2(

@@ -113,7 +113,7 @@ def batch_mutual_information(q: Distribution, *, chunk_size: int = 256) -> Tenso
     (van den Oord et al. 2018): at most I(x; z) and at most log B. The B x B matrix
     log q(z_i|x_j) is formed ``chunk_size`` rows at a time.
     """
-    z = q.sample()  # (B, K)
+    z = q.sample()  # (B, *event): (B, K), or (B, N, C) for a categorical q
     n = z.shape[0]
     try:
         neg_entropy = -q.entropy()

@@ -40,6 +40,9 @@ def enumerated_bounds(model: LatentVariableModel, q: Distribution, x: Tensor) ->
     log_joint = model.log_joint(x, states)  # (M, B)
     log_q = q.log_prob(states)  # (M, B)
     weights = log_q.exp()
-    elbo = torch.where(weights > 0, weights * (log_joint - log_q), 0.0).sum(0)
+    # states q excludes contribute 0 log 0 = 0; log q is replaced there (not the product), so
+    # neither the value nor the gradient sees -inf, while a NaN elsewhere still propagates
+    safe_log_q = torch.where(weights > 0, log_q, torch.zeros_like(log_q))
+    elbo = (weights * (log_joint - safe_log_q)).sum(0)
     log_marginal = torch.logsumexp(log_joint, 0)
     return EnumeratedBounds(log_marginal, elbo, log_marginal - elbo)

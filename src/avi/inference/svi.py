@@ -48,7 +48,7 @@ __all__ = [
     "minibatch_elbo",
     "step",
     "step_size",
-    ]
+]
 
 
 class SVIState(NamedTuple):
@@ -82,7 +82,14 @@ def step_size(t: int, *, tau: float, kappa: float) -> float:
     return (tau + t) ** -kappa
 
 
-def init(model: LDA, *, num_words: float, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> SVIState:
+def init(
+    model: LDA,
+    *,
+    num_words: float,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> SVIState:
     """lambda_kw = eta + e_kw, e_kw ~ Exponential with mean ``num_words`` / (K V): random topics
     carrying the corpus's ``num_words`` word counts between them, as the first full update would.
 
@@ -91,7 +98,7 @@ def init(model: LDA, *, num_words: float, generator: torch.Generator, dtype: tor
     optima (mean topic TV above 0.1) in 7 of 16 runs from those nearly uniform topics and in 2 of
     16 from this start; SVI (10 epochs) in 12 and 10 of 16.
     """
-    lam = torch.empty(model.num_topics, model.vocab_size, dtype=dtype).exponential_(generator=generator)
+    lam = torch.empty(model.num_topics, model.vocab_size, dtype=dtype).exponential_(generator=generator).to(device)
     return SVIState(model.eta + lam * (num_words / (model.num_topics * model.vocab_size)), 0)
 
 
@@ -180,7 +187,7 @@ def fit_svi(
     if epochs < 0:
         raise ConfigError(f"epochs must be non-negative, got {epochs}")
     if state is None:
-        state = init(model, num_words=float(counts.sum()), generator=generator, dtype=counts.dtype)
+        state = init(model, num_words=float(counts.sum()), generator=generator, dtype=counts.dtype, device=counts.device)
     infos: list[SVIInfo] = []
     for _ in range(epochs):
         for index in shard_batches(counts.shape[0], batch_size, generator):
@@ -207,7 +214,7 @@ def fit_batch_vi(
     if iterations < 0:
         raise ConfigError(f"iterations must be non-negative, got {iterations}")
     if state is None:
-        state = init(model, num_words=float(counts.sum()), generator=generator, dtype=counts.dtype)
+        state = init(model, num_words=float(counts.sum()), generator=generator, dtype=counts.dtype, device=counts.device)
     infos: list[SVIInfo] = []
     for _ in range(iterations):
         state, info = coordinate_ascent_step(

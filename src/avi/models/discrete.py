@@ -83,7 +83,16 @@ class GaussianMixture(LatentVariableModel):
     p(z_k = 1 | x) = softmax_k of the same terms.
     """
 
-    def __init__(self, data_dim: int, num_components: int, scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        data_dim: int,
+        num_components: int,
+        scale: float = 1.0,
+        *,
+        means: Tensor | None = None,
+        logits: Tensor | None = None,
+    ) -> None:
+        """Means N(0, I) and equal weights unless ``means`` (K, D) and ``logits`` (K,) are given."""
         super().__init__()
         if num_components < 2:
             raise ConfigError(f"a mixture needs at least 2 components, got {num_components}")
@@ -91,16 +100,13 @@ class GaussianMixture(LatentVariableModel):
             raise ConfigError(f"the mixture's component scale must be positive, got {scale}")
         self.data_dim, self.num_components, self.scale = data_dim, num_components, scale
         self.latent_dim = num_components
-        self.means = nn.Parameter(torch.randn(num_components, data_dim))
-        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.means = nn.Parameter(torch.randn(num_components, data_dim) if means is None else means.clone())
+        self.logits = nn.Parameter(torch.zeros(num_components) if logits is None else logits.clone())
 
     @classmethod
     def from_parameters(cls, means: Tensor, logits: Tensor, scale: float) -> GaussianMixture:
         """A mixture with the given means (K, D) and mixture logits (K,) (dtype kept)."""
-        model = cls(means.shape[1], means.shape[0], scale)
-        model.means = nn.Parameter(means.clone())
-        model.logits = nn.Parameter(logits.clone())
-        return model
+        return cls(means.shape[1], means.shape[0], scale, means=means, logits=logits)
 
     def prior(self) -> Distribution:
         return _categorical(self.logits.unsqueeze(0))
@@ -111,7 +117,7 @@ class GaussianMixture(LatentVariableModel):
 
     def _component_log_joint(self, x: Tensor) -> Tensor:
         """log pi_k + log N(x_i; mu_k, sigma^2 I): (B, K)."""
-        square = torch.cdist(x, self.means).square()
+        square = (x.unsqueeze(-2) - self.means).square().sum(-1)  # exact: cdist's mm form cancels in float32
         log_normal = -0.5 * square / self.scale**2 - self.data_dim * (math.log(self.scale) + 0.5 * math.log(2 * math.pi))
         return torch.log_softmax(self.logits, 0) + log_normal
 

@@ -49,6 +49,9 @@ class MADE(nn.Module):
         torch.Size([3, 4])
     """
 
+    #: bfloat16 products under autocast when set (:func:`avi.precision.set_precision`)
+    compute_dtype: torch.dtype | None = None
+
     def __init__(
         self, data_dim: int, context_dim: int, hidden: Sequence[int] = (500,), activation: str = "relu"
     ) -> None:
@@ -66,9 +69,6 @@ class MADE(nn.Module):
         self.context_hidden = nn.Linear(context_dim, hidden[0], bias=False)
         self.context_output = nn.Linear(context_dim, data_dim, bias=False)
         self.activation = ACTIVATIONS[activation]()
-
-    #: bfloat16 products under autocast when set (:func:`avi.precision.set_precision`)
-    compute_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: (..., D), context: (..., C), broadcast against each other -> logits (..., D)."""

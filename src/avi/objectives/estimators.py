@@ -79,7 +79,7 @@ class MovingAverageBaseline(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """b for each of the B points of x: (B,) (0 before the first update)."""
         b = torch.nan_to_num(self.value, nan=0.0)
-        return b.to(x.dtype).expand(x.shape[0])
+        return b.to(x).expand(x.shape[0])
 
     @torch.no_grad()
     def update(self, x: Tensor, signal: Tensor) -> None:
@@ -168,7 +168,7 @@ def vimco_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: in
         lw = log_w.detach()
         others = (lw.sum(0, keepdim=True) - lw) / (k - 1)  # mean of the other log-weights, (k, B)
         # L_-i: log mean of the weights with w_i replaced by exp(others_i)
-        diag = torch.eye(k, dtype=torch.bool).unsqueeze(-1)  # (k, k, 1): row i replaces entry i
+        diag = torch.eye(k, dtype=torch.bool, device=lw.device).unsqueeze(-1)  # (k, k, 1): row i replaces entry i
         swapped = torch.where(diag, others.unsqueeze(1), lw.unsqueeze(0))  # (k, k, B)
         leave_one_out = torch.logsumexp(swapped, 1) - math.log(k)
         signal = iwae.detach() - leave_one_out
@@ -213,13 +213,14 @@ def gumbel_terms(
     straight_through: bool = False,
     num_samples: int = 1,
 ) -> Terms:
-    """The ELBO of a categorical q with Gumbel-softmax (Concrete) samples, (B,) for x: (B, D).
+    """The ELBO of a categorical or Bernoulli q with Gumbel-softmax / binary Concrete samples,
+    (B,) for x: (B, D).
 
     E_q[log p(x|z)] is estimated at relaxed samples z (Jang et al. 2017; Maddison et al. 2017),
-    which the model's likelihood must accept (one-hot vectors relaxed to the simplex); the KL to
-    the categorical prior is exact. The gradient is biased, less so as ``temperature`` -> 0 at
-    the price of variance. With ``straight_through`` z is one-hot, so the value is an unbiased
-    ELBO estimate while the gradient stays the relaxed one.
+    which the model's likelihood must accept (one-hot vectors relaxed to the simplex, bits to
+    [0, 1]); the KL to the prior is exact. The gradient is biased, less so as ``temperature``
+    -> 0 at the price of variance. With ``straight_through`` z is discrete (one-hot or binary),
+    so the value is an unbiased ELBO estimate while the gradient stays the relaxed one.
     """
     check_count("num_samples", num_samples)
     z = relaxed_sample(q, (num_samples,), temperature, straight_through)

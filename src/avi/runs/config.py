@@ -247,6 +247,8 @@ class Config(_Section):
             raise ValueError(f"the {o.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}")
         if o.estimator == "gumbel":
             check_temperature(o.temperature)
+        elif o.temperature != ObjectiveConfig.model_fields["temperature"].default or o.straight_through:
+            raise ValueError(f"temperature and straight_through belong to the gumbel estimator, not {o.estimator!r}")
         r = self.remedies
         if o.estimator != "reparam" and (r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0):
             raise ValueError(f"beta, KL annealing and free bits weight the reparameterised ELBO; they do not combine with estimator {o.estimator!r}")

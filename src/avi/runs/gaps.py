@@ -13,7 +13,7 @@ from avi.evaluation.gaps import gap_decomposition
 from avi.inference.fit import fit
 from avi.inference.local import LocalPosterior
 from avi.runs.build import build_posterior, prepare_data
-from avi.runs.config import FAMILY_NAMES
+from avi.runs.config import DISCRETE_MODELS, FAMILY_NAMES
 from avi.runs.rundir import write_json
 from avi.runs.train import load_trained
 
@@ -55,6 +55,8 @@ def run_gaps(
     config = run.config
     if isinstance(run.posterior, LocalPosterior):
         raise RunError(f"run {run_dir} uses per-datapoint VI; the gap decomposition needs an amortized posterior")
+    if config.model.name in DISCRETE_MODELS:
+        raise RunError(f"run {run_dir} has discrete latents; the gap decomposition refines a continuous q by gradient steps")
     posterior = run.posterior
     family = family or config.inference.family
     started = time.perf_counter()

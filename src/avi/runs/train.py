@@ -23,7 +23,7 @@ from avi.inference.local import LocalPosterior
 from avi.inference.parallel import data_parallel
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
-from avi.precision import resolve_precision, set_precision
+from avi.precision import full_precision, resolve_precision, set_precision
 from avi.runs import distributed
 from avi.runs.build import build_baseline, build_model, build_objective, build_posterior, load_splits, regularise
 from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_objective, plot_collapse
@@ -212,7 +212,7 @@ def run_fit(
     precision, fallback = resolve_precision(config.train.precision, run.device)
     if fallback is not None and main:
         print(f"note: {fallback}", file=sys.stderr)
-    set_precision(precision, run.model, run.posterior)  # training only: evaluation stays fp32
+    set_precision(precision, run.model, run.posterior)  # training steps only: metrics and evaluation in fp32
     generator = torch.Generator().manual_seed(config.train.seed)
     optimizers = make_optimizers(
         run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr, eps=config.train.adam_eps
@@ -231,7 +231,10 @@ def run_fit(
         state = _load_state(run_dir / CHECKPOINT)
         _load_weights(run, state, run_dir, optimizers)
         if baseline is not None and state.get("baseline") is not None:  # checkpoints before baselines were saved: none
-            baseline.load_state_dict(state["baseline"])
+            try:
+                baseline.load_state_dict(state["baseline"])
+            except RuntimeError as err:
+                raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         rows, start_epoch = state["metrics"], state["epoch"]
@@ -278,14 +281,16 @@ def run_fit(
             **parallel,
         )
         stats, encoder_steps = result if aggressive else (result, 0)
-        val, validation_params = _validate(run, validation_params)
+        with full_precision(run.model, run.posterior):  # metrics in fp32 whatever the training precision
+            val, validation_params = _validate(run, validation_params)
+            diagnostics = _diagnostics(run, validation_params)
         rows.append(
             {
                 **_row(epoch, stats, val, wall_before + time.perf_counter() - started),
                 "kl_weight": kl_weight,
                 "aggressive": int(aggressive),
                 "encoder_steps": encoder_steps,
-                **_diagnostics(run, validation_params),
+                **diagnostics,
             }
         )
         if main:
