@@ -1,0 +1,189 @@
+"""Log importance weights log w = log p(x, z) - log q(z | x) for evaluation with many samples.
+
+Two things make a k = 5000 evaluation both reproducible and fast:
+
+- **Per-point noise streams.** The standard-normal noise of point i comes from its own generator,
+  seeded by (seed, i) and drawn :data:`SAMPLE_BLOCK` samples at a time, so the samples of a
+  point do not depend on how points are batched, how samples are chunked, or which process of a
+  group evaluates the point. Gaussian posteriors (mean-field, full-rank) are reparameterised from
+  that noise, z = m + L eps; other families (flows) draw with ``rsample`` from the global
+  generator instead, so their estimates vary with the chunking by Monte Carlo noise only.
+- **A fast path for Bernoulli MLP decoders** (:class:`~avi.models.VAEModel` with a Bernoulli
+  likelihood and a decoder ending in ``nn.Linear``): with logits l = W h + b,
+
+      log p(x | z) = sum_d [x_d l_d - softplus(l_d)] = h . (W^T x) + b . x - sum_d log(1 + e^(l_d)),
+
+  so the x-dependent part is one (H,) dot product per sample (W^T x is computed once per point)
+  and only the softplus sum passes over the D logits, in place: exp, +1, log2, sum (torch's log2
+  is about three times faster than its log on this CPU; ln 2 is applied once to the sum). Rows
+  with a logit above 88 (where e^l overflows in float32) are recomputed with the stable
+  ``log1p(exp(-|l|)) + max(l, 0)`` form, so the result equals the generic
+  ``Bernoulli(logits).log_prob`` to float rounding. Optionally the decoder runs under bfloat16
+  autocast (``precision="bf16"``): its matmuls in bf16, the logits cast back to float32 before the
+  softplus sum, the log weights and their log-sum-exp in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+
+from avi.errors import ConfigError
+from avi.models.base import LatentVariableModel
+from avi.models.vae import VAEModel
+from avi.objectives.bounds import rsample_with_log_prob
+
+__all__ = ["PRECISIONS", "SAMPLE_BLOCK", "NoiseStream", "bf16_supported", "chunk_log_weights", "point_seed", "row_bytes"]
+
+#: samples drawn per generator call; a point's noise is its stream read in blocks of this size
+SAMPLE_BLOCK = 100
+
+PRECISIONS = ("fp32", "bf16")
+
+_LN2 = math.log(2.0)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_MASK64 = (1 << 64) - 1
+
+
+def point_seed(seed: int, index: int) -> int:
+    """A 64-bit seed for point ``index`` under the evaluation seed ``seed``: the splitmix64
+    finaliser of (seed, index) packed in 64 bits, so nearby points get unrelated streams."""
+    a = ((seed & 0xFFFFFFFF) << 32 | (index & 0xFFFFFFFF)) & _MASK64
+    a = ((a ^ (a >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    a = ((a ^ (a >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return a ^ (a >> 31)
+
+
+class NoiseStream:
+    """Standard-normal noise for a batch of points, eps[b, s, :] ~ N(0, I_K), read in order.
+
+    Point b's values come from a generator seeded by ``point_seed(seed, index[b])`` in calls of
+    :data:`SAMPLE_BLOCK` samples; a partly used block is kept for the next read, so reading
+    s1 then s2 samples gives the same numbers as reading s1 + s2.
+    """
+
+    def __init__(self, seed: int, index: Tensor, latent_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(point_seed(seed, int(i))) for i in index.tolist()]
+        self.block = torch.empty(len(self.generators), SAMPLE_BLOCK, latent_dim, dtype=dtype, device=device)
+        self.used = SAMPLE_BLOCK
+
+    def read(self, count: int) -> Tensor:
+        """The next ``count`` samples of every point: (B, count, K)."""
+        parts = []
+        while count > 0:
+            if self.used == SAMPLE_BLOCK:
+                for row, generator in zip(self.block, self.generators):
+                    row.normal_(generator=generator)
+                self.used = 0
+            take = min(count, SAMPLE_BLOCK - self.used)
+            parts.append(self.block[:, self.used : self.used + take].clone())  # the block is refilled
+            self.used += take
+            count -= take
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _gaussian_factor(q: Distribution) -> tuple[Tensor, Tensor, bool] | None:
+    """(loc (B, K), scale, diagonal) of a Gaussian q: the standard deviations (B, K) of a
+    mean-field q, or the Cholesky factor (B, K, K) of a full-rank one; None for other families."""
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        return q.base_dist.loc, q.base_dist.scale, True
+    if isinstance(q, MultivariateNormal):
+        return q.loc, q.scale_tril, False
+    return None
+
+
+def _sample(q: Distribution, noise: NoiseStream | None, count: int) -> tuple[Tensor, Tensor]:
+    """z (B, S, K) and log q(z) (B, S): from the point's noise stream for a Gaussian q, from
+    ``rsample`` (the global generator) otherwise."""
+    factor = _gaussian_factor(q) if noise is not None else None
+    if factor is None:
+        z, log_q = rsample_with_log_prob(q, count)
+        return z.transpose(0, 1), log_q.transpose(0, 1)
+    loc, scale, diagonal = factor
+    eps = noise.read(count)
+    if diagonal:
+        z = torch.addcmul(loc[:, None], scale[:, None], eps)
+        log_det = scale.log().sum(-1)
+    else:
+        z = loc[:, None] + eps @ scale.transpose(-1, -2)
+        log_det = torch.diagonal(scale, dim1=-2, dim2=-1).log().sum(-1)
+    log_q = -0.5 * eps.pow(2).sum(-1) - (log_det[:, None] + loc.shape[-1] * _HALF_LOG_2PI)
+    return z, log_q
+
+
+def _bernoulli_mlp(model: LatentVariableModel) -> tuple[nn.Module, nn.Linear] | None:
+    """(hidden layers, output layer) of a VAE with a Bernoulli likelihood and an MLP decoder."""
+    if type(model) is not VAEModel or model.likelihood_name != "bernoulli":
+        return None
+    decoder = model.decoder
+    if not isinstance(decoder, nn.Sequential) or not isinstance(decoder[-1], nn.Linear):
+        return None
+    return decoder[:-1], decoder[-1]
+
+
+def row_bytes(model: LatentVariableModel, dtype: torch.dtype) -> int:
+    """Working memory of one sample of one point in :func:`chunk_log_weights`, in bytes: the
+    decoder's activations (its ``nn.Linear`` outputs), and the fast path's one in-place logits
+    buffer or the generic path's temporaries of the Bernoulli/Gaussian log-density (four (D,)
+    rows), plus the latent rows (z, noise, prior and q terms)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    extra_rows = 1 if _bernoulli_mlp(model) is not None else 4
+    return itemsize * (2 * max(widths, model.data_dim) + extra_rows * model.data_dim + 6 * model.latent_dim)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or
+    AMX (oneDNN's check)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _fast_log_likelihood(hidden: nn.Module, output: nn.Linear, x: Tensor, z: Tensor, bf16: bool) -> Tensor:
+    """log p(x | z) (B, S) for z (B, S, K) of a Bernoulli MLP decoder, as the module docstring
+    derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits."""
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+        h = hidden(z)
+        logits = output(h)
+    h = h.to(x.dtype)
+    linear = torch.bmm(h, (x @ output.weight)[:, :, None]).squeeze(-1)  # h . (W^T x), (B, S)
+    if output.bias is not None:
+        linear = linear + (x @ output.bias)[:, None]
+    logits = logits.to(x.dtype)
+    softplus = logits.exp_().add_(1.0).log2_().sum(-1).mul_(_LN2)
+    overflow = ~torch.isfinite(softplus)  # a logit above ~88 (float32): redo those rows stably
+    if bool(overflow.any()):
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
+            again = output(h[overflow])
+        softplus[overflow] = F.softplus(again.to(x.dtype)).sum(-1)
+    return linear - softplus
+
+
+def chunk_log_weights(
+    model: LatentVariableModel,
+    q: Distribution,
+    x: Tensor,
+    count: int,
+    noise: NoiseStream | None,
+    *,
+    precision: str = "fp32",
+) -> Tensor:
+    """log w = log p(x | z) + log p(z) - log q(z | x) for ``count`` samples per point, (B, count),
+    in x's dtype (float32, or float64 for float64 data); z comes from ``noise`` where q is
+    Gaussian. Bernoulli MLP decoders take the fast path; ``precision="bf16"`` runs their
+    decoder under bfloat16 autocast (other models stay in x's dtype)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    z, log_q = _sample(q, noise, count)
+    fast = _bernoulli_mlp(model)
+    if fast is not None:
+        log_lik = _fast_log_likelihood(*fast, x, z, precision == "bf16")
+    else:
+        log_lik = model.likelihood(z.transpose(0, 1)).log_prob(x).transpose(0, 1)
+    log_prior = model.prior().log_prob(z)
+    return (log_lik + log_prior - log_q).to(x.dtype)
