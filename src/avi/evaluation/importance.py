@@ -144,22 +144,31 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
+    """h W^T + b with the bias added in place (addmm's broadcast copy of the bias is slower)."""
+    out = torch.mm(h, layer.weight.t())
+    return out if layer.bias is None else out.add_(layer.bias)
+
+
 def _fast_log_likelihood(hidden: nn.Module, output: nn.Linear, x: Tensor, z: Tensor, bf16: bool) -> Tensor:
     """log p(x | z) (B, S) for z (B, S, K) of a Bernoulli MLP decoder, as the module docstring
     derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits."""
+    (b, s), rows = z.shape[:2], z.reshape(-1, z.shape[-1])
     with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
-        h = hidden(z)
-        logits = output(h)
-    h = h.to(x.dtype)
+        h = rows
+        for layer in hidden:
+            h = _affine(layer, h) if isinstance(layer, nn.Linear) else h.relu_() if isinstance(layer, nn.ReLU) and h is not rows else layer(h)
+        logits = _affine(output, h)
+    h = h.to(x.dtype).view(b, s, -1)
     linear = torch.bmm(h, (x @ output.weight)[:, :, None]).squeeze(-1)  # h . (W^T x), (B, S)
     if output.bias is not None:
         linear = linear + (x @ output.bias)[:, None]
     logits = logits.to(x.dtype)
-    softplus = logits.exp_().add_(1.0).log2_().sum(-1).mul_(_LN2)
+    softplus = logits.exp_().add_(1.0).log2_().sum(-1).mul_(_LN2).view(b, s)
     overflow = ~torch.isfinite(softplus)  # a logit above ~88 (float32): redo those rows stably
     if bool(overflow.any()):
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
-            again = output(h[overflow])
+            again = _affine(output, h[overflow])
         softplus[overflow] = F.softplus(again.to(x.dtype)).sum(-1)
     return linear - softplus
 
