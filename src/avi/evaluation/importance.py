@@ -37,7 +37,7 @@ from avi.models.base import LatentVariableModel
 from avi.models.vae import VAEModel
 from avi.objectives.bounds import rsample_with_log_prob
 
-__all__ = ["PRECISIONS", "SAMPLE_BLOCK", "NoiseStream", "bf16_supported", "chunk_log_weights", "point_seed", "row_bytes"]
+__all__ = ["PRECISIONS", "SAMPLE_BLOCK", "NoiseStream", "bf16_supported", "chunk_log_weights", "fast_path", "point_seed", "row_bytes"]
 
 #: samples drawn per generator call; a point's noise is its stream read in blocks of this size
 SAMPLE_BLOCK = 100
@@ -123,6 +123,11 @@ def _bernoulli_mlp(model: LatentVariableModel) -> tuple[nn.Module, nn.Linear] | 
     if not isinstance(decoder, nn.Sequential) or not isinstance(decoder[-1], nn.Linear):
         return None
     return decoder[:-1], decoder[-1]
+
+
+def fast_path(model: LatentVariableModel) -> bool:
+    """Whether :func:`chunk_log_weights` takes the fast Bernoulli-MLP path for this model."""
+    return _bernoulli_mlp(model) is not None
 
 
 def row_bytes(model: LatentVariableModel, dtype: torch.dtype) -> int:
