@@ -17,10 +17,11 @@ Two things make a k = 5000 evaluation both reproducible and fast:
   and only the softplus sum passes over the D logits, in place: exp, +1, log2, sum (torch's log2
   is about three times faster than its log on this CPU; ln 2 is applied once to the sum). Rows
   with a logit above 88 (where e^l overflows in float32) are recomputed with the stable
-  ``log1p(exp(-|l|)) + max(l, 0)`` form, so the result equals the generic
-  ``Bernoulli(logits).log_prob`` to float rounding. Optionally the decoder runs under bfloat16
-  autocast (``precision="bf16"``): its matmuls in bf16, the logits cast back to float32 before the
-  softplus sum, the log weights and their log-sum-exp in float32.
+  softplus form, so the result equals the generic ``Bernoulli(logits).log_prob`` to float
+  rounding. Optionally (``precision="bf16"``) the decoder's layers run in bfloat16 (their
+  inputs, weights and hidden units; AMX or AVX-512 BF16 matmuls), the output layer's product is
+  cast back to float32 before its bias, and the softplus sum, the log weights and their
+  log-sum-exp are float32.
 """
 
 from __future__ import annotations
@@ -150,31 +151,39 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
-    """h W^T + b with the bias added in place (addmm's broadcast copy of the bias is slower)."""
-    out = torch.mm(h, layer.weight.t())
-    return out if layer.bias is None else out.add_(layer.bias)
+    """h W^T + b in h's dtype (weights cast to it), the bias added in place (addmm's broadcast
+    copy of the bias, and a bias of another dtype, are slower on CPU)."""
+    out = torch.mm(h, layer.weight.to(h.dtype).t())
+    return out if layer.bias is None else out.add_(layer.bias.to(h.dtype))
 
 
 def _fast_log_likelihood(hidden: nn.Module, output: nn.Linear, x: Tensor, z: Tensor, bf16: bool) -> Tensor:
     """log p(x | z) (B, S) for z (B, S, K) of a Bernoulli MLP decoder, as the module docstring
-    derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits."""
+    derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits.
+    With ``bf16`` the decoder's layers run in bfloat16 (inputs, weights, hidden units) and the
+    output layer's product is cast back to x's dtype before its bias."""
     (b, s), rows = z.shape[:2], z.reshape(-1, z.shape[-1])
-    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
-        h = rows
-        for layer in hidden:
-            h = _affine(layer, h) if isinstance(layer, nn.Linear) else h.relu_() if isinstance(layer, nn.ReLU) and h is not rows else layer(h)
-        logits = _affine(output, h)
+    h = rows.to(torch.bfloat16) if bf16 else rows
+    for layer in hidden:
+        if isinstance(layer, nn.Linear):
+            h = _affine(layer, h)
+        else:
+            h = h.relu_() if isinstance(layer, nn.ReLU) and h is not rows else layer(h)
+    logits = torch.mm(h, output.weight.to(h.dtype).t()).to(x.dtype)
+    if output.bias is not None:
+        logits.add_(output.bias)
     h = h.to(x.dtype).view(b, s, -1)
     linear = torch.bmm(h, (x @ output.weight)[:, :, None]).squeeze(-1)  # h . (W^T x), (B, S)
     if output.bias is not None:
         linear = linear + (x @ output.bias)[:, None]
-    logits = logits.to(x.dtype)
     softplus = logits.exp_().add_(1.0).log2_().sum(-1).mul_(_LN2).view(b, s)
     overflow = ~torch.isfinite(softplus)  # a logit above ~88 (float32): redo those rows stably
     if bool(overflow.any()):
-        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
-            again = _affine(output, h[overflow])
-        softplus[overflow] = F.softplus(again.to(x.dtype)).sum(-1)
+        redo = h[overflow].to(torch.bfloat16) if bf16 else h[overflow]  # bf16 values survive the round trip
+        again = torch.mm(redo, output.weight.to(redo.dtype).t()).to(x.dtype)
+        if output.bias is not None:
+            again.add_(output.bias)
+        softplus[overflow] = F.softplus(again).sum(-1)
     return linear - softplus
 
 
@@ -190,7 +199,7 @@ def chunk_log_weights(
     """log w = log p(x | z) + log p(z) - log q(z | x) for ``count`` samples per point, (B, count),
     in x's dtype (float32, or float64 for float64 data); z comes from ``noise`` where q is
     Gaussian. Bernoulli MLP decoders take the fast path; ``precision="bf16"`` runs their
-    decoder under bfloat16 autocast (other models stay in x's dtype)."""
+    decoder in bfloat16 (other models stay in x's dtype)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     z, log_q = _sample(q, noise, count)
