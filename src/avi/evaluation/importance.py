@@ -147,7 +147,12 @@ def bf16_supported(device: torch.device) -> bool:
     AMX (oneDNN's check)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
