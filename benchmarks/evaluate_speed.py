@@ -10,6 +10,10 @@ binarised once with a fixed seed. Then, on 2 threads:
 - ``bf16``: the same with ``precision="bf16"`` (the decoder under bfloat16 autocast), on the
   same samples, so the difference to fp32 is the rounding alone; skipped where the CPU has no
   native bf16;
+- ``fp32_2proc``: ``fp32`` split over 2 processes of 1 thread each, each evaluating half the
+  points (as ``torchrun --nproc_per_node 2 -m avi evaluate`` does), timed from inside the
+  workers (the slower one); per-point noise is seeded by (seed, point), so the estimates equal
+  ``fp32``'s exactly (``two_process_max_abs_difference``);
 - ``previous``: the implementation this replaced (torch.distributions log-densities through
   ``avi.objectives.log_weights``, 100 points x 500 samples per chunk), on a subset of the points,
   as the reference for the speed-up (``speedup_vs_previous`` compares points per second).
@@ -30,7 +34,9 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,7 +61,7 @@ TEST_POINTS = 10_000
 DEFAULT_OUT = Path(__file__).parent / "results" / "evaluate_speed.json"
 # (training images for the one epoch, points timed for fp32/bf16, points timed for previous)
 FULL = (60_000, 10_000, 300)
-QUICK = (5_000, 100, 10)
+QUICK = (5_000, 40, 4)
 
 
 @torch.no_grad()
@@ -72,6 +78,52 @@ def previous_log_likelihood(model: VAEModel, posterior: nn.Module, x: Tensor, k:
             lse = torch.logaddexp(lse, torch.logsumexp(log_lik + log_prior - log_q, 0))
         values.append(lse - math.log(k))
     return torch.cat(values)
+
+
+def _build() -> tuple[VAEModel, AmortizedPosterior]:
+    model = VAEModel(DATA_DIM, LATENT, (HIDDEN,))
+    posterior = AmortizedPosterior(mlp_encoder(DATA_DIM, (HIDDEN,), 2 * LATENT), MeanFieldGaussian(LATENT))
+    return model, posterior
+
+
+def worker(state_path: Path, rank: int, world: int) -> None:
+    """One of the processes of ``fp32_2proc``: evaluate this rank's contiguous shard, save the
+    values and the seconds it took."""
+    torch.set_num_threads(1)
+    state = torch.load(state_path)
+    model, posterior = _build()
+    model.load_state_dict(state["model"])
+    posterior.load_state_dict(state["posterior"])
+    posterior.eval()
+    n = state["x"].shape[0]
+    started = time.perf_counter()
+    values = log_likelihood(model, posterior, state["x"], k=K, seed=0, points=range(n * rank // world, n * (rank + 1) // world)).value
+    torch.save({"values": values, "seconds": time.perf_counter() - started}, state_path.with_name(f"rank{rank}.pt"))
+
+
+def two_processes(model: VAEModel, posterior: nn.Module, x: Tensor) -> dict:
+    """``fp32`` on 2 processes x 1 thread, each on half the points: seconds of the slower."""
+    print(f"  fp32_2proc: {x.shape[0]} points ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state.pt"
+        torch.save({"model": model.state_dict(), "posterior": posterior.state_dict(), "x": x}, state)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(state), str(r), "2"], env=env) for r in range(2)]
+        if any(proc.wait() != 0 for proc in procs):
+            raise RuntimeError("a fp32_2proc worker failed")
+        parts = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(2)]
+    seconds = max(part["seconds"] for part in parts)
+    rate = x.shape[0] / seconds
+    return {
+        "points": x.shape[0],
+        "seconds": seconds,
+        "points_per_s": rate,
+        "seconds_for_10000_points": TEST_POINTS / rate,
+        "extrapolated": x.shape[0] != TEST_POINTS,
+        "mean_log_likelihood": torch.cat([part["values"] for part in parts]).mean().item(),
+        "peak_rss_above_start_mib": None,
+        "values": torch.cat([part["values"] for part in parts]),
+    }
 
 
 def _status_mib(field: str) -> float | None:
@@ -135,7 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a subset of the points, extrapolated (under a minute)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON goes")
+    parser.add_argument("--worker", nargs=3, metavar=("STATE", "RANK", "WORLD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(Path(args.worker[0]), int(args.worker[1]), int(args.worker[2]))
+        return
     train_points, points, previous_points = QUICK if args.quick else FULL
 
     torch.set_num_threads(THREADS)
@@ -143,13 +199,15 @@ def main() -> None:
     mnist = load_mnist()
     train = Dataset(torch.from_numpy(mnist["train"][0][:train_points]).float() / 255, dynamic=True)
     test = torch.bernoulli(torch.from_numpy(mnist["test"][0]).float() / 255, generator=torch.Generator().manual_seed(1))
-    model = VAEModel(DATA_DIM, LATENT, (HIDDEN,))
-    posterior = AmortizedPosterior(mlp_encoder(DATA_DIM, (HIDDEN,), 2 * LATENT), MeanFieldGaussian(LATENT))
+    model, posterior = _build()
     print(f"training one epoch on {train_points} images (not timed) ...", file=sys.stderr, flush=True)
     train_epoch(model, posterior, train, make_optimizers(model, posterior, lr=1e-3), objective=make_objective("elbo"),
                 batch_size=100, generator=torch.Generator().manual_seed(2))  # fmt: skip
     posterior.eval()
     x = test[:points]
+    for precision in ("fp32", "bf16") if bf16_supported(torch.device("cpu")) else ("fp32",):  # warm-up: first-call costs
+        log_likelihood(model, posterior, x[:2], k=2 * 2048, seed=0, precision=precision)
+    previous_log_likelihood(model, posterior, x[:2], 1000)
 
     load_before = os.getloadavg()
     busy_before, own_before = _busy_cpu_seconds(), sum(os.times()[:2])
@@ -159,6 +217,7 @@ def main() -> None:
         results["bf16"] = timed("bf16", lambda: log_likelihood(model, posterior, x, k=K, seed=0, precision="bf16").value, points)
     else:
         results["bf16"] = None
+    results["fp32_2proc"] = two_processes(model, posterior, x)
     results["previous"] = timed("previous", lambda: previous_log_likelihood(model, posterior, test[:previous_points], K), previous_points)
     seconds = time.perf_counter() - started
     busy_after, own_after = _busy_cpu_seconds(), sum(os.times()[:2])
@@ -171,6 +230,7 @@ def main() -> None:
     if results["bf16"] is not None:
         diff = results["bf16"].pop("values") - fp32_values
         bf16_difference = {"mean": diff.mean().item(), "mean_abs": diff.abs().mean().item(), "max_abs": diff.abs().max().item()}
+    two_process_difference = (results["fp32_2proc"].pop("values") - fp32_values).abs().max().item()
     previous_values = results["previous"].pop("values")
     # the previous path draws other samples: its estimate agrees up to Monte Carlo noise only
     previous_vs_fp32 = (previous_values - fp32_values[:previous_points]).mean().item()
@@ -180,6 +240,8 @@ def main() -> None:
         "bf16_seconds_for_10000_points": None if results["bf16"] is None else results["bf16"]["seconds_for_10000_points"],
         "previous_seconds_for_10000_points": results["previous"]["seconds_for_10000_points"],
         "fp32_speedup_vs_previous": results["fp32"]["points_per_s"] / results["previous"]["points_per_s"],
+        "fp32_2proc_seconds_for_10000_points": results["fp32_2proc"]["seconds_for_10000_points"],
+        "two_process_max_abs_difference": two_process_difference,
         "bf16_speedup_vs_fp32": None if results["bf16"] is None else results["bf16"]["points_per_s"] / results["fp32"]["points_per_s"],
         "test_log_likelihood_fp32": results["fp32"]["mean_log_likelihood"],
         "bf16_minus_fp32_per_point": bf16_difference,

@@ -182,3 +182,22 @@ def test_bf16_decoder_keeps_log_weights_in_float32_and_close_to_fp32() -> None:
     assert lw.dtype == torch.float32
     with pytest.raises(ConfigError, match="precision"):
         log_likelihood(model, posterior, x, k=3, precision="fp16")
+
+
+def test_worker_threads_change_nothing_in_the_estimate() -> None:
+    # the points are split among 3 threads of one intra-op thread each; every point keeps its
+    # noise stream, so the values are identical to one thread's, the progress counts every point
+    # once, and the caller's thread setting is restored
+    model, posterior, x = _vae()
+    one = log_likelihood(model, posterior, x, k=150, seed=4, threads=1, batch_size=2)
+    seen: list[int] = []
+    torch.set_num_threads(2)
+    try:
+        three = log_likelihood(model, posterior, x, k=150, seed=4, threads=3, batch_size=2, on_batch=seen.append)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(three.value, one.value) and torch.equal(three.stderr, one.stderr)
+    assert sum(seen) == 13
+    with pytest.raises(ConfigError, match="threads"):
+        log_likelihood(model, posterior, x, k=5, threads=0)

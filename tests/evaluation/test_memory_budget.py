@@ -63,6 +63,10 @@ def test_peak_memory_stays_under_the_budget() -> None:
     assert within["peak"] - within["baseline"] < budget, within
     # the measurement can see a violation: one chunk of 20 points x 1,000 samples (about 100 MiB of
     # logits and hidden units) rises well above the budget, and gives the same estimate
+    # two worker threads hold a chunk each: each gets half the budget
+    threads = _peak({"memory_budget": budget, "threads": 2})
+    assert threads["peak"] - threads["baseline"] < budget, threads
+    assert abs(threads["mean"] - within["mean"]) < 1e-6
     over = _peak({"batch_size": 20, "chunk_size": 1000})
     assert over["peak"] - over["baseline"] > budget, over
     assert abs(over["mean"] - within["mean"]) < 1e-3
