@@ -13,7 +13,7 @@ from torch import Tensor
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import cubo_per_point, log_likelihood
-from avi.evaluation.bounds import TARGET_ROWS, chunk_sizes
+from avi.evaluation.bounds import RESERVE_MIB, TARGET_ROWS, chunk_sizes
 from avi.evaluation.importance import SAMPLE_BLOCK, NoiseStream, bf16_supported, chunk_log_weights, row_bytes
 from avi.families import make_family
 from avi.inference import LocalPosterior
@@ -118,7 +118,7 @@ def test_memory_budgets_give_the_same_estimate() -> None:
     reference = log_likelihood(model, posterior, x, k=300, seed=5)
     sizes = set()
     for rows in (1, 37, 300, 1000, 100_000):
-        budget = rows * row / 2**20
+        budget = RESERVE_MIB + rows * row / 2**20
         sizes.add(chunk_sizes(model, 300, memory_budget=budget))
         ll = log_likelihood(model, posterior, x, k=300, seed=5, memory_budget=budget)
         torch.testing.assert_close(ll.value, reference.value, rtol=0, atol=2e-5)
@@ -131,12 +131,14 @@ def test_chunk_sizes_follow_the_budget() -> None:
     assert row == 4 * (2 * (400 + 784) + 784 + 6 * 20)
     assert chunk_sizes(model, 5000) == (1, TARGET_ROWS)  # no budget: cache-sized chunks
     assert chunk_sizes(model, 20) == (TARGET_ROWS // 20, 20)
-    batch, chunk = chunk_sizes(model, 5000, memory_budget=1.0)
-    assert batch == 1 and chunk == 2**20 // row and batch * chunk * row <= 2**20
+    batch, chunk = chunk_sizes(model, 5000, memory_budget=3.0)
+    assert batch == 1 and chunk == 2**20 // row and batch * chunk * row <= 2**20  # 3 MiB less the 2 MiB reserve
+    assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2) == (1, 2**20 // row)
     with pytest.raises(ConfigError, match="below one sample"):
-        chunk_sizes(model, 5000, memory_budget=0.001)
+        chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.001)
     with pytest.raises(ConfigError, match="over the memory budget"):
-        chunk_sizes(model, 5000, memory_budget=1.0, batch_size=10, chunk_size=500)
+        chunk_sizes(model, 5000, memory_budget=3.0, batch_size=10, chunk_size=500)
+    assert row_bytes(model, torch.float32, "bf16") == row + 2 * (400 + 784)
     with pytest.raises(ConfigError, match="positive"):
         chunk_sizes(model, 5000, memory_budget=-1)
 

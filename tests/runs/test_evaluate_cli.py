@@ -50,11 +50,12 @@ def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strateg
 def test_memory_budget_changes_the_chunks_not_the_estimate(run_avi, fitted) -> None:
     run = fitted()
     plain = json.loads(run_avi("evaluate", str(run), "--k", "200", "--json").stdout)
-    # the small model's row is ~0.2 KiB: 0.01 MiB holds 50 rows, so 4 chunks per point
-    budgeted = run_avi("evaluate", str(run), "--k", "200", "--memory-budget", "0.01", "--json")
+    # the small model's row is ~0.2 KiB: 0.01 MiB beyond the 2 MiB reserve holds 50 rows, so 4
+    # chunks per point
+    budgeted = run_avi("evaluate", str(run), "--k", "200", "--memory-budget", "2.01", "--json")
     assert budgeted.returncode == 0, budgeted.stderr
     assert json.loads(budgeted.stdout)["log_likelihood"] == pytest.approx(plain["log_likelihood"], abs=1e-5)
-    tiny = run_avi("evaluate", str(run), "--memory-budget", "0.0001")
+    tiny = run_avi("evaluate", str(run), "--memory-budget", "1.5")
     assert tiny.returncode == 2 and "below one sample" in tiny.stderr and len(tiny.stderr.strip().splitlines()) == 1
 
 

@@ -19,10 +19,14 @@ from avi.nn import eval_mode
 from avi.objectives.bounds import elbo_terms
 from avi.objectives.cubo import check_order
 
-__all__ = ["TARGET_ROWS", "LogLikelihood", "chunk_sizes", "cubo_per_point", "elbo_per_point", "log_likelihood", "mean_elbo"]
+__all__ = ["RESERVE_MIB", "TARGET_ROWS", "LogLikelihood", "chunk_sizes", "cubo_per_point", "elbo_per_point", "log_likelihood", "mean_elbo"]
 
 #: rows (samples x points) per chunk when the budget allows: the logits stay near the cache
 TARGET_ROWS = 2048
+
+#: MiB of a memory budget kept per worker thread for what is not a row: the point batch's
+#: encoder output and noise block, BLAS/oneDNN scratch, the allocator's slack
+RESERVE_MIB = 2.0
 
 
 class LogLikelihood(NamedTuple):
@@ -148,12 +152,13 @@ def chunk_sizes(
     batch_size: int | None = None,
     chunk_size: int | None = None,
     workers: int = 1,
+    precision: str = "fp32",
 ) -> tuple[int, int]:
     """(points per batch, samples per chunk) of an importance-sampling pass with k samples.
 
     A chunk holds batch x chunk rows of :func:`~avi.evaluation.importance.row_bytes` each; at
-    most ``memory_budget`` MiB of them (the budget covers this working memory, not the model
-    and data), and at most :data:`TARGET_ROWS` (larger chunks are slower: the logits fall out of
+    most ``memory_budget`` MiB of them less :data:`RESERVE_MIB` (the budget covers this working
+    memory, not the model and data), and at most :data:`TARGET_ROWS` (larger chunks are slower: the logits fall out of
     the cache). Samples are chunked first (up to k), then points batched to fill the rows.
     Explicit sizes are used as given and must fit the budget.
     """
@@ -162,18 +167,19 @@ def chunk_sizes(
             raise ConfigError(f"{name} must be a positive integer, got {value}")
     if memory_budget is not None and not memory_budget > 0:
         raise ConfigError(f"the memory budget must be a positive number of MiB, got {memory_budget}")
-    row = row_bytes(model, dtype)
+    row = row_bytes(model, dtype, precision)
     rows = TARGET_ROWS
     if memory_budget is not None:
-        rows = int(memory_budget * 2**20) // (row * workers)
+        rows = int((memory_budget - workers * RESERVE_MIB) * 2**20) // (row * workers)
         if rows < 1:
             raise ConfigError(
-                f"a memory budget of {memory_budget:g} MiB is below one sample's working memory ({row / 2**20:.3f} MiB)"
+                f"a memory budget of {memory_budget:g} MiB is below one sample's working memory "
+                f"({row / 2**20:.3f} MiB) and {RESERVE_MIB:g} MiB of scratch per thread ({workers})"
             )
         rows = min(rows, TARGET_ROWS)
     chunk = chunk_size or min(k, rows)
     batch = batch_size or max(1, rows // chunk)
-    need = workers * batch * min(chunk, k) * row
+    need = workers * (batch * min(chunk, k) * row + RESERVE_MIB * 2**20)
     if memory_budget is not None and need > memory_budget * 2**20:
         raise ConfigError(
             f"batch_size {batch} x chunk_size {chunk}{f' x {workers} threads' if workers > 1 else ''} needs "
@@ -220,8 +226,9 @@ def _log_power_mean(
     workers = 1 if x.device.type != "cpu" else threads or torch.get_num_threads()
     workers = max(1, min(workers, len(points)))
     batch_size, chunk_size = chunk_sizes(
-        model, k, x.dtype, memory_budget=memory_budget, batch_size=batch_size, chunk_size=chunk_size, workers=workers
-    )
+        model, k, x.dtype, memory_budget=memory_budget, batch_size=batch_size, chunk_size=chunk_size, workers=workers,
+        precision=precision,
+    )  # fmt: skip
     if seed is None:
         seed = int(torch.randint(2**31, ()).item())
     lock = threading.Lock()

@@ -131,15 +131,17 @@ def fast_path(model: LatentVariableModel) -> bool:
     return _bernoulli_mlp(model) is not None
 
 
-def row_bytes(model: LatentVariableModel, dtype: torch.dtype) -> int:
+def row_bytes(model: LatentVariableModel, dtype: torch.dtype, precision: str = "fp32") -> int:
     """Working memory of one sample of one point in :func:`chunk_log_weights`, in bytes: the
-    decoder's activations (its ``nn.Linear`` outputs), and the fast path's one in-place logits
-    buffer or the generic path's temporaries of the Bernoulli/Gaussian log-density (four (D,)
-    rows), plus the latent rows (z, noise, prior and q terms)."""
+    decoder's activations (its ``nn.Linear`` outputs, counted twice), and the fast path's one
+    in-place logits buffer or the generic path's temporaries of the Bernoulli/Gaussian
+    log-density (four (D,) rows), plus the latent rows (z, noise, prior and q terms); in bf16
+    also the bfloat16 copies of the activations."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    widths = max(sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear)), model.data_dim)
     extra_rows = 1 if _bernoulli_mlp(model) is not None else 4
-    return itemsize * (2 * max(widths, model.data_dim) + extra_rows * model.data_dim + 6 * model.latent_dim)
+    size = itemsize * (2 * widths + extra_rows * model.data_dim + 6 * model.latent_dim)
+    return size + (2 * widths if precision == "bf16" and fast_path(model) else 0)
 
 
 def bf16_supported(device: torch.device) -> bool:
