@@ -22,7 +22,7 @@ from avi.objectives.cubo import check_order
 __all__ = ["RESERVE_MIB", "TARGET_ROWS", "LogLikelihood", "chunk_sizes", "cubo_per_point", "elbo_per_point", "log_likelihood", "mean_elbo"]
 
 #: rows (samples x points) per chunk when the budget allows: the logits stay near the cache
-TARGET_ROWS = 2048
+TARGET_ROWS = 1024
 
 #: MiB of a memory budget kept per worker thread for what is not a row: the point batch's
 #: encoder output and noise block, BLAS/oneDNN scratch, the allocator's slack
