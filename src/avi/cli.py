@@ -174,7 +174,7 @@ def evaluate(
     cubo: Annotated[bool, typer.Option("--cubo", help="Also estimate the chi upper bound CUBO (ELBO <= log p(x) <= CUBO).")] = False,
     consistency: Annotated[bool, typer.Option("--consistency", help="Also report consistency KLs under translation/rotation and a linear-probe accuracy.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the run's device).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16: the decoder's matmuls in bfloat16 autocast, log-weights in fp32.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32, or bf16: a Bernoulli MLP decoder in bfloat16, log-weights in fp32.")] = "fp32",
     memory_budget: Annotated[Optional[float], typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:

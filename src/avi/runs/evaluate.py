@@ -82,12 +82,14 @@ def run_evaluate(
     k = config.evaluate.k if k is None else k
     if k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}")
-    if device is not None:
-        run.device = resolve_device(device)
-        run.model.to(run.device)
-        run.posterior.to(run.device)
-    if distributed.init_from_env(run.device):
+    target = run.device if device is None else resolve_device(device)
+    if distributed.init_from_env(target):
         atexit.register(distributed.shutdown)
+    if target.type == "cuda" and target.index is None:  # this process's GPU (LOCAL_RANK under torchrun)
+        target = torch.device("cuda", torch.cuda.current_device())
+    run.device = target
+    run.model.to(target)
+    run.posterior.to(target)
     if precision == "bf16" and not (bf16_supported(run.device) and fast_path(run.model)):
         precision = "fp32"
     memory_budget = config.evaluate.memory_budget if memory_budget is None else memory_budget
