@@ -117,7 +117,7 @@ def test_memory_budgets_give_the_same_estimate() -> None:
     row = row_bytes(model, torch.float32)
     reference = log_likelihood(model, posterior, x, k=300, seed=5)
     sizes = set()
-    for rows in (1, 37, 300, 1000, 100_000):
+    for rows in (1, 37, 300, 700, 100_000):  # the last capped at TARGET_ROWS
         budget = RESERVE_MIB + rows * row / 2**20
         sizes.add(chunk_sizes(model, 300, memory_budget=budget))
         ll = log_likelihood(model, posterior, x, k=300, seed=5, memory_budget=budget)
