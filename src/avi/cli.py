@@ -6,6 +6,7 @@ Every input error is printed as one line on standard error with exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,21 +181,32 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option(help="Importance samples per point (default: the run's evaluate.k, 5000).")] = None,
     cubo: Annotated[bool, typer.Option("--cubo", help="Also estimate the chi upper bound CUBO (ELBO <= log p(x) <= CUBO).")] = False,
     consistency: Annotated[bool, typer.Option("--consistency", help="Also report consistency KLs under translation/rotation and a linear-probe accuracy.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the run's device).")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16: a Bernoulli MLP decoder in bfloat16, log-weights in fp32.")] = "fp32",
+    memory_budget: Annotated[Optional[float], typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
-    """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run."""
+    """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run.
+
+    Under torchrun each process evaluates a shard of the points; rank 0 prints and writes."""
+    from avi.runs.distributed import is_main
     from avi.runs.evaluate import run_evaluate
 
     try:
         with Progress(
-            TextColumn("importance sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=console, transient=True,
+            TextColumn("importance sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, transient=True, disable=os.environ.get("RANK", "0") != "0",
         ) as progress:  # fmt: skip
             task = progress.add_task("", total=None)
-            result = run_evaluate(run_dir, data=data, k=k, cubo=cubo, consistency=consistency,
+            result = run_evaluate(run_dir, data=data, k=k, cubo=cubo, consistency=consistency, device=device, precision=precision,
+                                  memory_budget=memory_budget,
                                   on_batch=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
     except AviError as err:
         _fail(str(err))
+    if not is_main():  # under torchrun, rank 0 alone speaks
+        return
+    if precision != result["precision"]:
+        console.print(f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(result))
         return

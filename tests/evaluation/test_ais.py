@@ -35,8 +35,6 @@ def test_ais_matches_the_exact_log_marginal_and_is_tighter_than_iwae(case) -> No
     exact = model.exact_log_marginal(x)
     torch.manual_seed(1)
     ais = ais_log_likelihood(model, q, x, steps=50, chains=16)
-    torch.manual_seed(1)
-    iwae = log_likelihood(model, q, x, k=16)
     # Mean error over 40 independent points; its standard error is sqrt(sum se_i^2) / 40 with
     # se_i the delta-method standard error of each point's estimate. AIS is a lower bound in
     # expectation whose bias shrinks with the steps: within 3 standard errors of exact here
@@ -44,10 +42,12 @@ def test_ais_matches_the_exact_log_marginal_and_is_tighter_than_iwae(case) -> No
     ais_error = (ais.value - exact).mean()
     se = ais.stderr.pow(2).sum().sqrt() / x.shape[0]
     assert abs(ais_error) < 3 * se + 0.02
-    # With the same 16 samples per point, IWAE falls short by about 0.33 nats (measured);
-    # AIS must close most of that.
-    iwae_error = (iwae.value - exact).mean()
-    assert iwae_error < -0.2 and ais_error > iwae_error + 0.15
+    # With the same 16 samples per point, IWAE falls short by 0.152 nats on average (200 seeds:
+    # sd of one mean error 0.104). Averaged over 50 seeds its standard error is 0.015, so the
+    # IWAE error is below -0.10 (3.5 sd margin), and AIS (error -0.06, se 0.03) must be above
+    # it by 0.03 (about 2 sd of the difference below the expected 0.09).
+    iwae_error = torch.stack([(log_likelihood(model, q, x, k=16, seed=s).value - exact).mean() for s in range(50)]).mean()
+    assert iwae_error < -0.1 and ais_error > iwae_error + 0.03
 
 
 def test_one_step_is_the_iwae_bound(case) -> None:

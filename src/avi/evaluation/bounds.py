@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -11,12 +13,20 @@ from torch import Tensor, nn
 
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError
+from avi.evaluation.importance import PRECISIONS, NoiseStream, chunk_log_weights, row_bytes
 from avi.models.base import LatentVariableModel
 from avi.nn import eval_mode
-from avi.objectives.bounds import elbo_terms, log_weights
+from avi.objectives.bounds import elbo_terms
 from avi.objectives.cubo import check_order
 
-__all__ = ["LogLikelihood", "cubo_per_point", "elbo_per_point", "log_likelihood", "mean_elbo"]
+__all__ = ["RESERVE_MIB", "TARGET_ROWS", "LogLikelihood", "chunk_sizes", "cubo_per_point", "elbo_per_point", "log_likelihood", "mean_elbo"]
+
+#: rows (samples x points) per chunk when the budget allows: the logits stay near the cache
+TARGET_ROWS = 1024
+
+#: MiB of a memory budget kept per worker thread for what is not a row: the point batch's
+#: encoder output and noise block, BLAS/oneDNN scratch, the allocator's slack
+RESERVE_MIB = 2.0
 
 
 class LogLikelihood(NamedTuple):
@@ -72,17 +82,34 @@ def log_likelihood(
     data: Dataset | Tensor,
     *,
     k: int = 5000,
-    batch_size: int = 100,
-    chunk_size: int = 500,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    memory_budget: float | None = None,
+    seed: int | None = None,
+    points: range | None = None,
+    precision: str = "fp32",
+    threads: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> LogLikelihood:
     """Importance-sampled log p(x): the IWAE bound log (1/k) sum_i w_i, w_i = p(x, z_i) / q(z_i|x).
 
-    Samples are drawn ``chunk_size`` at a time for ``batch_size`` points, and the running
-    log-sum-exp is accumulated, so memory is bounded by chunk_size x batch_size rows whatever k.
-    The standard error is the delta-method one, sqrt(Var(w) / (k E[w]^2)), from the same weights.
+    Samples are drawn ``chunk_size`` at a time for ``batch_size`` points and the running
+    log-sum-exp is accumulated, so the working memory is bounded by chunk_size x batch_size rows
+    whatever k; without explicit sizes they follow from ``memory_budget`` (MiB, see
+    :func:`chunk_sizes`). The noise of point i is its own stream seeded by (``seed``, i) (a
+    seed is drawn from the global generator when None), so for Gaussian posteriors the estimate
+    does not depend on the sizes, and ``points`` (a range of indices into the data: one
+    process's shard) gives the same per-point values as the whole data set does. The standard
+    error is the delta-method one, sqrt(Var(w) / (k E[w]^2)), from the same weights.
+    ``precision="bf16"`` runs a Bernoulli MLP decoder in bfloat16 (see
+    :mod:`avi.evaluation.importance`); the log weights and their sums stay in float32. On CPU
+    the points are shared among ``threads`` worker threads (default ``torch.get_num_threads()``)
+    of one intra-op thread each.
     """
-    return _log_power_mean(model, posterior, data, 1.0, k=k, batch_size=batch_size, chunk_size=chunk_size, on_batch=on_batch)
+    return _log_power_mean(
+        model, posterior, data, 1.0, k=k, batch_size=batch_size, chunk_size=chunk_size, memory_budget=memory_budget,
+        seed=seed, points=points, precision=precision, threads=threads, on_batch=on_batch,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -93,19 +120,72 @@ def cubo_per_point(
     *,
     n: float = 2.0,
     k: int = 5000,
-    batch_size: int = 100,
-    chunk_size: int = 500,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    memory_budget: float | None = None,
+    seed: int | None = None,
+    points: range | None = None,
+    precision: str = "fp32",
+    threads: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> LogLikelihood:
     """The chi upper bound CUBO_n = (1/n) log (1/k) sum_i w_i^n per point (Dieng et al. 2017),
-    chunked as :func:`log_likelihood` is; with the ELBO it sandwiches log p(x).
+    chunked and seeded as :func:`log_likelihood` is; with the ELBO it sandwiches log p(x).
 
     The k-sample estimate is biased low (it converges to CUBO_n from below as k grows) and the
     weights' n-th powers are heavy-tailed, so where q is much narrower than p(z|x) it can fall
     below log p(x). The delta-method standard error is sqrt(Var(w^n) / (k E[w^n]^2)) / n.
     """
     check_order(n)
-    return _log_power_mean(model, posterior, data, n, k=k, batch_size=batch_size, chunk_size=chunk_size, on_batch=on_batch)
+    return _log_power_mean(
+        model, posterior, data, n, k=k, batch_size=batch_size, chunk_size=chunk_size, memory_budget=memory_budget,
+        seed=seed, points=points, precision=precision, threads=threads, on_batch=on_batch,
+    )  # fmt: skip
+
+
+def chunk_sizes(
+    model: LatentVariableModel,
+    k: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    memory_budget: float | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    workers: int = 1,
+    precision: str = "fp32",
+) -> tuple[int, int]:
+    """(points per batch, samples per chunk) of an importance-sampling pass with k samples.
+
+    A chunk holds batch x chunk rows of :func:`~avi.evaluation.importance.row_bytes` each; at
+    most ``memory_budget`` MiB of them less :data:`RESERVE_MIB` (the budget covers this working
+    memory, not the model and data), and at most :data:`TARGET_ROWS` (larger chunks are slower: the logits fall out of
+    the cache). Samples are chunked first (up to k), then points batched to fill the rows.
+    Explicit sizes are used as given and must fit the budget.
+    """
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value}")
+    if memory_budget is not None and not memory_budget > 0:
+        raise ConfigError(f"the memory budget must be a positive number of MiB, got {memory_budget}")
+    row = row_bytes(model, dtype, precision)
+    rows = TARGET_ROWS
+    if memory_budget is not None:
+        rows = int((memory_budget - workers * RESERVE_MIB) * 2**20) // (row * workers)
+        if rows < 1:
+            raise ConfigError(
+                f"a memory budget of {memory_budget:g} MiB is below one sample's working memory "
+                f"({row / 2**20:.3f} MiB) and {RESERVE_MIB:g} MiB of scratch per thread ({workers})"
+            )
+        rows = min(rows, TARGET_ROWS)
+    chunk = chunk_size or min(k, rows)
+    batch = batch_size or max(1, rows // chunk)
+    need = workers * (batch * min(chunk, k) * row + RESERVE_MIB * 2**20)
+    if memory_budget is not None and need > memory_budget * 2**20:
+        raise ConfigError(
+            f"batch_size {batch} x chunk_size {chunk}{f' x {workers} threads' if workers > 1 else ''} needs "
+            f"{need / 2**20:.1f} MiB, over the memory budget of {memory_budget:g} MiB"
+        )
+    return batch, chunk
 
 
 def _log_power_mean(
@@ -115,33 +195,77 @@ def _log_power_mean(
     order: float,
     *,
     k: int,
-    batch_size: int,
-    chunk_size: int,
+    batch_size: int | None,
+    chunk_size: int | None,
+    memory_budget: float | None,
+    seed: int | None,
+    points: range | None,
+    precision: str,
+    threads: int | None,
     on_batch: Callable[[int], None] | None,
 ) -> LogLikelihood:
     """(1/r) log (1/k) sum_i w_i^r per point for r = ``order`` > 0, and its delta-method
     standard error sqrt(Var(w^r) / (k E[w^r]^2)) / r, from running log-sum-exps of r log w and
-    2 r log w over chunks of samples."""
+    2 r log w over chunks of samples.
+
+    On CPU the points are split into ``threads`` contiguous parts (default
+    ``torch.get_num_threads()``) evaluated by as many Python threads, each running torch on one
+    intra-op thread: independent workers never wait for each other, where intra-op parallelism
+    synchronises every operation (about 3x slower on a 2-core machine shared with other jobs).
+    Each point's noise is its own, so the split changes nothing in the result."""
     if k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}")
-    if batch_size < 1 or chunk_size < 1:
-        raise ConfigError(f"batch_size and chunk_size must be positive, got {batch_size} and {chunk_size}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads}")
     x = _points(data)
-    values, stderrs = [], []
-    for start in range(0, x.shape[0], batch_size):
-        index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-        with eval_mode(posterior):
-            q = posterior(x[index], index)
-        lse = torch.full((index.numel(),), -math.inf, device=x.device, dtype=x.dtype)
-        lse2 = lse.clone()
-        for done in range(0, k, chunk_size):
-            log_lik, log_prior, log_q = log_weights(model, q, x[index], min(chunk_size, k - done))
-            lw = order * (log_lik + log_prior - log_q).to(x.dtype)
-            lse = torch.logaddexp(lse, torch.logsumexp(lw, 0))
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 0))
-        values.append((lse - math.log(k)) / order)
-        relative_var = (k * torch.exp(lse2 - 2 * lse) - 1).clamp_min(0)
-        stderrs.append((relative_var / k).sqrt() / order)
-        if on_batch is not None:
-            on_batch(index.numel())
-    return LogLikelihood(torch.cat(values), torch.cat(stderrs), k)
+    points = range(x.shape[0]) if points is None else points
+    if points.step != 1 or points.start < 0 or points.stop > x.shape[0]:
+        raise ConfigError(f"points must be a contiguous range within the {x.shape[0]} data points, got {points}")
+    workers = 1 if x.device.type != "cpu" else threads or torch.get_num_threads()
+    workers = max(1, min(workers, len(points)))
+    batch_size, chunk_size = chunk_sizes(
+        model, k, x.dtype, memory_budget=memory_budget, batch_size=batch_size, chunk_size=chunk_size, workers=workers,
+        precision=precision,
+    )  # fmt: skip
+    if seed is None:
+        seed = int(torch.randint(2**31, ()).item())
+    lock = threading.Lock()
+
+    def estimate(part: range) -> tuple[Tensor, Tensor]:
+        values, stderrs = [x.new_zeros(0)], [x.new_zeros(0)]
+        with torch.no_grad():  # grad mode is per thread
+            for start in range(part.start, part.stop, batch_size):
+                index = torch.arange(start, min(start + batch_size, part.stop), device=x.device)
+                xb = x[index]
+                q = posterior(xb, index)
+                noise = NoiseStream(seed, index, model.latent_dim, x.dtype, x.device)
+                lse = torch.full((index.numel(),), -math.inf, device=x.device, dtype=x.dtype)
+                lse2 = lse.clone()
+                for done in range(0, k, chunk_size):
+                    lw = order * chunk_log_weights(model, q, xb, min(chunk_size, k - done), noise, precision=precision)
+                    lse = torch.logaddexp(lse, torch.logsumexp(lw, 1))
+                    lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 1))
+                values.append((lse - math.log(k)) / order)
+                relative_var = (k * torch.exp(lse2 - 2 * lse) - 1).clamp_min(0)
+                stderrs.append((relative_var / k).sqrt() / order)
+                if on_batch is not None:
+                    with lock:
+                        on_batch(index.numel())
+        return torch.cat(values), torch.cat(stderrs)
+
+    n = len(points)
+    parts = [range(points.start + n * w // workers, points.start + n * (w + 1) // workers) for w in range(workers)]
+    with eval_mode(posterior):
+        if workers == 1:
+            results = [estimate(points)]
+        else:
+            intra_op = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    results = list(pool.map(estimate, parts))
+            finally:
+                torch.set_num_threads(intra_op)
+    return LogLikelihood(torch.cat([v for v, _ in results]), torch.cat([e for _, e in results]), k)

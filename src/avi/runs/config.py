@@ -168,11 +168,14 @@ class RemediesConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    """Importance-sampled log-likelihood: k samples per point, ``chunk_size`` at a time."""
+    """Importance-sampled log-likelihood: k samples per point, ``chunk_size`` samples for
+    ``batch_size`` points at a time; unset sizes follow from ``memory_budget`` (MiB of working
+    memory per process) or default to cache-sized chunks (avi.evaluation.bounds.chunk_sizes)."""
 
     k: int = Field(5000, ge=1)
-    batch_size: int = Field(100, ge=1)
-    chunk_size: int = Field(500, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    chunk_size: int | None = Field(None, ge=1)
+    memory_budget: float | None = Field(None, gt=0)
 
 
 class TrackingConfig(_Section):

@@ -37,12 +37,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device: torch.device, batch_size: int) -> bool:
+def init_from_env(device: torch.device, batch_size: int | None = None) -> bool:
     """Join the process group described by torchrun's environment variables, if any.
 
     Checks before any rendezvous (so that a bad setting fails at once on every rank instead of
     hanging): every variable of :data:`RENDEZVOUS_VARIABLES` is set when one is, and
-    ``batch_size`` is divisible by the world size. A CUDA run uses the GPU ``LOCAL_RANK``.
+    ``batch_size`` (when given: training splits each batch over the ranks) is divisible by the
+    world size. A CUDA run uses the GPU ``LOCAL_RANK``.
     Returns whether this call created the group (the caller then destroys it); a group that
     already exists (a test's ``torch.multiprocessing`` workers) is used as it is.
     """
@@ -74,8 +75,8 @@ def init_from_env(device: torch.device, batch_size: int) -> bool:
     return True
 
 
-def _check_batch(batch_size: int, size: int) -> None:
-    if batch_size % size:
+def _check_batch(batch_size: int | None, size: int) -> None:
+    if batch_size is not None and batch_size % size:
         raise ConfigError(f"batch size {batch_size} is not divisible by the world size {size}")
 
 

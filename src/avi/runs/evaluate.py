@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import time
 from collections.abc import Callable
@@ -9,20 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from avi.data.files import load_array_file
 from avi.data.transforms import TRANSFORMS, make_transform
 from avi.errors import ConfigError
-from avi.evaluation.bounds import cubo_per_point, elbo_per_point, log_likelihood
+from avi.evaluation.bounds import LogLikelihood, chunk_sizes, cubo_per_point, elbo_per_point, log_likelihood
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.evaluation.consistency import consistency_kl, linear_probe_accuracy, posterior_means
+from avi.evaluation.importance import fast_path
+from avi.precision import PRECISIONS, bf16_supported
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import infer
+from avi.runs import distributed
 from avi.runs.build import prepare_data
 from avi.runs.collapse import MI_BATCH_SIZE
 from avi.runs.rundir import EVALUATION, write_json
-from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, load_trained
+from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, load_trained, resolve_device
 
 __all__ = ["run_evaluate"]
 
@@ -37,6 +42,9 @@ def run_evaluate(
     k: int | None = None,
     cubo: bool = False,
     consistency: bool = False,
+    device: str | None = None,
+    precision: str = "fp32",
+    memory_budget: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split (or on the file ``data``): mean ELBO, reconstruction,
@@ -55,13 +63,39 @@ def run_evaluate(
     the mean KL(q(z|x) || q(z|t(x))) for a random transform t, and ``probe_accuracy``, the test
     accuracy of a linear classifier on posterior means (None without labels).
 
-    ``on_batch(done, total)`` reports progress of the importance sampling.
+    The importance sampling runs in chunks sized by ``memory_budget`` MiB (default: the config's
+    ``evaluate.memory_budget``, else ``evaluate.batch_size`` x ``evaluate.chunk_size`` or
+    cache-sized chunks; :func:`~avi.evaluation.bounds.chunk_sizes`), on ``device`` (cpu, cuda
+    or auto; default the run's), with the noise of test point i seeded by (``train.seed``, i).
+    ``precision="bf16"`` runs a Bernoulli MLP decoder under bfloat16 autocast; where the device
+    has no native bf16 or the model no fast path it runs in fp32, and ``precision`` in the
+    result says which ran. Under torchrun each process evaluates a contiguous shard of the
+    points and the per-point estimates are gathered, so the result equals a single process's
+    (for Gaussian posteriors exactly; flows draw from each process's global generator); only
+    rank 0 writes ``evaluation.json``.
+
+    ``on_batch(done, total)`` reports progress of the importance sampling (of this process's shard).
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     run = load_trained(run_dir)
     config = run.config
     k = config.evaluate.k if k is None else k
     if k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}")
+    target = run.device if device is None else resolve_device(device)
+    if distributed.init_from_env(target):
+        atexit.register(distributed.shutdown)
+    if target.type == "cuda" and target.index is None:  # this process's GPU (LOCAL_RANK under torchrun)
+        target = torch.device("cuda", torch.cuda.current_device())
+    run.device = target
+    run.model.to(target)
+    run.posterior.to(target)
+    if precision == "bf16" and not (bf16_supported(run.device) and fast_path(run.model)):
+        precision = "fp32"
+    memory_budget = config.evaluate.memory_budget if memory_budget is None else memory_budget
+    sizes = {"batch_size": config.evaluate.batch_size, "chunk_size": config.evaluate.chunk_size, "memory_budget": memory_budget}
+    chunk_sizes(run.model, k, **sizes)  # a bad budget fails before the slow parts
     if data is None:
         test = run.splits.test
         source = "test split"
@@ -80,36 +114,23 @@ def run_evaluate(
     # on the first 1,000 points, as in training: the pairwise MI estimate costs a pass per latent
     # dimension for an inverse autoregressive flow
     collapse = collapse_diagnostics(run.model, posterior, x[:DIAGNOSTIC_POINTS], batch_size=MI_BATCH_SIZE)
+    n = x.shape[0]
+    shard = _shard(n)
     done = 0
 
-    def report(n: int) -> None:
+    def report(count: int) -> None:
         nonlocal done
-        done += n
+        done += count
         if on_batch is not None:
-            on_batch(done, x.shape[0] * (2 if cubo else 1))
+            on_batch(done, len(shard) * (2 if cubo else 1))
 
-    ll = log_likelihood(
-        run.model,
-        posterior,
-        x,
-        k=k,
-        batch_size=config.evaluate.batch_size,
-        chunk_size=config.evaluate.chunk_size,
-        on_batch=report,
-    )
+    sampling_started = time.perf_counter()
+    common = {"k": k, "seed": config.train.seed, "points": shard, "precision": precision, "on_batch": report, **sizes}
+    ll = _gathered(log_likelihood(run.model, posterior, x, **common), n)
     upper = None
     if cubo:
-        upper = cubo_per_point(
-            run.model,
-            posterior,
-            x,
-            n=config.objective.cubo_order,
-            k=k,
-            batch_size=config.evaluate.batch_size,
-            chunk_size=config.evaluate.chunk_size,
-            on_batch=report,
-        )
-    n = x.shape[0]
+        upper = _gathered(cubo_per_point(run.model, posterior, x, n=config.objective.cubo_order, **common), n)
+    sampling_seconds = time.perf_counter() - sampling_started
     result = {
         "n": n,
         "data": source,
@@ -124,7 +145,10 @@ def run_evaluate(
         "mutual_information": collapse.mutual_information,
         "strategy": config.inference.strategy,
         "inference_seconds": inference_seconds,
+        "sampling_seconds": sampling_seconds,
         "seconds": time.perf_counter() - started,
+        "precision": precision,
+        "processes": distributed.world_size(),
     }
     if upper is not None:
         result.update(
@@ -134,9 +158,30 @@ def run_evaluate(
         )
     if consistency:
         result.update(_representation(run, x, test.labels))
-    if data is None:
+    if data is None and distributed.is_main():
         write_json(Path(run_dir) / EVALUATION, result)
     return result
+
+
+def _shard(n: int) -> range:
+    """This process's contiguous share of n points: all of them in a single process."""
+    size, rank = distributed.world_size(), distributed.rank()
+    return range(n * rank // size, n * (rank + 1) // size)
+
+
+def _gathered(local: LogLikelihood, n: int) -> LogLikelihood:
+    """The per-point estimates of every process's shard, in point order, on every process."""
+    size = distributed.world_size()
+    if size == 1:
+        return local
+    longest = -(-n // size)
+    rows = torch.full((2, longest), math.nan, dtype=local.value.dtype, device=local.value.device)
+    rows[0, : local.value.numel()], rows[1, : local.stderr.numel()] = local.value, local.stderr
+    parts = [torch.empty_like(rows) for _ in range(size)]
+    dist.all_gather(parts, rows)
+    lengths = [n * (r + 1) // size - n * r // size for r in range(size)]
+    value, stderr = torch.cat([p[:, :m] for p, m in zip(parts, lengths)], dim=1)
+    return LogLikelihood(value, stderr, local.k)
 
 
 def _representation(run: TrainedRun, x: Tensor, labels: Tensor | None) -> dict[str, Any]:
