@@ -36,9 +36,13 @@ class Dataset:
         return self.x.shape[1]
 
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The observations of the points ``index``: (B, D)."""
+        """The observations of the points ``index``: (B, D); a fresh binarisation x ~ Bernoulli(p)
+        of a dynamic data set, drawn as 1[u < p] with u ~ U[0, 1) (several times faster on a CPU than
+        ``torch.bernoulli`` with a generator, which runs on one thread)."""
         x = self.x[index]
-        return torch.bernoulli(x, generator=generator) if self.dynamic else x
+        if not self.dynamic:
+            return x
+        return torch.empty_like(x).uniform_(generator=generator).lt_(x)
 
     def subset(self, index: Tensor | slice) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
