@@ -72,7 +72,7 @@ def lda_perplexity(model: LDA, counts: Tensor, topics: Tensor) -> float:
 def fit_lda(method: str, model: LDA, counts: Tensor, mode: dict[str, Any], seed: int) -> dict[str, Any]:
     """One run from a random start, with the full-data ELBO after every epoch or iteration."""
     generator = torch.Generator().manual_seed(seed)
-    state: SVIState = init(model, num_words=float(counts.sum()), generator=generator)
+    state: SVIState = init(model, counts, generator=generator)
     seconds, trace = 0.0, [{"seconds": 0.0, "elbo": model.elbo(counts, state.lam, tol=LOCAL_TOL).item()}]
     for _ in range(mode["svi_epochs"] if method == "svi" else mode["batch_iterations"]):
         start = time.perf_counter()

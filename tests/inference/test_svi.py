@@ -38,7 +38,7 @@ def corpus() -> Corpus:
 
 
 def _start(model: LDA, counts: Tensor, seed: int = 0) -> SVIState:
-    return init(model, num_words=float(counts.sum()), generator=torch.Generator().manual_seed(seed))
+    return init(model, counts, generator=torch.Generator().manual_seed(seed))
 
 
 def test_step_size_schedule_and_its_errors() -> None:

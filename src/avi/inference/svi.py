@@ -84,22 +84,22 @@ def step_size(t: int, *, tau: float, kappa: float) -> float:
 
 def init(
     model: LDA,
+    counts: Tensor,
     *,
-    num_words: float,
     generator: torch.Generator,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str = "cpu",
 ) -> SVIState:
-    """lambda_kw = eta + e_kw, e_kw ~ Exponential with mean ``num_words`` / (K V): random topics
-    carrying the corpus's ``num_words`` word counts between them, as the first full update would.
+    """lambda_kw = eta + e_kw, e_kw ~ Exponential with mean W / (K V), W the number of words in
+    the corpus ``counts`` (N, V): random topics carrying the corpus's word counts between them,
+    as the first full update would; in the dtype and on the device of ``counts``.
 
     Hoffman et al. (2013) start from Gamma(100, 1/100) draws (mean 1, sd 0.1). On four small
     synthetic corpora (K = 5, V = 50, 4 starts each) batch VI ended in merged-and-split topic
     optima (mean topic TV above 0.1) in 7 of 16 runs from those nearly uniform topics and in 2 of
     16 from this start; SVI (10 epochs) in 12 and 10 of 16.
     """
-    lam = torch.empty(model.num_topics, model.vocab_size, dtype=dtype).exponential_(generator=generator).to(device)
-    return SVIState(model.eta + lam * (num_words / (model.num_topics * model.vocab_size)), 0)
+    lam = torch.empty(model.num_topics, model.vocab_size, dtype=counts.dtype).exponential_(generator=generator)
+    num_words = float(counts.sum())
+    return SVIState(model.eta + lam.to(counts.device) * (num_words / (model.num_topics * model.vocab_size)), 0)
 
 
 def _check_batch(model: LDA, counts: Tensor, num_docs: int) -> None:
@@ -187,7 +187,7 @@ def fit_svi(
     if epochs < 0:
         raise ConfigError(f"epochs must be non-negative, got {epochs}")
     if state is None:
-        state = init(model, num_words=float(counts.sum()), generator=generator, dtype=counts.dtype, device=counts.device)
+        state = init(model, counts, generator=generator)
     infos: list[SVIInfo] = []
     for _ in range(epochs):
         for index in shard_batches(counts.shape[0], batch_size, generator):
@@ -214,7 +214,7 @@ def fit_batch_vi(
     if iterations < 0:
         raise ConfigError(f"iterations must be non-negative, got {iterations}")
     if state is None:
-        state = init(model, num_words=float(counts.sum()), generator=generator, dtype=counts.dtype, device=counts.device)
+        state = init(model, counts, generator=generator)
     infos: list[SVIInfo] = []
     for _ in range(iterations):
         state, info = coordinate_ascent_step(
