@@ -46,6 +46,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from machine import cpu_name, cpu_snapshot, other_processes_cpus
+
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.evaluation import log_likelihood
@@ -168,24 +170,6 @@ def timed(name: str, run, points: int) -> dict:
     }
 
 
-def _busy_cpu_seconds() -> float | None:
-    """CPU time spent busy by the whole machine so far (Linux /proc/stat; steal included)."""
-    stat = Path("/proc/stat")
-    if not stat.exists():
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a subset of the points, extrapolated (under a minute)")
@@ -213,7 +197,7 @@ def main() -> None:
     previous_log_likelihood(model, posterior, x[:2], 1000)
 
     load_before = os.getloadavg()
-    busy_before, own_before = _busy_cpu_seconds(), sum(os.times()[:2])
+    before = cpu_snapshot()
     started = time.perf_counter()
     results = {"fp32": timed("fp32", lambda: log_likelihood(model, posterior, x, k=K, seed=0).value, points)}
     if bf16_supported(torch.device("cpu")):
@@ -223,10 +207,7 @@ def main() -> None:
     results["fp32_2proc"] = two_processes(model, posterior, x[:two_process_points])
     results["previous"] = timed("previous", lambda: previous_log_likelihood(model, posterior, test[:previous_points], K), previous_points)
     seconds = time.perf_counter() - started
-    busy_after, own_after = _busy_cpu_seconds(), sum(os.times()[:2])
-    others = None
-    if busy_before is not None and busy_after is not None:
-        others = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / seconds
+    others = other_processes_cpus(before)
 
     fp32_values = results["fp32"].pop("values")
     bf16_difference = None
@@ -258,7 +239,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "machine": _cpu_name(),
+        "machine": cpu_name(),
         "cpu_count": os.cpu_count(),
         "load_average_1min_before": load_before[0],
         "load_average_1min_after": os.getloadavg()[0],

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_name
+
 from avi.evaluation import active_units, log_likelihood, mean_elbo
 from avi.runs.config import load_config
 from avi.runs.rundir import CHECKPOINT, read_json
@@ -114,13 +116,6 @@ def _last_wall_seconds(run_dir: Path) -> float | None:
     return float(rows[-1]["wall_seconds"]) if rows else None
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
@@ -163,7 +158,7 @@ def main() -> None:
         "settings": {"batch_size": args.batch_size, "lr": args.lr, "adam_eps": 1e-4, "schedule": "burda 3^i",
                      "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
         "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-                    "cpu": _cpu_name(), "cpus": os.cpu_count()},
+                    "cpu": cpu_name(), "cpus": os.cpu_count()},
         "timestamp": datetime.now(timezone.utc).isoformat(),
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
+from machine import cpu_name, cpu_snapshot, other_processes_cpus
+
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import MeanFieldGaussian
@@ -217,26 +219,6 @@ def _field(results: dict, batch: int, name: str, key: str) -> float | None:
     return None if entry is None else entry[key]
 
 
-def _busy_cpu_seconds() -> float | None:
-    """CPU time spent busy by the whole machine so far (Linux /proc/stat; steal included)."""
-    stat = Path("/proc/stat")
-    if not stat.exists():
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, stat.read_text().split()[1:9]
-    )
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few short rounds (under a minute)")
@@ -249,15 +231,11 @@ def main() -> None:
     x = torch.from_numpy(load_mnist()["train"][0]).float() / 255
 
     load_before = os.getloadavg()
-    busy_before, own_before = _busy_cpu_seconds(), sum(os.times()[:2])
+    before = cpu_snapshot()
     started = time.perf_counter()
     results = {str(b): measure(x, b, s, rounds, warmup) for b, s in steps.items()}
     seconds = time.perf_counter() - started
-    busy_after, own_after = _busy_cpu_seconds(), sum(os.times()[:2])
-    # CPUs kept busy by everything but this process, on average over the measurement
-    others = None
-    if busy_before is not None and busy_after is not None:
-        others = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / seconds
+    others = other_processes_cpus(before)
     summary = {
         "avi_steps_per_s": _field(results, 100, "avi", "steps_per_s"),
         "plain_steps_per_s": _field(results, 100, "plain", "steps_per_s"),
@@ -292,7 +270,7 @@ def main() -> None:
         "torch_version": torch.__version__,
         "pyro_version": None if pyro is None else pyro.__version__,
         "python_version": platform.python_version(),
-        "machine": _cpu_name(),
+        "machine": cpu_name(),
         "cpu_count": os.cpu_count(),
         "load_average_1min_before": load_before[0],
         "load_average_1min_after": os.getloadavg()[0],

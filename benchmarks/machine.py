@@ -1,0 +1,52 @@
+"""What the benchmarks record about the machine: the CPU's name and how busy other processes kept it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["CpuSnapshot", "cpu_name", "cpu_snapshot", "other_processes_cpus"]
+
+
+class CpuSnapshot(NamedTuple):
+    """CPU seconds the whole machine spent busy (None without /proc/stat), CPU seconds of this
+    process, and the wall clock, at one moment."""
+
+    machine_busy: float | None
+    own: float
+    wall: float
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU time spent busy by the whole machine so far (Linux /proc/stat; steal included)."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    return CpuSnapshot(_busy_cpu_seconds(), sum(os.times()[:2]), time.perf_counter())
+
+
+def other_processes_cpus(since: CpuSnapshot) -> float | None:
+    """CPUs kept busy by everything but this process, on average since ``since`` (None where
+    the machine's busy time cannot be read). Slowdowns from outside the machine (its host) do
+    not show here."""
+    now = cpu_snapshot()
+    if since.machine_busy is None or now.machine_busy is None:
+        return None
+    return max(0.0, (now.machine_busy - since.machine_busy) - (now.own - since.own)) / (now.wall - since.wall)
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
