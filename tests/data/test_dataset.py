@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avi.data import Dataset, shard_batches
+from avi.data import Dataset, bernoulli_draw, shard_batches
 from avi.errors import ConfigError
 
 
@@ -32,6 +32,29 @@ def test_dynamic_binarisation_draws_fresh_bernoulli_batches() -> None:
     assert not torch.equal(a, b)  # a fresh draw each time
     # mean of 2000 Bernoulli(1/2): standard error 0.5 / sqrt(2000) = 0.011; allow 4 of them
     assert (a[:, 2:].mean(0) - 0.5).abs().max() < 0.045
+
+
+@pytest.mark.statistical
+def test_bernoulli_draw_matches_every_mnist_intensity() -> None:
+    """P(x = 1) = round(2^16 p) / 2^16 for p = k / 255, k = 0..255, 4,000 draws each."""
+    n = 4000
+    p = (torch.arange(256.0) / 255).expand(n, 256).contiguous()
+    x = bernoulli_draw(p.clone(), torch.Generator().manual_seed(0))
+    assert x.dtype == p.dtype and ((x == 0) | (x == 1)).all()
+    assert (x[:, 0] == 0).all() and (x[:, -1] == 1).all()
+    exact = torch.round(p[0] * 2**16) / 2**16
+    assert (exact - p[0]).abs().max() <= 2**-17
+    z = (x.mean(0) - exact) / (exact * (1 - exact) / n).sqrt().clamp_min(1e-12)
+    # 254 z-scores: |z| > 4.5 has probability 1.7e-3 among them under the claimed distribution
+    assert z[1:-1].abs().max() < 4.5
+    assert abs(z[1:-1].mean()) < 4 / 254**0.5  # no shared bias across intensities
+
+
+def test_bernoulli_draw_is_reproducible_from_its_generator() -> None:
+    p = torch.full((7, 13), 0.3)  # 91 values: not a multiple of the 4 draws per random word
+    a = bernoulli_draw(p.clone(), torch.Generator().manual_seed(5))
+    b = bernoulli_draw(p.clone(), torch.Generator().manual_seed(5))
+    assert a.shape == p.shape and torch.equal(a, b)
 
 
 def test_static_binarisation_is_a_fixed_draw() -> None:

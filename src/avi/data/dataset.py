@@ -11,9 +11,25 @@ from torch import Tensor
 
 from avi.errors import ConfigError
 
-__all__ = ["BINARIZATIONS", "Dataset", "Splits", "shard_batches"]
+__all__ = ["BINARIZATIONS", "Dataset", "Splits", "bernoulli_draw", "shard_batches"]
 
 BINARIZATIONS = ("dynamic", "static", "none")
+_INT64_MIN = torch.iinfo(torch.int64).min
+
+
+def bernoulli_draw(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """x ~ Bernoulli(p) elementwise, as 1[u < round(2^16 p)] with u uniform on {0, ..., 2^16 - 1}:
+    P(x = 1) = round(2^16 p) / 2^16, within 2^-17 of p (0 and 1 exact).
+
+    Four draws come from each random 64-bit word, so the generator (one Mersenne-twister thread
+    on a CPU) makes a quarter of the draws of ``uniform_`` and the whole draw is about 2.5x
+    faster. ``p`` is a fresh tensor that this function may overwrite (a gathered batch).
+    """
+    n = p.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=p.device)
+    u = words.random_(_INT64_MIN, None, generator=generator).view(torch.int16)[:n].view(p.shape)
+    # u is uniform on {-2^15, ..., 2^15 - 1}; u + 2^15 < 2^16 p - 1/2  <=>  u < 2^16 p - 2^15 - 1/2
+    return p.mul_(65536.0).sub_(32768.5).gt_(u)
 
 
 @dataclass(frozen=True)
@@ -37,12 +53,9 @@ class Dataset:
 
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The observations of the points ``index``: (B, D); a fresh binarisation x ~ Bernoulli(p)
-        of a dynamic data set, drawn as 1[u < p] with u ~ U[0, 1) (several times faster on a CPU than
-        ``torch.bernoulli`` with a generator, which runs on one thread)."""
-        x = self.x[index]
-        if not self.dynamic:
-            return x
-        return torch.empty_like(x).uniform_(generator=generator).lt_(x)
+        of a dynamic data set (:func:`bernoulli_draw`)."""
+        x = torch.index_select(self.x, 0, index)  # a row gather, several times faster than x[index]
+        return bernoulli_draw(x, generator) if self.dynamic else x
 
     def subset(self, index: Tensor | slice) -> Dataset:
         labels = None if self.labels is None else self.labels[index]

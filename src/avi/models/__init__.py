@@ -1,6 +1,7 @@
 """Generative models p(x, z) = p(z) p(x|z)."""
 
 from avi.models.base import LatentVariableModel
+from avi.models.bernoulli import FactorisedBernoulli, bernoulli_log_prob, factorised_bernoulli
 from avi.models.discrete import CategoricalVAE, GaussianMixture, SigmoidBeliefNet
 from avi.models.lda import AVITM, LDA, synthetic_corpus
 from avi.models.linear_gaussian import LinearGaussian, ppca_max_log_likelihood
@@ -10,11 +11,14 @@ __all__ = [
     "AVITM",
     "LDA",
     "CategoricalVAE",
+    "FactorisedBernoulli",
     "GaussianMixture",
     "LatentVariableModel",
     "LinearGaussian",
     "SigmoidBeliefNet",
     "VAEModel",
+    "bernoulli_log_prob",
+    "factorised_bernoulli",
     "ppca_max_log_likelihood",
     "synthetic_corpus",
 ]

@@ -33,6 +33,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, On
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.models.bernoulli import factorised_bernoulli
 from avi.nn import mlp
 
 __all__ = ["MAX_STATES", "BroadcastBernoulli", "CategoricalVAE", "GaussianMixture", "SigmoidBeliefNet"]
@@ -71,6 +72,8 @@ def _kl_bernoulli(q: Bernoulli, p: BroadcastBernoulli) -> Tensor:
 
 
 def _bernoulli(logits: Tensor, kind: type[Bernoulli] = Bernoulli) -> Distribution:
+    if kind is Bernoulli:
+        return factorised_bernoulli(logits)
     return Independent(kind(logits=logits, validate_args=False), 1, validate_args=False)
 
 

@@ -15,10 +15,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Size, Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
+from torch.distributions import Distribution, Independent, Normal, constraints
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.models.bernoulli import bernoulli_log_prob
 from avi.nn import ACTIVATIONS, autocast_forward
 
 __all__ = ["MADE", "AutoregressiveBernoulli", "MADEModel"]
@@ -94,7 +95,7 @@ class AutoregressiveBernoulli(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         logits = self.made(value, self.context)
-        return Bernoulli(logits=logits, validate_args=False).log_prob(value).sum(-1)
+        return bernoulli_log_prob(logits, value)
 
     @torch.no_grad()
     def sample(self, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.models.bernoulli import factorised_bernoulli
 from avi.nn import mlp
 
 __all__ = ["VAEModel"]
@@ -48,7 +49,7 @@ class VAEModel(LatentVariableModel):
     def likelihood(self, z: Tensor) -> Distribution:
         out = self.decoder(z)
         if self.likelihood_name == "bernoulli":
-            return Independent(Bernoulli(logits=out, validate_args=False), 1, validate_args=False)
+            return factorised_bernoulli(out)
         return Independent(Normal(out, F.softplus(self.raw_scale), validate_args=False), 1, validate_args=False)
 
     def sample_data(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
