@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from machine import cpu_name, cpu_snapshot, other_processes_cpus
+from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus
 
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
@@ -196,6 +196,10 @@ def main() -> None:
         log_likelihood(model, posterior, x[:2], k=2 * 2048, seed=0, precision=precision)
     previous_log_likelihood(model, posterior, x[:2], 1000)
 
+    peak = {"fp32": matmul_gflops(torch.float32)}
+    if bf16_supported(torch.device("cpu")):
+        peak["bf16"] = matmul_gflops(torch.bfloat16)
+    decoder_flop = 2 * K * 10_000 * sum(m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, nn.Linear))
     load_before = os.getloadavg()
     before = cpu_snapshot()
     started = time.perf_counter()
@@ -226,6 +230,9 @@ def main() -> None:
         "fp32_speedup_vs_previous": results["fp32"]["points_per_s"] / results["previous"]["points_per_s"],
         "fp32_2proc_seconds_for_10000_points": results["fp32_2proc"]["seconds_for_10000_points"],
         "two_process_max_abs_difference": two_process_difference,
+        # the decoder's products alone, for all 10,000 points, at the day's measured matmul peak
+        "fp32_decoder_matmul_floor_seconds": decoder_flop / (peak["fp32"] * 1e9),
+        "matmul_peak_gflops": peak,
         "bf16_speedup_vs_fp32": None if results["bf16"] is None else results["bf16"]["points_per_s"] / results["fp32"]["points_per_s"],
         "test_log_likelihood_fp32": results["fp32"]["mean_log_likelihood"],
         "bf16_minus_fp32_per_point": bf16_difference,
@@ -266,6 +273,9 @@ def main() -> None:
               f"max |.| {bf16_difference['max_abs']:.4f} nats", end="")  # fmt: skip
     print(f"\n  other processes used {others if others is not None else float('nan'):.2f} CPUs on average; "
           f"load average {load_before[0]:.2f} -> {report['load_average_1min_after']:.2f}")  # fmt: skip
+    peaks = ", ".join(f"{name} {gflops:.0f}" for name, gflops in peak.items())
+    print(f"  matmul peak (GFLOP/s): {peaks}; the fp32 decoder products alone need "
+          f"{report['fp32_decoder_matmul_floor_seconds']:.0f} s for 10,000 points")
 
 
 if __name__ == "__main__":

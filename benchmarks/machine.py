@@ -1,4 +1,5 @@
-"""What the benchmarks record about the machine: the CPU's name and how busy other processes kept it."""
+"""What the benchmarks record about the machine: the CPU's name, its matrix-product peak on the
+benchmark's threads, and how busy other processes kept it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["CpuSnapshot", "cpu_name", "cpu_snapshot", "other_processes_cpus"]
+import torch
+
+__all__ = ["CpuSnapshot", "cpu_name", "cpu_snapshot", "matmul_gflops", "other_processes_cpus"]
 
 
 class CpuSnapshot(NamedTuple):
@@ -50,3 +53,18 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of an n x n matrix product on torch's current threads, the best of ``reps``: the
+    machine's peak for the day (the host of a shared virtual machine varies by up to 3x), against
+    which a benchmark's own products can be judged."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from machine import cpu_name, cpu_snapshot, other_processes_cpus
+from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus
 
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
@@ -230,6 +230,9 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.from_numpy(load_mnist()["train"][0]).float() / 255
 
+    peak = {"fp32": matmul_gflops(torch.float32)}
+    if bf16_supported(torch.device("cpu")):
+        peak["bf16"] = matmul_gflops(torch.bfloat16)
     load_before = os.getloadavg()
     before = cpu_snapshot()
     started = time.perf_counter()
@@ -272,6 +275,7 @@ def main() -> None:
         "python_version": platform.python_version(),
         "machine": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "matmul_peak_gflops": peak,
         "load_average_1min_before": load_before[0],
         "load_average_1min_after": os.getloadavg()[0],
         "other_processes_cpus": others,
@@ -302,6 +306,7 @@ def main() -> None:
             f"warning: other processes kept {others:.2f} of {report['cpu_count']} CPUs busy during the run;"
             " they skew these timings"
         )
+    print("matmul peak (GFLOP/s): " + ", ".join(f"{name} {gflops:.0f}" for name, gflops in peak.items()))
     print(f"wrote {args.out} ({report['seconds']:.0f} s)")
 
 
