@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from avi.data import Dataset, bernoulli_draw, shard_batches
-from avi.errors import ConfigError
+from avi.data.dataset import bernoulli_threshold
+from avi.errors import ConfigError, DataError
 
 
 def test_static_dataset_batches_are_the_rows() -> None:
@@ -48,6 +49,32 @@ def test_bernoulli_draw_matches_every_mnist_intensity() -> None:
     # 254 z-scores: |z| > 4.5 has probability 1.7e-3 among them under the claimed distribution
     assert z[1:-1].abs().max() < 4.5
     assert abs(z[1:-1].mean()) < 4 / 254**0.5  # no shared bias across intensities
+
+
+def test_bernoulli_threshold_counts_the_nearest_multiple_of_2_to_the_minus_16() -> None:
+    """Over all 2^16 values of u, #{u < threshold(p)} = ceil(2^16 p - 1/2): exactly, for every
+    MNIST intensity k / 255, for p = 0 and 1, and next to the halves where rounding flips."""
+    u = torch.arange(-(2**15), 2**15, dtype=torch.int16)
+    p = torch.cat([torch.arange(256.0) / 255, (torch.arange(1.0, 100.0) * 655 + 0.5 + 0.01) / 2**16,
+                   (torch.arange(1.0, 100.0) * 655 + 0.5 - 0.01) / 2**16])
+    counts = (u[None, :] < bernoulli_threshold(p.clone())[:, None]).sum(1)
+    expected = torch.ceil(p.double() * 2**16 - 0.5).long()
+    assert torch.equal(counts, expected)
+    assert (expected.double() / 2**16 - p.double()).abs().max() <= 2**-17
+
+
+def test_batches_leave_the_data_untouched() -> None:
+    p = torch.rand(50, 6, generator=torch.Generator().manual_seed(0))
+    data = Dataset(p.clone(), dynamic=True)
+    data.batch(torch.arange(50), torch.Generator().manual_seed(1))
+    assert torch.equal(data.x, p)
+
+
+def test_bernoulli_draw_takes_half_precision_and_rejects_integers() -> None:
+    half = bernoulli_draw(torch.full((4, 5), 1.0, dtype=torch.bfloat16), torch.Generator().manual_seed(0))
+    assert half.dtype == torch.bfloat16 and (half == 1).all()
+    with pytest.raises(DataError, match="floating point"):
+        bernoulli_draw(torch.ones(3, dtype=torch.int64))
 
 
 def test_bernoulli_draw_is_reproducible_from_its_generator() -> None:

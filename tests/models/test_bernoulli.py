@@ -62,6 +62,24 @@ def test_distribution_is_an_independent_bernoulli() -> None:
     assert isinstance(expanded, FactorisedBernoulli) and expanded.log_prob(x).shape == (4, 2, 3)
 
 
+def test_autocast_around_it_does_not_lower_its_precision() -> None:
+    """Under a caller's bf16 autocast the sums stay in float32 (a bf16 dot product over 784
+    pixels of logits ~ 8 was measured off by up to 1 nat)."""
+    g = torch.Generator().manual_seed(2)
+    logits, x = torch.randn(16, 784, generator=g) * 8, (torch.rand(16, 784, generator=g) < 0.3).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = bernoulli_log_prob(logits, x)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, _reference(logits, x), rtol=1e-5, atol=1e-3)
+
+
+def test_dtypes_promote_like_torch() -> None:
+    logits = torch.randn(3, 4)
+    assert bernoulli_log_prob(logits, torch.ones(3, 4, dtype=torch.float64)).dtype == torch.float64
+    binary = torch.rand(3, 4) < 0.5
+    torch.testing.assert_close(bernoulli_log_prob(logits, binary), _reference(logits, binary.float()))
+
+
 def test_data_of_the_wrong_width_is_a_data_error() -> None:
-    with pytest.raises(DataError, match="5 values per point got data of 4"):
+    with pytest.raises(DataError, match=r"logits \(2, 5\) got data of shape \(2, 4\)"):
         bernoulli_log_prob(torch.zeros(2, 5), torch.zeros(2, 4))

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from avi.errors import ConfigError
+from avi.errors import ConfigError, DataError
 
 __all__ = ["BINARIZATIONS", "Dataset", "Splits", "bernoulli_draw", "shard_batches"]
 
@@ -17,19 +17,30 @@ BINARIZATIONS = ("dynamic", "static", "none")
 _INT64_MIN = torch.iinfo(torch.int64).min
 
 
+def bernoulli_threshold(p: Tensor) -> Tensor:
+    """2^16 p - 2^15 - 1/2, in place: with u uniform on the int16 values {-2^15, ..., 2^15 - 1},
+    u < threshold has probability ceil(2^16 p - 1/2) / 2^16, the multiple of 2^-16 nearest p
+    (halves rounded down; float32 may round either way within 2^-10 of a half)."""
+    return p.mul_(65536.0).sub_(32768.5)
+
+
 def bernoulli_draw(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """x ~ Bernoulli(p) elementwise, as 1[u < round(2^16 p)] with u uniform on {0, ..., 2^16 - 1}:
-    P(x = 1) = round(2^16 p) / 2^16, within 2^-17 of p (0 and 1 exact).
+    """x ~ Bernoulli(p) elementwise, from 16 random bits per element: P(x = 1) is p rounded to
+    a multiple of 2^-16 (:func:`bernoulli_threshold`), within 2^-17 of p; 0 and 1 are exact.
 
     Four draws come from each random 64-bit word, so the generator (one Mersenne-twister thread
     on a CPU) makes a quarter of the draws of ``uniform_`` and the whole draw is about 2.5x
-    faster. ``p`` is a fresh tensor that this function may overwrite (a gathered batch).
+    faster. ``p`` (float32 or float64) is a fresh tensor that this function overwrites with the
+    draw (a gathered batch); half-precision ``p`` is drawn in float32 and returned in its dtype.
     """
+    if not p.is_floating_point():
+        raise DataError(f"Bernoulli probabilities must be floating point, got {p.dtype}")
+    if p.dtype not in (torch.float32, torch.float64):
+        return bernoulli_draw(p.float(), generator).to(p.dtype)
     n = p.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=p.device)
     u = words.random_(_INT64_MIN, None, generator=generator).view(torch.int16)[:n].view(p.shape)
-    # u is uniform on {-2^15, ..., 2^15 - 1}; u + 2^15 < 2^16 p - 1/2  <=>  u < 2^16 p - 2^15 - 1/2
-    return p.mul_(65536.0).sub_(32768.5).gt_(u)
+    return bernoulli_threshold(p).gt_(u)
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,8 @@ class Dataset:
         return self.x.shape[1]
 
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The observations of the points ``index``: (B, D); a fresh binarisation x ~ Bernoulli(p)
-        of a dynamic data set (:func:`bernoulli_draw`)."""
+        """The observations of the points ``index`` (a 1-D integer tensor): (B, D); a fresh
+        binarisation x ~ Bernoulli(p) of a dynamic data set (:func:`bernoulli_draw`)."""
         x = torch.index_select(self.x, 0, index)  # a row gather, several times faster than x[index]
         return bernoulli_draw(x, generator) if self.dynamic else x
 
