@@ -12,6 +12,7 @@ import torch
 from avi.precision import bf16_supported
 from avi.runs import evaluate as evaluate_module
 from avi.runs.evaluate import run_evaluate
+from avi.runs.train import load_trained
 from tests.runs.test_distributed import run_ranks
 
 
@@ -81,6 +82,22 @@ def test_device_and_precision_options(run_avi, fitted) -> None:
     if not torch.cuda.is_available():
         bad = run_avi("evaluate", str(run), "--device", "cuda")
         assert bad.returncode == 2 and "no CUDA GPU" in bad.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_run_trained_on_a_gpu_is_evaluated_on_the_cpu_here(run_avi, fitted) -> None:
+    run = fitted()
+    expected = json.loads(run_avi("evaluate", str(run), "--k", "50", "--json").stdout)["log_likelihood"]
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["device"] = "cuda"  # as written by `avi fit --device cuda` on a GPU machine
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_trained(run).device == torch.device("cpu")
+    for args in ([], ["--device", "cpu"]):
+        result = run_avi("evaluate", str(run), "--k", "50", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["log_likelihood"] == pytest.approx(expected, abs=1e-6)
+    bad = run_avi("evaluate", str(run), "--device", "cuda")  # asking for the GPU here is still an error
+    assert bad.returncode == 2 and "no CUDA GPU" in bad.stderr
 
 
 def test_bf16_without_hardware_support_falls_back_to_fp32(fitted, monkeypatch) -> None:

@@ -78,12 +78,12 @@ def run_evaluate(
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
-    run = load_trained(run_dir)
+    run = load_trained(run_dir, None if device is None else resolve_device(device))
     config = run.config
     k = config.evaluate.k if k is None else k
     if k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}")
-    target = run.device if device is None else resolve_device(device)
+    target = run.device
     if distributed.init_from_env(target):
         atexit.register(distributed.shutdown)
     if target.type == "cuda" and target.index is None:  # this process's GPU (LOCAL_RANK under torchrun)

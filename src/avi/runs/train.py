@@ -71,13 +71,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _device_here(name: str) -> torch.device:
+    """The device ``name`` where this machine has it, else the CPU."""
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        return torch.device("cpu")
+
+
 def default_run_dir(config: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{config.model.name}-{config.inference.strategy}"
 
 
-def _build(config: Config) -> TrainedRun:
-    device = resolve_device(config.train.device)
+def _build(config: Config, device: torch.device | None = None) -> TrainedRun:
+    device = resolve_device(config.train.device) if device is None else device
     torch.manual_seed(config.train.seed)
     splits = load_splits(config)
     model = build_model(config, splits.train.dim)
@@ -88,10 +96,13 @@ def _build(config: Config) -> TrainedRun:
     return TrainedRun(config, model.to(device), posterior.to(device), splits, device)
 
 
-def load_trained(run_dir: str | Path) -> TrainedRun:
-    """Rebuild a run's model and posterior and load the weights of its last checkpoint."""
+def load_trained(run_dir: str | Path, device: torch.device | None = None) -> TrainedRun:
+    """Rebuild a run's model and posterior on ``device`` and load the weights of its last
+    checkpoint; by default on the device it trained on, or the CPU where this machine lacks it
+    (a run trained on a GPU can be evaluated and reported on a machine without one)."""
     run_dir = require_run(run_dir)
-    run = _build(read_config(run_dir))
+    config = read_config(run_dir)
+    run = _build(config, _device_here(config.train.device) if device is None else device)
     _load_weights(run, _load_state(run_dir / CHECKPOINT), run_dir)
     run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run
