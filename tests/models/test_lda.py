@@ -59,6 +59,21 @@ def test_local_step_equals_the_explicit_phi_updates() -> None:
     torch.testing.assert_close(local.sstats, torch.einsum("dw,dwk->kw", counts, phi), rtol=1e-12, atol=1e-12)
 
 
+def test_a_word_no_topic_generates_does_not_make_nan() -> None:
+    """E[log beta_kw] = -1000 for one word in every topic: exp underflows, Z_dw = 0, and the
+    documents without that word keep finite gammas and statistics equal to those without it."""
+    model, counts, lam = _tiny()
+    elog_beta = expected_log_dirichlet(lam)
+    padded = torch.cat([elog_beta, torch.full((elog_beta.shape[0], 1), -1000.0, dtype=elog_beta.dtype)], 1)
+    with_word = torch.cat([counts, torch.zeros(counts.shape[0], 1, dtype=counts.dtype)], 1)
+    local = LDA(model.num_topics, model.vocab_size + 1, alpha=model.alpha, eta=model.eta).local_step(with_word, padded)
+    reference = model.local_step(counts, elog_beta)
+    assert torch.isfinite(local.gamma).all() and torch.isfinite(local.sstats).all()
+    torch.testing.assert_close(local.gamma, reference.gamma)
+    torch.testing.assert_close(local.sstats[:, :-1], reference.sstats)
+    assert (local.sstats[:, -1] == 0).all()
+
+
 def test_local_step_stops_each_document_on_its_own_change() -> None:
     """A document's gamma is the same alone as in any batch (what makes minibatch ELBOs unbiased)."""
     model, counts, lam = _tiny()

@@ -120,6 +120,13 @@ def expected_log_dirichlet(concentration: Tensor) -> Tensor:
     return torch.digamma(concentration) - torch.digamma(concentration.sum(-1, keepdim=True))
 
 
+def _count_ratio(counts: Tensor, exp_elog_theta: Tensor, exp_elog_beta: Tensor) -> Tensor:
+    """n_dw / Z_dw with Z_dw = sum_k exp(E log theta_dk + E log beta_kw), Z floored at the
+    smallest normal number: a word no topic gives any mass to (Z underflows to 0) and that the
+    document does not contain contributes 0, not 0/0 (Hoffman et al.'s 1e-100 in float32)."""
+    return counts / (exp_elog_theta @ exp_elog_beta).clamp_min(torch.finfo(counts.dtype).tiny)
+
+
 class LocalFit(NamedTuple):
     """The local coordinate ascent's result for a batch of B documents: q(theta_d) = Dir(gamma_d)
     (B, K); the expected topic-word counts sum_d n_dw phi_dwk (K, V), with phi optimal given the
@@ -179,14 +186,14 @@ class LDA:
         iterations = 0
         while iterations < max_iterations and active.any():
             exp_elog_theta = expected_log_dirichlet(gamma).exp()
-            ratio = counts / (exp_elog_theta @ exp_elog_beta)
+            ratio = _count_ratio(counts, exp_elog_theta, exp_elog_beta)
             new = self.alpha + exp_elog_theta * (ratio @ exp_elog_beta.T)
             converged = (new - gamma).abs().mean(-1) < tol
             gamma = torch.where(active[:, None], new, gamma)
             active &= ~converged
             iterations += 1
         exp_elog_theta = expected_log_dirichlet(gamma).exp()
-        ratio = counts / (exp_elog_theta @ exp_elog_beta)
+        ratio = _count_ratio(counts, exp_elog_theta, exp_elog_beta)
         sstats = exp_elog_beta * (exp_elog_theta.T @ ratio)
         return LocalFit(gamma, sstats, iterations)
 
