@@ -228,13 +228,15 @@ def run_fit(
     optimizers = make_optimizers(
         run.model, run.posterior, lr=config.train.lr, local_lr=config.inference.local_lr, eps=config.train.adam_eps
     )
-    dense = next((opt for opt in optimizers if isinstance(opt, torch.optim.Adam)), None)
     # a score-function control variate: its state is checkpointed, a learned one (NVIL) trained
     baseline = build_baseline(config, run.model.data_dim)
     if baseline is not None:
         baseline.to(run.device)
         if list(baseline.parameters()):
             optimizers.append(torch.optim.Adam(baseline.parameters(), lr=config.train.lr, eps=config.train.adam_eps))
+    # the networks' optimisers (model and encoder, NVIL's baseline) follow train.lr_schedule; a
+    # per-datapoint table keeps its own local_lr
+    scheduled = [opt for opt in optimizers if isinstance(opt, torch.optim.Adam)]
     rows: list[dict[str, Any]] = []
     validation_params: Tensor | None = None
     start_epoch, wall_before = 0, 0.0
@@ -269,8 +271,8 @@ def run_fit(
     started = time.perf_counter()
     train: Dataset = run.splits.train.to(run.device)
     for epoch in range(start_epoch + 1, last_epoch + 1):
-        if dense is not None:
-            for group in dense.param_groups:
+        for opt in scheduled:
+            for group in opt.param_groups:
                 group["lr"] = learning_rate(config.train, epoch)
         hook = None
         if progress is not None and main:
