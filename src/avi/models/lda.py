@@ -123,7 +123,7 @@ def expected_log_dirichlet(concentration: Tensor) -> Tensor:
 def _count_ratio(counts: Tensor, exp_elog_theta: Tensor, exp_elog_beta: Tensor) -> Tensor:
     """n_dw / Z_dw with Z_dw = sum_k exp(E log theta_dk + E log beta_kw), Z floored at the
     smallest normal number: a word no topic gives any mass to (Z underflows to 0) and that the
-    document does not contain contributes 0, not 0/0 (Hoffman et al.'s 1e-100 in float32)."""
+    document does not contain contributes 0, not 0/0 (the role of the 1e-100 Hoffman et al. add in float64)."""
     return counts / (exp_elog_theta @ exp_elog_beta).clamp_min(torch.finfo(counts.dtype).tiny)
 
 
