@@ -76,17 +76,23 @@ def epochs_done(run_dir: Path) -> int:
     return read_json(summary)["epochs_done"] if summary.exists() else 0
 
 
-def train(run_dir: Path, config, *, deadline: float, chunk: int, max_epochs: int) -> None:
-    """Train in chunks of ``chunk`` epochs until ``max_epochs`` are done or the deadline passes."""
+def train(run_dir: Path, config, *, deadline: float, max_epochs: int) -> None:
+    """Train until ``max_epochs`` are done or the deadline passes, in calls of ``run_fit`` (each
+    rebuilds the run from its checkpoint, about 2 s): the first of one epoch, each next sized
+    from the measured time per epoch to end at the deadline (at most 100 epochs)."""
+    chunk = 1
     while time.monotonic() < deadline:
         done = epochs_done(run_dir)
         if done >= max_epochs:
             return
         target = min(done + chunk, max_epochs)
+        started = time.monotonic()
         if (run_dir / CHECKPOINT).exists():
             run_fit(run_dir=run_dir, resume=True, epochs=target)
         else:
             run_fit(config, run_dir, epochs=target)
+        per_epoch = (time.monotonic() - started) / (target - done)
+        chunk = max(1, min(100, int((deadline - time.monotonic()) / per_epoch)))
 
 
 def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
@@ -143,7 +149,7 @@ def main() -> None:
         config = config_for(name, batch_size=args.batch_size, lr=args.lr, threads=args.threads, precision=precision)
         started = time.monotonic()
         passes = 2 if args.quick else PASSES
-        train(run_dir, config, deadline=started + budget, chunk=2 if args.quick else 10, max_epochs=passes)
+        train(run_dir, config, deadline=started + budget, max_epochs=passes)
         results[name] = evaluate(run_dir, k=args.k, points=None if epochs_done(run_dir) >= passes else args.eval_points)
         results[name].update(passes_total=PASSES, published_nll=PUBLISHED[name]["nll"],
                              published_active_units=PUBLISHED[name]["active_units"])  # fmt: skip
