@@ -122,6 +122,44 @@ def _last_wall_seconds(run_dir: Path) -> float | None:
     return float(rows[-1]["wall_seconds"]) if rows else None
 
 
+def plot_progress(state: Path, runs: dict, out: Path) -> None:
+    """``out`` (PNG): each run's training bound per pass (train ELBO for the VAE, the k = 5 IWAE
+    bound for the IWAE; negated, in nats) on a log axis with the schedule's stage ends, its
+    latest test NLL as a point, and the published NLLs as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ends = [sum(3**j for j in range(i + 1)) for i in range(8)]
+    for end in ends:
+        ax.axvline(end, color="0.9", lw=0.8, zorder=0)
+    for (name, label), color in zip((("vae_k1", "VAE, k = 1"), ("iwae_k5", "IWAE, k = 5")), ("C0", "C1")):
+        metrics = state / name / "metrics.csv"
+        if not metrics.exists():
+            continue
+        with metrics.open() as f:
+            rows = list(csv.DictReader(f))
+        ax.plot([int(r["epoch"]) for r in rows], [-float(r["train_objective"]) for r in rows], color=color,
+                lw=1, label=f"{label}: training bound")  # fmt: skip
+        if name in runs:
+            r = runs[name]
+            ax.plot([r["passes_done"]], [r["test_nll"]], "o", color=color,
+                    label=f"{label}: test NLL {r['test_nll']:.2f} ({r['test_points']:,} points)")  # fmt: skip
+        ax.axhline(PUBLISHED[name]["nll"], color=color, ls="--", lw=0.8, label=f"{label}: Burda et al. {PUBLISHED[name]['nll']}")
+    ax.set_xscale("log")
+    ax.set_xlim(1, PASSES)
+    ax.set_ylim(84, 110)
+    ax.set_xlabel("pass over the 60,000 training images (stage ends in grey)")
+    ax.set_ylabel("nats (lower is better)")
+    ax.set_title("Reproducing Burda et al. (2016), Table 1, one stochastic layer")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
@@ -169,6 +207,7 @@ def main() -> None:
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_progress(args.state, runs, args.out.with_suffix(".png"))
     for name, r in results.items():
         print(f"{name}: {r['passes_done']}/{PASSES} passes, test NLL {r['test_nll']:.2f} "
               f"(published {r['published_nll']}), active units {r['active_units']} (published {r['published_active_units']})")  # fmt: skip
