@@ -15,7 +15,17 @@ import torch.distributed as dist
 
 from avi.errors import ConfigError
 
-__all__ = ["all_reduce_sum", "barrier", "init_from_env", "is_main", "rank", "shutdown", "world_size"]
+__all__ = [
+    "all_reduce_sum",
+    "barrier",
+    "gather_shards",
+    "init_from_env",
+    "is_main",
+    "rank",
+    "shard",
+    "shutdown",
+    "world_size",
+]
 
 #: the variables torchrun sets for every process; all or none must be present
 RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -85,6 +95,26 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(tensor)
     return tensor
+
+
+def shard(n: int) -> range:
+    """This process's contiguous share of n items (rank r of R: from n r // R to n (r + 1) // R);
+    all of them in a single process."""
+    size, here = world_size(), rank()
+    return range(n * here // size, n * (here + 1) // size)
+
+
+def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Every process's rows for its :func:`shard` of n items, concatenated in item order, on
+    every process; ``local`` itself in a single process."""
+    size = world_size()
+    if size == 1:
+        return local
+    padded = local.new_zeros((-(-n // size), *local.shape[1:]))  # all_gather wants equal shapes
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: n * (r + 1) // size - n * r // size] for r, part in enumerate(parts)])
 
 
 def barrier() -> None:

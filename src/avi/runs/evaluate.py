@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from avi.data.files import load_array_file
@@ -115,7 +114,7 @@ def run_evaluate(
     # dimension for an inverse autoregressive flow
     collapse = collapse_diagnostics(run.model, posterior, x[:DIAGNOSTIC_POINTS], batch_size=MI_BATCH_SIZE)
     n = x.shape[0]
-    shard = _shard(n)
+    shard = distributed.shard(n)
     done = 0
 
     def report(count: int) -> None:
@@ -163,24 +162,9 @@ def run_evaluate(
     return result
 
 
-def _shard(n: int) -> range:
-    """This process's contiguous share of n points: all of them in a single process."""
-    size, rank = distributed.world_size(), distributed.rank()
-    return range(n * rank // size, n * (rank + 1) // size)
-
-
 def _gathered(local: LogLikelihood, n: int) -> LogLikelihood:
     """The per-point estimates of every process's shard, in point order, on every process."""
-    size = distributed.world_size()
-    if size == 1:
-        return local
-    longest = -(-n // size)
-    rows = torch.full((2, longest), math.nan, dtype=local.value.dtype, device=local.value.device)
-    rows[0, : local.value.numel()], rows[1, : local.stderr.numel()] = local.value, local.stderr
-    parts = [torch.empty_like(rows) for _ in range(size)]
-    dist.all_gather(parts, rows)
-    lengths = [n * (r + 1) // size - n * r // size for r in range(size)]
-    value, stderr = torch.cat([p[:, :m] for p, m in zip(parts, lengths)], dim=1)
+    value, stderr = distributed.gather_shards(torch.stack([local.value, local.stderr], dim=1), n).T
     return LogLikelihood(value, stderr, local.k)
 
 

@@ -129,28 +129,34 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 def _validate(run: TrainedRun, validation_params: Tensor | None) -> tuple[dict[str, float], Tensor | None]:
-    """Validation ELBO terms; a per-datapoint run first refines its validation table (warm start)."""
+    """Mean validation ELBO terms, each process scoring its shard of the points (the sums
+    all-reduced). A per-datapoint run first refines its shard of the validation table (warm
+    start); the refined table is gathered on every process."""
     data = run.splits.validation
-    if len(data) == 0:
+    n = len(data)
+    if n == 0:
         return {"val_elbo": float("nan"), "val_reconstruction": float("nan"), "val_kl": float("nan")}, None
+    rows = distributed.shard(n)
+    x = data.x[rows.start : rows.stop].to(run.device)
     posterior = run.posterior
     if isinstance(posterior, LocalPosterior):
         if validation_params is None:
-            validation_params = posterior.family.initial_params(len(data)).to(run.device)
-        validation_params = refine_params(
+            validation_params = posterior.family.initial_params(n).to(run.device)
+        local = refine_params(
             run.model,
             posterior.family,
-            data.x,
-            validation_params,
+            x,
+            validation_params[rows.start : rows.stop],
             steps=run.config.inference.validation_steps,
             lr=run.config.inference.local_lr,
         )
-        posterior = LocalPosterior(len(data), posterior.family, initial=validation_params)
-    value, reconstruction, kl = elbo_per_point(run.model, posterior, data)
-    return (
-        {"val_elbo": value.mean().item(), "val_reconstruction": reconstruction.mean().item(), "val_kl": kl.mean().item()},
-        validation_params,
-    )
+        validation_params = distributed.gather_shards(local, n)
+        posterior = LocalPosterior(len(rows), posterior.family, initial=local)
+    sums = torch.zeros(3, device=run.device)
+    if len(rows):
+        sums += torch.stack(elbo_per_point(run.model, posterior, x)).sum(dim=1)
+    value, reconstruction, kl = (distributed.all_reduce_sum(sums) / n).tolist()
+    return {"val_elbo": value, "val_reconstruction": reconstruction, "val_kl": kl}, validation_params
 
 
 #: points of the per-epoch collapse diagnostics: the mutual-information estimate compares every
@@ -160,7 +166,8 @@ DIAGNOSTIC_POINTS = 1000
 
 def _diagnostics(run: TrainedRun, validation_params: Tensor | None) -> dict[str, Any]:
     """Collapse diagnostics on the first 1,000 validation points (on the first 1,000 training
-    points, with a fixed binarisation, when there is no validation split)."""
+    points, with a fixed binarisation, when there is no validation split); computed by the main
+    process alone, the one that writes them."""
     data, posterior = run.splits.validation, run.posterior
     if len(data) == 0:
         data = run.splits.train.subset(slice(0, DIAGNOSTIC_POINTS)).binarized(run.config.data.seed + 2)
@@ -296,7 +303,7 @@ def run_fit(
         stats, encoder_steps = result if aggressive else (result, 0)
         with full_precision(run.model, run.posterior):  # metrics in fp32 whatever the training precision
             val, validation_params = _validate(run, validation_params)
-            diagnostics = _diagnostics(run, validation_params)
+            diagnostics = _diagnostics(run, validation_params) if main else {}
         rows.append(
             {
                 **_row(epoch, stats, val, wall_before + time.perf_counter() - started),
