@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from avi.evaluation import gaps as gap_estimates
+from avi.runs.gaps import MEMORY_BUDGET, run_gaps
+
 PPCA_JOB = """
 [model]
 name = "ppca"
@@ -114,3 +117,22 @@ def test_bad_gaps_and_refinement_input_is_one_line_with_exit_code_2(
     fitted = run_avi("fit", str(small_config(1)), "--strategy", "per-datapoint", "--out", str(run))
     assert fitted.returncode == 0, fitted.stderr
     _one_line_error(run_avi("gaps", str(run)), "needs an amortized posterior")
+
+
+def test_ais_chunks_follow_a_memory_budget(run_avi, small_config, tmp_path: Path, monkeypatch) -> None:
+    """AIS keeps every chain's activations for its gradient: without ``evaluate.memory_budget``
+    ``avi gaps`` sizes its chunks by :data:`MEMORY_BUDGET` MiB, not a fixed 100 points of k
+    chains (18 GiB for k = 5,000 on the MNIST preset)."""
+    run = tmp_path / "run"
+    assert run_avi("fit", str(small_config(1)), "--out", str(run)).returncode == 0
+    budgets: list[float | None] = []
+    ais = gap_estimates.ais_log_likelihood
+
+    def spy(*args, **kwargs):
+        budgets.append(kwargs.get("memory_budget"))
+        return ais(*args, **kwargs)
+
+    monkeypatch.setattr(gap_estimates, "ais_log_likelihood", spy)
+    result = run_gaps(run, k=8, points=10, steps=5, ais_steps=2)
+    assert result["log_likelihood_method"] == "ais" and math.isfinite(result["log_likelihood"])
+    assert budgets == [MEMORY_BUDGET]

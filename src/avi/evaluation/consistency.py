@@ -71,7 +71,7 @@ def linear_probe_accuracy(
     train = ((train_features - mean) / std).double()
     test = ((test_features - mean) / std).double()
     classes = int(max(train_labels.max(), test_labels.max())) + 1
-    weight = torch.zeros(train.shape[1] + 1, classes, dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(train.shape[1] + 1, classes, dtype=torch.float64, device=train.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight], max_iter=max_iter, line_search_fn="strong_wolfe")
     targets = train_labels.long()
 

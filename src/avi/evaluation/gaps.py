@@ -59,6 +59,7 @@ def gap_decomposition(
     refine_samples: int = 4,
     ais_steps: int = 0,
     batch_size: int = 1000,
+    memory_budget: float | None = None,
 ) -> GapDecomposition:
     """Decompose the inference gap of ``posterior`` (any module with ``params(x)`` and a
     ``family``) on the points x (N, D).
@@ -70,7 +71,8 @@ def gap_decomposition(
     otherwise the IWAE bound with k samples drawn from q* (a lower bound, so the approximation
     gap is then a lower bound on the true one too); with ``ais_steps`` > 0 it is annealed
     importance sampling from q* instead (:func:`ais_log_likelihood`, k chains), a tighter
-    estimate at the cost of ``ais_steps`` HMC steps per chain.
+    estimate at the cost of ``ais_steps`` HMC steps per chain. ``memory_budget`` (MiB) sizes the
+    chunks of either estimate (:func:`log_likelihood`, :func:`ais_log_likelihood`).
     """
     if not hasattr(posterior, "params") or not hasattr(posterior, "family") or isinstance(posterior, LocalPosterior):
         raise ConfigError("the gap decomposition needs an amortized posterior (an encoder), not per-datapoint VI")
@@ -98,8 +100,8 @@ def gap_decomposition(
         with torch.no_grad():
             log_px, method = model.exact_log_marginal(x), "exact"
     elif ais_steps > 0:
-        log_px, method = ais_log_likelihood(model, optimal, x, steps=ais_steps, chains=k).value, "ais"
+        log_px, method = ais_log_likelihood(model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget).value, "ais"
     else:
-        log_px, method = log_likelihood(model, optimal, x, k=k).value, "iwae"
+        log_px, method = log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget).value, "iwae"
     ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))
     return GapDecomposition(ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a))

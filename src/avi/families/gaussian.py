@@ -53,18 +53,24 @@ class FullRankGaussian:
         self.param_size = latent_dim + latent_dim * (latent_dim + 1) // 2
         self._rows, self._cols = torch.tril_indices(latent_dim, latent_dim, offset=-1)
 
+    def _strictly_lower(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Row and column indices of the strictly-lower entries, on ``device``."""
+        return self._rows.to(device), self._cols.to(device)
+
     def __call__(self, params: Tensor) -> Distribution:
         k = self.latent_dim
         loc, raw_diag, off = params.split([k, k, self.param_size - 2 * k], dim=-1)
         tril = torch.diag_embed(F.softplus(raw_diag))
-        tril[..., self._rows, self._cols] = off
+        rows, cols = self._strictly_lower(params.device)
+        tril[..., rows, cols] = off
         return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
     def params_of(self, q: Distribution) -> Tensor:
         """The lambda that gives q (inverse of ``__call__``): (B, P)."""
         tril = q.scale_tril
         diag = inverse_softplus(torch.diagonal(tril, dim1=-2, dim2=-1))
-        off = tril[..., self._rows, self._cols]
+        rows, cols = self._strictly_lower(tril.device)
+        off = tril[..., rows, cols]
         return torch.cat([q.mean, diag, off], dim=-1)
 
     def initial_params(self, n: int, scale: float = 1.0) -> Tensor:

@@ -25,8 +25,8 @@ from avi.inference.refine import infer
 from avi.runs import distributed
 from avi.runs.build import prepare_data
 from avi.runs.collapse import MI_BATCH_SIZE
-from avi.runs.rundir import EVALUATION, write_json
-from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, load_trained, resolve_device
+from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
+from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, available_device, load_trained, resolve_device
 
 __all__ = ["run_evaluate"]
 
@@ -77,19 +77,17 @@ def run_evaluate(
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
-    run = load_trained(run_dir, None if device is None else resolve_device(device))
-    config = run.config
-    k = config.evaluate.k if k is None else k
-    if k < 1:
+    if k is not None and k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}")
-    target = run.device
-    if distributed.init_from_env(target):
+    run_dir = require_run(run_dir)
+    target = available_device(read_config(run_dir).train.device) if device is None else resolve_device(device)
+    if distributed.init_from_env(target):  # joined first, so that a CUDA run builds on this rank's GPU
         atexit.register(distributed.shutdown)
     if target.type == "cuda" and target.index is None:  # this process's GPU (LOCAL_RANK under torchrun)
         target = torch.device("cuda", torch.cuda.current_device())
-    run.device = target
-    run.model.to(target)
-    run.posterior.to(target)
+    run = load_trained(run_dir, target)
+    config = run.config
+    k = config.evaluate.k if k is None else k
     if precision == "bf16" and not (bf16_supported(run.device) and fast_path(run.model)):
         precision = "fp32"
     memory_budget = config.evaluate.memory_budget if memory_budget is None else memory_budget

@@ -41,7 +41,7 @@ from avi.runs.rundir import (
 )
 from avi.runs.tracking import open_trackers
 
-__all__ = ["ProgressHook", "TrainedRun", "default_run_dir", "load_trained", "resolve_device", "run_fit"]
+__all__ = ["ProgressHook", "TrainedRun", "available_device", "default_run_dir", "load_trained", "resolve_device", "run_fit"]
 
 #: called as hook(epoch, examples_done, examples_total, running_objective_sums) on the main rank
 ProgressHook = Callable[[int, int, int, Tensor], None]
@@ -68,10 +68,12 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use 'cpu', 'cuda' or 'auto'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 
-def _device_here(name: str) -> torch.device:
+def available_device(name: str) -> torch.device:
     """The device ``name`` where this machine has it, else the CPU."""
     try:
         return resolve_device(name)
@@ -102,7 +104,7 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None) -> Tra
     (a run trained on a GPU can be evaluated and reported on a machine without one)."""
     run_dir = require_run(run_dir)
     config = read_config(run_dir)
-    run = _build(config, _device_here(config.train.device) if device is None else device)
+    run = _build(config, available_device(config.train.device) if device is None else device)
     _load_weights(run, _load_state(run_dir / CHECKPOINT), run_dir)
     run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run
@@ -257,8 +259,12 @@ def run_fit(
                 raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if run.device.type == "cuda" and state.get("cuda_rng") is not None:  # the GPU's draws continue too
+            torch.cuda.set_rng_state(state["cuda_rng"], run.device)
         rows, start_epoch = state["metrics"], state["epoch"]
         validation_params = state.get("validation_params")
+        if validation_params is not None:
+            validation_params = validation_params.to(run.device)
         wall_before = rows[-1]["wall_seconds"] if rows else 0.0
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,6 +328,7 @@ def run_fit(
                     "optimizers": [opt.state_dict() for opt in optimizers],
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
                     "metrics": rows,
                     "epoch": epoch,
                     "validation_params": validation_params,
