@@ -85,7 +85,8 @@ class MovingAverageBaseline(nn.Module):
     def update(self, x: Tensor, signal: Tensor) -> None:
         """Move b towards mean(signal); ``signal``: (S, B)."""
         mean = signal.mean().to(self.value.dtype)
-        self.value.copy_(mean if self.value.isnan() else self.decay * self.value + (1 - self.decay) * mean)
+        # torch.where, not a Python branch on the value: no host synchronisation per step on a GPU
+        self.value.copy_(torch.where(self.value.isnan(), mean, self.decay * self.value + (1 - self.decay) * mean))
 
 
 class NVILBaseline(nn.Module):
