@@ -29,14 +29,12 @@ benchmarks/results/amortized_local_latents.json).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import brief_run_facts, write_report
 from torch.distributions import kl_divergence
 
 from avi.baselines.compare import posterior_errors
@@ -126,11 +124,9 @@ def main() -> None:
     result = {
         "benchmark": "amortized_local_latents", "quick": args.quick, "mode": mode,
         "methods": {r.pop("method"): r for r in rows},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **brief_run_facts(),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_report(args.out, result)
     print(f"wrote {args.out}")
 
 

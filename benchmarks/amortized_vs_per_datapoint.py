@@ -40,19 +40,17 @@ Usage: ``python benchmarks/amortized_vs_per_datapoint.py [--quick] [--out PATH] 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from machine import run_facts, write_report
 from torch import Tensor, nn
 
 from avi.encoders import AmortizedPosterior
@@ -301,15 +299,9 @@ def main() -> None:
         ),
         "training": training,
         "quick": args.quick,
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "seconds": time.perf_counter() - started,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(started),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print_summary(report, args.out)
 
 

@@ -23,17 +23,15 @@ a Markdown table (same name, ``.md``). torch runs on one thread (shared cores).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import run_facts, write_report
 
 from avi.data.transforms import TRANSFORMS, make_transform
 from avi.evaluation import elbo_per_point
@@ -178,17 +176,10 @@ def main() -> None:
         "quick": args.quick,
         "data": "MNIST: first train_points of avi's shuffled training split (dynamic binarisation); "
         "metrics on the first test_points test images (fixed binarisation)",
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "seconds": time.perf_counter() - started,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(started),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
-    args.out.with_suffix(".md").write_text(table)
+    write_report(args.out, report, table)
     print(table)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')} ({report['seconds']:.0f} s)")
 

@@ -47,16 +47,14 @@ benchmarks/results/estimators.json).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import brief_run_facts, write_report
 from torch import Tensor, nn
 
 from avi.data import load_mnist
@@ -272,12 +270,10 @@ def main() -> None:
                       "lr": 1e-3, "grad_draws": ppca_draws, "test_log_px": float(model.exact_log_marginal(x[2000:]).mean())},  # fmt: skip
             "estimators": ppca,
         },
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **brief_run_facts(),
     }
     assert all(math.isfinite(r["elbo"]) for r in [*discrete.values(), *ppca.values()])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

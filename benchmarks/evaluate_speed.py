@@ -32,21 +32,18 @@ Usage: ``python benchmarks/evaluate_speed.py [--quick] [--out PATH]``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus
+from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus, run_facts, write_report
 
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
@@ -210,7 +207,7 @@ def main() -> None:
         results["bf16"] = None
     results["fp32_2proc"] = two_processes(model, posterior, x[:two_process_points])
     results["previous"] = timed("previous", lambda: previous_log_likelihood(model, posterior, test[:previous_points], K), previous_points)
-    seconds = time.perf_counter() - started
+    facts = run_facts(started)
     others = other_processes_cpus(before)
 
     fp32_values = results["fp32"].pop("values")
@@ -243,19 +240,14 @@ def main() -> None:
         "model": "VAE 784-400-20 (Bernoulli), mean-field encoder 784-400-40, one epoch of Adam lr 1e-3 at batch 100",
         "data": "MNIST test (bytes / 255), one Bernoulli binarisation (seed 1)",
         "quick": args.quick,
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "machine": cpu_name(),
+        **facts,
+        "machine": cpu_name(),  # the CPU's model name, not the processor type
         "cpu_count": os.cpu_count(),
         "load_average_1min_before": load_before[0],
         "load_average_1min_after": os.getloadavg()[0],
         "other_processes_cpus": others,
-        "seconds": seconds,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
 
     label = f" (extrapolated from {points} points)" if points != TEST_POINTS else ""
     print(f"IWAE k={K} on the 10,000 MNIST test points, 784-400-20 VAE, {report['threads']} threads{label}:")

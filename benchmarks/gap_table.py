@@ -33,17 +33,16 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import run_facts, write_report
 
 from avi.evaluation import gap_decomposition
 from avi.runs.build import load_splits
@@ -254,20 +253,12 @@ def main() -> None:
         },
         "published": CREMER_NOTE,
         "quick": args.quick,
-        "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         #: 1, 5 and 15-minute load averages of the shared machine, at start and end
         "load_average": {"start": load_before, "end": os.getloadavg()},
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "seconds": time.perf_counter() - started,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(started),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    args.out.with_suffix(".md").write_text(table)
+    write_report(args.out, report, markdown(report))
     print(
         f"inference gaps on MNIST ({mode.points} test points, {mode.epochs} epoch(s) each), nats per point:"
     )

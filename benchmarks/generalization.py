@@ -28,17 +28,15 @@ JSON and a Markdown table (same name, ``.md``). torch runs on one thread (shared
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import run_facts, write_report
 
 from avi.evaluation import gap_decomposition
 from avi.inference import fit
@@ -197,17 +195,10 @@ def main() -> None:
         "quick": args.quick,
         "data": "MNIST: first train_points of avi's shuffled training split (dynamic binarisation); "
         "gap points: the first of them with one fixed binarisation, and the first test images",
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "seconds": time.perf_counter() - started,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(started),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
-    args.out.with_suffix(".md").write_text(table)
+    write_report(args.out, report, table)
     print(table)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')} ({report['seconds']:.0f} s)")
 

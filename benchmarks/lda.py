@@ -34,15 +34,13 @@ benchmarks/results/lda.json).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import brief_run_facts, write_report
 from torch import Tensor
 
 from avi.data import Dataset
@@ -146,11 +144,9 @@ def main() -> None:
     result = {
         "benchmark": "lda", "quick": args.quick, "mode": mode, "alpha": ALPHA, "eta": ETA,
         "methods": methods, "true_topics": {"heldout_perplexity": reference},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **brief_run_facts(),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_report(args.out, result)
     print(f"wrote {args.out}")
 
 

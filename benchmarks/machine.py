@@ -1,17 +1,29 @@
-"""What the benchmarks record about the machine: the CPU's name, its matrix-product peak on the
-benchmark's threads, and how busy other processes kept it."""
+"""What the benchmarks record about the machine and the run (the CPU's name, its matrix-product
+peak on the benchmark's threads, how busy other processes kept it, versions, times), and how they
+write their reports."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["CpuSnapshot", "cpu_name", "cpu_snapshot", "matmul_gflops", "other_processes_cpus"]
+__all__ = [
+    "CpuSnapshot",
+    "brief_run_facts",
+    "cpu_name",
+    "cpu_snapshot",
+    "matmul_gflops",
+    "other_processes_cpus",
+    "run_facts",
+    "write_report",
+]
 
 
 class CpuSnapshot(NamedTuple):
@@ -68,3 +80,42 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int =
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_facts(started: float) -> dict[str, Any]:
+    """The facts that end a report: torch's threads, the torch and Python versions, the processor
+    type, the seconds since ``started`` (a ``time.perf_counter()`` reading) and the UTC time."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "seconds": time.perf_counter() - started,
+        "timestamp": _utc_now(),
+    }
+
+
+def brief_run_facts() -> dict[str, Any]:
+    """The facts that end the reports keeping them as ``machine`` (the Python and torch versions,
+    torch's threads) and ``date`` (the UTC time)."""
+    return {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "date": _utc_now(),
+    }
+
+
+def write_report(path: Path, report: dict[str, Any], markdown_table: str | None = None) -> None:
+    """Write ``report`` to ``path`` as indented JSON, making its folder, and ``markdown_table``
+    (when given) beside it with the suffix ``.md``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    if markdown_table is not None:
+        path.with_suffix(".md").write_text(markdown_table)

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import run_facts, write_report
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "scaling.json"
 
@@ -105,14 +103,10 @@ def main() -> None:
         "quick": args.quick,
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "seconds": time.perf_counter() - started,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(started),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    del report["threads"]  # each run sets its own
+    write_report(args.out, report)
     log(f"wrote {args.out} ({report['seconds']:.0f} s)")
 
 

@@ -37,14 +37,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -52,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus
+from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus, run_facts, write_report
 
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
@@ -237,7 +234,7 @@ def main() -> None:
     before = cpu_snapshot()
     started = time.perf_counter()
     results = {str(b): measure(x, b, s, rounds, warmup) for b, s in steps.items()}
-    seconds = time.perf_counter() - started
+    facts = run_facts(started)
     others = other_processes_cpus(before)
     summary = {
         "avi_steps_per_s": _field(results, 100, "avi", "steps_per_s"),
@@ -269,21 +266,16 @@ def main() -> None:
         "ratio_method": "median over rounds of (variant steps/s) / (plain steps/s) in the same round",
         "quick": args.quick,
         "rounds": rounds,
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
+        **facts,
+        "machine": cpu_name(),  # the CPU's model name, not the processor type
         "pyro_version": None if pyro is None else pyro.__version__,
-        "python_version": platform.python_version(),
-        "machine": cpu_name(),
         "cpu_count": os.cpu_count(),
         "matmul_peak_gflops": peak,
         "load_average_1min_before": load_before[0],
         "load_average_1min_after": os.getloadavg()[0],
         "other_processes_cpus": others,
-        "seconds": seconds,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
 
     print(
         f"train steps/s, torch {torch.__version__}, {report['threads']} threads, {rounds} rounds:"

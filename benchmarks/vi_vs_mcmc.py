@@ -25,13 +25,11 @@ benchmarks/results/vi_vs_mcmc.json; the figure is written beside it as a .png).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from machine import brief_run_facts, write_report
 
 from avi.baselines.compare import Comparison, Settings, compare, format_table, reference_moments, write_figure
 from avi.baselines.regression import BayesianLinearRegression, BayesianLogisticRegression, breast_cancer, synthetic_regression
@@ -89,11 +87,9 @@ def main() -> None:
         "methods": models["logistic_regression"]["methods"],
         "models": models,
         "seconds": time.perf_counter() - started,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **brief_run_facts(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_report(args.out, result)
     write_figure(list(comparisons.values()), args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {result['seconds']:.0f} s")
 

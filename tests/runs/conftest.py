@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-SMALL_JOB = """
+_SMALL_JOB = """
 [model]
-name = "vae"
-latent_dim = 2
+{model}
 hidden = [16]
 [data]
 source = "synthetic"
 synthetic_dim = 12
-synthetic_points = 600
+synthetic_points = {points}
 [train]
 epochs = {epochs}
 batch_size = 50
@@ -27,11 +27,18 @@ k = 20
 """
 
 
+def small_job(epochs: int = 3, points: int = 600, **model: str | int) -> str:
+    """The TOML of a small synthetic job: a VAE with 2 latents unless ``model`` sets other fields."""
+    fields = {"name": "vae", "latent_dim": 2, **model}
+    lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in fields.items())
+    return _SMALL_JOB.format(model=lines, points=points, epochs=epochs)
+
+
 @pytest.fixture
 def small_config(tmp_path: Path):
     def make(epochs: int = 3) -> Path:
         path = tmp_path / f"small-{epochs}.toml"
-        path.write_text(SMALL_JOB.format(epochs=epochs))
+        path.write_text(small_job(epochs))
         return path
 
     return make

@@ -7,19 +7,7 @@ from pathlib import Path
 
 import pytest
 
-JOB = """
-[model]
-latent_dim = 2
-hidden = [16]
-[data]
-source = "synthetic"
-synthetic_dim = 12
-synthetic_points = 400
-[train]
-epochs = {epochs}
-batch_size = 50
-threads = 1
-"""
+from tests.runs.conftest import small_job
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +19,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     runs = []
     for name, epochs in (("short", 1), ("long", 6)):
         path = root / f"{name}.toml"
-        path.write_text(JOB.format(epochs=epochs))
+        path.write_text(small_job(epochs, points=400))
         runs.append(run_fit(load_config(path), root / name))
     return runs[0], runs[1]
 

@@ -10,30 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-DISCRETE_JOB = """
-[model]
-name = "{model}"
-latent_dim = 3
-num_classes = 4
-hidden = [16]
-[data]
-source = "synthetic"
-synthetic_dim = 12
-synthetic_points = 300
-[train]
-epochs = {epochs}
-batch_size = 50
-threads = 1
-[evaluate]
-k = 20
-"""
+from tests.runs.conftest import small_job
 
 
 @pytest.fixture
 def discrete_config(tmp_path: Path):
     def make(model: str = "discrete-vae", epochs: int = 1) -> Path:
         path = tmp_path / f"{model}-{epochs}.toml"
-        path.write_text(DISCRETE_JOB.format(model=model, epochs=epochs))
+        path.write_text(small_job(epochs, points=300, name=model, latent_dim=3, num_classes=4))
         return path
 
     return make

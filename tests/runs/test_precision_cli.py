@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 
 from avi.precision import bf16_supported
-from tests.runs.conftest import SMALL_JOB
+from tests.runs.conftest import small_job
 
 
 def test_fit_precision_flag(run_avi, tmp_path: Path) -> None:
     """``avi fit --precision bf16`` trains in bf16 where the CPU has it and says it falls back
     otherwise; the summary records the precision used."""
     config = tmp_path / "job.toml"
-    config.write_text(SMALL_JOB.format(epochs=2))
+    config.write_text(small_job(2))
     run = tmp_path / "bf16"
     fitted = run_avi("fit", str(config), "--precision", "bf16", "--out", str(run))
     assert fitted.returncode == 0, fitted.stderr

@@ -7,21 +7,7 @@ from pathlib import Path
 
 import pytest
 
-JOB = """
-[model]
-latent_dim = 2
-hidden = [16]
-[data]
-source = "synthetic"
-synthetic_dim = 12
-synthetic_points = 300
-[train]
-epochs = 2
-batch_size = 50
-threads = 1
-[tracking]
-{tracker} = true
-"""
+from tests.runs.conftest import small_job
 
 
 def _fit(tmp_path: Path, tracker: str) -> tuple[Path, list[float]]:
@@ -29,7 +15,7 @@ def _fit(tmp_path: Path, tracker: str) -> tuple[Path, list[float]]:
     from avi.runs.train import run_fit
 
     config = tmp_path / "job.toml"
-    config.write_text(JOB.format(tracker=tracker))
+    config.write_text(small_job(2, points=300) + f"[tracking]\n{tracker} = true\n")
     run = run_fit(load_config(config), tmp_path / "run")
     with (run / "metrics.csv").open() as f:
         return run, [float(row["train_elbo"]) for row in csv.DictReader(f)]
