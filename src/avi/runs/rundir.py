@@ -28,6 +28,7 @@ __all__ = [
     "CHECKPOINT",
     "CONFIG",
     "METRICS",
+    "MetricsTable",
     "SUMMARY",
     "atomic_write_bytes",
     "read_config",
@@ -35,7 +36,6 @@ __all__ = [
     "require_run",
     "write_checkpoint",
     "write_json",
-    "write_metrics",
 ]
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, EVALUATION = (
@@ -76,15 +76,32 @@ def read_json(path: Path) -> Any:
         raise RunError(f"cannot read {path}: {err}") from None
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The whole metrics table, rewritten atomically (it is small), so it always matches the checkpoint."""
+class MetricsTable:
+    """A run's ``metrics.csv``: the whole table rewritten atomically after every epoch, so that it
+    always matches the checkpoint. ``write`` is given the run's rows so far, a list that only
+    grows; each row is formatted once (a write costs the bytes, not formatting every row again)
+    unless a row brings a new column, which reformats the table."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fields: list[str] = []
+        self._lines: list[str] = []
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        known = set(self._fields)
+        added = [k for row in rows[len(self._lines) :] for k in row if k not in known]
+        if added or len(rows) < len(self._lines):
+            # every column any row has (rows of a run resumed across versions may differ)
+            self._fields, self._lines = list(dict.fromkeys(k for row in rows for k in row)), []
+        self._lines += [_csv_line([row.get(k, "") for k in self._fields]) for row in rows[len(self._lines) :]]
+        header = _csv_line(self._fields) if rows else ""
+        atomic_write_bytes(self.path, "".join([header, *self._lines]).encode())
+
+
+def _csv_line(values: list[Any]) -> str:
     buffer = io.StringIO()
-    if rows:
-        # every column any row has (rows of a run resumed across versions may differ)
-        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue()
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:

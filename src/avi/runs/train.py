@@ -33,11 +33,11 @@ from avi.runs.rundir import (
     CONFIG,
     METRICS,
     SUMMARY,
+    MetricsTable,
     read_config,
     require_run,
     write_checkpoint,
     write_json,
-    write_metrics,
 )
 from avi.runs.tracking import open_trackers
 
@@ -278,6 +278,7 @@ def run_fit(
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config, baseline=baseline)
     trackers = open_trackers(config, run_dir) if main else []
+    metrics = MetricsTable(run_dir / METRICS)
     for row in rows:  # a resumed run's trackers see its history too
         for tracker in trackers:
             tracker.log(row)
@@ -335,7 +336,7 @@ def run_fit(
                     "baseline": None if baseline is None else baseline.state_dict(),
                 },
             )
-            write_metrics(run_dir / METRICS, rows)
+            metrics.write(rows)
             write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": epoch, "epochs": last_epoch})
             for tracker in trackers:
                 tracker.log(rows[-1])
