@@ -310,6 +310,8 @@ def run_fit(
         stats, encoder_steps = result if aggressive else (result, 0)
         with full_precision(run.model, run.posterior):  # metrics in fp32 whatever the training precision
             val, validation_params = _validate(run, validation_params)
+            # rank 0 writes them; the one reader of past rows' diagnostics (aggressive training's
+            # schedule) runs in a single process
             diagnostics = _diagnostics(run, validation_params) if main else {}
         rows.append(
             {
