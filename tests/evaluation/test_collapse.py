@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, LowRankMultivariateNormal, Normal
 
 from avi.data import Dataset
-from avi.encoders import AmortizedPosterior, mlp_encoder
+from avi.encoders import AmortizedPosterior, DenoisingEncoder, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import active_units
 from avi.evaluation.collapse import (
@@ -19,6 +19,7 @@ from avi.evaluation.collapse import (
     collapse_diagnostics,
     dimension_kl,
     mutual_information,
+    posterior_mean_variance,
 )
 from avi.families import make_family
 from avi.inference import fit
@@ -162,3 +163,24 @@ def test_dimension_kl_of_other_distributions_matches_their_gaussian_marginals(pp
 def test_dimension_kl_needs_a_factorised_prior(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     with pytest.raises(ConfigError, match="prior"):
         dimension_kl(ppca.exact_posterior(ppca_x), ppca.exact_posterior(ppca_x))
+
+
+def test_diagnostics_see_the_posterior_in_evaluation_mode(ppca: LinearGaussian) -> None:
+    """A denoising encoder left in training mode (as during training, where the diagnostics run
+    after every epoch): its input noise is off for the diagnostics. For 200 copies of one point
+    every posterior mean is the same, so no unit is active; with the noise on, Cov_x of the means
+    would be about sigma^2 times the encoder's squared gain per dimension."""
+    family = make_family("mean-field", 2)
+    posterior = AmortizedPosterior(DenoisingEncoder(mlp_encoder(5, (8,), family.param_size), 1.0), family).double()
+    assert posterior.training
+    x = torch.randn(1, 5, dtype=torch.float64).expand(200, 5)
+    diagnostics = collapse_diagnostics(ppca, posterior, x)
+    assert diagnostics.active_units == 0 and active_units(posterior, x) == 0
+    assert torch.equal(diagnostics.mean_variance, torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(posterior_mean_variance(posterior, x), torch.zeros(2, dtype=torch.float64))
+    assert posterior.training  # the caller's mode is restored
+    torch.manual_seed(0)
+    in_training_mode = mutual_information(posterior, x)
+    posterior.eval()
+    torch.manual_seed(0)
+    assert mutual_information(posterior, x) == in_training_mode  # the same draws, the same q

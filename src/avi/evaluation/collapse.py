@@ -20,6 +20,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.nn import eval_mode
 from avi.objectives.bounds import analytic_kl_or_none
 
 __all__ = [
@@ -65,8 +66,9 @@ def _batches(n: int, batch_size: int, device: torch.device) -> list[Tensor]:
 def posterior_mean_variance(posterior: nn.Module, x: Tensor, *, batch_size: int = 1000) -> Tensor:
     """Cov_x(E_q[z | x]) per latent dimension, (K,): how much each dimension's posterior mean
     moves across data points. Means come from ``q.mean``; for distributions without a closed-form
-    mean (flows), from 100 samples."""
-    return torch.cat([_mean(posterior(x[i], i)) for i in _batches(x.shape[0], batch_size, x.device)]).var(0)
+    mean (flows), from 100 samples. The posterior runs in evaluation mode (no training-only noise)."""
+    with eval_mode(posterior):
+        return torch.cat([_mean(posterior(x[i], i)) for i in _batches(x.shape[0], batch_size, x.device)]).var(0)
 
 
 def active_units(posterior: nn.Module, x: Tensor, *, threshold: float = 0.01) -> int:
@@ -131,14 +133,13 @@ def batch_mutual_information(q: Distribution, *, chunk_size: int = 256) -> Tenso
 @torch.no_grad()
 def mutual_information(posterior: nn.Module, x: Tensor, *, batch_size: int = 500) -> float:
     """I(x; z) in nats: :func:`batch_mutual_information` over consecutive batches of
-    ``batch_size`` points, averaged with weights the batch sizes (He et al. 2019's ``calc_mi``)."""
-    return (
-        sum(
-            batch_mutual_information(posterior(x[i], i)).sum().item()
-            for i in _batches(x.shape[0], batch_size, x.device)
+    ``batch_size`` points, averaged with weights the batch sizes (He et al. 2019's ``calc_mi``);
+    the posterior in evaluation mode."""
+    with eval_mode(posterior):
+        total = sum(
+            batch_mutual_information(posterior(x[i], i)).sum().item() for i in _batches(x.shape[0], batch_size, x.device)
         )
-        / x.shape[0]
-    )
+    return total / x.shape[0]
 
 
 @torch.no_grad()
@@ -152,11 +153,13 @@ def collapse_diagnostics(
 ) -> CollapseDiagnostics:
     """KL per dimension, active units (Cov_x(E_q[z_k|x]) > ``threshold``) and mutual information
     of ``posterior`` on x: (N, D), in one pass over batches of ``batch_size`` points (the batch of
-    the mutual-information estimate: it cannot exceed log ``batch_size``)."""
+    the mutual-information estimate: it cannot exceed log ``batch_size``), the posterior in
+    evaluation mode (a denoising encoder left in training mode would add its input noise)."""
     prior = model.prior()
     kl, means, mi = [], [], 0.0
     for index in _batches(x.shape[0], batch_size, x.device):
-        q = posterior(x[index], index)
+        with eval_mode(posterior):
+            q = posterior(x[index], index)
         kl.append(dimension_kl(q, prior).sum(0))
         means.append(_mean(q))
         mi += batch_mutual_information(q).sum().item()
