@@ -1,4 +1,5 @@
-"""Run-directory files: the metrics table written epoch by epoch equals the table written at once."""
+"""Run-directory files: the metrics table written epoch by epoch equals the table written at
+once; the checkpoint's metrics rows load back as written."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import io
 import math
 from pathlib import Path
 
-from avi.runs.rundir import MetricsTable
+import torch
+
+from avi.runs.rundir import MetricsTable, write_checkpoint
 
 
 def _at_once(rows: list[dict]) -> str:
@@ -43,3 +46,18 @@ def test_metrics_written_epoch_by_epoch_equal_the_whole_table(tmp_path: Path) ->
     MetricsTable(path).write(rows)
     with path.open(newline="") as f:
         assert f.read() == _at_once(rows)
+
+
+def test_checkpoint_metrics_load_back_as_the_rows(tmp_path: Path) -> None:
+    """The checkpoint's metrics rows, pickled in one piece, load back as a plain list of the same
+    rows (NaN included), beside the tensors."""
+    rows = [{"epoch": e, "train_elbo": -100.0 + e, "val_elbo": math.nan, "note": "x"} for e in range(1, 4)]
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, {"metrics": rows, "epoch": 3, "model": {"w": torch.arange(3.0)}})
+    state = torch.load(path, weights_only=False)
+    assert type(state["metrics"]) is list and state["epoch"] == 3
+    assert torch.equal(state["model"]["w"], torch.arange(3.0))
+    assert len(state["metrics"]) == 3
+    for got, expected in zip(state["metrics"], rows):
+        assert got.keys() == expected.keys() and math.isnan(got.pop("val_elbo"))
+        assert got == {k: v for k, v in expected.items() if k != "val_elbo"}
