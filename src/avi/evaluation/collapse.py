@@ -157,12 +157,12 @@ def collapse_diagnostics(
     evaluation mode (a denoising encoder left in training mode would add its input noise)."""
     prior = model.prior()
     kl, means, mi = [], [], 0.0
-    for index in _batches(x.shape[0], batch_size, x.device):
-        with eval_mode(posterior):
+    with eval_mode(posterior):
+        for index in _batches(x.shape[0], batch_size, x.device):
             q = posterior(x[index], index)
-        kl.append(dimension_kl(q, prior).sum(0))
-        means.append(_mean(q))
-        mi += batch_mutual_information(q).sum().item()
+            kl.append(dimension_kl(q, prior).sum(0))
+            means.append(_mean(q))
+            mi += batch_mutual_information(q).sum().item()
     mean_variance = torch.cat(means).var(0)
     return CollapseDiagnostics(
         torch.stack(kl).sum(0) / x.shape[0],
