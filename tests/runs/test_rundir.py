@@ -61,3 +61,13 @@ def test_checkpoint_metrics_load_back_as_the_rows(tmp_path: Path) -> None:
     for got, expected in zip(state["metrics"], rows):
         assert got.keys() == expected.keys() and math.isnan(got.pop("val_elbo"))
         assert got == {k: v for k, v in expected.items() if k != "val_elbo"}
+
+
+def test_checkpoint_loads_with_torch_load_defaults(tmp_path: Path) -> None:
+    """A checkpoint holds tensors and plain Python values only, so ``torch.load`` with its
+    default ``weights_only=True`` reads it (metrics rows included)."""
+    rows = [{"epoch": e, "train_elbo": -100.0 + e, "val_elbo": math.nan} for e in range(1, 4)]
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, {"metrics": rows, "epoch": 3, "model": {"w": torch.arange(3.0)}})
+    state = torch.load(path)
+    assert state["epoch"] == 3 and [row["epoch"] for row in state["metrics"]] == [1, 2, 3]
