@@ -115,3 +115,23 @@ def test_negative_steps_is_a_config_error(ppca: LinearGaussian, ppca_x: Tensor) 
     family = make_family("mean-field", 2)
     with pytest.raises(ConfigError, match="steps"):
         refine_params(ppca, family, ppca_x, family.initial_params(50).double(), steps=-1)
+
+
+def test_seeded_chunks_refine_the_same_in_pieces(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    """With a seed, each chunk's noise depends on the chunk alone: the 50 points refined as
+    chunks 0-13, 14-27 by one call and 28-41, 42-49 by another (first_index=28), after other
+    draws from the global generator, equal one call over all 50; the global generator is left
+    as it was. Without the seed the second piece would replay the first's noise."""
+    family = make_family("mean-field", 2)
+    initial = family.initial_params(50).double()
+    settings = {"steps": 5, "lr": LR, "batch_size": 14, "seed": 3}
+    torch.manual_seed(0)
+    whole = refine_params(ppca, family, ppca_x, initial, **settings)
+    torch.manual_seed(1)
+    first = refine_params(ppca, family, ppca_x[:28], initial[:28], **settings)
+    state = torch.random.get_rng_state()
+    second = refine_params(ppca, family, ppca_x[28:], initial[28:], first_index=28, **settings)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.testing.assert_close(torch.cat([first, second]), whole, rtol=0, atol=0)
+    other_seed = refine_params(ppca, family, ppca_x, initial, **{**settings, "seed": 4})
+    assert (other_seed != whole).any(1).all()  # every chunk's noise follows the seed

@@ -16,6 +16,7 @@ import torch
 
 from avi.evaluation.bounds import elbo_per_point
 from avi.inference import LocalPosterior
+from avi.runs import distributed
 from avi.runs.train import load_trained
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -85,6 +86,19 @@ def test_two_ranks_match_one_process(tmp_path: Path, strategy: str) -> None:
             assert state[part].keys() == reference[part].keys()
             for name, value in reference[part].items():
                 torch.testing.assert_close(state[part][name], value, rtol=1e-4, atol=1e-5, msg=f"{part}.{name}")
+
+
+@pytest.mark.parametrize(("n", "block", "size"), [(60, 1, 2), (60, 16, 2), (61, 7, 3), (5, 4, 3), (1000, 1000, 4)])
+def test_shards_are_whole_blocks_covering_every_item(monkeypatch, n: int, block: int, size: int) -> None:
+    monkeypatch.setattr(distributed, "world_size", lambda: size)
+    shards = []
+    for r in range(size):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        shards.append(distributed.shard(n, block))
+    assert [i for rows in shards for i in rows] == list(range(n))  # contiguous, disjoint, in order
+    assert all(rows.start % block == 0 for rows in shards if len(rows))
+    if block == 1:  # items split as evenly as they can be
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def fit_args(config: Path, *args: str) -> list[str]:

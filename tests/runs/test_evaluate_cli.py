@@ -30,8 +30,14 @@ def fitted(run_avi, small_config, tmp_path: Path):
 @pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
 def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strategy: str) -> None:
     # 60 test points split 30 + 30; each point's noise is seeded by (seed, point), so the
-    # gathered per-point estimates, and hence every reported mean, equal one process's
+    # gathered per-point estimates, and hence every reported mean, equal one process's. A
+    # per-datapoint run infers the points in blocks of 16 with the noise seeded by the block,
+    # blocks 0-1 on rank 0 and 2-3 on rank 1, and the gathered table is one process's
     run = fitted("--strategy", strategy)
+    if strategy == "per-datapoint":
+        config = json.loads((run / "config.json").read_text())
+        config["inference"]["infer_block"] = 16
+        (run / "config.json").write_text(json.dumps(config))
     single = run_avi("evaluate", str(run), "--k", "300", "--cubo", "--json")
     assert single.returncode == 0, single.stderr
     expected = json.loads(single.stdout)

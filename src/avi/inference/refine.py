@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
 
 from avi.errors import ConfigError
+from avi.evaluation.importance import point_seed
 from avi.families import Family
 from avi.inference.local import LocalPosterior
 from avi.models.base import LatentVariableModel
@@ -15,6 +18,10 @@ from avi.nn import eval_mode
 from avi.objectives.select import Objective, make_objective
 
 __all__ = ["infer", "refine_params"]
+
+#: mixed into the seeds of refinement chunks, so that their noise differs from the importance
+#: sampling stream of the chunk's first point under the same seed
+REFINE_STREAM = 0x9E3779B97F4A7C15
 
 
 def refine_params(
@@ -27,12 +34,19 @@ def refine_params(
     lr: float = 0.1,
     objective: Objective | None = None,
     batch_size: int = 10_000,
+    seed: int | None = None,
+    first_index: int = 0,
 ) -> Tensor:
     """Maximise sum_i objective(model, family(lambda_i), x_i) over lambda: (N, P), model fixed.
 
     All points of a chunk of ``batch_size`` are optimised together as one tensor by Adam, whose
     learning rate follows a cosine decay to 0 over ``steps`` so that the stochastic iterates
     settle at the optimum. Gradients are taken with respect to lambda only.
+
+    The noise comes from the global generator; with ``seed``, the chunk that starts at point j
+    draws it seeded by (``seed``, ``first_index`` + j) and the generator is restored after, so
+    refining a range of points in pieces of whole chunks (``first_index`` their offset: on
+    several processes) gives the numbers of refining it at once.
     """
     if steps < 0:
         raise ConfigError(f"steps must be non-negative, got {steps}")
@@ -42,15 +56,29 @@ def refine_params(
         params = out[start : start + batch_size].clone().requires_grad_(True)
         x_chunk = x[start : start + batch_size]
         optimizer = torch.optim.Adam([params], lr=lr)
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = -objective(model, family(params), x_chunk).value.sum()
-            (grad,) = torch.autograd.grad(loss, [params])
-            params.grad = grad
-            optimizer.step()
+        noise = nullcontext() if seed is None else _seeded(point_seed(seed, first_index + start) ^ REFINE_STREAM, x.device)
+        with noise:
+            for step in range(steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                loss = -objective(model, family(params), x_chunk).value.sum()
+                (grad,) = torch.autograd.grad(loss, [params])
+                params.grad = grad
+                optimizer.step()
         out[start : start + batch_size] = params.detach()
     return out
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """The global generators of the CPU and of ``device`` seeded by ``seed`` inside; restored after."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for d in cuda:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def infer(

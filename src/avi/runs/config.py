@@ -68,7 +68,9 @@ class InferenceConfig(_Section):
 
     - ``amortized``: q(z|x) = family(encoder(x)).
     - ``per-datapoint``: a parameter table, ``local_lr`` for its (sparse) Adam; new points get
-      ``infer_steps`` steps, validation points ``validation_steps`` more steps each epoch.
+      ``infer_steps`` steps, in blocks of ``infer_block`` points whose noise is seeded by the
+      block (so that ``avi evaluate`` on several processes gives one process's numbers);
+      validation points get ``validation_steps`` more steps each epoch.
     - ``semi-amortized``: the encoder's output refined by ``refine_steps`` gradient steps of size
       ``refine_lr`` (SA-VAE; 0.02 suits an MNIST VAE, where 0.1 already overshoots);
       ``refine_backprop=false`` stops the gradient through them.
@@ -91,6 +93,7 @@ class InferenceConfig(_Section):
     encoder_hidden: list[int] | None = None
     local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
+    infer_block: int = Field(1000, ge=1)
     validation_steps: int = Field(50, ge=0)
     refine_steps: int = Field(10, ge=0)
     refine_lr: float = Field(0.02, gt=0)

@@ -97,24 +97,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def shard(n: int) -> range:
-    """This process's contiguous share of n items (rank r of R: from n r // R to n (r + 1) // R);
-    all of them in a single process."""
-    size, here = world_size(), rank()
-    return range(n * here // size, n * (here + 1) // size)
+def shard(n: int, block: int = 1) -> range:
+    """This process's contiguous share of n items, in whole blocks of ``block`` items (the last
+    block may be short): of the m = ceil(n / block) blocks, rank r of R takes blocks m r // R to
+    m (r + 1) // R. All n items in a single process."""
+    return _share(n, block, rank(), world_size())
 
 
-def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
-    """Every process's rows for its :func:`shard` of n items, concatenated in item order, on
-    every process; ``local`` itself in a single process."""
+def _share(n: int, block: int, here: int, size: int) -> range:
+    blocks = -(-n // block)
+    return range(min(n, blocks * here // size * block), min(n, blocks * (here + 1) // size * block))
+
+
+def gather_shards(local: torch.Tensor, n: int, block: int = 1) -> torch.Tensor:
+    """Every process's rows for its :func:`shard` of n items (in blocks of ``block``),
+    concatenated in item order, on every process; ``local`` itself in a single process."""
     size = world_size()
     if size == 1:
         return local
-    padded = local.new_zeros((-(-n // size), *local.shape[1:]))  # all_gather wants equal shapes
+    lengths = [len(_share(n, block, r, size)) for r in range(size)]
+    padded = local.new_zeros((max(lengths), *local.shape[1:]))  # all_gather wants equal shapes
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
-    return torch.cat([part[: n * (r + 1) // size - n * r // size] for r, part in enumerate(parts)])
+    return torch.cat([part[:length] for part, length in zip(parts, lengths)])
 
 
 def barrier() -> None:

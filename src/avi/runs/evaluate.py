@@ -19,14 +19,13 @@ from avi.evaluation.bounds import LogLikelihood, chunk_sizes, cubo_per_point, el
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.evaluation.consistency import consistency_kl, linear_probe_accuracy, posterior_means
 from avi.evaluation.importance import fast_path
-from avi.precision import PRECISIONS, bf16_supported
 from avi.inference.local import LocalPosterior
-from avi.inference.refine import infer
+from avi.precision import PRECISIONS, bf16_supported
 from avi.runs import distributed
 from avi.runs.build import prepare_data
 from avi.runs.collapse import MI_BATCH_SIZE
 from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
-from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, available_device, load_trained, resolve_device
+from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, available_device, infer_posterior, load_trained, resolve_device
 
 __all__ = ["run_evaluate"]
 
@@ -50,7 +49,7 @@ def run_evaluate(
     KL and the IWAE-k estimate of log p(x) per point, in nats, and the collapse diagnostics (KL
     per latent dimension, active units, mutual information I(x; z)) on the first 1,000 points.
     A per-datapoint run first infers
-    posteriors for the points with the model fixed (``inference.infer_steps`` steps).
+    posteriors for the points with the model fixed (:func:`~avi.runs.train.infer_posterior`).
 
     With ``cubo`` the result also holds ``cubo``, the chi upper bound CUBO_n (n =
     ``objective.cubo_order``, default 2) estimated with the same k and its standard error: with
@@ -103,9 +102,7 @@ def run_evaluate(
         source = str(data)
     x = test.x.to(run.device)
     started = time.perf_counter()
-    posterior = run.posterior
-    if isinstance(posterior, LocalPosterior):
-        posterior = infer(run.model, posterior, x, steps=config.inference.infer_steps, lr=config.inference.local_lr)
+    posterior = infer_posterior(run, x)
     inference_seconds = time.perf_counter() - started
     elbo, reconstruction, kl = elbo_per_point(run.model, posterior, x)
     # on the first 1,000 points, as in training: the pairwise MI estimate costs a pass per latent

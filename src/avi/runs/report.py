@@ -20,10 +20,8 @@ from typing import Any
 import torch
 
 from avi.errors import RunError
-from avi.inference.local import LocalPosterior
-from avi.inference.refine import infer
 from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
-from avi.runs.train import TrainedRun, load_trained
+from avi.runs.train import TrainedRun, infer_posterior, load_trained
 
 __all__ = ["FIGURES", "run_report"]
 
@@ -153,9 +151,7 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     test = run.splits.test
     x = test.x[:points].to(run.device)
     labels = None if test.labels is None else test.labels[:points]
-    posterior = run.posterior
-    if isinstance(posterior, LocalPosterior):
-        posterior = infer(run.model, posterior, x, steps=run.config.inference.infer_steps, lr=run.config.inference.local_lr)
+    posterior = infer_posterior(run, x)
     with torch.no_grad():
         index = torch.arange(x.shape[0], device=x.device)
         q = posterior(x, index)

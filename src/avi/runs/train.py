@@ -41,7 +41,16 @@ from avi.runs.rundir import (
 )
 from avi.runs.tracking import open_trackers
 
-__all__ = ["ProgressHook", "TrainedRun", "available_device", "default_run_dir", "load_trained", "resolve_device", "run_fit"]
+__all__ = [
+    "ProgressHook",
+    "TrainedRun",
+    "available_device",
+    "default_run_dir",
+    "infer_posterior",
+    "load_trained",
+    "resolve_device",
+    "run_fit",
+]
 
 #: called as hook(epoch, examples_done, examples_total, running_objective_sums) on the main rank
 ProgressHook = Callable[[int, int, int, Tensor], None]
@@ -108,6 +117,31 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None) -> Tra
     _load_weights(run, _load_state(run_dir / CHECKPOINT), run_dir)
     run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run
+
+
+def infer_posterior(run: TrainedRun, x: Tensor) -> nn.Module:
+    """The run's posterior for the new points x (N, D), indexed 0..N-1: an amortized one as it is;
+    a per-datapoint one refined for ``inference.infer_steps`` steps in blocks of
+    ``inference.infer_block`` points, each block's noise seeded by (``train.seed``, its first
+    point). Under torchrun each process refines its shard of the blocks and the tables are
+    gathered, so every process holds the posterior one process would have inferred."""
+    posterior = run.posterior
+    if not isinstance(posterior, LocalPosterior):
+        return posterior
+    settings, n = run.config.inference, x.shape[0]
+    rows = distributed.shard(n, settings.infer_block)
+    mine = refine_params(
+        run.model,
+        posterior.family,
+        x[rows.start : rows.stop],
+        posterior.family.initial_params(len(rows)).to(device=x.device, dtype=x.dtype),
+        steps=settings.infer_steps,
+        lr=settings.local_lr,
+        batch_size=settings.infer_block,
+        seed=run.config.train.seed,
+        first_index=rows.start,
+    )
+    return LocalPosterior(n, posterior.family, initial=distributed.gather_shards(mine, n, settings.infer_block))
 
 
 def _load_weights(
