@@ -15,7 +15,7 @@ import sys
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, kl_divergence
 
 from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
@@ -23,11 +23,20 @@ from avi.families import make_family
 from avi.inference import LocalPosterior
 from avi.inference.fit import make_optimizers, train_epoch
 from avi.models import LinearGaussian
+from avi.inference.parallel import data_parallel
 from avi.objectives.bounds import Terms
+from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline, score_terms
+from avi.objectives.weighted import free_bits_kl
 from avi.runs import distributed
 
 #: 53 points in batches of 8: the last global batch of 5 splits 3 + 2 over two ranks
 POINTS, BATCH = 53, 8
+
+#: free bits per dimension (nats), near the KL per dimension of the worker's fits
+FREE_BITS = 0.5
+
+#: a learning signal (S = 3 draws, B = 8 points) whose halves have different means
+SIGNAL = torch.arange(24.0).reshape(3, 8) ** 2
 
 
 def mean_field_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> Terms:
@@ -36,6 +45,15 @@ def mean_field_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> T
     reconstruction = model.likelihood(z).log_prob(x).squeeze(0)
     value = model.log_joint(x, z).squeeze(0) + q.entropy()
     return Terms(value, reconstruction, reconstruction - value)
+
+
+def free_bits_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> Terms:
+    """:func:`mean_field_objective` with free bits on the analytic KL per dimension: which
+    dimensions are clamped depends on the KL averaged over the (global) batch."""
+    z = q.mean.unsqueeze(0)
+    reconstruction = model.likelihood(z).log_prob(x).squeeze(0)
+    kl_dims = kl_divergence(q.base_dist, model.prior().base_dist)
+    return Terms(reconstruction - free_bits_kl(kl_dims, FREE_BITS), reconstruction, kl_dims.sum(-1))
 
 
 def main(strategy: str, out: str) -> None:
@@ -48,6 +66,7 @@ def main(strategy: str, out: str) -> None:
     posterior: nn.Module = (
         LocalPosterior(POINTS, family) if strategy == "per-datapoint" else AmortizedPosterior(mlp_encoder(6, (4,), family.param_size), family)
     )
+    objective = free_bits_objective if strategy == "free-bits" else mean_field_objective
     optimizers = make_optimizers(model, posterior, lr=0.05, local_lr=0.1)
     generator = torch.Generator().manual_seed(2)
     stats = [
@@ -56,7 +75,7 @@ def main(strategy: str, out: str) -> None:
             posterior,
             Dataset(x),
             optimizers,
-            objective=mean_field_objective,
+            objective=objective,
             batch_size=BATCH,
             generator=generator,
             rank=distributed.rank(),
@@ -68,5 +87,34 @@ def main(strategy: str, out: str) -> None:
     distributed.shutdown()
 
 
+def nvil(out: str) -> None:
+    """Two epochs of the score-function ELBO with NVIL's baseline; saves the baseline and a
+    moving average updated with this rank's columns of :data:`SIGNAL`."""
+    torch.set_num_threads(1)
+    distributed.init_from_env(torch.device("cpu"), BATCH)
+    torch.manual_seed(distributed.rank())  # different noise, and different initial weights: DDP syncs them
+    x = torch.randn(POINTS, 6, generator=torch.Generator().manual_seed(1))
+    model, family = LinearGaussian(6, 2), make_family("mean-field", 2)
+    posterior = AmortizedPosterior(mlp_encoder(6, (4,), family.param_size), family)
+    baseline = NVILBaseline(6, hidden=4)
+    optimizers = [*make_optimizers(model, posterior, lr=0.05), torch.optim.Adam(baseline.parameters(), lr=0.05)]
+    step = data_parallel(model, posterior, baseline) if distributed.world_size() > 1 else None
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        train_epoch(
+            model, posterior, Dataset(x), optimizers,
+            objective=lambda m, q, x: score_terms(m, q, x, baseline=baseline), batch_size=BATCH, generator=generator,
+            rank=distributed.rank(), world_size=distributed.world_size(), step=step,
+        )  # fmt: skip
+    average = MovingAverageBaseline()
+    columns = distributed.shard(SIGNAL.shape[1])
+    average.update(x, SIGNAL[:, columns.start : columns.stop])
+    torch.save({"baseline": baseline.state_dict(), "average": average.value}, out.format(rank=distributed.rank()))
+    distributed.shutdown()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "nvil":
+        nvil(sys.argv[2])
+    else:
+        main(*sys.argv[1:])

@@ -18,6 +18,7 @@ from avi.evaluation.bounds import elbo_per_point
 from avi.inference import LocalPosterior
 from avi.runs import distributed
 from avi.runs.train import load_trained
+from tests.runs.ddp_worker import SIGNAL
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TIMEOUT = 240  # seconds for a whole multi-process run: a hang fails the test instead of the suite
@@ -69,10 +70,11 @@ def run_single(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
-@pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
+@pytest.mark.parametrize("strategy", ["amortized", "per-datapoint", "free-bits"])
 def test_two_ranks_match_one_process(tmp_path: Path, strategy: str) -> None:
     """Two epochs of 53 points in global batches of 8 (the last, of 5, split 3 + 2): the
-    parameters and per-epoch objectives of the 2-rank run equal the single-process run's."""
+    parameters and per-epoch objectives of the 2-rank run equal the single-process run's. With
+    free bits (amortized) the clamped dimensions follow the KL of the global batch."""
     single = run_single([str(WORKER), strategy, str(tmp_path / "single.pt")])
     assert single.returncode == 0, single.stderr
     ranks = run_ranks([str(WORKER), strategy, str(tmp_path / "rank{rank}.pt")])
@@ -86,6 +88,20 @@ def test_two_ranks_match_one_process(tmp_path: Path, strategy: str) -> None:
             assert state[part].keys() == reference[part].keys()
             for name, value in reference[part].items():
                 torch.testing.assert_close(state[part][name], value, rtol=1e-4, atol=1e-5, msg=f"{part}.{name}")
+
+
+def test_two_ranks_keep_one_control_variate(tmp_path: Path) -> None:
+    """NVIL on two ranks that start from different weights: DDP averages the gradients of the
+    baseline network b(x) and its moving average follows the global batch, so both ranks end
+    with the same baseline (each fits its own shards without the sync). A moving average fed
+    each rank's half of a signal holds the mean of the whole signal."""
+    for result in run_ranks([str(WORKER), "nvil", str(tmp_path / "rank{rank}.pt")]):
+        assert result.returncode == 0, result.stderr
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert first["baseline"].keys() == second["baseline"].keys()
+    for name, value in first["baseline"].items():
+        torch.testing.assert_close(second["baseline"][name], value, rtol=0, atol=0, msg=name)
+    assert first["average"].item() == second["average"].item() == SIGNAL.mean().item()
 
 
 @pytest.mark.parametrize(("n", "block", "size"), [(60, 1, 2), (60, 16, 2), (61, 7, 3), (5, 4, 3), (1000, 1000, 4)])

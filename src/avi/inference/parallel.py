@@ -8,6 +8,10 @@ gradient a single process computes for the mean over the global batch of B point
 
 with W the world size; B is the size of the step's global batch (smaller for the last one).
 
+A control variate with parameters (NVIL's baseline network b(x)) is a submodule of the step, so
+DDP averages its gradients too and every rank fits the same b(x); its moving averages update
+from the global batch (:class:`~avi.objectives.estimators.MovingAverageBaseline`).
+
 A per-datapoint table (:class:`~avi.inference.local.LocalPosterior`) is kept out of DDP: its
 gradient is sparse and touches only the rows of the batch. :func:`sync_table_grad` gathers the
 rows of all shards into one sparse gradient, the same on every rank, so that each rank's
@@ -32,24 +36,27 @@ __all__ = ["ShardStep", "data_parallel", "sync_table_grad"]
 
 class ShardStep(nn.Module):
     """One forward pass for DDP's hooks: ``forward(x, index, objective)`` is the per-point
-    :class:`Terms` (B_r,) of the local shard, ``objective(model, posterior(x, index), x)``."""
+    :class:`Terms` (B_r,) of the local shard, ``objective(model, posterior(x, index), x)``;
+    ``baseline``, the objective's control variate, is held so that DDP sees its parameters."""
 
-    def __init__(self, model: nn.Module, posterior: nn.Module) -> None:
+    def __init__(self, model: nn.Module, posterior: nn.Module, baseline: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.posterior = posterior
+        self.baseline = baseline
 
     def forward(self, x: Tensor, index: Tensor, objective: Objective) -> Terms:
         return objective(self.model, self.posterior(x, index), x)
 
 
-def data_parallel(model: nn.Module, posterior: nn.Module) -> nn.Module:
-    """``ShardStep(model, posterior)`` wrapped in DDP (a per-datapoint table left out of it).
+def data_parallel(model: nn.Module, posterior: nn.Module, baseline: nn.Module | None = None) -> nn.Module:
+    """``ShardStep(model, posterior, baseline)`` wrapped in DDP (a per-datapoint table left out
+    of it), which starts every rank from rank 0's parameters and buffers.
 
     Without a dense trainable parameter (per-datapoint VI against a fixed model) there is
     nothing for DDP to average and the step is returned unwrapped.
     """
-    step = ShardStep(model, posterior)
+    step = ShardStep(model, posterior, baseline)
     ignored = ["posterior.table"] if isinstance(posterior, LocalPosterior) else []
     if not any(p.requires_grad for name, p in step.named_parameters() if name not in ignored):
         return step

@@ -44,6 +44,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from avi.errors import ConfigError
 from avi.families.discrete import relaxed_sample
+from avi.objectives.batch import batch_mean
 from avi.models.base import LatentVariableModel
 from avi.objectives.bounds import Terms, check_count
 
@@ -64,7 +65,8 @@ class MovingAverageBaseline(nn.Module):
 
     State the caller owns (a buffer, saved with the module); ``update`` is called by
     :func:`score_terms` after the current b has been used, so b never depends on the draws it
-    centres and the estimator stays unbiased.
+    centres and the estimator stays unbiased. Under data parallelism the mean is over the
+    global batch (:func:`~avi.objectives.batch.batch_mean`): every rank keeps the single-process b.
     """
 
     value: Tensor
@@ -83,8 +85,8 @@ class MovingAverageBaseline(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor, signal: Tensor) -> None:
-        """Move b towards mean(signal); ``signal``: (S, B)."""
-        mean = signal.mean().to(self.value.dtype)
+        """Move b towards mean(signal); ``signal``: (S, B), this rank's shard in a process group."""
+        mean = batch_mean(signal.reshape(-1)).to(self.value.dtype)
         # torch.where, not a Python branch on the value: no host synchronisation per step on a GPU
         self.value.copy_(torch.where(self.value.isnan(), mean, self.decay * self.value + (1 - self.decay) * mean))
 

@@ -17,6 +17,7 @@ from torch.distributions import Distribution, Independent
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import batch_mean
 from avi.objectives.bounds import Terms, analytic_kl_or_none, elbo_terms
 
 __all__ = ["factors", "free_bits_kl", "weighted_elbo_terms"]
@@ -36,11 +37,12 @@ def free_bits_kl(kl_dims: Tensor, free_bits: float) -> Tensor:
     ``kl_dims``: KL per point and latent dimension, (B, K). A dimension whose KL averaged over
     the batch is below ``free_bits`` contributes the constant lambda (and no gradient); the others
     contribute their KL, so value and gradient are those of the batch-level clamp while the
-    objective stays per point.
+    objective stays per point. Under data parallelism the batch is the global one
+    (:func:`~avi.objectives.batch.batch_mean`).
     """
     if free_bits < 0:
         raise ConfigError(f"free bits must be non-negative, got {free_bits}")
-    above = kl_dims.detach().mean(0) > free_bits
+    above = batch_mean(kl_dims) > free_bits
     return kl_dims.where(above, kl_dims.new_tensor(free_bits)).sum(-1)
 
 

@@ -305,7 +305,7 @@ def run_fit(
         write_json(run_dir / CONFIG, config.model_dump())
     parallel: dict[str, Any] = {}
     if distributed.world_size() > 1:  # gradients averaged by DDP; other ranks' noise decorrelated from rank 0's
-        parallel["step"] = data_parallel(run.model, run.posterior)
+        parallel["step"] = data_parallel(run.model, run.posterior, baseline)
         if not main:
             torch.manual_seed(config.train.seed + 7919 * distributed.rank() + start_epoch)
     if main:
