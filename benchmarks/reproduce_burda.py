@@ -16,8 +16,9 @@ first ``--eval-points`` before that (an interim figure, labelled with the number
 
 Deviations from the paper, chosen for speed on two CPU cores: batch 100 instead of 20 (lr
 unchanged), and the networks' products in bfloat16 for the IWAE (``--precision``; the bound in
-float32), where on this CPU (AMX) it trains 1.7x faster per example at batch 100 and k=5,
-while for the VAE (k=1, batch 100) fp32 is faster. ``benchmarks/burda_settings.py`` measures
+float32), where on this CPU (AMX) it trains about 2x faster per example at batch 100 and k=5
+(2.1x over the 4-pass runs of ``burda_settings.json``; 1.7x in an earlier step timing), while
+for the VAE (k=1, batch 100) fp32 is faster. ``benchmarks/burda_settings.py`` measures
 what these changes cost in NLL on a short schedule.
 
 Published (Table 1, dynamic binarisation): VAE k=1 86.76 nats (19 active units);
