@@ -88,8 +88,8 @@ def train(run_dir: Path, config, *, deadline: float, max_epochs: int) -> None:
             return
         target = min(done + chunk, max_epochs)
         started = time.monotonic()
-        if (run_dir / CHECKPOINT).exists():
-            run_fit(run_dir=run_dir, resume=True, epochs=target)
+        if (run_dir / CHECKPOINT).exists():  # --threads holds for a resumed run too
+            run_fit(run_dir=run_dir, resume=True, epochs=target, threads=config.train.threads)
         else:
             run_fit(config, run_dir, epochs=target)
         per_epoch = (time.monotonic() - started) / (target - done)

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from avi.runs.config import load_config
+from avi.runs.train import run_fit
+
 
 def read_metrics(run: Path) -> list[dict[str, str]]:
     with (run / "metrics.csv").open() as f:
@@ -149,3 +152,14 @@ def test_resume_refuses_to_change_the_configuration(run_avi, small_config, tmp_p
     assert result.returncode == 2 and "--batch-size" in result.stderr
     again = run_avi("fit", str(small_config(1)), "--out", str(run))
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_threads_override_the_config_for_one_call(small_config, tmp_path: Path, monkeypatch) -> None:
+    """``run_fit(threads=N)`` sets N intra-op threads for that call (a run resumed on another
+    machine) instead of the config's ``train.threads`` (1 here), which holds otherwise."""
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    run = run_fit(load_config(small_config(1)), tmp_path / "run")
+    run_fit(run_dir=run, resume=True, epochs=2, threads=2)
+    run_fit(run_dir=run, resume=True, epochs=3)
+    assert calls == [1, 2, 1]

@@ -233,6 +233,7 @@ def run_fit(
     *,
     resume: bool = False,
     epochs: int | None = None,
+    threads: int | None = None,
     progress: ProgressHook | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
@@ -240,7 +241,9 @@ def run_fit(
 
     With ``resume=True`` the config is read from ``run_dir`` and training continues after the
     last checkpointed epoch. ``epochs`` stops training after that many epochs in all, instead of
-    ``config.train.epochs`` (a run can be extended, or trained in parts). Returns the run directory.
+    ``config.train.epochs`` (a run can be extended, or trained in parts); ``threads`` sets
+    torch's intra-op threads for this call instead of ``config.train.threads`` (a resumed run on
+    another machine). Returns the run directory.
     """
     if resume:
         if run_dir is None:
@@ -255,8 +258,9 @@ def run_fit(
     last_epoch = config.train.epochs if epochs is None else epochs
     if last_epoch < 0:
         raise ConfigError(f"epochs must be non-negative, got {last_epoch}")
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
+    threads = config.train.threads if threads is None else threads
+    if threads is not None:
+        torch.set_num_threads(threads)
     if distributed.init_from_env(resolve_device(config.train.device), config.train.batch_size):
         atexit.register(distributed.shutdown)
     if distributed.world_size() > 1 and config.remedies.aggressive:
