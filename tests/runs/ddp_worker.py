@@ -1,8 +1,10 @@
 """One process of the data-parallel tests in ``test_distributed.py``.
 
 ``python ddp_worker.py STRATEGY OUT`` fits PPCA with an amortized or per-datapoint posterior
-for two epochs by :func:`avi.inference.fit.train_epoch` and saves the final parameters to
-``OUT.format(rank=RANK)``. Run
+(``free-bits``: amortized, with free bits) for two epochs by
+:func:`avi.inference.fit.train_epoch` and saves the final parameters to
+``OUT.format(rank=RANK)``; ``python ddp_worker.py nvil OUT`` trains with NVIL's baseline and
+saves the baseline (:func:`nvil`). Run
 with torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
 it joins that process group and trains its shard; run without, it is the single-process
 reference. The objective is deterministic (log p(x, z) at the mean of q plus the entropy of q),
