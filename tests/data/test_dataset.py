@@ -102,7 +102,7 @@ def test_one_process_sees_every_point_once_per_epoch(generator: torch.Generator)
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_rank_shards_together_are_the_single_process_batch(world_size: int) -> None:
-    n, batch_size = 103, 20
+    n, batch_size = 107, 20  # a last batch of 7, at least one point per rank
     single = list(shard_batches(n, batch_size, torch.Generator().manual_seed(7)))
     shards = [
         list(
@@ -120,6 +120,20 @@ def test_rank_shards_together_are_the_single_process_batch(world_size: int) -> N
             together.sort().values.tolist() == batch.sort().values.tolist()
         )  # same points, no repeats
         assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(81, 4), (83, 4), (2, 4)])
+def test_a_last_batch_shorter_than_the_world_is_padded_to_one_point_per_rank(n: int, world_size: int) -> None:
+    """The last batch of 1 or 3 points (or 2 points in all) on 4 ranks: each rank gets one
+    point, the batch's own points followed by the epoch's first ones, cycled."""
+    single = list(shard_batches(n, 20, torch.Generator().manual_seed(7)))
+    order = torch.cat(single)
+    shards = [list(shard_batches(n, 20, torch.Generator().manual_seed(7), rank=r, world_size=world_size)) for r in range(world_size)]
+    last = [s[-1] for s in shards]
+    assert all(len(part) == 1 for part in last)
+    short = single[-1].tolist()
+    padding = [order[i % n].item() for i in range(world_size - len(short))]
+    assert [part.item() for part in last] == short + padding
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from avi.inference import LocalPosterior
 from avi.inference.fit import make_optimizers, train_epoch
 from avi.models import LinearGaussian
 from avi.inference.parallel import data_parallel
+from avi.objectives.batch import batch_mean
 from avi.objectives.bounds import Terms
 from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline, score_terms
 from avi.objectives.weighted import free_bits_kl
@@ -37,8 +38,11 @@ POINTS, BATCH = 53, 8
 #: free bits per dimension (nats), near the KL per dimension of the worker's fits
 FREE_BITS = 0.5
 
-#: a learning signal (S = 3 draws, B = 8 points) whose halves have different means
-SIGNAL = torch.arange(24.0).reshape(3, 8) ** 2
+#: a learning signal (S = 3 draws, B = 7 points, split 3 + 4) whose parts have different means
+SIGNAL = torch.arange(21.0).reshape(3, 7) ** 2
+
+#: KL per dimension of 7 points in 2 dimensions (split 3 + 4)
+KL_DIMS = torch.arange(14.0).reshape(7, 2) ** 2
 
 
 def mean_field_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> Terms:
@@ -90,12 +94,14 @@ def main(strategy: str, out: str) -> None:
 
 
 def nvil(out: str) -> None:
-    """Two epochs of the score-function ELBO with NVIL's baseline; saves the baseline and a
-    moving average updated with this rank's columns of :data:`SIGNAL`."""
+    """Two epochs of the score-function ELBO with NVIL's baseline on 49 points (the last global
+    batch of one point is padded to one point per rank); saves the baseline, a moving average
+    updated with this rank's columns of :data:`SIGNAL`, and batch means of its rows of
+    :data:`KL_DIMS` and of all rows on rank 0 with none on rank 1."""
     torch.set_num_threads(1)
     distributed.init_from_env(torch.device("cpu"), BATCH)
     torch.manual_seed(distributed.rank())  # different noise, and different initial weights: DDP syncs them
-    x = torch.randn(POINTS, 6, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(49, 6, generator=torch.Generator().manual_seed(1))
     model, family = LinearGaussian(6, 2), make_family("mean-field", 2)
     posterior = AmortizedPosterior(mlp_encoder(6, (4,), family.param_size), family)
     baseline = NVILBaseline(6, hidden=4)
@@ -111,7 +117,14 @@ def nvil(out: str) -> None:
     average = MovingAverageBaseline()
     columns = distributed.shard(SIGNAL.shape[1])
     average.update(x, SIGNAL[:, columns.start : columns.stop])
-    torch.save({"baseline": baseline.state_dict(), "average": average.value}, out.format(rank=distributed.rank()))
+    rows = distributed.shard(KL_DIMS.shape[0])
+    state = {
+        "baseline": baseline.state_dict(),
+        "average": average.value,
+        "kl_mean": batch_mean(KL_DIMS[rows.start : rows.stop]),
+        "kl_mean_one_rank": batch_mean(KL_DIMS[: 7 if distributed.rank() == 0 else 0]),  # rank 1 has no rows
+    }
+    torch.save(state, out.format(rank=distributed.rank()))
     distributed.shutdown()
 
 

@@ -18,7 +18,7 @@ from avi.evaluation.bounds import elbo_per_point
 from avi.inference import LocalPosterior
 from avi.runs import distributed
 from avi.runs.train import load_trained
-from tests.runs.ddp_worker import SIGNAL
+from tests.runs.ddp_worker import KL_DIMS, SIGNAL
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TIMEOUT = 240  # seconds for a whole multi-process run: a hang fails the test instead of the suite
@@ -93,8 +93,10 @@ def test_two_ranks_match_one_process(tmp_path: Path, strategy: str) -> None:
 def test_two_ranks_keep_one_control_variate(tmp_path: Path) -> None:
     """NVIL on two ranks that start from different weights: DDP averages the gradients of the
     baseline network b(x) and its moving average follows the global batch, so both ranks end
-    with the same baseline (each fits its own shards without the sync). A moving average fed
-    each rank's half of a signal holds the mean of the whole signal."""
+    with the same baseline (each fits its own shards without the sync), through a last batch
+    of one point (padded to one per rank). A moving average fed each rank's part of a signal
+    (3 + 4 columns) holds the mean of the whole signal; so do batch means of KL rows split
+    3 + 4 and 7 + 0."""
     for result in run_ranks([str(WORKER), "nvil", str(tmp_path / "rank{rank}.pt")]):
         assert result.returncode == 0, result.stderr
     first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
@@ -102,6 +104,9 @@ def test_two_ranks_keep_one_control_variate(tmp_path: Path) -> None:
     for name, value in first["baseline"].items():
         torch.testing.assert_close(second["baseline"][name], value, rtol=0, atol=0, msg=name)
     assert first["average"].item() == second["average"].item() == SIGNAL.mean().item()
+    for state in (first, second):
+        torch.testing.assert_close(state["kl_mean"], KL_DIMS.mean(0), rtol=0, atol=0)
+        torch.testing.assert_close(state["kl_mean_one_rank"], KL_DIMS.mean(0), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("n", "block", "size"), [(60, 1, 2), (60, 16, 2), (61, 7, 3), (5, 4, 3), (1000, 1000, 4)])

@@ -99,7 +99,9 @@ def shard_batches(
 
     Every rank draws the same permutation from its identically seeded ``generator`` and takes
     every ``world_size``-th point of each global batch of ``batch_size``, so the ranks' shards of
-    a step together form the batch a single process would see.
+    a step together form the batch a single process would see. A last batch of fewer than
+    ``world_size`` points is padded with the epoch's first points to one point per rank (as
+    torch's DistributedSampler pads), since a rank with no points cannot take part in the step.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size}")
@@ -109,4 +111,7 @@ def shard_batches(
         raise ConfigError(f"batch size {batch_size} is not divisible by the world size {world_size}")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
-        yield order[start : start + batch_size][rank::world_size]
+        batch = order[start : start + batch_size]
+        if len(batch) < world_size:
+            batch = torch.cat([batch, order[torch.arange(world_size - len(batch)) % n]])
+        yield batch[rank::world_size]

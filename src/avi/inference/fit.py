@@ -94,7 +94,8 @@ def train_epoch(
 
     With ``world_size > 1`` (a process group is initialised) this process takes its shard of
     every global batch and ``step`` (default :func:`~avi.inference.parallel.data_parallel`,
-    built once per run by the caller) averages gradients over the ranks, so that the update
+    built once per run by the caller; an objective with a baseline network needs
+    ``data_parallel(model, posterior, baseline)``) averages gradients over the ranks, so that the update
     is the single-process update on the global batch; the returned means are over all ranks,
     and ``on_progress`` sees this rank's sums and examples times ``world_size``. Dynamic
     binarisation then draws from a per-rank generator seeded from the state of ``generator``
@@ -115,7 +116,7 @@ def train_epoch(
         index = index.to(device)
         x = data.batch(index, noise if device.type == "cpu" else None)
         if parallel:
-            batch = min(batch_size, len(data) - i * batch_size)
+            batch = max(world_size, min(batch_size, len(data) - i * batch_size))  # a short last batch is padded
             terms = step(x, index, objective)
             loss = terms.value.sum() * (-world_size / batch)  # DDP's mean over ranks: the global mean
         else:
