@@ -26,6 +26,7 @@ from torch.distributions import Distribution, constraints
 
 from avi.errors import AviError, ConfigError
 from avi.models.base import LatentVariableModel
+from avi.seeding import seeded
 
 __all__ = ["LocalTarget", "Target", "check_count", "forked_rng", "gaussian_conditional_update"]
 
@@ -126,7 +127,5 @@ def check_count(name: str, value: int, minimum: int = 1) -> None:
 def forked_rng(generator: torch.Generator) -> Iterator[None]:
     """Run code that draws from torch's global RNG (Pyro's NUTS, ``Distribution.rsample``) with a
     seed taken from ``generator``, leaving the caller's global RNG state as it was."""
-    seed = int(torch.randint(0, 2**62, (), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(int(torch.randint(0, 2**62, (), generator=generator))):
         yield

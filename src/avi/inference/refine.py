@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +15,7 @@ from avi.inference.local import LocalPosterior
 from avi.models.base import LatentVariableModel
 from avi.nn import eval_mode
 from avi.objectives.select import Objective, make_objective
+from avi.seeding import seeded
 
 __all__ = ["infer", "refine_params"]
 
@@ -56,7 +56,7 @@ def refine_params(
         params = out[start : start + batch_size].clone().requires_grad_(True)
         x_chunk = x[start : start + batch_size]
         optimizer = torch.optim.Adam([params], lr=lr)
-        noise = nullcontext() if seed is None else _seeded(point_seed(seed, first_index + start) ^ REFINE_STREAM, x.device)
+        noise = nullcontext() if seed is None else seeded(point_seed(seed, first_index + start) ^ REFINE_STREAM, x.device)
         with noise:
             for step in range(steps):
                 for group in optimizer.param_groups:
@@ -67,18 +67,6 @@ def refine_params(
                 optimizer.step()
         out[start : start + batch_size] = params.detach()
     return out
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """The global generators of the CPU and of ``device`` seeded by ``seed`` inside; restored after."""
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
-        for d in cuda:
-            with torch.cuda.device(d):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def infer(

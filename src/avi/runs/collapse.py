@@ -18,6 +18,7 @@ from avi.models.base import LatentVariableModel
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import Objective
 from avi.objectives.weighted import weighted_elbo_terms
+from avi.seeding import seeded
 
 if TYPE_CHECKING:
     from avi.runs.config import Config
@@ -109,9 +110,7 @@ def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor,
     """Metrics columns ``kl_dim_0..K-1``, ``active_units`` and ``mutual_information`` of the
     posterior on x, with the random draws of the estimate seeded by ``seed`` and the global
     RNG left as it was (training draws the same numbers with or without diagnostics)."""
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):
         d = collapse_diagnostics(model, posterior, x, batch_size=MI_BATCH_SIZE)
     return {
         **{f"kl_dim_{k}": v for k, v in enumerate(d.kl_per_dim.tolist())},

@@ -1,0 +1,29 @@
+"""Seeded noise for code that draws from torch's global generators, leaving them as they were.
+
+Sampling in torch.distributions (``rsample``), Pyro's NUTS and avi's estimators draw from the
+global generators; a computation whose numbers must not depend on what ran before it (a block
+of per-point refinement, a diagnostics estimate in the middle of training, a reference chain)
+runs inside :func:`seeded`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["seeded"]
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """The global generators of the CPU and of the CUDA ``device`` (if one is given) seeded by
+    ``seed`` inside; their states, and those of every other device, restored after."""
+    cuda = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for d in cuda:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
