@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avi.data import Dataset, bernoulli_draw, shard_batches
+from avi.data import Dataset, batch_sizes, bernoulli_draw, shard_batches
 from avi.data.dataset import bernoulli_threshold
 from avi.errors import ConfigError, DataError
 
@@ -134,6 +134,13 @@ def test_a_last_batch_shorter_than_the_world_is_padded_to_one_point_per_rank(n: 
     short = single[-1].tolist()
     padding = [order[i % n].item() for i in range(world_size - len(short))]
     assert [part.item() for part in last] == short + padding
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(107, 1), (107, 4), (81, 4), (2, 4), (40, 2)])
+def test_batch_sizes_are_the_ranks_shards_together(n: int, world_size: int) -> None:
+    """The global batch sizes that training scales its loss by are those the shards add up to."""
+    shards = [list(shard_batches(n, 20, torch.Generator().manual_seed(7), rank=r, world_size=world_size)) for r in range(world_size)]
+    assert batch_sizes(n, 20, world_size) == [sum(len(s[step]) for s in shards) for step in range(len(shards[0]))]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from avi.errors import ConfigError, DataError
 
-__all__ = ["BINARIZATIONS", "Dataset", "Splits", "bernoulli_draw", "shard_batches"]
+__all__ = ["BINARIZATIONS", "Dataset", "Splits", "batch_sizes", "bernoulli_draw", "shard_batches"]
 
 BINARIZATIONS = ("dynamic", "static", "none")
 _INT64_MIN = torch.iinfo(torch.int64).min
@@ -110,8 +110,11 @@ def shard_batches(
     if batch_size % world_size:
         raise ConfigError(f"batch size {batch_size} is not divisible by the world size {world_size}")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
-        batch = order[start : start + batch_size]
-        if len(batch) < world_size:
-            batch = torch.cat([batch, order[torch.arange(world_size - len(batch)) % n]])
-        yield batch[rank::world_size]
+    for start, size in zip(range(0, n, batch_size), batch_sizes(n, batch_size, world_size)):
+        yield order[torch.arange(start, start + size) % n][rank::world_size]  # past n: padding
+
+
+def batch_sizes(n: int, batch_size: int, world_size: int = 1) -> list[int]:
+    """Sizes of the global batches of an epoch of :func:`shard_batches`: ``batch_size``, and
+    a shorter last one padded to at least ``world_size`` points."""
+    return [max(world_size, min(batch_size, n - start)) for start in range(0, n, batch_size)]

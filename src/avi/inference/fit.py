@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from avi.data.dataset import Dataset, shard_batches
+from avi.data.dataset import Dataset, batch_sizes, shard_batches
 from avi.errors import ConfigError
 from avi.evaluation.bounds import mean_elbo
 from avi.inference.local import LocalPosterior
@@ -112,11 +112,10 @@ def train_epoch(
         table = posterior.table if isinstance(posterior, LocalPosterior) else None
         noise = torch.Generator().manual_seed(_seed_of(generator) + rank)
     batches = shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size)
-    for i, index in enumerate(batches):
+    for batch, index in zip(batch_sizes(len(data), batch_size, world_size), batches):
         index = index.to(device)
         x = data.batch(index, noise if device.type == "cpu" else None)
         if parallel:
-            batch = max(world_size, min(batch_size, len(data) - i * batch_size))  # a short last batch is padded
             terms = step(x, index, objective)
             loss = terms.value.sum() * (-world_size / batch)  # DDP's mean over ranks: the global mean
         else:
