@@ -19,7 +19,7 @@ __all__ = ["seeded"]
 @contextmanager
 def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
     """The global generators of the CPU and of the CUDA ``device`` (if one is given) seeded by
-    ``seed`` inside; their states, and those of every other device, restored after."""
+    ``seed`` inside and their states restored after; other devices' generators are not touched."""
     cuda = [device] if device is not None and device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.random.default_generator.manual_seed(seed)
