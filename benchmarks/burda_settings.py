@@ -102,8 +102,7 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else {name for name, *_ in SETTINGS}
     if unknown := only - {name for name, *_ in SETTINGS}:
         parser.error(f"unknown settings {sorted(unknown)}; choose from {[name for name, *_ in SETTINGS]}")
-    previous = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
-    results: dict[str, dict | None] = dict(previous.get("results", {}))
+    results: dict[str, dict | None] = {}
     for name, objective, k, batch, precision, lr in SETTINGS:
         if name not in only:
             continue
@@ -118,13 +117,18 @@ def main() -> None:
         print(f"{name:16s} test NLL {nll.mean():7.2f} (seeds: {', '.join(f'{v:.2f}' for v in nll)})"
               f"  {sum(r['train_seconds'] for r in runs):6.0f} s", flush=True)  # fmt: skip
 
+    # read at the end, so that runs of other settings into the same file meanwhile are kept
+    previous = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    results = {**previous.get("results", {}), **results}
+
     def difference(a: str, b: str) -> dict | None:
         """Mean NLL of b minus that of a, with a standard error from the spread over seeds (a
-        rough one: with 2 seeds each spread has one degree of freedom)."""
+        rough one: with 2 seeds each spread has one degree of freedom; none with one seed)."""
         ra, rb = results.get(a), results.get(b)
-        if ra is None or rb is None or ra["test_nll_seed_sd"] is None or rb["test_nll_seed_sd"] is None:
+        if ra is None or rb is None:
             return None
-        stderr = (ra["test_nll_seed_sd"] ** 2 / len(ra["seeds"]) + rb["test_nll_seed_sd"] ** 2 / len(rb["seeds"])) ** 0.5
+        sd = [ra["test_nll_seed_sd"], rb["test_nll_seed_sd"]]
+        stderr = None if None in sd else (sd[0] ** 2 / len(ra["seeds"]) + sd[1] ** 2 / len(rb["seeds"])) ** 0.5
         return {"difference": rb["test_nll"] - ra["test_nll"], "stderr": stderr}
 
     comparisons = {
@@ -143,7 +147,8 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, c in comparisons.items():
         if c is not None:
-            print(f"{name}: NLL difference {c['difference']:+.2f} ± {c['stderr']:.2f} nats")
+            error = "" if c["stderr"] is None else f" ± {c['stderr']:.2f}"
+            print(f"{name}: NLL difference {c['difference']:+.2f}{error} nats")
     print(f"wrote {args.out}")
 
 
