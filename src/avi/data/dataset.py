@@ -111,7 +111,8 @@ def shard_batches(
         raise ConfigError(f"batch size {batch_size} is not divisible by the world size {world_size}")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start, size in zip(range(0, n, batch_size), batch_sizes(n, batch_size, world_size)):
-        yield order[torch.arange(start, start + size) % n][rank::world_size]  # past n: padding
+        batch = order[start : start + size] if start + size <= n else order[torch.arange(start, start + size) % n]
+        yield batch[rank::world_size]
 
 
 def batch_sizes(n: int, batch_size: int, world_size: int = 1) -> list[int]:
