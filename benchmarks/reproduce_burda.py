@@ -1,4 +1,4 @@
-"""Reproduce Burda, Grosse and Salakhutdinov (2016), Table 1, one stochastic layer, on this machine.
+r"""Reproduce Burda, Grosse and Salakhutdinov (2016), Table 1, one stochastic layer, on this machine.
 
 Trains the 784-200-200-50 tanh model as a VAE (k=1) and as an IWAE (k=5) with dynamic
 binarisation, Adam (eps 1e-4) and their schedule (stage i = 0..7 lasts 3^i passes at
@@ -19,7 +19,13 @@ unchanged), and the networks' products in bfloat16 for the IWAE (``--precision``
 float32), where on this CPU (AMX) it trains about 2x faster per example at batch 100 and k=5
 (2.1x over the 4-pass runs of ``burda_settings.json``; 1.7x in an earlier step timing), while
 for the VAE (k=1, batch 100) fp32 is faster. ``benchmarks/burda_settings.py`` measures
-what these changes cost in NLL on a short schedule.
+what these changes cost in NLL on a short schedule; they are not free, so the paper's settings
+run as well, in their own state folder:
+
+    python benchmarks/reproduce_burda.py --only vae_k1 --batch-size 20 --threads 1 --hours 2 \
+        --state benchmarks/state/reproduce_burda_b20 --out benchmarks/results/reproduce_burda_b20.json
+    python benchmarks/reproduce_burda.py --only iwae_k5 --precision fp32 --batch-size 20 --threads 1 --hours 2 \
+        --state benchmarks/state/reproduce_burda_b20 --out benchmarks/results/reproduce_burda_b20.json
 
 Published (Table 1, dynamic binarisation): VAE k=1 86.76 nats (19 active units);
 IWAE k=5 85.54 (22 active units).
