@@ -85,9 +85,9 @@ def fit(
                           "temperature": temperature, "straight_through": straight_through or None})  # fmt: skip
             given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
                           "beta": beta, "aggressive": aggressive or None})  # fmt: skip
-            changed = [name.replace("_", "-") for name, value in given.items() if value is not None]
+            changed = [name if name == "config" else "--" + name.replace("_", "-") for name, value in given.items() if value is not None]
             if changed:
-                _fail(f"--resume continues a run as configured; it cannot change --{', --'.join(changed)} (only --epochs)")
+                _fail(f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only --epochs)")
             settings = None
         else:
             settings = load_config(
@@ -244,6 +244,8 @@ def compare(
         _fail("give run directories or --model, not both")
     if not runs and not model:
         _fail("give run directories to compare runs, or --model NAME to compare inference methods")
+    if runs and methods:
+        _fail("--methods picks the inference methods of --model; run directories are compared as they are")
     if runs:
         _compare_runs(runs, out or Path("runs") / "compare", as_json)
         return
@@ -295,7 +297,7 @@ def gaps(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of an amortized run.")],
     data: Annotated[Optional[Path], typer.Option(help="Decompose on this .npy/.npz/.csv file instead.")] = None,
     family: Annotated[Optional[str], typer.Option(help="Family (default: the run's); another trains a new encoder on the fixed model.")] = None,
-    k: Annotated[Optional[int], typer.Option(help="IWAE samples for log p(x) where it is not exact.")] = None,
+    k: Annotated[Optional[int], typer.Option(help="IWAE samples for log p(x) where it is not exact (with --ais-steps: AIS chains).")] = None,
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     points: Annotated[int, typer.Option(help="Number of points to decompose on.")] = 1000,
     steps: Annotated[int, typer.Option(help="Per-datapoint optimisation steps for q*.")] = 1000,

@@ -22,8 +22,9 @@ from avi.evaluation.collapse import (
     posterior_mean_variance,
 )
 from avi.families import make_family
-from avi.inference import fit
-from avi.models import LatentVariableModel, LinearGaussian
+from avi.families.discrete import CategoricalFamily
+from avi.inference import LocalPosterior, fit
+from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian
 from tests.closed_forms import prior_kl
 
 
@@ -184,3 +185,21 @@ def test_diagnostics_see_the_posterior_in_evaluation_mode(ppca: LinearGaussian) 
     posterior.eval()
     torch.manual_seed(0)
     assert mutual_information(posterior, x) == in_training_mode  # the same draws, the same q
+
+
+def test_a_categorical_latent_is_one_unit() -> None:
+    # N = 3 categorical latents of C = 10 classes: q.mean is (B, 3, 10), the one-hot class
+    # probabilities; a latent's activity is the trace over its classes, so at most 3 units.
+    n, latents, classes = 200, 3, 10
+    logits = torch.zeros(n, latents, classes, dtype=torch.float64)
+    logits[:, 0] = 3 * torch.randn(n, classes, dtype=torch.float64)  # only latent 0 depends on x
+    posterior = LocalPosterior(n, CategoricalFamily(latents, classes), initial=logits.reshape(n, -1))
+    x = torch.zeros(n, 4, dtype=torch.float64)
+    probabilities = torch.softmax(logits[:, 0], -1)
+    expected = torch.zeros(latents, dtype=torch.float64)
+    expected[0] = probabilities.var(0).sum()
+    torch.testing.assert_close(posterior_mean_variance(posterior, x), expected)
+    model = CategoricalVAE(4, latents, classes, [8], "relu").double()
+    diagnostics = collapse_diagnostics(model, posterior, x)
+    assert diagnostics.mean_variance.shape == (latents,) and diagnostics.kl_per_dim.shape == (latents,)
+    assert diagnostics.active_units == 1 and active_units(posterior, x) == 1

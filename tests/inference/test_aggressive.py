@@ -12,10 +12,12 @@ from avi.inference import make_optimizers
 from avi.inference.aggressive import aggressive_epoch
 from avi.models import VAEModel
 from avi.objectives import make_objective
+from avi.objectives.estimators import NVILBaseline
 
 
 def _vae() -> tuple[VAEModel, AmortizedPosterior, Dataset]:
-    x = torch.bernoulli(torch.rand(200, 12, generator=torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(0)  # one stream: the draws are not the probabilities again
+    x = torch.bernoulli(torch.rand(200, 12, generator=g), generator=g)
     model = VAEModel(12, 2, [8])
     family = make_family("mean-field", 2)
     return model, AmortizedPosterior(mlp_encoder(12, [8], family.param_size), family), Dataset(x)
@@ -65,3 +67,17 @@ def test_inner_loop_stops_when_the_encoder_objective_stops_improving(generator: 
         )
     assert result.encoder_steps % 10 == 0 or result.encoder_steps == 4 * 99
     assert result.encoder_steps < 4 * 99
+
+
+def test_a_baseline_network_steps_with_the_encoder(generator: torch.Generator) -> None:
+    # NVIL's baseline belongs to the inference side: its Adam steps on every encoder step
+    model, posterior, data = _vae()
+    baseline = NVILBaseline(12, hidden=4)
+    optimizers = [*make_optimizers(model, posterior, lr=1e-2), torch.optim.Adam(baseline.parameters(), lr=1e-2)]
+    result = aggressive_epoch(
+        model, posterior, data, optimizers, objective=make_objective("elbo", estimator="nvil", baseline=baseline),
+        batch_size=50, generator=generator, baseline=baseline,
+    )  # fmt: skip
+    assert result.encoder_steps > 0
+    assert _adam_steps(optimizers[1], baseline) == {result.encoder_steps}
+    assert _adam_steps(optimizers[0], posterior) == {result.encoder_steps}

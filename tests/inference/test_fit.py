@@ -12,9 +12,11 @@ from torch import Tensor, nn
 from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import make_family
+from avi.families.discrete import BernoulliFamily
 from avi.inference import LocalPosterior, fit, make_optimizers, train_epoch
-from avi.models import LatentVariableModel, LinearGaussian, VAEModel
+from avi.models import LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
 from avi.objectives import make_objective
+from avi.objectives.estimators import NVILBaseline
 from tests.closed_forms import (
     best_mean_field_gap,
     gaussian_moments,
@@ -170,3 +172,18 @@ def test_amortized_linear_encoder_recovers_the_optimal_gaussian(name: str) -> No
     assert (shortfall - expected_shortfall).abs().max() < 0.01
     torch.testing.assert_close(mean, post.mean, rtol=0, atol=0.02)
     torch.testing.assert_close(cov, expected_cov, rtol=0, atol=0.01)
+
+
+def test_fit_trains_the_nvil_baseline_network() -> None:
+    # NVIL's baseline b(x) is fitted to the learning signal by the caller's optimiser: fit owns
+    # that optimiser, so the network moves (without it, it kept its initial weights).
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.rand(64, 10, generator=g), generator=g)
+    model = SigmoidBeliefNet(10, 3)
+    family = BernoulliFamily(3)
+    posterior = AmortizedPosterior(mlp_encoder(10, (8,), family.param_size), family)
+    baseline = NVILBaseline(10, hidden=4)
+    before = [p.detach().clone() for p in baseline.parameters()]
+    objective = make_objective("elbo", estimator="nvil", baseline=baseline)
+    fit(model, posterior, Dataset(x), epochs=2, batch_size=16, objective=objective, baseline=baseline)
+    assert all(not torch.equal(a, p) for a, p in zip(before, baseline.parameters()))

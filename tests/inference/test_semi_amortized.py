@@ -217,3 +217,22 @@ def test_bad_settings_are_config_errors(ppca: LinearGaussian) -> None:
             SemiAmortizedPosterior(encoder, FAMILY, ppca, lr=lr)
     with pytest.raises(ConfigError, match="at least 1"):
         IterativePosterior(mlp([8, 8]), FAMILY, ppca, iterations=0)
+
+
+@pytest.mark.parametrize("backprop", [True, False])
+def test_the_model_gets_the_partial_derivative_at_the_refined_point(backprop: bool) -> None:
+    # Kim et al. (2018), Algorithm 1: theta is updated with d ELBO(lambda_K, theta) / d theta at
+    # the refined lambda_K held fixed; only the encoder is differentiated through the steps.
+    model, x = _vae()
+    encoder = mlp_encoder(6, (8,), FAMILY.param_size).double()
+    posterior = SemiAmortizedPosterior(encoder, FAMILY, model, steps=3, lr=0.3, backprop=backprop)
+    weights = list(model.parameters())
+    torch.manual_seed(7)
+    params = posterior.params(x)
+    rng = torch.get_rng_state()
+    got = torch.autograd.grad(elbo(model, FAMILY(params), x, analytic_kl=True).sum(), weights)
+    torch.set_rng_state(rng)
+    expected = torch.autograd.grad(elbo(model, FAMILY(params.detach()), x, analytic_kl=True).sum(), weights)
+    for a, b in zip(got, expected):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

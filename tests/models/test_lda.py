@@ -15,7 +15,7 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError, DataError
 from avi.evaluation.topics import match_topics
 from avi.families import MeanFieldGaussian
-from avi.inference import fit
+from avi.inference import fit, fit_svi
 from avi.models.lda import AVITM, LDA, Corpus, expected_log_dirichlet, laplace_dirichlet_prior, synthetic_corpus
 
 
@@ -138,6 +138,8 @@ def test_bad_input_is_a_one_line_error() -> None:
         model.elbo(counts - 1, lam)
     with pytest.raises(DataError, match="vocabulary of 3 words but the model has 4"):
         model.elbo(counts[:, :3], lam)
+    with pytest.raises(DataError, match="must be floating point .* got torch.int64"):
+        fit_svi(model, counts.long(), epochs=1, batch_size=2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="alpha must be positive"):
         LDA(2, 4, alpha=0.0)
     with pytest.raises(ConfigError, match="unknown topic-model decoder"):

@@ -150,8 +150,21 @@ def test_resume_refuses_to_change_the_configuration(run_avi, small_config, tmp_p
     assert run_avi("fit", str(small_config(1)), "--out", str(run)).returncode == 0
     result = run_avi("fit", "--resume", str(run), "--batch-size", "7")
     assert result.returncode == 2 and "--batch-size" in result.stderr
+    with_config = run_avi("fit", str(small_config(1)), "--resume", str(run))  # the config is an argument
+    assert with_config.returncode == 2 and "cannot change config (only --epochs)" in with_config.stderr
     again = run_avi("fit", str(small_config(1)), "--out", str(run))
     assert again.returncode == 2 and "already holds a run" in again.stderr
+    fewer = run_avi("fit", "--resume", str(run), "--epochs", "0")
+    assert fewer.returncode == 2 and "has done 1 epochs: resuming it needs epochs >= 1, got 0" in fewer.stderr
+
+
+def test_resume_repairs_a_metrics_table_behind_its_checkpoint(small_config, tmp_path: Path) -> None:
+    # killed after the checkpoint's write and before the table's: the table lacks the last epoch
+    run = run_fit(load_config(small_config(2)), tmp_path / "run")
+    table = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text("".join(table.splitlines(keepends=True)[:-1]))
+    run_fit(run_dir=run, resume=True, epochs=2)  # no epoch left to train
+    assert (run / "metrics.csv").read_text() == table
 
 
 def test_threads_override_the_config_for_one_call(small_config, tmp_path: Path, monkeypatch) -> None:

@@ -53,3 +53,26 @@ def test_compare_needs_runs_or_a_model(run_avi, tmp_path: Path) -> None:
     assert result.returncode == 2 and "give run directories" in result.stderr
     result = run_avi("compare", str(tmp_path))
     assert result.returncode == 2 and "not a run directory" in result.stderr
+    result = run_avi("compare", str(tmp_path), "--methods", "mh")
+    assert result.returncode == 2 and "--methods picks the inference methods of --model" in result.stderr
+
+
+def test_gaps_of_the_runs_own_family_and_no_nan_as_best(two_runs, tmp_path: Path) -> None:
+    from avi.runs.compare import best_of, collect
+
+    short, long = two_runs
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "metrics.csv", "summary.json"):
+        (run / name).write_bytes((short / name).read_bytes())
+    family = json.loads((run / "config.json").read_text())["inference"]["family"]
+    assert family == "mean-field"
+    # `avi gaps RUN --family full-rank` also writes a file: alphabetically it comes first
+    (run / "gaps-full-rank-test.json").write_text(json.dumps({"approximation_gap": 9.0, "amortization_gap": 9.0}))
+    (run / "gaps-mean-field-test.json").write_text(json.dumps({"approximation_gap": 1.0, "amortization_gap": 2.0}))
+    got = collect(run)
+    assert (got["approximation_gap"], got["amortization_gap"]) == (1.0, 2.0)
+    # a run without validation data has a NaN validation ELBO: never the best, wherever it stands
+    runs = [{"val_elbo": float("nan")}, {"val_elbo": -90.0}, {"val_elbo": -95.0}]
+    assert best_of(runs, "val_elbo", "max") == 1 and best_of(runs[::-1], "val_elbo", "max") == 1
+    assert best_of(runs[:2], "val_elbo", "max") is None  # one finite value: nothing to compare

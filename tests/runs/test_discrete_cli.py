@@ -33,6 +33,7 @@ def discrete_config(tmp_path: Path):
         ("discrete-vae", ["--objective", "iwae", "--k", "3"], "vimco"),
         ("sbn", ["--estimator", "nvil"], "nvil"),
         ("sbn", ["--estimator", "gumbel"], "gumbel"),
+        ("sbn", ["--objective", "rws", "--k", "3"], "reparam"),  # rws draws z with q.sample: any family
     ],
 )
 def test_discrete_models_train_and_evaluate(

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -112,3 +113,19 @@ def test_consistency_penalty_is_kept_alongside_a_kl_remedy(run_avi, tmp_path: Pa
     column = header.index("train_objective")
     with_penalty, without = float(rows[1][1].split(",")[column]), float(rows[0][1].split(",")[column])
     assert with_penalty != without
+
+
+def test_evaluate_on_a_labelled_data_file_scores_the_probe(run_avi, tmp_path: Path) -> None:
+    # labels 'y' of an .npz file reach the linear probe of --consistency, in fit and in evaluate
+    generator = np.random.default_rng(0)
+    y = generator.integers(0, 2, 300)
+    x = np.clip(0.2 + 0.6 * y[:, None] * (np.arange(784) < 392) + 0.1 * generator.random((300, 784)), 0, 1)
+    data = tmp_path / "labelled.npz"
+    np.savez(data, x=x.astype(np.float32), y=y)
+    config = tmp_path / "images.toml"
+    config.write_text(IMAGE_JOB)
+    run = tmp_path / "run"
+    assert run_avi("fit", str(config), "--data", str(data), "--out", str(run)).returncode == 0
+    evaluated = run_avi("evaluate", str(run), "--data", str(data), "--k", "5", "--consistency", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["probe_accuracy"] is not None

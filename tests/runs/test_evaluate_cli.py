@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from avi.errors import ConfigError
 from avi.precision import bf16_supported
 from avi.runs import evaluate as evaluate_module
 from avi.runs.evaluate import run_evaluate
@@ -64,6 +65,24 @@ def test_memory_budget_changes_the_chunks_not_the_estimate(run_avi, fitted) -> N
     assert json.loads(budgeted.stdout)["log_likelihood"] == pytest.approx(plain["log_likelihood"], abs=1e-5)
     tiny = run_avi("evaluate", str(run), "--memory-budget", "1.5")
     assert tiny.returncode == 2 and "below one sample" in tiny.stderr and len(tiny.stderr.strip().splitlines()) == 1
+
+
+def test_a_budget_too_small_for_the_worker_threads_fails_before_inference(fitted, monkeypatch) -> None:
+    # 3 MiB covers one thread's 2 MiB scratch and rows, not two threads': the check uses the
+    # threads that sampling will, before the (for per-datapoint runs, slow) posterior inference
+    run = fitted()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the posterior was inferred before the memory budget was checked")
+
+    monkeypatch.setattr(evaluate_module, "infer_posterior", never)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ConfigError, match=r"per thread \(2\)"):
+            run_evaluate(run, k=100, memory_budget=3.0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_device_and_precision_options(run_avi, fitted) -> None:

@@ -34,6 +34,23 @@ def test_tensorboard_events_hold_the_elbo_scalars(tmp_path: Path) -> None:
     assert "val_elbo" in events.Tags()["scalars"]
 
 
+def test_a_resumed_run_logs_each_epoch_to_tensorboard_once(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from avi.runs.train import run_fit
+
+    run, _ = _fit(tmp_path, "tensorboard")
+    run_fit(run_dir=run, resume=True, epochs=3)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    with (run / "metrics.csv").open() as f:
+        elbo = [float(row["train_elbo"]) for row in csv.DictReader(f)]
+    logged = events.Scalars("train_elbo")
+    assert [e.step for e in logged] == [1, 2, 3]  # not 1, 2, 1, 2, 3: the history is not replayed
+    assert [e.value for e in logged] == pytest.approx(elbo, rel=1e-6)
+
+
 def test_mlflow_store_holds_the_same_metrics_and_the_config(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("sqlalchemy")

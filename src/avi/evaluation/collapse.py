@@ -38,7 +38,7 @@ class CollapseDiagnostics(NamedTuple):
     """What :func:`collapse_diagnostics` returns for a data set.
 
     ``kl_per_dim`` (K,): mean over points of KL(q(z_k|x) || p(z_k)); ``mean_variance`` (K,):
-    Cov_x(E_q[z_k|x]); ``active_units``: how many of those exceed the threshold;
+    Cov_x(E_q[z_k|x]) (the trace over a categorical latent's classes); ``active_units``: how many of those exceed the threshold;
     ``mutual_information``: the estimate of I(x; z) in nats.
     """
 
@@ -56,6 +56,13 @@ def _mean(q: Distribution) -> Tensor:
         return q.sample((100,)).mean(0)
 
 
+def _variance_per_latent(means: Tensor) -> Tensor:
+    """Var_x of the posterior means, (K,), from means (N, K), or (N, K, C) for one-hot
+    categorical latents, where a latent's value is the trace over its C classes."""
+    variance = means.var(0)
+    return variance.flatten(1).sum(-1) if variance.ndim > 1 else variance
+
+
 def _batches(n: int, batch_size: int, device: torch.device) -> list[Tensor]:
     if batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size}")
@@ -65,10 +72,12 @@ def _batches(n: int, batch_size: int, device: torch.device) -> list[Tensor]:
 @torch.no_grad()
 def posterior_mean_variance(posterior: nn.Module, x: Tensor, *, batch_size: int = 1000) -> Tensor:
     """Cov_x(E_q[z | x]) per latent dimension, (K,): how much each dimension's posterior mean
-    moves across data points. Means come from ``q.mean``; for distributions without a closed-form
-    mean (flows), from 100 samples. The posterior runs in evaluation mode (no training-only noise)."""
+    moves across data points (for a categorical latent, the trace over its one-hot classes).
+    Means come from ``q.mean``; for distributions without a closed-form mean (flows), from 100
+    samples. The posterior runs in evaluation mode (no training-only noise)."""
     with eval_mode(posterior):
-        return torch.cat([_mean(posterior(x[i], i)) for i in _batches(x.shape[0], batch_size, x.device)]).var(0)
+        means = torch.cat([_mean(posterior(x[i], i)) for i in _batches(x.shape[0], batch_size, x.device)])
+    return _variance_per_latent(means)
 
 
 def active_units(posterior: nn.Module, x: Tensor, *, threshold: float = 0.01) -> int:
@@ -163,7 +172,7 @@ def collapse_diagnostics(
             kl.append(dimension_kl(q, prior).sum(0))
             means.append(_mean(q))
             mi += batch_mutual_information(q).sum().item()
-    mean_variance = torch.cat(means).var(0)
+    mean_variance = _variance_per_latent(torch.cat(means))
     return CollapseDiagnostics(
         torch.stack(kl).sum(0) / x.shape[0],
         mean_variance,

@@ -67,8 +67,7 @@ def aggressive_epoch(
     generator: torch.Generator,
     max_encoder_steps: int = 100,
     check_every: int = 10,
-    rank: int = 0,
-    world_size: int = 1,
+    baseline: nn.Module | None = None,
     on_progress: Callable[[int, Tensor], None] | None = None,
 ) -> AggressiveStats:
     """One epoch of aggressive training. For each batch x of the epoch:
@@ -80,17 +79,21 @@ def aggressive_epoch(
     2. one decoder (``model``) step on x.
 
     ``optimizers`` must hold the parameters of both (e.g. :func:`~avi.inference.make_optimizers`);
-    each step computes gradients for one side only. The statistics (objective, ELBO terms) are
-    those of the decoder steps; ``on_progress`` is called as in :func:`~avi.inference.train_epoch`.
+    each step computes gradients for one side only. A ``baseline`` network of the objective
+    (NVIL's) belongs to the inference side: it steps with the encoder (its optimiser must be in
+    ``optimizers`` too). The statistics (objective, ELBO terms) are those of the decoder steps;
+    ``on_progress`` is called as in :func:`~avi.inference.train_epoch`. Single process: the
+    inner loop's random batches are not sharded over ranks (the runner refuses torchrun).
     """
     start = time.perf_counter()
     device = data.x.device
-    encoder_params = [p for p in posterior.parameters() if p.requires_grad]
+    inference = [posterior] if baseline is None else [posterior, baseline]
+    encoder_params = [p for module in inference for p in module.parameters() if p.requires_grad]
     decoder_params = [p for p in model.parameters() if p.requires_grad]
     sample = generator if device.type == "cpu" else None
     sums = torch.zeros(3, device=device)
     examples = encoder_steps = 0
-    for index in shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size):
+    for index in shard_batches(len(data), batch_size, generator):
         index = index.to(device)
         x = data.batch(index, sample)
         enc_index, enc_x = index, x
@@ -103,7 +106,7 @@ def aggressive_epoch(
                 if current > previous:
                     break
                 window, previous = torch.zeros((), device=device), current
-            enc_index = torch.randperm(len(data), generator=generator)[:batch_size][rank::world_size].to(device)
+            enc_index = torch.randperm(len(data), generator=generator)[:batch_size].to(device)
             enc_x = data.batch(enc_index, sample)
         terms = _step(model, posterior, x, index, optimizers, objective, decoder_params)
         sums += terms.sum(1)

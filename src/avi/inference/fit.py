@@ -158,15 +158,20 @@ def fit(
     train_model: bool = True,
     validation: Dataset | None = None,
     generator: torch.Generator | None = None,
+    baseline: nn.Module | None = None,
 ) -> History:
     """Fit by ``epochs`` passes of Adam over minibatches; the default objective is the ELBO with
     one reparameterised sample and analytic KL. ``train_model=False`` keeps the model fixed and
-    fits only the posterior (an encoder against a known decoder, or per-datapoint VI)."""
+    fits only the posterior (an encoder against a known decoder, or per-datapoint VI).
+    ``baseline`` is the objective's learned baseline network (the NVILBaseline passed to
+    ``make_objective(..., estimator="nvil", baseline=...)``), trained by Adam with the posterior."""
     if validation is not None and validation.dynamic:
         raise ConfigError("validation data needs one fixed binarisation: pass validation.binarized(seed)")
     objective = objective or make_objective("elbo")
     generator = generator or torch.Generator().manual_seed(0)
     optimizers = make_optimizers(model, posterior, lr=lr, local_lr=local_lr, train_model=train_model)
+    if baseline is not None and list(baseline.parameters()):
+        optimizers.append(torch.optim.Adam(baseline.parameters(), lr=lr))
     history = History()
     frozen = [] if train_model else [p for p in model.parameters() if p.requires_grad]
     for p in frozen:  # no gradients are computed for a fixed model

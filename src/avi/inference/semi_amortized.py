@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.func import functional_call
 
 from avi.errors import ConfigError
 from avi.families import Family
@@ -18,14 +19,29 @@ from avi.objectives.bounds import elbo
 __all__ = ["IterativePosterior", "SemiAmortizedPosterior", "elbo_gradient"]
 
 
+class _SummedElbo(nn.Module):
+    """sum_i ELBO(x_i; family(lambda_i)) as the forward of a module holding the model, so that
+    :func:`torch.func.functional_call` can evaluate it at other (detached) model parameters."""
+
+    def __init__(self, model: LatentVariableModel, family: Family) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "family", family)
+
+    def forward(self, params: Tensor, x: Tensor) -> Tensor:
+        return elbo(self.model, self.family(params), x, analytic_kl=True).sum()
+
+
 def elbo_gradient(
     model: LatentVariableModel, family: Family, params: Tensor, x: Tensor, *, create_graph: bool
 ) -> Tensor:
     """d/d lambda of sum_i ELBO(x_i; family(lambda_i)), one reparameterised sample per point,
-    analytic KL where torch has it: (B, P). ``create_graph`` keeps it differentiable."""
+    analytic KL where torch has it: (B, P). ``create_graph`` keeps it differentiable in lambda
+    only: the model's parameters enter as constants, so no gradient reaches them through it."""
     if not params.requires_grad:
         params = params.requires_grad_(True)
-    value = elbo(model, family(params), x, analytic_kl=True).sum()
+    fixed = {f"model.{name}": p.detach() for name, p in model.named_parameters()}
+    value = functional_call(_SummedElbo(model, family), fixed, (params, x))
     (grad,) = torch.autograd.grad(value, [params], create_graph=create_graph)
     return grad
 
@@ -48,10 +64,12 @@ class SemiAmortizedPosterior(_Refining):
     lambda_{t+1} = lambda_t + lr * grad ELBO(lambda_t) for t < K.
 
     With ``backprop=True`` training differentiates through the K steps into the encoder
-    (second-order terms included). With ``backprop=False`` the refinement is a stopped
-    gradient: the steps are taken on detached values and the encoder receives the refined
-    point's gradient as if the refinement were the identity (straight-through), so the encoder
-    learns to propose where refinement ends up, at first-order cost. ``K=0`` is plain amortized VI.
+    (second-order terms included); the model gets the partial derivative of ELBO(lambda_K) at
+    the refined lambda_K, none through the steps (Kim et al.'s Algorithm 1). With
+    ``backprop=False`` the refinement is a stopped gradient: the steps are taken on detached
+    values and the encoder receives the refined point's gradient as if the refinement were the
+    identity (straight-through), so the encoder learns to propose where refinement ends up, at
+    first-order cost. ``K=0`` is plain amortized VI.
     """
 
     def __init__(

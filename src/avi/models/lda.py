@@ -104,7 +104,10 @@ def _check_concentration(name: str, value: float) -> None:
 
 
 def check_counts(counts: Tensor, vocab_size: int, name: str = "counts") -> None:
-    """Raise :class:`DataError` unless ``counts`` is (N, vocab_size) of non-negative finite numbers."""
+    """Raise :class:`DataError` unless ``counts`` is (N, vocab_size) of non-negative finite
+    floating-point numbers (the variational updates keep their dtype)."""
+    if not counts.is_floating_point():
+        raise DataError(f"{name} must be floating point (float32 or float64), got {counts.dtype}: pass counts.double()")
     if counts.ndim != 2:
         raise DataError(f"{name} must be a 2-D array (documents, {vocab_size} words), got shape {tuple(counts.shape)}")
     if counts.shape[1] != vocab_size:

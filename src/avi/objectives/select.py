@@ -33,6 +33,8 @@ ESTIMATORS = ("reparam", "score", "score-baseline", "nvil", "vimco", "stl", "dre
 _ESTIMATORS_OF = {"elbo": ("score", "score-baseline", "nvil", "stl", "gumbel"), "iwae": ("vimco", "dreg")}
 #: the estimators that differentiate through z ~ q (q must have ``rsample``: not a discrete family)
 REPARAMETERISED = ("reparam", "stl", "dreg")
+#: objectives whose one estimator draws z without a gradient path (``q.sample``): any family
+_SAMPLE_ONLY = ("rws",)
 
 
 def check_estimator(objective: str, estimator: str, *, discrete: bool | None = None) -> None:
@@ -41,10 +43,10 @@ def check_estimator(objective: str, estimator: str, *, discrete: bool | None = N
     a discrete family has no reparameterised samples, and ``gumbel`` needs one."""
     if estimator not in ESTIMATORS:
         raise ConfigError(f"unknown gradient estimator {estimator!r}; choose from {list(ESTIMATORS)}")
-    if discrete and estimator in REPARAMETERISED:
+    if discrete and estimator in REPARAMETERISED and objective not in _SAMPLE_ONLY:
         raise ConfigError(
             f"reparameterised estimator asked for a discrete family ({estimator!r}); use score, score-baseline, "
-            "nvil or gumbel with the elbo objective, or vimco with iwae"
+            "nvil or gumbel with the elbo objective, vimco with iwae, or the rws objective"
         )
     if discrete is False and estimator == "gumbel":
         raise ConfigError("the gumbel estimator needs a model with discrete latents (model discrete-vae or sbn)")
@@ -84,7 +86,8 @@ def make_objective(
     ``score-baseline`` (with a moving-average baseline), ``nvil`` (with a learned baseline
     network), ``stl`` (sticking the landing) and ``gumbel`` (categorical or Bernoulli q relaxed at
     ``temperature``, hard samples with ``straight_through``); for ``iwae`` also ``vimco`` and
-    ``dreg``. A discrete family trains with the score-function estimators or ``gumbel``.
+    ``dreg``. A discrete family trains with the score-function estimators, ``gumbel``, ``vimco``
+    or the ``rws`` objective (which never differentiates through z).
     ``baseline`` is the state of ``score-baseline`` (a fresh :class:`MovingAverageBaseline` by
     default, bound into the returned objective) and, required, the :class:`NVILBaseline` of
     ``nvil``, whose parameters the caller must optimise with the posterior's.

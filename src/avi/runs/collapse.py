@@ -18,6 +18,7 @@ from avi.models.base import LatentVariableModel
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import Objective
 from avi.objectives.weighted import weighted_elbo_terms
+from avi.runs.rundir import save_figure
 from avi.seeding import seeded
 
 if TYPE_CHECKING:
@@ -161,6 +162,6 @@ def plot_collapse(run_dir: Path) -> Path:
     bottom.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
     fig.tight_layout()
     path = run_dir / COLLAPSE_FIGURE
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, 110)
     plt.close(fig)
     return path

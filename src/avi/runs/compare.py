@@ -8,11 +8,11 @@ active units where recorded, and training time. The best value of each row is ma
 from __future__ import annotations
 
 import csv
-import json
+import math
 from pathlib import Path
 from typing import Any
 
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
+from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, atomic_write_bytes, read_json, require_run, save_figure
 
 __all__ = ["METRICS_COMPARED", "best_of", "collect", "to_markdown", "write_comparison"]
 
@@ -56,9 +56,9 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         out["test_log_likelihood"] = evaluation["log_likelihood"]
         if "active_units" in evaluation:
             out["active_units"] = evaluation["active_units"]
-    gaps = sorted(run_dir.glob("gaps-*-test.json"))
-    if gaps:
-        g = json.loads(gaps[0].read_text())
+    gaps = run_dir / f"gaps-{out['family']}-test.json"  # the run's own family, not another q* family's
+    if gaps.exists():
+        g = read_json(gaps)
         out["approximation_gap"], out["amortization_gap"] = g["approximation_gap"], g["amortization_gap"]
     if (run_dir / SUMMARY).exists():
         out["status"] = read_json(run_dir / SUMMARY).get("status")
@@ -66,9 +66,13 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
 
 
 def best_of(runs: list[dict[str, Any]], key: str, direction: str) -> int | None:
-    """Index of the best run for ``key`` (None if no direction, or fewer than two runs have it)."""
-    values = [(i, r[key]) for i, r in enumerate(runs) if r.get(key) is not None]
-    if direction == "none" or len(values) < 2:
+    """Index of the best run for ``key`` (None if no direction, or fewer than two runs have a
+    finite value of it: a NaN, such as the validation ELBO of a run without validation data,
+    is never best)."""
+    if direction == "none":
+        return None
+    values = [(i, r[key]) for i, r in enumerate(runs) if r.get(key) is not None and math.isfinite(r[key])]
+    if len(values) < 2:
         return None
     pick = max if direction == "max" else min
     return pick(values, key=lambda item: item[1])[0]
@@ -102,7 +106,7 @@ def write_comparison(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
 
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"
-    markdown.write_text(to_markdown(runs))
+    atomic_write_bytes(markdown, to_markdown(runs).encode())
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for r in runs:
         path = Path(r["run"]) / METRICS
@@ -116,6 +120,6 @@ def write_comparison(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
     ax.legend(fontsize=8)
     fig.tight_layout()
     figure = out_dir / "comparison.png"
-    fig.savefig(figure, dpi=110)
+    save_figure(fig, figure, 110)
     plt.close(fig)
     return markdown, figure

@@ -6,6 +6,7 @@ import atexit
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,22 @@ def run_evaluate(
         precision = "fp32"
     memory_budget = config.evaluate.memory_budget if memory_budget is None else memory_budget
     sizes = {"batch_size": config.evaluate.batch_size, "chunk_size": config.evaluate.chunk_size, "memory_budget": memory_budget}
-    chunk_sizes(run.model, k, **sizes)  # a bad budget fails before the slow parts
     if data is None:
         test = run.splits.test
         source = "test split"
     else:
-        x, _ = load_array_file(data)
+        x, labels = load_array_file(data)
         test = prepare_data(x, config, f"data file {data}").binarized(config.data.seed + 1)
+        if labels is not None:  # for the linear probe of --consistency
+            test = replace(test, labels=torch.as_tensor(labels))
         run.model.check_data(test.x, f"data file {data}")
         source = str(data)
     x = test.x.to(run.device)
+    n = x.shape[0]
+    shard = distributed.shard(n)
+    # a bad budget fails before the slow parts, with the worker threads that sampling will use
+    workers = 1 if run.device.type != "cpu" else max(1, min(torch.get_num_threads(), len(shard)))
+    chunk_sizes(run.model, k, workers=workers, precision=precision, **sizes)
     started = time.perf_counter()
     posterior = infer_posterior(run, x)
     inference_seconds = time.perf_counter() - started
@@ -108,8 +115,6 @@ def run_evaluate(
     # on the first 1,000 points, as in training: the pairwise MI estimate costs a pass per latent
     # dimension for an inverse autoregressive flow
     collapse = collapse_diagnostics(run.model, posterior, x[:DIAGNOSTIC_POINTS], batch_size=MI_BATCH_SIZE)
-    n = x.shape[0]
-    shard = distributed.shard(n)
     done = 0
 
     def report(count: int) -> None:

@@ -14,7 +14,7 @@ from avi.inference.fit import fit
 from avi.inference.local import LocalPosterior
 from avi.runs.build import build_posterior, prepare_data
 from avi.runs.config import DISCRETE_MODELS, FAMILY_NAMES
-from avi.runs.rundir import write_json
+from avi.runs.rundir import save_figure, write_json
 from avi.runs.train import load_trained
 
 __all__ = ["plot_gaps", "run_gaps"]
@@ -126,7 +126,7 @@ def plot_gaps(run_dir: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     path = run_dir / "gaps.png"
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
     return path
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from avi.errors import RunError
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
+from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, atomic_write_bytes, read_json, require_run, save_figure
 from avi.runs.train import TrainedRun, infer_posterior, load_trained
 
 __all__ = ["FIGURES", "run_report"]
@@ -57,7 +57,7 @@ def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, 110)
     plt.close(fig)
 
 
@@ -76,7 +76,7 @@ def _grid(images: torch.Tensor, side: int, path: Path, title: str, rows: int) ->
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, 110)
     plt.close(fig)
 
 
@@ -109,7 +109,7 @@ def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) ->
         ax.scatter(points[:, 0], points[:, 1], s=5)
     ax.set_title(f"Latent space: {method}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, 110)
     plt.close(fig)
     return method
 
@@ -192,5 +192,5 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
         f"<style>{STYLE}</style></head><body><h1>avi report: {html.escape(str(run_dir))}</h1>{body}</body></html>"
     )
     path = run_dir / "report.html"
-    path.write_text(page)
+    atomic_write_bytes(path, page.encode())
     return path

@@ -34,6 +34,7 @@ __all__ = [
     "read_config",
     "read_json",
     "require_run",
+    "save_figure",
     "write_checkpoint",
     "write_json",
 ]
@@ -102,6 +103,13 @@ def _csv_line(values: list[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(values)
     return buffer.getvalue()
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """A matplotlib figure as PNG at ``path``, atomically (rendered in memory first)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:

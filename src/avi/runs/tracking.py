@@ -28,14 +28,16 @@ def _scalars(row: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    """Scalars under ``RUN_DIR/tensorboard``, one step per epoch."""
+    """Scalars under ``RUN_DIR/tensorboard``, one step per epoch. A resumed run writes to the
+    same directory, which holds its earlier epochs; ``purge_step`` (its first new epoch) has
+    TensorBoard drop what an interrupted call logged from that epoch on."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("tracking.tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, row: dict[str, Any]) -> None:
         for key, value in _scalars(row).items():
@@ -69,12 +71,17 @@ class MLflowTracker:
         self.mlflow.end_run()
 
 
-def open_trackers(config: Config, run_dir: Path) -> list[Tracker]:
-    """The trackers that ``config.tracking`` turns on, writing beside or into the run directory."""
+def open_trackers(config: Config, run_dir: Path, history: list[dict[str, Any]]) -> list[Tracker]:
+    """The trackers that ``config.tracking`` turns on, writing beside or into the run directory.
+    ``history``, the rows of a resumed run's earlier epochs, goes to the trackers that start
+    empty (a resumed run is a new MLflow run), not to TensorBoard's directory, which has them."""
     trackers: list[Tracker] = []
     if config.tracking.tensorboard:
-        trackers.append(TensorBoardTracker(run_dir / "tensorboard"))
+        trackers.append(TensorBoardTracker(run_dir / "tensorboard", int(history[-1]["epoch"]) + 1 if history else None))
     if config.tracking.mlflow:
         uri = config.tracking.mlflow_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
-        trackers.append(MLflowTracker(uri, run_dir.name, config))
+        mlflow = MLflowTracker(uri, run_dir.name, config)
+        for row in history:
+            mlflow.log(row)
+        trackers.append(mlflow)
     return trackers

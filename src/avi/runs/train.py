@@ -300,6 +300,8 @@ def run_fit(
         if run.device.type == "cuda" and state.get("cuda_rng") is not None:  # the GPU's draws continue too
             torch.cuda.set_rng_state(state["cuda_rng"], run.device)
         rows, start_epoch = state["metrics"], state["epoch"]
+        if last_epoch < start_epoch:
+            raise ConfigError(f"run {run_dir} has done {start_epoch} epochs: resuming it needs epochs >= {start_epoch}, got {last_epoch}")
         validation_params = state.get("validation_params")
         if validation_params is not None:
             validation_params = validation_params.to(run.device)
@@ -315,11 +317,10 @@ def run_fit(
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config, baseline=baseline)
-    trackers = open_trackers(config, run_dir) if main else []
+    trackers = open_trackers(config, run_dir, rows) if main else []
     metrics = MetricsTable(run_dir / METRICS)
-    for row in rows:  # a resumed run's trackers see its history too
-        for tracker in trackers:
-            tracker.log(row)
+    if main and rows:  # a kill between the checkpoint and the table's write left the table a row short
+        metrics.write(rows)
     started = time.perf_counter()
     train: Dataset = run.splits.train.to(run.device)
     for epoch in range(start_epoch + 1, last_epoch + 1):
@@ -332,20 +333,14 @@ def run_fit(
         optimised, kl_weight = epoch_objective(config, epoch, objective)
         optimised = regularise(config, optimised, run.posterior)  # after a remedy's reweighting, so both apply
         aggressive = aggressive_next(config, rows)
-        result = (aggressive_epoch if aggressive else train_epoch)(
-            run.model,
-            run.posterior,
-            train,
-            optimizers,
-            objective=optimised,
-            batch_size=config.train.batch_size,
-            generator=generator,
-            rank=distributed.rank(),
-            world_size=distributed.world_size(),
-            on_progress=hook,
-            **parallel,
-        )
-        stats, encoder_steps = result if aggressive else (result, 0)
+        common = {"objective": optimised, "batch_size": config.train.batch_size, "generator": generator, "on_progress": hook}
+        if aggressive:
+            stats, encoder_steps = aggressive_epoch(run.model, run.posterior, train, optimizers, baseline=baseline, **common)
+        else:
+            stats, encoder_steps = train_epoch(
+                run.model, run.posterior, train, optimizers, rank=distributed.rank(),
+                world_size=distributed.world_size(), **common, **parallel,
+            ), 0  # fmt: skip
         with full_precision(run.model, run.posterior):  # metrics in fp32 whatever the training precision
             val, validation_params = _validate(run, validation_params)
             # rank 0 writes them; the one reader of past rows' diagnostics (aggressive training's
