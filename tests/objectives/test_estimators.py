@@ -272,3 +272,11 @@ def test_fit_with_each_estimator_approaches_the_posterior(
     fit(ppca, posterior, Dataset(ppca_x), epochs=300, batch_size=10, lr=lr, local_lr=lr, train_model=False,
         objective=make_objective(name, estimator=chosen, k=5), generator=torch.Generator().manual_seed(2))  # fmt: skip
     assert before > 30 and gap() < 2.0, (before, gap())
+
+
+def test_moving_average_state_follows_the_signal_to_its_device() -> None:
+    # make_objective builds the baseline on the CPU; with data on a GPU its state moves there
+    # instead of being copied back every step (the meta device stands in for the GPU)
+    baseline = MovingAverageBaseline()
+    baseline.update(torch.zeros(4, 3, device="meta"), torch.ones(2, 4, device="meta"))
+    assert baseline.value.device.type == "meta" and dict(baseline.named_buffers())["value"] is baseline.value

@@ -85,7 +85,10 @@ class MovingAverageBaseline(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor, signal: Tensor) -> None:
-        """Move b towards mean(signal); ``signal``: (S, B), this rank's shard in a process group."""
+        """Move b towards mean(signal); ``signal``: (S, B), this rank's shard in a process group.
+        The state follows the signal to its device (a baseline made on the CPU for GPU data)."""
+        if self.value.device != signal.device:
+            self.value = self.value.to(signal.device)
         mean = batch_mean(signal.reshape(-1)).to(self.value.dtype)
         # torch.where, not a Python branch on the value: no host synchronisation per step on a GPU
         self.value.copy_(torch.where(self.value.isnan(), mean, self.decay * self.value + (1 - self.decay) * mean))
