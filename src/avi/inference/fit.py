@@ -88,9 +88,11 @@ def train_epoch(
 ) -> EpochStats:
     """One pass over ``data``: for each batch, maximise mean(objective(model, q(x), x)).
 
-    Sums of the per-point values stay on the device; ``on_progress(examples, sums)`` is called
-    after every step with the running sums (objective, reconstruction, kl) and must not force a
-    host synchronisation on every call.
+    ``generator`` (a CPU generator) orders the batches and, for data on the CPU, draws the
+    dynamic binarisation; data on a GPU is binarised from the device's global generator
+    (seed it with ``torch.cuda.manual_seed``). Sums of the per-point values stay on the device;
+    ``on_progress(examples, sums)`` is called after every step with the running sums
+    (objective, reconstruction, kl) and must not force a host synchronisation on every call.
 
     With ``world_size > 1`` (a process group is initialised) this process takes its shard of
     every global batch and ``step`` (default :func:`~avi.inference.parallel.data_parallel`,
