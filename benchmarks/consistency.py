@@ -60,7 +60,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def config_for(mode: Mode, weight: float, transform: str) -> Config:
+def config_for(mode: Mode, weight: float, transform: str | None) -> Config:
     return load_config(
         None,
         {
@@ -163,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     mode = QUICK if args.quick else FULL
     started = time.perf_counter()
-    configs = {"ELBO": config_for(mode, 0.0, "translate")}
+    configs = {"ELBO": config_for(mode, 0.0, None)}
     for transform in TRANSFORMS:
         configs[f"ELBO + consistency ({transform})"] = config_for(mode, args.weight, transform)
     splits = load_splits(configs["ELBO"])

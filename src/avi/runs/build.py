@@ -135,7 +135,11 @@ def _split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.T
 
 def load_splits(config: Config) -> Splits:
     """Training, validation and test data from ``config.data``; evaluation splits get one fixed
-    binarisation (seed ``data.seed + 1``) so that their scores are reproducible."""
+    binarisation (seed ``data.seed + 1``) so that their scores are reproducible.
+
+    Raises :class:`DataError` where the test split (which ``avi evaluate`` scores) or the
+    training split would be empty; the validation split may be (``validation_fraction = 0``).
+    """
     d = config.data
     generator = torch.Generator().manual_seed(d.seed)
     labels = None
@@ -154,6 +158,11 @@ def load_splits(config: Config) -> Splits:
             x_all = torch.as_tensor(x_np, dtype=torch.float32)
             labels = None if y_np is None else torch.as_tensor(y_np)
         keep, test_index = _split(x_all.shape[0], d.test_fraction, generator)
+        if test_index.numel() == 0:  # avi evaluate scores the test split: fail here, not after training
+            raise DataError(
+                f"{x_all.shape[0]} data points are too few for test_fraction {d.test_fraction} (validation_fraction "
+                f"{d.validation_fraction}): the test split would be empty; use more points or a larger data.test_fraction"
+            )
         x_test, y_test = x_all[test_index], None if labels is None else labels[test_index]
         x_all, labels = x_all[keep], None if labels is None else labels[keep]
     train_index, val_index = _split(x_all.shape[0], d.validation_fraction, generator)

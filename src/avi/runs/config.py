@@ -1,16 +1,19 @@
 """Run configuration: validated by pydantic, read from TOML, overridden by flags, filled by presets.
 
 A config is nested sections (``model``, ``data``, ``inference``, ``objective``, ``train``,
-``evaluate``). Unknown keys, presets and options are errors that name the key.
+``evaluate``). Unknown keys, presets and options are errors that name the key, and so is a
+setting given where it does not apply (``objective.k`` with the elbo objective,
+``inference.refine_steps`` without the semi-amortized strategy: :data:`_APPLIES`).
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, model_validator
 
 from avi.errors import ConfigError
 
@@ -25,12 +28,13 @@ class ModelConfig(_Section):
     """The generative model: ``vae`` (MLP decoder), ``ppca`` or ``factor-analysis``; or one with
     discrete latents (Bernoulli likelihood, :mod:`avi.models.discrete`): ``discrete-vae``,
     ``latent_dim`` categorical variables of ``num_classes`` classes each under a uniform prior,
-    or ``sbn``, a sigmoid belief net of ``latent_dim`` binary units (``hidden = []``: one layer)."""
+    or ``sbn``, a sigmoid belief net of ``latent_dim`` binary units (``hidden = []``: one layer).
+    ``hidden`` (like the other layer sizes of a config) is a list of positive widths."""
 
     name: Literal["vae", "ppca", "factor-analysis", "discrete-vae", "sbn"] = "vae"
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [400])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [400])
     activation: Literal["relu", "tanh", "elu", "softplus"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
@@ -90,7 +94,7 @@ class InferenceConfig(_Section):
 
     strategy: StrategyName = "amortized"
     family: FamilyName = "mean-field"
-    encoder_hidden: list[int] | None = None
+    encoder_hidden: list[PositiveInt] | None = None
     local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
     infer_block: int = Field(1000, ge=1)
@@ -100,7 +104,7 @@ class InferenceConfig(_Section):
     refine_backprop: bool = True
     iterations: int = Field(5, ge=1)
     flow_transforms: int = Field(2, ge=1)
-    flow_hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    flow_hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
     denoise: float = Field(0.0, ge=0, allow_inf_nan=False)
     weight_norm: bool = False
     consistency: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -267,9 +271,57 @@ class Config(_Section):
         check_collapse_options(self)
         return self
 
+    @model_validator(mode="after")
+    def _check_applicable(self, info: ValidationInfo) -> Config:
+        """A setting given where it does not apply would be recorded in config.json and ignored:
+        an error, for the settings the user set (``model_fields_set``) of :data:`_APPLIES`. Not
+        checked under the context ``{"stored": True}``: a run's config.json sets every field."""
+        if (info.context or {}).get("stored"):
+            return self
+        for settings, depends, applies, owner, hint in _APPLIES:
+            value = _setting(self, depends)
+            for setting in settings:
+                section, field = setting.split(".")
+                if field in getattr(self, section).model_fields_set and not applies(value):
+                    raise ValueError(f"{setting} applies to {owner}, not {depends} = {value!r}" + (f": {hint}" if hint else ""))
+        return self
+
 
 #: models with discrete latents, and the variational family each takes
 DISCRETE_MODELS = {"discrete-vae": "categorical", "sbn": "bernoulli"}
+
+#: Settings that apply only where another setting holds: (settings, the setting they depend on,
+#: whether they apply at its value, what they belong to, a hint), from their readers (runs/build.py,
+#: objectives/select.py, runs/train.py, runs/collapse.py, runs/tracking.py). Not here, as other
+#: commands read them: objective.cubo_order (``avi evaluate --cubo``, any objective) and
+#: inference.flow_transforms and flow_hidden (``avi gaps --family iaf|nsf``, any family).
+_APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ...] = (
+    (("objective.k",), "objective.name", lambda name: name != "elbo",
+     "iwae, renyi, cubo and rws (and the vimco/dreg estimators)", "use num_samples"),
+    (("objective.num_samples",), "objective.name", lambda name: name == "elbo", "the elbo objective", "use k"),
+    (("objective.analytic_kl",), "objective.name", lambda name: name == "elbo", "the elbo objective with the reparam estimator", ""),
+    (("objective.analytic_kl",), "objective.estimator", lambda e: e == "reparam", "the elbo objective with the reparam estimator", ""),
+    (("objective.alpha",), "objective.name", lambda name: name == "renyi", "the renyi objective", ""),
+    (("inference.refine_steps", "inference.refine_lr", "inference.refine_backprop"), "inference.strategy",
+     lambda s: s == "semi-amortized", "the semi-amortized strategy", ""),
+    (("inference.iterations",), "inference.strategy", lambda s: s == "iterative", "the iterative strategy", ""),
+    (("inference.local_lr", "inference.infer_steps", "inference.infer_block", "inference.validation_steps"),
+     "inference.strategy", lambda s: s == "per-datapoint", "the per-datapoint strategy", ""),
+    (("inference.encoder_hidden",), "inference.strategy", lambda s: s != "per-datapoint",
+     "an encoder (the amortized, semi-amortized and iterative strategies)", ""),
+    (("inference.transform",), "inference.consistency", lambda w: w > 0, "consistency regularisation (consistency > 0)", ""),
+    (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
+    (("remedies.kl_warmup_start", "remedies.kl_start_weight"), "remedies.kl_warmup", lambda n: n > 0,
+     "a KL warm-up (kl_warmup > 0)", ""),
+    (("remedies.kl_cycle_ratio",), "remedies.kl_cycles", lambda n: n > 0, "cyclical KL annealing (kl_cycles > 0)", ""),
+    (("tracking.mlflow_uri",), "tracking.mlflow", lambda on: on, "MLflow tracking (mlflow = true)", ""),
+)
+
+
+def _setting(config: Config, name: str) -> Any:
+    section, field = name.split(".")
+    return getattr(getattr(config, section), field)
+
 
 #: Named architectures: model fields (and the encoder mirrored from the decoder).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -294,10 +346,15 @@ def _one_line(err: ValidationError) -> str:
     return f"invalid value for {where}: {first['msg']}"
 
 
-def resolve_config(values: dict[str, Any]) -> Config:
-    """Validate nested ``values`` and fill model fields the user left unset from the preset."""
+def resolve_config(values: dict[str, Any], *, explicit: bool = False) -> Config:
+    """Validate nested ``values`` and fill model fields the user left unset from the preset.
+
+    ``explicit``: ``values`` holds the settings a user chose (a TOML file and flags, as in
+    :func:`load_config`), so that one that does not apply to the rest is an error. Without it
+    ``values`` may set every field, as a run's config.json does (:func:`avi.runs.rundir.read_config`).
+    """
     try:
-        config = Config.model_validate(values)
+        config = Config.model_validate(values, context={"stored": not explicit})
     except ValidationError as err:
         raise ConfigError(_one_line(err)) from None
     preset = config.model.preset
@@ -329,7 +386,7 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
         if not isinstance(current, dict):
             raise ConfigError(f"config key {section!r} must be a table")
         current.update({k: v for k, v in entries.items() if v is not None})
-    return resolve_config(values)
+    return resolve_config(values, explicit=True)
 
 
 def learning_rate(train: TrainConfig, epoch: int) -> float:
