@@ -38,8 +38,8 @@ class CollapseDiagnostics(NamedTuple):
     """What :func:`collapse_diagnostics` returns for a data set.
 
     ``kl_per_dim`` (K,): mean over points of KL(q(z_k|x) || p(z_k)); ``mean_variance`` (K,):
-    Cov_x(E_q[z_k|x]) (the trace over a categorical latent's classes); ``active_units``: how many of those exceed the threshold;
-    ``mutual_information``: the estimate of I(x; z) in nats.
+    Cov_x(E_q[z_k|x]) (the trace over a categorical latent's classes); ``active_units``: how
+    many of those exceed the threshold; ``mutual_information``: the estimate of I(x; z) in nats.
     """
 
     kl_per_dim: Tensor
