@@ -216,3 +216,22 @@ def test_avitm_recovers_the_topics(corpus: Corpus, decoder: str) -> None:
     assert history.train[-1].elbo > history.train[0].elbo + 50
     match = match_topics(model.topics(), corpus.topics)
     assert match.mean_tv < AVITM_BOUNDS[decoder], match.tv
+
+
+def test_the_bound_is_finite_in_float32_and_with_unused_words() -> None:
+    # small concentrations put E[log theta] and E[log beta] near -100 each: their product
+    # underflows in float32, and 0 x log 0 was NaN for every absent word
+    corpus = synthetic_corpus(300, 500, 10, alpha=0.01, eta=0.01, seed=0)
+    model = LDA(10, 500, alpha=0.01, eta=0.01)
+    lam = corpus.topics * 3000 + 0.01
+    float64 = model.elbo(corpus.counts, lam)
+    float32 = model.elbo(corpus.counts.float(), lam.float())
+    assert torch.isfinite(float32)
+    torch.testing.assert_close(float32.double(), float64, rtol=1e-5, atol=0)
+    # fixed topics with words no topic uses (log beta = -inf in those columns): still finite
+    corpus = synthetic_corpus(50, 100, 5, alpha=0.1, eta=0.001, seed=0)
+    model = LDA(5, 100, alpha=0.1, eta=0.001)
+    log_beta = corpus.topics.log()
+    assert torch.isinf(log_beta).all(0).any()
+    gamma = model.local_step(corpus.counts, log_beta).gamma
+    assert torch.isfinite(model.document_elbo(corpus.counts, gamma, log_beta)).all()

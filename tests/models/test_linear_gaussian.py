@@ -128,6 +128,24 @@ def test_ppca_max_log_likelihood_is_the_likelihood_of_the_ml_solution(ppca: Line
     assert ppca.exact_log_marginal(x).mean() < mean_ll - 1e-3
 
 
+def test_from_parameters_builds_the_model_on_the_parameters_device() -> None:
+    # the meta device stands in for a GPU: the model was built on the CPU whatever W's device
+    W = torch.ones(3, 2, device="meta")
+    model = LinearGaussian.from_parameters(W, torch.zeros(3, device="meta"), 0.5)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_ppca_max_log_likelihood_with_as_many_latents_as_dimensions(ppca: LinearGaussian) -> None:
+    # K >= D: no noise directions are left, the maximum is the full-covariance Gaussian's at the
+    # sample mean and covariance (it was NaN: the mean of no remaining eigenvalues)
+    x, _ = ppca.sample(400, torch.Generator().manual_seed(4))
+    centred = x - x.mean(0)
+    gaussian = torch.distributions.MultivariateNormal(x.mean(0), centred.T @ centred / len(x))
+    expected = gaussian.log_prob(x).mean()
+    for latent_dim in (x.shape[1], x.shape[1] + 2):
+        torch.testing.assert_close(ppca_max_log_likelihood(x, latent_dim), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_check_data_accepts_good_data(ppca: LinearGaussian, ppca_x: torch.Tensor) -> None:
     ppca.check_data(ppca_x)
 

@@ -141,10 +141,16 @@ class LocalFit(NamedTuple):
 
 
 def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """log(exp(a) @ exp(b)) for a (B, K), b (K, V), stable by row and column maxima: (B, V)."""
+    """log(exp(a) @ exp(b)) for a (B, K), b (K, V): (B, V), in a's dtype. Shifted by row and
+    column maxima (an infinite maximum, a word no topic uses, shifts by 0) and summed in
+    float64, where the products of the two shifted exponentials cannot underflow unless they
+    are below 1e-308 (in float32, e^-100 * e^-100 would be 0)."""
     a_max = a.amax(-1, keepdim=True)
     b_max = b.amax(0, keepdim=True)
-    return torch.log((a - a_max).exp() @ (b - b_max).exp()) + a_max + b_max
+    a_max = torch.where(torch.isfinite(a_max), a_max, 0.0)
+    b_max = torch.where(torch.isfinite(b_max), b_max, 0.0)
+    product = (a - a_max).double().exp() @ (b - b_max).double().exp()
+    return (product.log() + a_max + b_max).to(a.dtype)
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ class LDA:
         With ``elog_beta`` = log beta of fixed topics it is a lower bound on log p(w_d | beta).
         """
         log_word = _log_matmul(expected_log_dirichlet(gamma), elog_beta)
-        log_lik = (counts * log_word).sum(-1)
+        log_lik = torch.where(counts > 0, counts * log_word, 0.0).sum(-1)  # absent words: 0, even at log 0
         prior = Dirichlet(torch.full_like(gamma, self.alpha), validate_args=False)
         return log_lik - kl_divergence(Dirichlet(gamma, validate_args=False), prior)
 

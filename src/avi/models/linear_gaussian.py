@@ -41,7 +41,7 @@ class LinearGaussian(LatentVariableModel):
         """A model with the given loading matrix (D, K), mean (D,) and noise variance (scalar or (D,))."""
         noise_var = torch.as_tensor(noise_var, dtype=W.dtype)
         model = cls(W.shape[0], W.shape[1], "isotropic" if noise_var.numel() == 1 else "diagonal")
-        model = model.to(W.dtype)
+        model = model.to(device=W.device, dtype=W.dtype)
         with torch.no_grad():
             model.W.copy_(W)
             model.mu.copy_(mu)
@@ -88,10 +88,11 @@ def ppca_max_log_likelihood(x: Tensor, latent_dim: int) -> Tensor:
     """The maximal mean log-likelihood per point of PPCA on x (Tipping and Bishop 1999).
 
     With l_1 >= ... >= l_D the eigenvalues of the sample covariance and s2 = mean(l_{K+1..D}):
-    -1/2 [D log 2 pi + sum_{j<=K} log l_j + (D - K) log s2 + D].
+    -1/2 [D log 2 pi + sum_{j<=K} log l_j + (D - K) log s2 + D]; for K >= D the full-covariance
+    Gaussian's, -1/2 [D log 2 pi + sum_j log l_j + D].
     """
     n, d = x.shape
     centred = x - x.mean(0)
     eig = torch.linalg.eigvalsh(centred.T @ centred / n).flip(0)
-    s2 = eig[latent_dim:].mean()
-    return -0.5 * (d * math.log(2 * math.pi) + eig[:latent_dim].log().sum() + (d - latent_dim) * s2.log() + d)
+    noise = (d - latent_dim) * eig[latent_dim:].mean().log() if latent_dim < d else 0.0
+    return -0.5 * (d * math.log(2 * math.pi) + eig[:latent_dim].log().sum() + noise + d)
