@@ -92,6 +92,13 @@ def test_static_binarisation_is_a_fixed_draw() -> None:
     assert not torch.equal(a.x, data.binarized(4).x)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_static_binarisation_of_gpu_data_is_the_cpu_draw() -> None:
+    data = Dataset(torch.rand(50, 3, generator=torch.Generator().manual_seed(0)), dynamic=True)
+    on_gpu = data.to("cuda").binarized(3)
+    assert on_gpu.x.is_cuda and torch.equal(on_gpu.x.cpu(), data.binarized(3).x)
+
+
 def test_one_process_sees_every_point_once_per_epoch(generator: torch.Generator) -> None:
     batches = list(shard_batches(103, 10, generator))
     assert [len(b) for b in batches] == [10] * 10 + [3]

@@ -73,11 +73,12 @@ class Dataset:
         return replace(self, x=self.x[index], labels=labels)
 
     def binarized(self, seed: int) -> Dataset:
-        """One fixed Bernoulli draw of a dynamic data set (static binarisation with ``seed``)."""
+        """One fixed Bernoulli draw of a dynamic data set (static binarisation with ``seed``),
+        drawn on the CPU, so that data on any device gets the same draw."""
         if not self.dynamic:
             return self
         generator = torch.Generator().manual_seed(seed)
-        return replace(self, x=torch.bernoulli(self.x, generator=generator), dynamic=False)
+        return replace(self, x=torch.bernoulli(self.x.cpu(), generator=generator).to(self.x.device), dynamic=False)
 
     def to(self, device: torch.device | str) -> Dataset:
         labels = None if self.labels is None else self.labels.to(device)
