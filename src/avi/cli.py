@@ -51,7 +51,7 @@ def fit(
     k: Annotated[Optional[int], typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")] = None,
     cubo_order: Annotated[Optional[float], typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
-    estimator: Annotated[Optional[str], typer.Option(help="Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco.")] = None,
+    estimator: Annotated[Optional[str], typer.Option(help="Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco; or --objective rws.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Temperature > 0 of the gumbel estimator's relaxation (default 1).")] = None,
     straight_through: Annotated[bool, typer.Option("--straight-through", help="gumbel estimator: hard samples forward, relaxed gradient.")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,

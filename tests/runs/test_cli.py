@@ -156,6 +156,11 @@ def test_resume_refuses_to_change_the_configuration(run_avi, small_config, tmp_p
     assert again.returncode == 2 and "already holds a run" in again.stderr
     fewer = run_avi("fit", "--resume", str(run), "--epochs", "0")
     assert fewer.returncode == 2 and "has done 1 epochs: resuming it needs epochs >= 1, got 0" in fewer.stderr
+    extended = run_avi("fit", "--resume", str(run), "--epochs", "2")
+    assert extended.returncode == 0, extended.stderr
+    plain = run_avi("fit", "--resume", str(run))  # the config's 1 epoch does not undo the extension
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 2
 
 
 def test_resume_repairs_a_metrics_table_behind_its_checkpoint(small_config, tmp_path: Path) -> None:

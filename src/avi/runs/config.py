@@ -1,7 +1,7 @@
 """Run configuration: validated by pydantic, read from TOML, overridden by flags, filled by presets.
 
-A config is nested sections (``model``, ``data``, ``inference``, ``objective``, ``train``,
-``evaluate``). Unknown keys, presets and options are errors that name the key, and so is a
+A config is nested sections (``model``, ``data``, ``inference``, ``objective``, ``remedies``,
+``train``, ``evaluate``, ``tracking``). Unknown keys, presets and options are errors that name the key, and so is a
 setting given where it does not apply (``objective.k`` with the elbo objective,
 ``inference.refine_steps`` without the semi-amortized strategy: :data:`_APPLIES`).
 """

@@ -241,7 +241,8 @@ def run_fit(
 
     With ``resume=True`` the config is read from ``run_dir`` and training continues after the
     last checkpointed epoch. ``epochs`` stops training after that many epochs in all, instead of
-    ``config.train.epochs`` (a run can be extended, or trained in parts); ``threads`` sets
+    ``config.train.epochs`` (a run can be extended, or trained in parts; fewer than a resumed
+    run has done is an error, and without it a run extended earlier stays so); ``threads`` sets
     torch's intra-op threads for this call instead of ``config.train.threads`` (a resumed run on
     another machine). Returns the run directory.
     """
@@ -300,7 +301,9 @@ def run_fit(
         if run.device.type == "cuda" and state.get("cuda_rng") is not None:  # the GPU's draws continue too
             torch.cuda.set_rng_state(state["cuda_rng"], run.device)
         rows, start_epoch = state["metrics"], state["epoch"]
-        if last_epoch < start_epoch:
+        if epochs is None:  # a run extended by an earlier --epochs is not cut back to its config's
+            last_epoch = max(last_epoch, start_epoch)
+        elif last_epoch < start_epoch:
             raise ConfigError(f"run {run_dir} has done {start_epoch} epochs: resuming it needs epochs >= {start_epoch}, got {last_epoch}")
         validation_params = state.get("validation_params")
         if validation_params is not None:
