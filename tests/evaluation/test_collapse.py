@@ -203,3 +203,26 @@ def test_a_categorical_latent_is_one_unit() -> None:
     diagnostics = collapse_diagnostics(model, posterior, x)
     assert diagnostics.mean_variance.shape == (latents,) and diagnostics.kl_per_dim.shape == (latents,)
     assert diagnostics.active_units == 1 and active_units(posterior, x) == 1
+
+
+def test_mutual_information_on_the_first_points_only(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # mi_points: KL and active units over all points, the MI estimate over the first batch alone
+    # (a flow's estimate would otherwise cost batch_size densities of a pass per latent dimension)
+    from avi.families.flow import FlowFamily
+    from avi.runs.collapse import FLOW_MI_BATCH_SIZE, mi_settings
+
+    family = make_family("mean-field", 2)
+    posterior = AmortizedPosterior(mlp_encoder(5, (8,), family.param_size), family).double()
+    torch.manual_seed(3)
+    full = collapse_diagnostics(ppca, posterior, ppca_x, batch_size=20)
+    torch.manual_seed(3)
+    first = collapse_diagnostics(ppca, posterior, ppca_x, batch_size=20, mi_points=20)
+    torch.manual_seed(3)
+    expected = batch_mutual_information(posterior(ppca_x[:20])).mean().item()
+    assert first.mutual_information == pytest.approx(expected, rel=1e-12)
+    assert first.mutual_information != full.mutual_information
+    torch.testing.assert_close(first.kl_per_dim, full.kl_per_dim)
+    assert first.active_units == full.active_units
+    assert mi_settings(posterior) == {"batch_size": 500}
+    flow = AmortizedPosterior(mlp_encoder(5, (8,), 4), FlowFamily(2, "nsf", context_size=4))
+    assert mi_settings(flow) == {"batch_size": FLOW_MI_BATCH_SIZE, "mi_points": FLOW_MI_BATCH_SIZE}

@@ -159,23 +159,29 @@ def collapse_diagnostics(
     *,
     batch_size: int = 500,
     threshold: float = 0.01,
+    mi_points: int | None = None,
 ) -> CollapseDiagnostics:
     """KL per dimension, active units (Cov_x(E_q[z_k|x]) > ``threshold``) and mutual information
     of ``posterior`` on x: (N, D), in one pass over batches of ``batch_size`` points (the batch of
-    the mutual-information estimate: it cannot exceed log ``batch_size``), the posterior in
-    evaluation mode (a denoising encoder left in training mode would add its input noise)."""
+    the mutual-information estimate: in expectation it cannot exceed log ``batch_size``), the
+    posterior in evaluation mode (a denoising encoder left in training mode would add its input
+    noise). ``mi_points`` limits the mutual information to the batches of the first that many
+    points (its cost is batch_size densities per point: a pass per latent dimension each for a
+    flow used in the inverse direction)."""
     prior = model.prior()
-    kl, means, mi = [], [], 0.0
+    kl, means, mi, mi_count = [], [], 0.0, 0
     with eval_mode(posterior):
         for index in _batches(x.shape[0], batch_size, x.device):
             q = posterior(x[index], index)
             kl.append(dimension_kl(q, prior).sum(0))
             means.append(_mean(q))
-            mi += batch_mutual_information(q).sum().item()
+            if mi_points is None or mi_count < mi_points:
+                mi += batch_mutual_information(q).sum().item()
+                mi_count += index.numel()
     mean_variance = _variance_per_latent(torch.cat(means))
     return CollapseDiagnostics(
         torch.stack(kl).sum(0) / x.shape[0],
         mean_variance,
         int((mean_variance > threshold).sum()),
-        mi / x.shape[0],
+        mi / mi_count,
     )

@@ -26,17 +26,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLLAPSE_FIGURE",
+    "FLOW_MI_BATCH_SIZE",
     "MI_BATCH_SIZE",
     "aggressive_next",
     "check_collapse_options",
     "diagnostics_row",
     "epoch_objective",
     "kl_schedule",
+    "mi_settings",
     "plot_collapse",
 ]
 
-#: points per batch of the mutual-information estimate (it cannot exceed log 500 = 6.2 nats)
+#: points per batch of the mutual-information estimate (in expectation at most log 500 = 6.2 nats)
 MI_BATCH_SIZE = 500
+#: a flow posterior's: one batch of 100 (at most log 100 = 4.6 nats), as the density of a flow
+#: at another point's sample costs a pass per latent dimension (an NSF's 2 x 500^2 took minutes)
+FLOW_MI_BATCH_SIZE = 100
 COLLAPSE_FIGURE = "collapse.png"
 
 
@@ -107,12 +112,22 @@ def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
     return rows[-1]["mutual_information"] >= previous
 
 
+def mi_settings(posterior: nn.Module) -> dict[str, int]:
+    """The mutual-information batch of :func:`collapse_diagnostics` for ``posterior``: batches of
+    :data:`MI_BATCH_SIZE`, or one batch of :data:`FLOW_MI_BATCH_SIZE` for a flow family."""
+    from avi.families.flow import FlowFamily
+
+    if isinstance(getattr(posterior, "family", None), FlowFamily):
+        return {"batch_size": FLOW_MI_BATCH_SIZE, "mi_points": FLOW_MI_BATCH_SIZE}
+    return {"batch_size": MI_BATCH_SIZE}
+
+
 def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor, *, seed: int = 0) -> dict[str, Any]:
     """Metrics columns ``kl_dim_0..K-1``, ``active_units`` and ``mutual_information`` of the
     posterior on x, with the random draws of the estimate seeded by ``seed`` and the global
     RNG left as it was (training draws the same numbers with or without diagnostics)."""
     with seeded(seed, x.device):
-        d = collapse_diagnostics(model, posterior, x, batch_size=MI_BATCH_SIZE)
+        d = collapse_diagnostics(model, posterior, x, **mi_settings(posterior))
     return {
         **{f"kl_dim_{k}": v for k, v in enumerate(d.kl_per_dim.tolist())},
         "active_units": d.active_units,

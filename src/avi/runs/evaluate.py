@@ -24,7 +24,7 @@ from avi.inference.local import LocalPosterior
 from avi.precision import PRECISIONS, bf16_supported
 from avi.runs import distributed
 from avi.runs.build import prepare_data
-from avi.runs.collapse import MI_BATCH_SIZE
+from avi.runs.collapse import mi_settings
 from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
 from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, available_device, infer_posterior, load_trained, resolve_device
 
@@ -112,9 +112,8 @@ def run_evaluate(
     posterior = infer_posterior(run, x)
     inference_seconds = time.perf_counter() - started
     elbo, reconstruction, kl = elbo_per_point(run.model, posterior, x)
-    # on the first 1,000 points, as in training: the pairwise MI estimate costs a pass per latent
-    # dimension for an inverse autoregressive flow
-    collapse = collapse_diagnostics(run.model, posterior, x[:DIAGNOSTIC_POINTS], batch_size=MI_BATCH_SIZE)
+    # on the first 1,000 points, as in training (a flow's MI on the first 100: mi_settings)
+    collapse = collapse_diagnostics(run.model, posterior, x[:DIAGNOSTIC_POINTS], **mi_settings(posterior))
     done = 0
 
     def report(count: int) -> None:
