@@ -67,3 +67,17 @@ def test_bad_data_and_priors_are_one_line_errors(build, error) -> None:
     with pytest.raises(error) as info:
         build()
     assert "\n" not in str(info.value)
+
+
+def test_the_documented_names_import_from_the_package() -> None:
+    # README: `avi.baselines` gives exact_posterior, mh, nuts, fit_vi, compare, ... (each loaded
+    # from its submodule on first use)
+    import importlib
+
+    import avi.baselines as baselines
+
+    for name in baselines.__all__:
+        home = importlib.import_module(f"avi.baselines.{baselines._SUBMODULE[name]}")
+        assert getattr(baselines, name) is getattr(home, name)
+    with pytest.raises(AttributeError, match="has no attribute 'exact_posterior_of'"):
+        baselines.exact_posterior_of

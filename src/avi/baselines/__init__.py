@@ -1,0 +1,39 @@
+"""Reference points for variational posteriors: exact inference and MCMC (extras:
+``pip install -e ".[baselines]"``).
+
+The names below are importable from ``avi.baselines`` and load their submodule on first use
+(PEP 562), so that one of them does not import the extras another needs (pgmpy for Bayesian
+networks, Pyro and ArviZ for NUTS). The speed-against-accuracy comparison is
+``avi.baselines.compare.compare`` (the submodule has the name)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_SUBMODULE = {
+    "exact_posterior": "exact",
+    "enumerate_posterior": "enumeration",
+    "DiscreteBayesNet": "bayesnet",
+    "mean_field": "bayesnet",
+    "Target": "targets",
+    "LocalTarget": "targets",
+    "mh": "mcmc",
+    "gibbs": "mcmc",
+    "nuts": "mcmc",
+    "Samples": "mcmc",
+    "fit_vi": "vi",
+    "NormalNormal": "conjugate",
+    "BetaBernoulli": "conjugate",
+    "DirichletCategorical": "conjugate",
+    "BayesianLinearRegression": "regression",
+    "BayesianLogisticRegression": "regression",
+}
+
+__all__ = sorted(_SUBMODULE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module 'avi.baselines' has no attribute {name!r}")
+    return getattr(import_module(f"avi.baselines.{_SUBMODULE[name]}"), name)
