@@ -132,6 +132,19 @@ def test_gradient_through_the_refinement_matches_finite_differences() -> None:
     )
 
 
+def _gradient_at_refined(
+    model: LatentVariableModel, posterior: SemiAmortizedPosterior, x: Tensor, weights: list[Tensor]
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The refined point (seed 7) and the gradient of the summed ELBO there w.r.t. ``weights``;
+    the global RNG is left where that ELBO's draw began, so the caller redraws the same noise."""
+    torch.manual_seed(7)
+    params = posterior.params(x)
+    rng = torch.get_rng_state()
+    got = torch.autograd.grad(elbo(model, FAMILY(params), x, analytic_kl=True).sum(), weights)
+    torch.set_rng_state(rng)
+    return params, got
+
+
 def test_stopped_refinement_gives_the_straight_through_gradient() -> None:
     # backprop=False: the same refined point lambda_K as backprop=True, and the encoder receives
     # dL/dlambda_K as if lambda_K = lambda_0 (identity Jacobian), i.e. the vector-Jacobian
@@ -142,12 +155,7 @@ def test_stopped_refinement_gives_the_straight_through_gradient() -> None:
     posterior = SemiAmortizedPosterior(encoder, FAMILY, model, steps=4, lr=0.2, backprop=False)
     weights = list(encoder.parameters())
 
-    torch.manual_seed(7)
-    params = posterior.params(x)
-    rng = torch.get_rng_state()
-    value = elbo(model, FAMILY(params), x, analytic_kl=True).sum()
-    got = torch.autograd.grad(value, weights)
-    torch.set_rng_state(rng)
+    params, got = _gradient_at_refined(model, posterior, x, weights)
     refined = params.detach().requires_grad_(True)
     (d_refined,) = torch.autograd.grad(
         elbo(model, FAMILY(refined), x, analytic_kl=True).sum(), [refined]
@@ -227,11 +235,7 @@ def test_the_model_gets_the_partial_derivative_at_the_refined_point(backprop: bo
     encoder = mlp_encoder(6, (8,), FAMILY.param_size).double()
     posterior = SemiAmortizedPosterior(encoder, FAMILY, model, steps=3, lr=0.3, backprop=backprop)
     weights = list(model.parameters())
-    torch.manual_seed(7)
-    params = posterior.params(x)
-    rng = torch.get_rng_state()
-    got = torch.autograd.grad(elbo(model, FAMILY(params), x, analytic_kl=True).sum(), weights)
-    torch.set_rng_state(rng)
+    params, got = _gradient_at_refined(model, posterior, x, weights)
     expected = torch.autograd.grad(elbo(model, FAMILY(params.detach()), x, analytic_kl=True).sum(), weights)
     for a, b in zip(got, expected):
         assert b.abs().sum() > 0
