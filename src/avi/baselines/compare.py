@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from avi.atomic import atomic_write_bytes, save_figure
 from avi.baselines.conjugate import BetaBernoulli, DirichletCategorical, NormalNormal
 from avi.baselines.mcmc import Samples, gibbs, mh, nuts
 from avi.baselines.regression import BayesianLinearRegression, BayesianLogisticRegression, breast_cancer, synthetic_regression
@@ -214,7 +215,7 @@ def write_figure(comparisons: Sequence[Comparison], path: Path) -> None:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, 110)
     plt.close(fig)
 
 
@@ -276,6 +277,6 @@ def run_compare(model: str, methods: str | None, out: Path | None, *, seed: int 
     comparison = compare(target, chosen, generator=generator, settings=settings, model_name=model)
     out = Path(out) if out is not None else Path("runs") / f"compare-{model}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=1))
+    atomic_write_bytes(out / "comparison.json", (json.dumps(comparison.to_dict(), indent=1) + "\n").encode())
     write_figure([comparison], out / "comparison.png")
     return comparison, out

@@ -14,13 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from avi.atomic import atomic_write_bytes, save_figure
 from avi.errors import RunError
 from avi.runs.config import Config, resolve_config
 
@@ -46,24 +45,6 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY, EVALUATION = (
     "summary.json",
     "evaluation.json",
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: readers see the old file or the new one, never a part. Temporary files that an
-    earlier, killed write of the same file left behind are removed first."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -103,13 +84,6 @@ def _csv_line(values: list[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(values)
     return buffer.getvalue()
-
-
-def save_figure(fig: Any, path: Path, dpi: int) -> None:
-    """A matplotlib figure as PNG at ``path``, atomically (rendered in memory first)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
