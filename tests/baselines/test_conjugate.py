@@ -81,3 +81,18 @@ def test_the_documented_names_import_from_the_package() -> None:
         assert getattr(baselines, name) is getattr(home, name)
     with pytest.raises(AttributeError, match="has no attribute 'exact_posterior_of'"):
         baselines.exact_posterior_of
+
+
+def test_static_imports_name_what_loads_lazily() -> None:
+    """Editors and type checkers read ``__all__`` and the TYPE_CHECKING imports; both must name
+    exactly the lazily loaded names, each from the submodule it loads from."""
+    import ast
+    import inspect
+
+    import avi.baselines as baselines
+
+    assert baselines.__all__ == sorted(baselines._SUBMODULE)
+    tree = ast.parse(inspect.getsource(baselines))
+    (block,) = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+    static = {alias.name: node.module for node in block.body for alias in node.names}
+    assert static == {name: f"avi.baselines.{module}" for name, module in baselines._SUBMODULE.items()}

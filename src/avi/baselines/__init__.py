@@ -9,7 +9,7 @@ networks, Pyro and ArviZ for NUTS). The speed-against-accuracy comparison is
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _SUBMODULE = {
     "exact_posterior": "exact",
@@ -30,7 +30,34 @@ _SUBMODULE = {
     "BayesianLogisticRegression": "regression",
 }
 
-__all__ = sorted(_SUBMODULE)
+__all__ = [
+    "BayesianLinearRegression",
+    "BayesianLogisticRegression",
+    "BetaBernoulli",
+    "DirichletCategorical",
+    "DiscreteBayesNet",
+    "LocalTarget",
+    "NormalNormal",
+    "Samples",
+    "Target",
+    "enumerate_posterior",
+    "exact_posterior",
+    "fit_vi",
+    "gibbs",
+    "mean_field",
+    "mh",
+    "nuts",
+]
+
+if TYPE_CHECKING:  # what static analysers and editors see; at run time __getattr__ loads on first use
+    from avi.baselines.bayesnet import DiscreteBayesNet, mean_field
+    from avi.baselines.conjugate import BetaBernoulli, DirichletCategorical, NormalNormal
+    from avi.baselines.enumeration import enumerate_posterior
+    from avi.baselines.exact import exact_posterior
+    from avi.baselines.mcmc import Samples, gibbs, mh, nuts
+    from avi.baselines.regression import BayesianLinearRegression, BayesianLogisticRegression
+    from avi.baselines.targets import LocalTarget, Target
+    from avi.baselines.vi import fit_vi
 
 
 def __getattr__(name: str) -> Any:
