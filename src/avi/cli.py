@@ -61,6 +61,7 @@ def fit(
     subset: Annotated[Optional[int], typer.Option(help="Train on the first N training points only.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32.")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Train through torch.compile (amortized strategy): same values, faster with several samples per point at small batches. Also with --resume.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
@@ -87,7 +88,7 @@ def fit(
                           "beta": beta, "aggressive": aggressive or None})  # fmt: skip
             changed = [name if name == "config" else "--" + name.replace("_", "-") for name, value in given.items() if value is not None]
             if changed:
-                _fail(f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only --epochs)")
+                _fail(f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only --epochs and --compile)")
             settings = None
         else:
             settings = load_config(
@@ -102,7 +103,7 @@ def fit(
                     "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
                                   "temperature": temperature, "straight_through": straight_through or None},
                     "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-                              "precision": precision},
+                              "precision": precision, "compile": compile or None},
                     "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,
                                  "aggressive": aggressive or None},
                 },
@@ -113,6 +114,7 @@ def fit(
                 resume if resume is not None else out,
                 resume=resume is not None,
                 epochs=epochs if resume is not None else None,  # a fresh run takes --epochs from its config
+                compile=compile or None,  # --resume --compile compiles a run configured without it
                 progress=progress.update,
                 on_epoch=progress.epoch_done,
             )

@@ -1,7 +1,7 @@
 """Inference strategies: every one yields q(z|x) as "(x, index) -> Distribution"."""
 
 from avi.encoders.amortized import AmortizedPosterior
-from avi.inference.fit import EpochStats, History, fit, make_optimizers, train_epoch
+from avi.inference.fit import EpochStats, History, compile_step, fit, make_optimizers, train_epoch
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import infer, refine_params
 from avi.inference.svi import SVIInfo, SVIState, fit_batch_vi, fit_svi
@@ -13,6 +13,7 @@ __all__ = [
     "LocalPosterior",
     "SVIInfo",
     "SVIState",
+    "compile_step",
     "fit",
     "fit_batch_vi",
     "fit_svi",

@@ -24,9 +24,10 @@ from avi.evaluation.bounds import mean_elbo
 from avi.inference.local import LocalPosterior
 from avi.inference.parallel import data_parallel, sync_table_grad
 from avi.models.base import LatentVariableModel
+from avi.objectives.bounds import Terms
 from avi.objectives.select import Objective, make_objective
 
-__all__ = ["EpochStats", "History", "fit", "make_optimizers", "train_epoch"]
+__all__ = ["EpochStats", "History", "compile_step", "fit", "make_optimizers", "train_epoch"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ def train_epoch(
     and ``on_progress`` sees this rank's sums and examples times ``world_size``. Dynamic
     binarisation then draws from a per-rank generator seeded from the state of ``generator``
     (which is not advanced, so that the ranks' permutations stay those of a single process).
+    In a single process a given ``step`` computes the terms in place of
+    ``objective(model, posterior(x, index), x)``: :func:`compile_step` of a
+    :class:`~avi.inference.parallel.ShardStep`, say.
     """
     start = time.perf_counter()
     device = data.x.device
@@ -121,7 +125,7 @@ def train_epoch(
             terms = step(x, index, objective)
             loss = terms.value.sum() * (-world_size / batch)  # DDP's mean over ranks: the global mean
         else:
-            terms = objective(model, posterior(x, index), x)
+            terms = step(x, index, objective) if step is not None else objective(model, posterior(x, index), x)
             loss = -terms.value.mean()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -140,6 +144,17 @@ def train_epoch(
         examples = len(data)
     value, reconstruction, kl = (sums / max(examples, 1)).tolist()
     return EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, examples)
+
+
+def compile_step(step: nn.Module, data: Dataset) -> Callable[[Tensor, Tensor, Objective], Terms]:
+    """``torch.compile(step)`` (the step of :func:`train_epoch`), after one eager analytic-KL
+    ELBO of a point of ``data`` through it (no gradients, random state restored): that fills
+    torch.distributions' KL dispatch cache for the pair (q, prior), which torch.compile cannot
+    trace and where it would split the step's graph."""
+    x, index = data.x[:1], torch.zeros(1, dtype=torch.long, device=data.x.device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        step(x, index, make_objective("elbo"))
+    return torch.compile(step)
 
 
 def _seed_of(generator: torch.Generator) -> int:

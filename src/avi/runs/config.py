@@ -139,7 +139,11 @@ class TrainConfig(_Section):
     """Adam on minibatches. ``lr_schedule="burda"`` is Burda et al.'s (2016): stage i = 0..7 lasts
     3^i epochs at lr * 10^(-i/7) (3,280 epochs in all); ``epochs`` may stop it earlier.
     ``precision="bf16"`` runs the networks' products in bfloat16 under autocast, the bound in
-    float32 (:mod:`avi.precision`); without bf16 hardware it says so and trains in fp32."""
+    float32 (:mod:`avi.precision`); without bf16 hardware it says so and trains in fp32.
+    ``compile=True`` trains through ``torch.compile`` of the step (forward pass and bound,
+    TorchInductor): the same values up to float rounding, faster where elementwise work is a
+    large share of a step (several samples per point at small batches); the first steps of each
+    run or resume pay the compilation, seconds to a minute."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)
@@ -150,6 +154,7 @@ class TrainConfig(_Section):
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
 
 
 class RemediesConfig(_Section):
@@ -307,6 +312,7 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
     (("inference.iterations",), "inference.strategy", lambda s: s == "iterative", "the iterative strategy", ""),
     (("inference.local_lr", "inference.infer_steps", "inference.infer_block", "inference.validation_steps"),
      "inference.strategy", lambda s: s == "per-datapoint", "the per-datapoint strategy", ""),
+    (("train.compile",), "inference.strategy", lambda s: s == "amortized", "the amortized strategy", ""),
     (("inference.encoder_hidden",), "inference.strategy", lambda s: s != "per-datapoint",
      "an encoder (the amortized, semi-amortized and iterative strategies)", ""),
     (("inference.transform",), "inference.consistency", lambda w: w > 0, "consistency regularisation (consistency > 0)", ""),

@@ -18,9 +18,9 @@ from avi.data.dataset import Dataset
 from avi.errors import ConfigError, RunError
 from avi.evaluation.bounds import elbo_per_point
 from avi.inference.aggressive import aggressive_epoch
-from avi.inference.fit import EpochStats, make_optimizers, train_epoch
+from avi.inference.fit import EpochStats, compile_step, make_optimizers, train_epoch
 from avi.inference.local import LocalPosterior
-from avi.inference.parallel import data_parallel
+from avi.inference.parallel import ShardStep, data_parallel
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.precision import full_precision, resolve_precision, set_precision
@@ -234,6 +234,7 @@ def run_fit(
     resume: bool = False,
     epochs: int | None = None,
     threads: int | None = None,
+    compile: bool | None = None,
     progress: ProgressHook | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
@@ -244,7 +245,8 @@ def run_fit(
     ``config.train.epochs`` (a run can be extended, or trained in parts; fewer than a resumed
     run has done is an error, and without it a run extended earlier stays so); ``threads`` sets
     torch's intra-op threads for this call instead of ``config.train.threads`` (a resumed run on
-    another machine). Returns the run directory.
+    another machine); ``compile`` likewise sets ``config.train.compile`` for this call (a resumed
+    run trained compiled or not: the same values up to float rounding). Returns the run directory.
     """
     if resume:
         if run_dir is None:
@@ -317,6 +319,11 @@ def run_fit(
         parallel["step"] = data_parallel(run.model, run.posterior, baseline)
         if not main:
             torch.manual_seed(config.train.seed + 7919 * distributed.rank() + start_epoch)
+    train: Dataset = run.splits.train.to(run.device)
+    if config.train.compile if compile is None else compile:
+        if config.inference.strategy != "amortized":  # a resumed run of another strategy
+            raise ConfigError(f"compile applies to the amortized strategy, not {config.inference.strategy!r}")
+        parallel["step"] = compile_step(parallel.get("step") or ShardStep(run.model, run.posterior, baseline), train)
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config, baseline=baseline)
@@ -325,7 +332,6 @@ def run_fit(
     if main and rows:  # a kill between the checkpoint and the table's write left the table a row short
         metrics.write(rows)
     started = time.perf_counter()
-    train: Dataset = run.splits.train.to(run.device)
     for epoch in range(start_epoch + 1, last_epoch + 1):
         for opt in scheduled:
             for group in opt.param_groups:
