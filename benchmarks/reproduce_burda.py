@@ -27,9 +27,9 @@ run as well, in their own state folder:
     python benchmarks/reproduce_burda.py --only iwae_k5 --precision fp32 --batch-size 20 --threads 1 --hours 2 \
         --state benchmarks/state/reproduce_burda_b20 --out benchmarks/results/reproduce_burda_b20.json
 
-``--compile`` trains through ``torch.compile`` (``train.compile``; the same values up to float
-rounding), which makes the IWAE's steps at batch 20 faster (``benchmarks/compile.py``); it holds
-for the call, so a run can be resumed with or without it.
+``--compile`` trains through ``torch.compile`` (``train.compile``: the eager bound and gradients
+for the same noise, Inductor drawing its own), which makes the steps at batch 20 faster
+(``benchmarks/compile.py``); it holds for the call, so a run can be resumed with or without it.
 
 Published (Table 1, dynamic binarisation): VAE k=1 86.76 nats (19 active units);
 IWAE k=5 85.54 (22 active units).

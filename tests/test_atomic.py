@@ -1,5 +1,4 @@
-"""Atomic writes: a write interrupted before its rename leaves the previous file whole, for run
-directories and for ``avi compare`` alike."""
+"""Atomic writes: a write interrupted before its rename leaves the previous file whole."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import pytest
 
 import avi.atomic
 from avi.atomic import atomic_write_bytes
-from avi.baselines.compare import run_compare
 
 
 def _interrupt(*_: object) -> None:
@@ -25,13 +23,3 @@ def test_interrupted_write_keeps_the_old_file_and_no_temporary(tmp_path: Path, m
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # stale and own temporaries gone
-
-
-def test_interrupted_compare_keeps_the_previous_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_compare("normal-normal", "exact", tmp_path)
-    before = (tmp_path / "comparison.json").read_bytes()
-    monkeypatch.setattr(avi.atomic.os, "replace", _interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_compare("normal-normal", "exact", tmp_path, seed=1)
-    assert (tmp_path / "comparison.json").read_bytes() == before
-    assert not list(tmp_path.glob(".*.tmp"))

@@ -61,7 +61,7 @@ def fit(
     subset: Annotated[Optional[int], typer.Option(help="Train on the first N training points only.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32.")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="Train through torch.compile (amortized strategy): same values, faster with several samples per point at small batches. Also with --resume.")] = False,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Train through torch.compile (amortized strategy): the eager bound and gradients for the same noise, faster with several samples per point at small batches. Also with --resume.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
@@ -114,7 +114,7 @@ def fit(
                 resume if resume is not None else out,
                 resume=resume is not None,
                 epochs=epochs if resume is not None else None,  # a fresh run takes --epochs from its config
-                compile=compile or None,  # --resume --compile compiles a run configured without it
+                compile=compile,  # with --resume: compiled or not, whatever the run's config says
                 progress=progress.update,
                 on_epoch=progress.epoch_done,
             )

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avi.baselines.compare import Settings, compare, format_table, make_model, posterior_errors, write_figure
+import avi.atomic
+from avi.baselines.compare import Settings, compare, format_table, make_model, posterior_errors, run_compare, write_figure
 
 QUICK = Settings(vi_steps=300, chains=2, mh_warmup=300, mh_samples=1000, gibbs_samples=300, nuts_warmup=100, nuts_samples=200)
 
@@ -61,3 +62,17 @@ def test_avi_compare_bad_input_is_one_line_and_exit_2(args: list[str], message: 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_interrupted_compare_keeps_the_previous_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_compare("normal-normal", "exact", tmp_path)
+    before = (tmp_path / "comparison.json").read_bytes()
+    monkeypatch.setattr(avi.atomic.os, "replace", _interrupted_rename)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare("normal-normal", "exact", tmp_path, seed=1)
+    assert (tmp_path / "comparison.json").read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _interrupted_rename(*_: object) -> None:
+    raise KeyboardInterrupt

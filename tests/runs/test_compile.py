@@ -12,13 +12,17 @@ import pytest
 import torch
 from torch._inductor import config as inductor_config
 
+import avi.runs.train
 from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
+from avi.errors import ConfigError
 from avi.families import MeanFieldGaussian
 from avi.inference import compile_step
 from avi.inference.parallel import ShardStep
 from avi.models import VAEModel
 from avi.objectives import make_objective
+from avi.runs.config import load_config
+from avi.runs.train import run_fit
 from tests.runs.conftest import small_job
 
 
@@ -28,6 +32,7 @@ def test_compiled_step_has_the_eager_bound_and_gradients(objective, monkeypatch:
     """Same parameters, data and noise (inductor told to draw with eager's generator): the per-point
     bound and every gradient agree to float32 rounding (relative 1e-5 of the largest entry)."""
     monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch._dynamo.reset()  # no graph compiled earlier in this process, with Inductor's own random draws
     torch.manual_seed(0)
     model = VAEModel(30, 4, (32,), activation="tanh")
     posterior = AmortizedPosterior(mlp_encoder(30, (32,), 8, activation="tanh"), MeanFieldGaussian(4))
@@ -67,20 +72,47 @@ def test_compile_step_traces_the_analytic_elbo_in_one_graph() -> None:
     assert graph_breaks() == 0
 
 
+def test_run_fit_compiles_as_the_call_says_on_resume(small_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_fit(compile=...)`` decides for a resumed run whatever its config says, and the
+    epoch trains through the step compile_step returns; a resumed run of another strategy is refused."""
+    calls: list[int] = []
+
+    def spy(step, data):  # the step itself, counting its calls: the wiring without a compilation
+        calls.append(0)
+        return lambda *args: (calls.append(1), step(*args))[1]
+
+    monkeypatch.setattr(avi.runs.train, "compile_step", spy)
+    run = run_fit(load_config(small_config(1)), tmp_path / "eager")
+    assert calls == []
+    run_fit(run_dir=run, resume=True, epochs=2, compile=True)
+    assert calls[0] == 0 and calls.count(1) == 10  # 486 training points (600 less 10% test, 10% validation), batches of 50
+    calls.clear()
+    run_fit(run_dir=run, resume=True, epochs=3)  # the config's compile = false holds again
+    assert calls == []
+    compiled = run_fit(load_config(small_config(1), {"train": {"compile": True}}), tmp_path / "compiled")
+    assert calls.count(0) == 1
+    calls.clear()
+    run_fit(run_dir=compiled, resume=True, epochs=2, compile=False)
+    assert calls == []
+    local = run_fit(load_config(small_config(1), {"inference": {"strategy": "per-datapoint"}}), tmp_path / "local")
+    with pytest.raises(ConfigError, match="compile applies to the amortized strategy, not 'per-datapoint'"):
+        run_fit(run_dir=local, resume=True, epochs=2, compile=True)
+
+
 @pytest.mark.slow
-def test_fit_compile_trains_resumes_and_is_refused_elsewhere(run_avi, tmp_path: Path) -> None:
+def test_fit_compile_flags(run_avi, tmp_path: Path) -> None:
+    """The flags as a user gives them: --compile for a new run (compiled for real), --no-compile
+    and --compile on resume, one-line refusal for another strategy."""
     config = tmp_path / "job.toml"
-    config.write_text(small_job(2))
+    config.write_text(small_job(1))
     run = tmp_path / "compiled"
     fitted = run_avi("fit", str(config), "--objective", "iwae", "--k", "5", "--compile", "--out", str(run))
     assert fitted.returncode == 0, fitted.stderr
     assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
-    resumed = run_avi("fit", "--resume", str(run), "--epochs", "3", "--compile")
-    assert resumed.returncode == 0, resumed.stderr
-    rows = (run / "metrics.csv").read_text().splitlines()[1:]
-    assert len(rows) == 3
-    first, last = (float(r.split(",")[1]) for r in (rows[0], rows[-1]))
-    assert last > first  # the bound rises: the compiled step trains
+    for epochs, flag in ((2, "--no-compile"), (3, "--compile")):
+        resumed = run_avi("fit", "--resume", str(run), "--epochs", str(epochs), flag)
+        assert resumed.returncode == 0, resumed.stderr
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 3
     refused = run_avi("fit", str(config), "--strategy", "per-datapoint", "--compile", "--out", str(tmp_path / "no"))
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "compile applies to the amortized strategy" in refused.stderr

@@ -24,7 +24,6 @@ from avi.evaluation.bounds import mean_elbo
 from avi.inference.local import LocalPosterior
 from avi.inference.parallel import data_parallel, sync_table_grad
 from avi.models.base import LatentVariableModel
-from avi.objectives.bounds import Terms
 from avi.objectives.select import Objective, make_objective
 
 __all__ = ["EpochStats", "History", "compile_step", "fit", "make_optimizers", "train_epoch"]
@@ -146,14 +145,19 @@ def train_epoch(
     return EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, examples)
 
 
-def compile_step(step: nn.Module, data: Dataset) -> Callable[[Tensor, Tensor, Objective], Terms]:
+def compile_step(step: nn.Module, data: Dataset) -> nn.Module:
     """``torch.compile(step)`` (the step of :func:`train_epoch`), after one eager analytic-KL
-    ELBO of a point of ``data`` through it (no gradients, random state restored): that fills
-    torch.distributions' KL dispatch cache for the pair (q, prior), which torch.compile cannot
-    trace and where it would split the step's graph."""
+    ELBO of a point of ``data`` through it (no gradients, evaluation mode, random state and
+    modes restored): that fills torch.distributions' KL dispatch cache for the pair (q, prior),
+    which torch.compile cannot trace and where it would split the step's graph."""
     x, index = data.x[:1], torch.zeros(1, dtype=torch.long, device=data.x.device)
-    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        step(x, index, make_objective("elbo"))
+    modes = [(m, m.training) for m in step.modules()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            step.eval()(x, index, make_objective("elbo"))
+    finally:
+        for m, training in modes:
+            m.training = training
     return torch.compile(step)
 
 

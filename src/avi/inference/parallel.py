@@ -35,8 +35,9 @@ __all__ = ["ShardStep", "data_parallel", "sync_table_grad"]
 
 
 class ShardStep(nn.Module):
-    """One forward pass for DDP's hooks: ``forward(x, index, objective)`` is the per-point
-    :class:`Terms` (B_r,) of the local shard, ``objective(model, posterior(x, index), x)``;
+    """One training step's forward pass as a module, for DDP's hooks and for torch.compile
+    (:func:`~avi.inference.fit.compile_step`): ``forward(x, index, objective)`` is the per-point
+    :class:`Terms` (B_r,) of the batch or local shard, ``objective(model, posterior(x, index), x)``;
     ``baseline``, the objective's control variate, is held so that DDP sees its parameters."""
 
     def __init__(self, model: nn.Module, posterior: nn.Module, baseline: nn.Module | None = None) -> None:

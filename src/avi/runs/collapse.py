@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from avi.atomic import save_figure
 from avi.errors import ConfigError
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.models.base import LatentVariableModel
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import Objective
 from avi.objectives.weighted import weighted_elbo_terms
-from avi.runs.rundir import save_figure
 from avi.seeding import seeded
 
 if TYPE_CHECKING:

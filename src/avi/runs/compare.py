@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, atomic_write_bytes, read_json, require_run, save_figure
+from avi.atomic import atomic_write_bytes, save_figure
+from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
 
 __all__ = ["METRICS_COMPARED", "best_of", "collect", "to_markdown", "write_comparison"]
 

@@ -141,9 +141,10 @@ class TrainConfig(_Section):
     ``precision="bf16"`` runs the networks' products in bfloat16 under autocast, the bound in
     float32 (:mod:`avi.precision`); without bf16 hardware it says so and trains in fp32.
     ``compile=True`` trains through ``torch.compile`` of the step (forward pass and bound,
-    TorchInductor): the same values up to float rounding, faster where elementwise work is a
-    large share of a step (several samples per point at small batches); the first steps of each
-    run or resume pay the compilation, seconds to a minute."""
+    TorchInductor; aggressive epochs stay eager): the eager step's bound and gradients for the
+    same noise up to float rounding, though Inductor draws its own noise; faster where
+    elementwise work is a large share of a step (several samples per point at small batches);
+    the first steps of each run or resume pay the compilation, seconds to a minute."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)

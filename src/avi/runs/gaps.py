@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from avi.atomic import save_figure
 from avi.data.files import load_array_file
 from avi.errors import ConfigError, RunError
 from avi.evaluation.gaps import gap_decomposition
@@ -14,7 +15,7 @@ from avi.inference.fit import fit
 from avi.inference.local import LocalPosterior
 from avi.runs.build import build_posterior, prepare_data
 from avi.runs.config import DISCRETE_MODELS, FAMILY_NAMES
-from avi.runs.rundir import save_figure, write_json
+from avi.runs.rundir import write_json
 from avi.runs.train import load_trained
 
 __all__ = ["plot_gaps", "run_gaps"]

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from avi.atomic import atomic_write_bytes, save_figure
 from avi.errors import RunError
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, atomic_write_bytes, read_json, require_run, save_figure
+from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
 from avi.runs.train import TrainedRun, infer_posterior, load_trained
 
 __all__ = ["FIGURES", "run_report"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from avi.atomic import atomic_write_bytes, save_figure
+from avi.atomic import atomic_write_bytes
 from avi.errors import RunError
 from avi.runs.config import Config, resolve_config
 
@@ -29,11 +29,9 @@ __all__ = [
     "METRICS",
     "SUMMARY",
     "MetricsTable",
-    "atomic_write_bytes",
     "read_config",
     "read_json",
     "require_run",
-    "save_figure",
     "write_checkpoint",
     "write_json",
 ]

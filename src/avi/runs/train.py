@@ -246,7 +246,8 @@ def run_fit(
     run has done is an error, and without it a run extended earlier stays so); ``threads`` sets
     torch's intra-op threads for this call instead of ``config.train.threads`` (a resumed run on
     another machine); ``compile`` likewise sets ``config.train.compile`` for this call (a resumed
-    run trained compiled or not: the same values up to float rounding). Returns the run directory.
+    run may train compiled or not; Inductor draws its own noise, so the two do not follow the same
+    path sample for sample). Returns the run directory.
     """
     if resume:
         if run_dir is None:
@@ -323,7 +324,8 @@ def run_fit(
     if config.train.compile if compile is None else compile:
         if config.inference.strategy != "amortized":  # a resumed run of another strategy
             raise ConfigError(f"compile applies to the amortized strategy, not {config.inference.strategy!r}")
-        parallel["step"] = compile_step(parallel.get("step") or ShardStep(run.model, run.posterior, baseline), train)
+        step = parallel["step"] if "step" in parallel else ShardStep(run.model, run.posterior, baseline)
+        parallel["step"] = compile_step(step, train)
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": start_epoch, "epochs": last_epoch})
     objective = build_objective(config, baseline=baseline)
