@@ -26,6 +26,15 @@ from avi.runs.train import run_fit
 from tests.runs.conftest import small_job
 
 
+def _small_step(activation: str = "relu") -> tuple[ShardStep, torch.Tensor]:
+    """A VAE step (30 pixels, 4 latents, one hidden layer of 32 each way) and a batch of 20 binary points."""
+    torch.manual_seed(0)
+    model = VAEModel(30, 4, (32,), activation=activation)
+    posterior = AmortizedPosterior(mlp_encoder(30, (32,), 8, activation=activation), MeanFieldGaussian(4))
+    x = (torch.rand(20, 30, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    return ShardStep(model, posterior), x
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", [make_objective("elbo"), make_objective("iwae", k=5)], ids=["elbo", "iwae"])
 def test_compiled_step_has_the_eager_bound_and_gradients(objective, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,12 +42,8 @@ def test_compiled_step_has_the_eager_bound_and_gradients(objective, monkeypatch:
     bound and every gradient agree to float32 rounding (relative 1e-5 of the largest entry)."""
     monkeypatch.setattr(inductor_config, "fallback_random", True)
     torch._dynamo.reset()  # no graph compiled earlier in this process, with Inductor's own random draws
-    torch.manual_seed(0)
-    model = VAEModel(30, 4, (32,), activation="tanh")
-    posterior = AmortizedPosterior(mlp_encoder(30, (32,), 8, activation="tanh"), MeanFieldGaussian(4))
-    x = (torch.rand(20, 30, generator=torch.Generator().manual_seed(1)) < 0.4).float()
-    index = torch.arange(20)
-    eager, compiled = ShardStep(model, posterior), ShardStep(copy.deepcopy(model), copy.deepcopy(posterior))
+    eager, x = _small_step("tanh")
+    compiled, index = copy.deepcopy(eager), torch.arange(20)
     step = compile_step(compiled, Dataset(x))
     results = []
     for module, run in ((eager, eager), (compiled, step)):
@@ -55,10 +60,7 @@ def test_compiled_step_has_the_eager_bound_and_gradients(objective, monkeypatch:
 def test_compile_step_traces_the_analytic_elbo_in_one_graph() -> None:
     """torch.distributions' KL dispatch, untraceable on a cold cache, splits the graph of a step
     with an analytic KL; compile_step's eager warm-up call fills the cache, so one graph remains."""
-    torch.manual_seed(0)
-    model = VAEModel(30, 4, (32,))
-    step = ShardStep(model, AmortizedPosterior(mlp_encoder(30, (32,), 8), MeanFieldGaussian(4)))
-    x = (torch.rand(20, 30, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    step, x = _small_step()
     objective = make_objective("elbo")
 
     def graph_breaks() -> int:
