@@ -11,8 +11,9 @@ active units. Runs resume from their checkpoints, so the reproduction continues 
     python benchmarks/reproduce_burda.py --quick         # a smoke run of a few passes
 
 The two runs can train at once in two processes (``--only``); each merges its entry into the
-JSON. A run's test NLL uses all 10,000 test images once it has finished every pass, or the
-first ``--eval-points`` before that (an interim figure, labelled with the number of points).
+JSON and the figure (under a lock on the results folder; both written atomically). A run's test
+NLL uses all 10,000 test images once it has finished every pass, or the first ``--eval-points``
+before that (an interim figure, labelled with the number of points).
 
 Deviations from the paper, chosen for speed on two CPU cores: batch 100 instead of 20 (lr
 unchanged), and the networks' products in bfloat16 for the IWAE (``--precision``; the bound in
@@ -39,10 +40,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,6 +53,7 @@ import torch
 
 from machine import cpu_name
 
+from avi.atomic import atomic_write_bytes, save_figure
 from avi.evaluation import active_units, log_likelihood, mean_elbo
 from avi.runs.config import load_config
 from avi.runs.rundir import CHECKPOINT, read_json
@@ -168,8 +172,21 @@ def plot_progress(state: Path, runs: dict, out: Path) -> None:
     ax.set_title("Reproducing Burda et al. (2016), Table 1, one stochastic layer")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)
     plt.close(fig)
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive ``flock`` on ``folder`` for the block: the two runs' processes
+    (``--only``) each merge their entry into the same JSON and figure, and may finish together."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def main() -> None:
@@ -203,25 +220,26 @@ def main() -> None:
         passes = 2 if args.quick else PASSES
         train(run_dir, config, deadline=started + budget, max_epochs=passes)
         results[name] = evaluate(run_dir, k=args.k, points=None if epochs_done(run_dir) >= passes else args.eval_points)
-        results[name].update(passes_total=PASSES, published_nll=PUBLISHED[name]["nll"],
+        results[name].update(passes_total=PASSES, threads=args.threads, compile=args.compile,
+                             published_nll=PUBLISHED[name]["nll"],
                              published_active_units=PUBLISHED[name]["active_units"])  # fmt: skip
-    previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
-    runs = {**previous, **results}  # the other run's entry, from its own process, is kept
-    report = {
-        "benchmark": "reproduce_burda",
-        "quick": args.quick,
-        "vae_k1_test_nll": runs.get("vae_k1", {}).get("test_nll"),
-        "iwae_k5_test_nll": runs.get("iwae_k5", {}).get("test_nll"),
-        "runs": runs,
-        "settings": {"batch_size": args.batch_size, "lr": args.lr, "adam_eps": 1e-4, "schedule": "burda 3^i",
-                     "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
-        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-                    "cpu": cpu_name(), "cpus": os.cpu_count()},
-        "timestamp": datetime.now(timezone.utc).isoformat(),
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    plot_progress(args.state, runs, args.out.with_suffix(".png"))
+    with folder_lock(args.out.parent):
+        previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
+        runs = {**previous, **results}  # the other run's entry, from its own process, is kept
+        report = {
+            "benchmark": "reproduce_burda",
+            "quick": args.quick,
+            "vae_k1_test_nll": runs.get("vae_k1", {}).get("test_nll"),
+            "iwae_k5_test_nll": runs.get("iwae_k5", {}).get("test_nll"),
+            "runs": runs,
+            "settings": {"batch_size": args.batch_size, "lr": args.lr, "adam_eps": 1e-4, "schedule": "burda 3^i",
+                         "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
+            "machine": {"torch": torch.__version__, "platform": platform.platform(), "cpu": cpu_name(),
+                        "cpus": os.cpu_count()},
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+        }  # fmt: skip
+        atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        plot_progress(args.state, runs, args.out.with_suffix(".png"))
     for name, r in results.items():
         print(f"{name}: {r['passes_done']}/{PASSES} passes, test NLL {r['test_nll']:.2f} "
               f"(published {r['published_nll']}), active units {r['active_units']} (published {r['published_active_units']})")  # fmt: skip
