@@ -220,8 +220,7 @@ def main() -> None:
         passes = 2 if args.quick else PASSES
         train(run_dir, config, deadline=started + budget, max_epochs=passes)
         results[name] = evaluate(run_dir, k=args.k, points=None if epochs_done(run_dir) >= passes else args.eval_points)
-        results[name].update(passes_total=PASSES, threads=args.threads, compile=args.compile,
-                             published_nll=PUBLISHED[name]["nll"],
+        results[name].update(passes_total=PASSES, published_nll=PUBLISHED[name]["nll"],
                              published_active_units=PUBLISHED[name]["active_units"])  # fmt: skip
     with folder_lock(args.out.parent):
         previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
@@ -234,8 +233,8 @@ def main() -> None:
             "runs": runs,
             "settings": {"batch_size": args.batch_size, "lr": args.lr, "adam_eps": 1e-4, "schedule": "burda 3^i",
                          "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
-            "machine": {"torch": torch.__version__, "platform": platform.platform(), "cpu": cpu_name(),
-                        "cpus": os.cpu_count()},
+            "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
+                        "cpu": cpu_name(), "cpus": os.cpu_count()},
             "timestamp": datetime.now(timezone.utc).isoformat(),
         }  # fmt: skip
         atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
