@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from avi.atomic import atomic_write_bytes
+
 __all__ = [
     "CpuSnapshot",
     "brief_run_facts",
@@ -114,8 +116,8 @@ def brief_run_facts() -> dict[str, Any]:
 
 def write_report(path: Path, report: dict[str, Any], markdown_table: str | None = None) -> None:
     """Write ``report`` to ``path`` as indented JSON, making its folder, and ``markdown_table``
-    (when given) beside it with the suffix ``.md``."""
+    (when given) beside it with the suffix ``.md``, each atomically (``avi.atomic``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
     if markdown_table is not None:
-        path.with_suffix(".md").write_text(markdown_table)
+        atomic_write_bytes(path.with_suffix(".md"), markdown_table.encode())

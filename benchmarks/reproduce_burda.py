@@ -52,9 +52,9 @@ from pathlib import Path
 
 import torch
 
-from machine import cpu_name
+from machine import cpu_name, write_report
 
-from avi.atomic import atomic_write_bytes, save_figure
+from avi.atomic import save_figure
 from avi.evaluation import active_units, log_likelihood, mean_elbo
 from avi.runs.config import load_config
 from avi.runs.rundir import CHECKPOINT, read_json
@@ -238,7 +238,7 @@ def main() -> None:
                         "cpu": cpu_name(), "cpus": os.cpu_count()},
             "timestamp": datetime.now(timezone.utc).isoformat(),
         }  # fmt: skip
-        atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        write_report(args.out, report)
         plot_progress(args.state, runs, args.out.with_suffix(".png"))
     for name, r in results.items():
         print(f"{name}: {r['passes_done']}/{PASSES} passes, test NLL {r['test_nll']:.2f} "
