@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from machine import folder_lock, write_report
+
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.evaluation import log_likelihood
@@ -85,6 +87,35 @@ def train_and_score(
     return {"test_nll": nll.mean().item(), "train_elbo_last_pass": stats.elbo, "train_seconds": seconds}
 
 
+def make_report(args: argparse.Namespace, results: dict[str, dict | None]) -> dict:
+    """The report of all settings' results, with the NLL differences that answer the questions."""
+
+    def difference(a: str, b: str) -> dict | None:
+        """Mean NLL of b minus that of a, with a standard error from the spread over seeds (a
+        rough one: with 2 seeds each spread has one degree of freedom; none with one seed)."""
+        ra, rb = results.get(a), results.get(b)
+        if ra is None or rb is None:
+            return None
+        sd = [ra["test_nll_seed_sd"], rb["test_nll_seed_sd"]]
+        stderr = None if None in sd else (sd[0] ** 2 / len(ra["seeds"]) + sd[1] ** 2 / len(rb["seeds"])) ** 0.5
+        return {"difference": rb["test_nll"] - ra["test_nll"], "stderr": stderr}
+
+    comparisons = {
+        "vae_batch_100_vs_20": difference("vae_b20_fp32", "vae_b100_fp32"),
+        "vae_batch_100_lr2.2_vs_20": difference("vae_b20_fp32", "vae_b100_fp32_lr2.2"),
+        "vae_batch_100_lr5_vs_20": difference("vae_b20_fp32", "vae_b100_fp32_lr5"),
+        "iwae_batch_100_vs_20": difference("iwae_b20_fp32", "iwae_b100_fp32"),
+        "iwae_bf16_vs_fp32_batch_100": difference("iwae_b100_fp32", "iwae_b100_bf16"),
+        "iwae_batch_100_bf16_lr2.2_vs_20_fp32": difference("iwae_b20_fp32", "iwae_b100_bf16_lr2.2"),
+    }
+    return {
+        "benchmark": "burda_settings", "quick": args.quick, "passes": args.passes, "test_points": args.points,
+        "k": args.k, "seeds": args.seeds, "comparisons": comparisons, "results": results,
+        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(), "cpus": os.cpu_count()},
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 pass on 6,000 images, 200 test points, k=100")
@@ -121,37 +152,12 @@ def main() -> None:
         print(f"{name:16s} test NLL {nll.mean():7.2f} (seeds: {', '.join(f'{v:.2f}' for v in nll)})"
               f"  {sum(r['train_seconds'] for r in runs):6.0f} s", flush=True)  # fmt: skip
 
-    # read at the end, so that runs of other settings into the same file meanwhile are kept
-    previous = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
-    results = {**previous.get("results", {}), **results}
-
-    def difference(a: str, b: str) -> dict | None:
-        """Mean NLL of b minus that of a, with a standard error from the spread over seeds (a
-        rough one: with 2 seeds each spread has one degree of freedom; none with one seed)."""
-        ra, rb = results.get(a), results.get(b)
-        if ra is None or rb is None:
-            return None
-        sd = [ra["test_nll_seed_sd"], rb["test_nll_seed_sd"]]
-        stderr = None if None in sd else (sd[0] ** 2 / len(ra["seeds"]) + sd[1] ** 2 / len(rb["seeds"])) ** 0.5
-        return {"difference": rb["test_nll"] - ra["test_nll"], "stderr": stderr}
-
-    comparisons = {
-        "vae_batch_100_vs_20": difference("vae_b20_fp32", "vae_b100_fp32"),
-        "vae_batch_100_lr2.2_vs_20": difference("vae_b20_fp32", "vae_b100_fp32_lr2.2"),
-        "vae_batch_100_lr5_vs_20": difference("vae_b20_fp32", "vae_b100_fp32_lr5"),
-        "iwae_batch_100_vs_20": difference("iwae_b20_fp32", "iwae_b100_fp32"),
-        "iwae_bf16_vs_fp32_batch_100": difference("iwae_b100_fp32", "iwae_b100_bf16"),
-        "iwae_batch_100_bf16_lr2.2_vs_20_fp32": difference("iwae_b20_fp32", "iwae_b100_bf16_lr2.2"),
-    }
-    report = {
-        "benchmark": "burda_settings", "quick": args.quick, "passes": args.passes, "test_points": args.points,
-        "k": args.k, "seeds": args.seeds, "comparisons": comparisons, "results": results,
-        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(), "cpus": os.cpu_count()},
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for name, c in comparisons.items():
+    with folder_lock(args.out.parent):  # other settings' processes (--only) may write the file meanwhile
+        previous = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+        results = {**previous.get("results", {}), **results}
+        report = make_report(args, results)
+        write_report(args.out, report)
+    for name, c in report["comparisons"].items():
         if c is not None:
             error = "" if c["stderr"] is None else f" ± {c['stderr']:.2f}"
             print(f"{name}: NLL difference {c['difference']:+.2f}{error} nats")

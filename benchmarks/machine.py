@@ -4,10 +4,13 @@ write their reports."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +24,7 @@ __all__ = [
     "brief_run_facts",
     "cpu_name",
     "cpu_snapshot",
+    "folder_lock",
     "matmul_gflops",
     "other_processes_cpus",
     "run_facts",
@@ -121,3 +125,17 @@ def write_report(path: Path, report: dict[str, Any], markdown_table: str | None 
     atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
     if markdown_table is not None:
         atomic_write_bytes(path.with_suffix(".md"), markdown_table.encode())
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (made if missing) for the block: benchmarks whose
+    processes (``--only``) each merge their entries into one shared report read, merge and write
+    it under this lock, as they may finish together."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -41,18 +41,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import json
 import os
 import platform
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from machine import cpu_name, write_report
+from machine import cpu_name, folder_lock, write_report
 
 from avi.atomic import save_figure
 from avi.evaluation import active_units, log_likelihood, mean_elbo
@@ -175,19 +173,6 @@ def plot_progress(state: Path, runs: dict, out: Path) -> None:
     fig.tight_layout()
     save_figure(fig, out, dpi=120)
     plt.close(fig)
-
-
-@contextmanager
-def folder_lock(folder: Path):
-    """Hold an exclusive ``flock`` on ``folder`` for the block: the two runs' processes
-    (``--only``) each merge their entry into the same JSON and figure, and may finish together."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def main() -> None:
