@@ -1,16 +1,17 @@
-"""What the reproduction's speed settings cost in NLL: batch size and precision on a short schedule.
+"""What the fast variant's speed settings cost in NLL: batch size and precision on a short schedule.
 
-``benchmarks/reproduce_burda.py`` trains Burda et al.'s 784-200-200-50 model with batch 100
-(the paper: 20) and, for the IWAE, bfloat16 products. This trains the same model from the
-same initialisation on all 60,000 MNIST training images (dynamic binarisation) for the first
-``--passes`` passes of their schedule (stage 0 is 1 pass at lr 1e-3, stage 1 three passes at
-1e-3 * 10^(-1/7)) under each setting, and reports the test NLL (IWAE bound, ``--k`` samples,
-the first ``--points`` test images, one fixed binarisation) and seconds:
+``benchmarks/reproduce_burda.py --fast`` trains Burda et al.'s 784-200-200-50 model with batch
+100 (the paper, and the script's default: 20) and, for the IWAE, bfloat16 products. This
+trains the same model from the same initialisation on all 60,000 MNIST training images (dynamic
+binarisation) for the first ``--passes`` passes of their schedule (stage 0 is 1 pass at lr
+1e-3, stage 1 three passes at 1e-3 * 10^(-1/7)) under each setting, and reports the test NLL
+(IWAE bound, ``--k`` samples, the first ``--points`` test images, one fixed binarisation) and
+seconds:
 
-- VAE (k=1): batch 20 fp32 (the paper's) against batch 100 fp32 (the reproduction's), and
+- VAE (k=1): batch 20 fp32 (the paper's) against batch 100 fp32 (the fast variant's), and
   batch 100 with the learning rate scaled by sqrt(5) (the square-root rule for Adam) and by 5
   (the linear rule);
-- IWAE (k=5): batch 20 fp32, batch 100 fp32, batch 100 bf16 (the reproduction's) and batch
+- IWAE (k=5): batch 20 fp32, batch 100 fp32, batch 100 bf16 (the fast variant's) and batch
   100 bf16 with the learning rate scaled by sqrt(5).
 
 Each setting trains from ``--seeds`` initialisations; a difference between settings is the

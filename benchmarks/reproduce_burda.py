@@ -4,30 +4,27 @@ Trains the 784-200-200-50 tanh model as a VAE (k=1) and as an IWAE (k=5) with dy
 binarisation, Adam (eps 1e-4) and their schedule (stage i = 0..7 lasts 3^i passes at
 lr * 10^(-i/7); 3,280 passes), then reports the test NLL from the k=5000 IWAE bound and the
 active units. Runs resume from their checkpoints, so the reproduction continues across calls
-(and sessions) until every pass is done:
+(and sessions) until every pass is done. The defaults are the paper's settings (batch 20, fp32);
+on two cores, train the two runs as two one-thread processes (``--only``; at batch 20 a step is
+mostly per-step overhead, so a second thread helps one process little):
 
-    python benchmarks/reproduce_burda.py --hours 1.5     # train for at most 1.5 h, then evaluate
-    python benchmarks/reproduce_burda.py --only iwae_k5 --hours 2 --eval-points 1000
+    python benchmarks/reproduce_burda.py --only vae_k1 --compile --hours 2    # at most 2 h, then evaluate
+    python benchmarks/reproduce_burda.py --only iwae_k5 --compile --hours 2 --eval-points 1000
     python benchmarks/reproduce_burda.py --quick         # a smoke run of a few passes
 
-The two runs can train at once in two processes (``--only``); each merges its entry into the
-JSON and the figure (under a lock on the results folder; both written atomically). A run's test
-NLL uses all 10,000 test images once it has finished every pass, or the first ``--eval-points``
-before that (an interim figure, labelled with the number of points).
+Each process merges its run's entry into the JSON and the figure (under a lock on the results
+folder; both written atomically). A run's test NLL uses all 10,000 test images once it has
+finished every pass, or the first ``--eval-points`` before that (an interim figure, labelled
+with the number of points). State: ``benchmarks/state/reproduce_burda/``; results:
+``benchmarks/results/reproduce_burda.{json,png}``.
 
-Deviations from the paper, chosen for speed on two CPU cores: batch 100 instead of 20 (lr
-unchanged), and the networks' products in bfloat16 for the IWAE (``--precision``; the bound in
-float32), where on this CPU (AMX) it trains about 2x faster per example at batch 100 and k=5
-(2.1x over the 4-pass runs of ``burda_settings.json``; 1.7x in an earlier step timing), while
-for the VAE (k=1, batch 100) fp32 is faster. ``benchmarks/burda_settings.py`` measures
-what these changes cost in NLL on a short schedule; they are not free (over the whole schedule
-batch 100 cost the VAE 0.83 nats, docs/results.md), so the paper's settings run as well, in
-their own state folder:
-
-    python benchmarks/reproduce_burda.py --only vae_k1 --batch-size 20 --threads 1 --hours 2 \
-        --state benchmarks/state/reproduce_burda_b20 --out benchmarks/results/reproduce_burda_b20.json
-    python benchmarks/reproduce_burda.py --only iwae_k5 --precision fp32 --batch-size 20 --threads 1 --hours 2 \
-        --state benchmarks/state/reproduce_burda_b20 --out benchmarks/results/reproduce_burda_b20.json
+``--fast`` runs a variant chosen for speed on two CPU cores, in its own folders
+(``reproduce_burda_fast``): batch 100 instead of 20 (lr unchanged), and the networks' products in
+bfloat16 for the IWAE (the bound in float32), where on a CPU with AMX it trains about 2x faster
+per example at batch 100 and k=5 (2.1x over the 4-pass runs of ``burda_settings.json``), while
+for the VAE (k=1, batch 100) fp32 is faster. It is not free: over the whole schedule batch 100
+cost the VAE 0.83 nats (docs/results.md), so the paper's settings are the reproduction;
+``benchmarks/burda_settings.py`` measures the cost on short schedules.
 
 ``--compile`` trains through ``torch.compile`` (``train.compile``: the eager bound and gradients
 for the same noise, Inductor drawing its own), which makes the steps at batch 20 faster
@@ -60,8 +57,9 @@ from avi.runs.train import load_trained, run_fit
 
 PUBLISHED = {"vae_k1": {"nll": 86.76, "active_units": 19}, "iwae_k5": {"nll": 85.54, "active_units": 22}}
 PASSES = 3280
-#: the faster precision of each run at batch 100 on this machine (see the module docstring)
-PRECISION = {"vae_k1": "fp32", "iwae_k5": "bf16"}
+#: ``--fast``: batch 100, and each run's faster precision there (see the module docstring)
+FAST_BATCH_SIZE = 100
+FAST_PRECISION = {"vae_k1": "fp32", "iwae_k5": "bf16"}
 
 
 def config_for(name: str, *, batch_size: int, lr: float, threads: int, precision: str, compile: bool = False):
@@ -120,6 +118,7 @@ def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
     return {
         "passes_done": summary["epochs_done"],
         "train_wall_seconds": _last_wall_seconds(run_dir),
+        "batch_size": run.config.train.batch_size,
         "precision": run.config.train.precision,
         "test_points": len(test_x),
         "test_nll": -nll.value.mean().item(),
@@ -178,18 +177,25 @@ def plot_progress(state: Path, runs: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_burda.json"))
-    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/reproduce_burda"))
+    parser.add_argument("--fast", action="store_true",
+                        help="batch 100, the IWAE in bf16, in the reproduce_burda_fast folders (not the paper's settings)")
+    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/reproduce_burda[_fast].json)")
+    parser.add_argument("--state", type=Path, help="runs' folder (default benchmarks/state/reproduce_burda[_fast])")
     parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, both runs")
-    parser.add_argument("--batch-size", type=int, default=100, help="Burda et al. used 20")
+    parser.add_argument("--batch-size", type=int, help="default 20 as Burda et al. (100 with --fast)")
     parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate of the schedule")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the test NLL")
     parser.add_argument("--eval-points", type=int, default=10_000, help="test points of an unfinished run's NLL")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="both runs' precision (default: PRECISION)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="both runs' precision (default fp32; with --fast, bf16 for the IWAE)")
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (also a resumed run)")
     parser.add_argument("--only", choices=sorted(PUBLISHED), help="train and evaluate one of the two runs")
     args = parser.parse_args()
+    folder = "reproduce_burda_fast" if args.fast else "reproduce_burda"
+    args.out = args.out or Path(f"benchmarks/results/{folder}.json")
+    args.state = args.state or Path(f"benchmarks/state/{folder}")
+    args.batch_size = args.batch_size or (FAST_BATCH_SIZE if args.fast else 20)
     if args.quick:
         args.state = args.state.with_name(args.state.name + "-quick")
         args.out = args.out.with_name(args.out.stem + "-quick.json")
@@ -199,7 +205,7 @@ def main() -> None:
     budget = args.hours * 3600 / len(names)
     for name in names:
         run_dir = args.state / name
-        precision = args.precision or PRECISION[name]
+        precision = args.precision or (FAST_PRECISION[name] if args.fast else "fp32")
         config = config_for(name, batch_size=args.batch_size, lr=args.lr, threads=args.threads, precision=precision,
                             compile=args.compile)  # fmt: skip
         started = time.monotonic()
@@ -214,6 +220,7 @@ def main() -> None:
         report = {
             "benchmark": "reproduce_burda",
             "quick": args.quick,
+            "variant": "fast" if args.fast else "paper's settings",
             "vae_k1_test_nll": runs.get("vae_k1", {}).get("test_nll"),
             "iwae_k5_test_nll": runs.get("iwae_k5", {}).get("test_nll"),
             "runs": runs,
