@@ -1,7 +1,8 @@
 """One process of the data-parallel tests in ``test_distributed.py``.
 
 ``python ddp_worker.py STRATEGY OUT`` fits PPCA with an amortized or per-datapoint posterior
-(``free-bits``: amortized, with free bits) for two epochs by
+(``free-bits``: amortized, with free bits; ``compiled``: amortized, through
+:func:`avi.inference.fit.compile_step` of the DDP-wrapped step) for two epochs by
 :func:`avi.inference.fit.train_epoch` and saves the final parameters to
 ``OUT.format(rank=RANK)``; ``python ddp_worker.py nvil OUT`` trains with NVIL's baseline and
 saves the baseline (:func:`nvil`). Run
@@ -23,9 +24,9 @@ from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import make_family
 from avi.inference import LocalPosterior
-from avi.inference.fit import make_optimizers, train_epoch
+from avi.inference.fit import compile_step, make_optimizers, train_epoch
 from avi.models import LinearGaussian
-from avi.inference.parallel import data_parallel
+from avi.inference.parallel import ShardStep, data_parallel
 from avi.objectives.batch import batch_mean
 from avi.objectives.bounds import Terms
 from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline, score_terms
@@ -75,6 +76,10 @@ def main(strategy: str, out: str) -> None:
     objective = free_bits_objective if strategy == "free-bits" else mean_field_objective
     optimizers = make_optimizers(model, posterior, lr=0.05, local_lr=0.1)
     generator = torch.Generator().manual_seed(2)
+    step = None
+    if strategy == "compiled":
+        step = data_parallel(model, posterior) if distributed.world_size() > 1 else ShardStep(model, posterior)
+        step = compile_step(step, Dataset(x))
     stats = [
         train_epoch(
             model,
@@ -86,6 +91,7 @@ def main(strategy: str, out: str) -> None:
             generator=generator,
             rank=distributed.rank(),
             world_size=distributed.world_size(),
+            step=step,
         )
         for _ in range(2)
     ]

@@ -70,11 +70,13 @@ def run_single(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
-@pytest.mark.parametrize("strategy", ["amortized", "per-datapoint", "free-bits"])
+@pytest.mark.parametrize("strategy", ["amortized", "per-datapoint", "free-bits", "compiled"])
 def test_two_ranks_match_one_process(tmp_path: Path, strategy: str) -> None:
     """Two epochs of 53 points in global batches of 8 (the last, of 5, split 3 + 2): the
     parameters and per-epoch objectives of the 2-rank run equal the single-process run's. With
-    free bits (amortized) the clamped dimensions follow the KL of the global batch."""
+    free bits (amortized) the clamped dimensions follow the KL of the global batch; compiled
+    (``torch.compile`` of the DDP-wrapped step, as ``avi fit --compile`` under torchrun), DDP
+    still averages the gradients of the compiled graph."""
     single = run_single([str(WORKER), strategy, str(tmp_path / "single.pt")])
     assert single.returncode == 0, single.stderr
     ranks = run_ranks([str(WORKER), strategy, str(tmp_path / "rank{rank}.pt")])
