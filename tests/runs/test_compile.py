@@ -21,6 +21,7 @@ from avi.inference import compile_step
 from avi.inference.parallel import ShardStep
 from avi.models import VAEModel
 from avi.objectives import make_objective
+from avi.objectives.estimators import NVILBaseline
 from avi.runs.config import load_config
 from avi.runs.train import run_fit
 from tests.runs.conftest import small_job
@@ -72,6 +73,26 @@ def test_compile_step_traces_the_analytic_elbo_in_one_graph() -> None:
     torch.distributions.kl._KL_MEMOIZE.clear()
     compile_step(step, Dataset(x))
     assert graph_breaks() == 0
+
+
+#: every (objective, estimator) a VAE with a Gaussian q trains with, besides the analytic ELBO
+ESTIMATORS = [("elbo", "score"), ("elbo", "score-baseline"), ("elbo", "nvil"), ("elbo", "stl"), ("iwae", "reparam"),
+              ("iwae", "vimco"), ("iwae", "dreg"), ("renyi", "reparam"), ("cubo", "reparam"), ("rws", "reparam")]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "estimator"), ESTIMATORS, ids=[f"{n}-{e}" for n, e in ESTIMATORS])
+def test_every_estimator_traces_in_one_graph(name: str, estimator: str) -> None:
+    """A graph break would split the compiled step and hand the pieces between eager and compiled
+    code: after compile_step's warm-up the step traces whole with each estimator (its baseline's
+    state, a moving average or a network, included)."""
+    step, x = _small_step()
+    baseline = NVILBaseline(30, hidden=4) if estimator == "nvil" else None
+    objective = make_objective(name, k=5, estimator=estimator, baseline=baseline)
+    compile_step(step, Dataset(x))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(step)(x, torch.arange(20), objective)
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons]
 
 
 def test_run_fit_compiles_as_the_call_says_on_resume(small_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
