@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, constraints
@@ -176,7 +177,10 @@ def network_posterior(
 
     engine = (VariableElimination if method == "variable-elimination" else BeliefPropagation)(net.to_pgmpy())
     named = {v: net.states[v][k] for v, k in coded.items()}
-    factor = engine.query(variables=free, evidence=named, joint=True, show_progress=False)
+    # belief propagation divides factors, 0 / 0 where a state has probability zero (as under asia's
+    # deterministic "either"), and pgmpy then sets those NaNs to 0: numpy's warning is noise
+    with np.errstate(invalid="ignore"):
+        factor = engine.query(variables=free, evidence=named, joint=True, show_progress=False)
     values = torch.as_tensor(factor.values, dtype=torch.float64).permute([factor.variables.index(v) for v in free])
     for axis, v in enumerate(free):  # pgmpy's state order may differ from ours
         order = [list(factor.state_names[v]).index(s) for s in net.states[v]]
