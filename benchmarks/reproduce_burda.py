@@ -200,6 +200,8 @@ def main() -> None:
         args.state = args.state.with_name(args.state.name + "-quick")
         args.out = args.out.with_name(args.out.stem + "-quick.json")
         args.k, args.hours, args.eval_points = 50, 1.0, 1000
+    paper = args.batch_size == 20 and args.lr == 1e-3 and args.precision in (None, "fp32")
+    variant = "fast" if args.fast else "paper's settings" if paper else "custom"
     names = [args.only] if args.only else sorted(PUBLISHED)
     results = {}
     budget = args.hours * 3600 / len(names)
@@ -220,7 +222,7 @@ def main() -> None:
         report = {
             "benchmark": "reproduce_burda",
             "quick": args.quick,
-            "variant": "fast" if args.fast else "paper's settings",
+            "variant": variant,
             "vae_k1_test_nll": runs.get("vae_k1", {}).get("test_nll"),
             "iwae_k5_test_nll": runs.get("iwae_k5", {}).get("test_nll"),
             "runs": runs,
