@@ -212,15 +212,16 @@ def evaluate(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"{run_dir} on {result['data']} ({result['n']} points)", show_header=True)
+    title = f"{run_dir} on {result['data']} ({result['n']} points)"
+    table = Table(title=title, caption="± Monte Carlo standard error", show_header=True)
     table.add_column("metric")
     table.add_column("nats per point", justify="right")
     table.add_row("ELBO", f"{result['elbo']:.2f}")
     table.add_row("  reconstruction", f"{result['reconstruction']:.2f}")
     table.add_row("  KL", f"{result['kl']:.2f}")
-    table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}")
+    table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2g}")
     if "cubo" in result:
-        table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2f}")
+        table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2g}")
     for name in ("translate", "rotate"):
         if f"consistency_kl_{name}" in result:
             table.add_row(f"consistency KL ({name})", f"{result[f'consistency_kl_{name}']:.3f}")
