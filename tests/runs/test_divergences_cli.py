@@ -58,12 +58,15 @@ def test_regularised_encoder_fits_and_evaluates_with_the_cubo_sandwich(run_avi, 
     ],
 )
 def test_bad_objective_and_regulariser_settings_are_one_line_errors(
-    run_avi, small_config, args: list[str], message: str
+    run_avi, small_config, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = run_avi("fit", str(small_config(1)), *args)
+    """Refused before anything is written: no run directory is left behind."""
+    run = tmp_path / "run"
+    result = run_avi("fit", str(small_config(1)), "--out", str(run), *args)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not run.exists()
 
 
 IMAGE_JOB = """

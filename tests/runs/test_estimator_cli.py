@@ -17,11 +17,15 @@ import pytest
         (["--estimator", "gumbel"], "needs a model with discrete latents"),
     ],
 )
-def test_bad_estimators_are_one_line_with_exit_code_2(run_avi, small_config, args: list[str], message: str) -> None:
-    result = run_avi("fit", str(small_config(1)), *args)
+def test_bad_estimators_are_one_line_with_exit_code_2(
+    run_avi, small_config, tmp_path: Path, args: list[str], message: str
+) -> None:
+    run = tmp_path / "run"
+    result = run_avi("fit", str(small_config(1)), "--out", str(run), *args)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not run.exists()  # refused before a run directory is made
 
 
 @pytest.mark.parametrize(

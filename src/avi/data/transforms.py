@@ -20,7 +20,7 @@ from torch import Tensor
 
 from avi.errors import ConfigError
 
-__all__ = ["IMAGE_SIZE", "TRANSFORMS", "Transform", "make_transform"]
+__all__ = ["IMAGE_SIZE", "TRANSFORMS", "Transform", "check_images", "make_transform"]
 
 IMAGE_SIZE = 28
 MAX_SHIFT = 2
@@ -30,13 +30,18 @@ TRANSFORMS = ("translate", "rotate")
 Transform = Callable[[Tensor], Tensor]
 
 
-def _affine(x: Tensor, theta: Tensor, mode: str) -> Tensor:
-    """Resample the images x (B, 784) at the points theta (B, 2, 3) maps the output grid to."""
-    if x.ndim != 2 or x.shape[1] != IMAGE_SIZE * IMAGE_SIZE:
+def check_images(shape: tuple[int, ...]) -> None:
+    """A ConfigError unless ``shape`` is that of flattened 28x28 images, (N, 784)."""
+    if len(shape) != 2 or shape[1] != IMAGE_SIZE * IMAGE_SIZE:
         raise ConfigError(
             f"image transforms need {IMAGE_SIZE}x{IMAGE_SIZE} images ({IMAGE_SIZE**2} values per point), "
-            f"got shape {tuple(x.shape)}"
+            f"got shape {tuple(shape)}"
         )
+
+
+def _affine(x: Tensor, theta: Tensor, mode: str) -> Tensor:
+    """Resample the images x (B, 784) at the points theta (B, 2, 3) maps the output grid to."""
+    check_images(tuple(x.shape))
     images = x.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
     grid = F.affine_grid(theta.to(x.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False).reshape(x.shape)

@@ -9,7 +9,7 @@ from torch import nn
 from avi.data.dataset import Dataset, Splits
 from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
-from avi.data.transforms import make_transform
+from avi.data.transforms import check_images, make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
 from avi.errors import DataError
 from avi.families import Family, make_family
@@ -57,7 +57,8 @@ def build_family(config: Config) -> Family:
 def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> nn.Module:
     """The strategy's posterior: an encoder (MLP, mirrored decoder sizes by default), a
     per-datapoint table, an encoder with refinement, or an iterative update network. An encoder
-    is weight-normalised and/or denoising where ``inference.weight_norm`` / ``denoise`` say."""
+    is weight-normalised and/or denoising where ``inference.weight_norm`` / ``denoise`` say; one
+    with ``inference.consistency`` needs 28x28 images (checked here, before any training)."""
     inf = config.inference
     family = build_family(config)
     if inf.strategy == "per-datapoint":
@@ -69,6 +70,8 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
     if inf.strategy == "iterative":
         update = mlp([2 * family.param_size, *hidden, 2 * family.param_size], activation)
         return IterativePosterior(update, family, model, iterations=inf.iterations)
+    if inf.consistency > 0:
+        check_images((n_train, model.data_dim))
     encoder = mlp_encoder(model.data_dim, hidden, family.param_size, activation)
     if inf.weight_norm:
         weight_normalize(encoder)
