@@ -57,6 +57,8 @@ from avi.runs.train import load_trained, run_fit
 
 PUBLISHED = {"vae_k1": {"nll": 86.76, "active_units": 19}, "iwae_k5": {"nll": 85.54, "active_units": 22}}
 PASSES = 3280
+#: Burda et al.'s batch size and initial learning rate (the script's defaults)
+PAPER_BATCH_SIZE, PAPER_LR = 20, 1e-3
 #: ``--fast``: batch 100, and each run's faster precision there (see the module docstring)
 FAST_BATCH_SIZE = 100
 FAST_PRECISION = {"vae_k1": "fp32", "iwae_k5": "bf16"}
@@ -183,7 +185,7 @@ def main() -> None:
     parser.add_argument("--state", type=Path, help="runs' folder (default benchmarks/state/reproduce_burda[_fast])")
     parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, both runs")
     parser.add_argument("--batch-size", type=int, help="default 20 as Burda et al. (100 with --fast)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="initial learning rate of the schedule")
+    parser.add_argument("--lr", type=float, default=PAPER_LR, help="initial learning rate of the schedule")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the test NLL")
     parser.add_argument("--eval-points", type=int, default=10_000, help="test points of an unfinished run's NLL")
@@ -195,12 +197,12 @@ def main() -> None:
     folder = "reproduce_burda_fast" if args.fast else "reproduce_burda"
     args.out = args.out or Path(f"benchmarks/results/{folder}.json")
     args.state = args.state or Path(f"benchmarks/state/{folder}")
-    args.batch_size = args.batch_size or (FAST_BATCH_SIZE if args.fast else 20)
+    args.batch_size = args.batch_size or (FAST_BATCH_SIZE if args.fast else PAPER_BATCH_SIZE)
     if args.quick:
         args.state = args.state.with_name(args.state.name + "-quick")
         args.out = args.out.with_name(args.out.stem + "-quick.json")
         args.k, args.hours, args.eval_points = 50, 1.0, 1000
-    paper = args.batch_size == 20 and args.lr == 1e-3 and args.precision in (None, "fp32")
+    paper = args.batch_size == PAPER_BATCH_SIZE and args.lr == PAPER_LR and args.precision in (None, "fp32")
     variant = "fast" if args.fast else "paper's settings" if paper else "custom"
     names = [args.only] if args.only else sorted(PUBLISHED)
     results = {}
