@@ -52,7 +52,7 @@ from machine import cpu_name, folder_lock, write_report
 from avi.atomic import save_figure
 from avi.evaluation import active_units, log_likelihood, mean_elbo
 from avi.runs.config import load_config
-from avi.runs.rundir import CHECKPOINT, read_json
+from avi.runs.rundir import CHECKPOINT, CONFIG, read_config, read_json
 from avi.runs.train import load_trained, run_fit
 
 PUBLISHED = {"vae_k1": {"nll": 86.76, "active_units": 19}, "iwae_k5": {"nll": 85.54, "active_units": 22}}
@@ -84,6 +84,22 @@ def config_for(name: str, *, batch_size: int, lr: float, threads: int, precision
             },
         },
     )
+
+
+def variant_of(configs: dict) -> str:
+    """The runs' variant from their stored configs (a resumed run keeps its own, whatever this
+    call's options): "paper's settings" when every run has Burda et al.'s batch size, learning
+    rate and fp32; "fast" when every run has ``--fast``'s; else "custom"."""
+
+    def has(config, batch_size: int, precision: str) -> bool:
+        t = config.train
+        return (t.batch_size, t.lr, t.precision) == (batch_size, PAPER_LR, precision)
+
+    if all(has(c, PAPER_BATCH_SIZE, "fp32") for c in configs.values()):
+        return "paper's settings"
+    if all(has(c, FAST_BATCH_SIZE, FAST_PRECISION[name]) for name, c in configs.items()):
+        return "fast"
+    return "custom"
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -202,8 +218,6 @@ def main() -> None:
         args.state = args.state.with_name(args.state.name + "-quick")
         args.out = args.out.with_name(args.out.stem + "-quick.json")
         args.k, args.hours, args.eval_points = 50, 1.0, 1000
-    paper = args.batch_size == PAPER_BATCH_SIZE and args.lr == PAPER_LR and args.precision in (None, "fp32")
-    variant = "fast" if args.fast else "paper's settings" if paper else "custom"
     names = [args.only] if args.only else sorted(PUBLISHED)
     results = {}
     budget = args.hours * 3600 / len(names)
@@ -221,14 +235,18 @@ def main() -> None:
     with folder_lock(args.out.parent):
         previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
         runs = {**previous, **results}  # the other run's entry, from its own process, is kept
+        configs = {name: read_config(args.state / name) for name in runs if (args.state / name / CONFIG).exists()}
         report = {
             "benchmark": "reproduce_burda",
             "quick": args.quick,
-            "variant": variant,
+            "variant": variant_of(configs),
             "vae_k1_test_nll": runs.get("vae_k1", {}).get("test_nll"),
             "iwae_k5_test_nll": runs.get("iwae_k5", {}).get("test_nll"),
             "runs": runs,
-            "settings": {"batch_size": args.batch_size, "lr": args.lr, "adam_eps": 1e-4, "schedule": "burda 3^i",
+            "settings": {"batch_size": {name: c.train.batch_size for name, c in configs.items()},
+                         "lr": {name: c.train.lr for name, c in configs.items()},
+                         "precision": {name: c.train.precision for name, c in configs.items()},
+                         "adam_eps": 1e-4, "schedule": "burda 3^i",
                          "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
             "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
                         "cpu": cpu_name(), "cpus": os.cpu_count()},
