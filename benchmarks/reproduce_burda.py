@@ -51,7 +51,7 @@ from machine import cpu_name, folder_lock, write_report
 
 from avi.atomic import save_figure
 from avi.evaluation import active_units, log_likelihood, mean_elbo
-from avi.runs.config import load_config
+from avi.runs.config import Config, load_config
 from avi.runs.rundir import CHECKPOINT, CONFIG, read_config, read_json
 from avi.runs.train import load_trained, run_fit
 
@@ -86,12 +86,12 @@ def config_for(name: str, *, batch_size: int, lr: float, threads: int, precision
     )
 
 
-def variant_of(configs: dict) -> str:
+def variant_of(configs: dict[str, Config]) -> str:
     """The runs' variant from their stored configs (a resumed run keeps its own, whatever this
     call's options): "paper's settings" when every run has Burda et al.'s batch size, learning
     rate and fp32; "fast" when every run has ``--fast``'s; else "custom"."""
 
-    def has(config, batch_size: int, precision: str) -> bool:
+    def has(config: Config, batch_size: int, precision: str) -> bool:
         t = config.train
         return (t.batch_size, t.lr, t.precision) == (batch_size, PAPER_LR, precision)
 
