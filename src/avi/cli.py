@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,7 +23,11 @@ from avi.errors import AviError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help="Amortized variational inference: fit and evaluate latent-variable models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    help="Amortized variational inference: fit and evaluate latent-variable models.",
+)
 console = Console(stderr=True)
 
 
@@ -34,42 +38,97 @@ def _fail(message: str) -> None:
 
 @app.command()
 def fit(
-    config: Annotated[Optional[Path], typer.Argument(help="TOML config file; flags override it.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model: vae, ppca, factor-analysis; discrete latents: discrete-vae (categorical) or sbn (sigmoid belief net).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Architecture preset: kingma-welling or burda-1l.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="mnist, synthetic, or a .npy/.npz/.csv file.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(help="Latent dimension K (discrete-vae: categorical variables; sbn: binary units).")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes of each categorical latent of the discrete-vae (default 10).")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="amortized, per-datapoint, semi-amortized or iterative.")] = None,
-    family: Annotated[Optional[str], typer.Option(help="mean-field, full-rank, iaf or nsf (discrete models: their own, categorical or bernoulli).")] = None,
-    refine_steps: Annotated[Optional[int], typer.Option(help="Refinement steps K of the semi-amortized strategy.")] = None,
-    denoise: Annotated[Optional[float], typer.Option(help="Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018).")] = None,
-    weight_norm: Annotated[bool, typer.Option("--weight-norm", help="Weight-normalise the encoder's linear layers (Shu et al. 2018).")] = False,
-    consistency: Annotated[Optional[float], typer.Option(help="Consistency penalty WEIGHT on KL(q(z|x) || q(z|t(x))) (Sinha and Dieng 2021).")] = None,
-    transform: Annotated[Optional[str], typer.Option(help="Transform t of the consistency penalty: translate or rotate.")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="elbo, iwae, renyi, cubo or rws.")] = None,
-    k: Annotated[Optional[int], typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")] = None,
-    cubo_order: Annotated[Optional[float], typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
-    estimator: Annotated[Optional[str], typer.Option(help="Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco; or --objective rws.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Temperature > 0 of the gumbel estimator's relaxation (default 1).")] = None,
-    straight_through: Annotated[bool, typer.Option("--straight-through", help="gumbel estimator: hard samples forward, relaxed gradient.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training data.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    subset: Annotated[Optional[int], typer.Option(help="Train on the first N training points only.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32.")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Train through torch.compile (amortized strategy): the eager bound and gradients for the same noise, faster with several samples per point at small batches. Also with --resume.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory to create.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory.")] = None,
-    decoder: Annotated[Optional[str], typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
-    kl_warmup: Annotated[Optional[int], typer.Option(help="Collapse remedy: linear KL warm-up over the first EPOCHS epochs.")] = None,
-    kl_cycles: Annotated[Optional[int], typer.Option(help="Collapse remedy: N cycles of cyclical KL annealing over the run.")] = None,
-    free_bits: Annotated[Optional[float], typer.Option(help="Collapse remedy: free bits, NATS per latent dimension.")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="Collapse remedy: weight B of the KL term (beta-VAE).")] = None,
-    aggressive: Annotated[bool, typer.Option("--aggressive", help="Collapse remedy: aggressive encoder training (He et al. 2019).")] = False,
+    config: Annotated[Path | None, typer.Argument(help="TOML config file; flags override it.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model: vae, ppca, factor-analysis; discrete latents: discrete-vae (categorical) or sbn (sigmoid belief net)."
+        ),
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="Architecture preset: kingma-welling or burda-1l.")] = None,
+    data: Annotated[str | None, typer.Option(help="mnist, synthetic, or a .npy/.npz/.csv file.")] = None,
+    latent_dim: Annotated[
+        int | None, typer.Option(help="Latent dimension K (discrete-vae: categorical variables; sbn: binary units).")
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Classes of each categorical latent of the discrete-vae (default 10).")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="amortized, per-datapoint, semi-amortized or iterative.")
+    ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(help="mean-field, full-rank, iaf or nsf (discrete models: their own, categorical or bernoulli)."),
+    ] = None,
+    refine_steps: Annotated[
+        int | None, typer.Option(help="Refinement steps K of the semi-amortized strategy.")
+    ] = None,
+    denoise: Annotated[
+        float | None, typer.Option(help="Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018).")
+    ] = None,
+    weight_norm: Annotated[
+        bool, typer.Option("--weight-norm", help="Weight-normalise the encoder's linear layers (Shu et al. 2018).")
+    ] = False,
+    consistency: Annotated[
+        float | None,
+        typer.Option(help="Consistency penalty WEIGHT on KL(q(z|x) || q(z|t(x))) (Sinha and Dieng 2021)."),
+    ] = None,
+    transform: Annotated[
+        str | None, typer.Option(help="Transform t of the consistency penalty: translate or rotate.")
+    ] = None,
+    objective: Annotated[str | None, typer.Option(help="elbo, iwae, renyi, cubo or rws.")] = None,
+    k: Annotated[
+        int | None, typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")
+    ] = None,
+    cubo_order: Annotated[float | None, typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(
+            help="Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco; or --objective rws."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Temperature > 0 of the gumbel estimator's relaxation (default 1).")
+    ] = None,
+    straight_through: Annotated[
+        bool, typer.Option("--straight-through", help="gumbel estimator: hard samples forward, relaxed gradient.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    subset: Annotated[int | None, typer.Option(help="Train on the first N training points only.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Train through torch.compile (amortized strategy): the eager bound and gradients for the same noise, faster with several samples per point at small batches. Also with --resume.",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory to create.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    decoder: Annotated[str | None, typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
+    kl_warmup: Annotated[
+        int | None, typer.Option(help="Collapse remedy: linear KL warm-up over the first EPOCHS epochs.")
+    ] = None,
+    kl_cycles: Annotated[
+        int | None, typer.Option(help="Collapse remedy: N cycles of cyclical KL annealing over the run.")
+    ] = None,
+    free_bits: Annotated[
+        float | None, typer.Option(help="Collapse remedy: free bits, NATS per latent dimension.")
+    ] = None,
+    beta: Annotated[float | None, typer.Option(help="Collapse remedy: weight B of the KL term (beta-VAE).")] = None,
+    aggressive: Annotated[
+        bool, typer.Option("--aggressive", help="Collapse remedy: aggressive encoder training (He et al. 2019).")
+    ] = False,
 ) -> None:
     """Train a model and its posterior; write config, metrics, checkpoint and summary to a run directory."""
     from avi.runs.config import load_config
@@ -86,26 +145,62 @@ def fit(
                           "temperature": temperature, "straight_through": straight_through or None})  # fmt: skip
             given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
                           "beta": beta, "aggressive": aggressive or None})  # fmt: skip
-            changed = [name if name == "config" else "--" + name.replace("_", "-") for name, value in given.items() if value is not None]
+            changed = [
+                name if name == "config" else "--" + name.replace("_", "-")
+                for name, value in given.items()
+                if value is not None
+            ]
             if changed:
-                _fail(f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only --epochs and --compile)")
+                _fail(
+                    f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only --epochs and --compile)"
+                )
             settings = None
         else:
             settings = load_config(
                 config,
                 {
-                    "model": {"name": model, "preset": preset, "latent_dim": latent_dim, "decoder": decoder,
-                              "num_classes": num_classes},
+                    "model": {
+                        "name": model,
+                        "preset": preset,
+                        "latent_dim": latent_dim,
+                        "decoder": decoder,
+                        "num_classes": num_classes,
+                    },
                     "data": {"source": data, "subset": subset},
-                    "inference": {"strategy": strategy, "family": family, "refine_steps": refine_steps,
-                                  "denoise": denoise, "weight_norm": weight_norm or None,
-                                  "consistency": consistency, "transform": transform},
-                    "objective": {"name": objective, "k": k, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
-                                  "temperature": temperature, "straight_through": straight_through or None},
-                    "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-                              "precision": precision, "compile": compile or None},
-                    "remedies": {"kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits, "beta": beta,
-                                 "aggressive": aggressive or None},
+                    "inference": {
+                        "strategy": strategy,
+                        "family": family,
+                        "refine_steps": refine_steps,
+                        "denoise": denoise,
+                        "weight_norm": weight_norm or None,
+                        "consistency": consistency,
+                        "transform": transform,
+                    },
+                    "objective": {
+                        "name": objective,
+                        "k": k,
+                        "alpha": alpha,
+                        "cubo_order": cubo_order,
+                        "estimator": estimator,
+                        "temperature": temperature,
+                        "straight_through": straight_through or None,
+                    },
+                    "train": {
+                        "epochs": epochs,
+                        "batch_size": batch_size,
+                        "lr": lr,
+                        "seed": seed,
+                        "device": device,
+                        "precision": precision,
+                        "compile": compile or None,
+                    },
+                    "remedies": {
+                        "kl_warmup": kl_warmup,
+                        "kl_cycles": kl_cycles,
+                        "free_bits": free_bits,
+                        "beta": beta,
+                        "aggressive": aggressive or None,
+                    },
                 },
             )
         with _TrainingProgress() as progress:
@@ -179,13 +274,29 @@ class _TrainingProgress:
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by avi fit.")],
-    data: Annotated[Optional[Path], typer.Option(help="Evaluate on this .npy/.npz/.csv file instead of the test split.")] = None,
-    k: Annotated[Optional[int], typer.Option(help="Importance samples per point (default: the run's evaluate.k, 5000).")] = None,
-    cubo: Annotated[bool, typer.Option("--cubo", help="Also estimate the chi upper bound CUBO (ELBO <= log p(x) <= CUBO).")] = False,
-    consistency: Annotated[bool, typer.Option("--consistency", help="Also report consistency KLs under translation/rotation and a linear-probe accuracy.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto (default: the run's device).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16: a Bernoulli MLP decoder in bfloat16, log-weights in fp32.")] = "fp32",
-    memory_budget: Annotated[Optional[float], typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Evaluate on this .npy/.npz/.csv file instead of the test split.")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(help="Importance samples per point (default: the run's evaluate.k, 5000).")
+    ] = None,
+    cubo: Annotated[
+        bool, typer.Option("--cubo", help="Also estimate the chi upper bound CUBO (ELBO <= log p(x) <= CUBO).")
+    ] = False,
+    consistency: Annotated[
+        bool,
+        typer.Option(
+            "--consistency", help="Also report consistency KLs under translation/rotation and a linear-probe accuracy."
+        ),
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: the run's device).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: a Bernoulli MLP decoder in bfloat16, log-weights in fp32.")
+    ] = "fp32",
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
     """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run.
@@ -208,7 +319,11 @@ def evaluate(
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
     if precision != result["precision"]:
-        console.print(f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}", highlight=False, soft_wrap=True)
+        console.print(
+            f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if as_json:
         print(json.dumps(result))
         return
@@ -219,9 +334,14 @@ def evaluate(
     table.add_row("ELBO", f"{result['elbo']:.2f}")
     table.add_row("  reconstruction", f"{result['reconstruction']:.2f}")
     table.add_row("  KL", f"{result['kl']:.2f}")
-    table.add_row(f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2g}")
+    table.add_row(
+        f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2g}"
+    )
     if "cubo" in result:
-        table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2g}")
+        table.add_row(
+            f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)",
+            f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2g}",
+        )
     for name in ("translate", "rotate"):
         if f"consistency_kl_{name}" in result:
             table.add_row(f"consistency KL ({name})", f"{result[f'consistency_kl_{name}']:.3f}")
@@ -235,10 +355,22 @@ def evaluate(
 
 @app.command()
 def compare(
-    runs: Annotated[Optional[list[Path]], typer.Argument(help="Run directories to compare side by side.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Compare inference methods on a model instead: linear-regression, logistic-regression, normal-normal, beta-bernoulli or dirichlet-categorical.")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="With --model, comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts (default: all that apply).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Directory for the JSON/Markdown table and the PNG figure.")] = None,
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories to compare side by side.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare inference methods on a model instead: linear-regression, logistic-regression, normal-normal, beta-bernoulli or dirichlet-categorical."
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="With --model, comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts (default: all that apply)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for the JSON/Markdown table and the PNG figure.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
     """Compare runs (avi compare RUN_DIR RUN_DIR ...: key metrics, best marked, Markdown and a figure),
@@ -298,13 +430,21 @@ def _compare_runs(runs: list[Path], out: Path, as_json: bool) -> None:
 @app.command()
 def gaps(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of an amortized run.")],
-    data: Annotated[Optional[Path], typer.Option(help="Decompose on this .npy/.npz/.csv file instead.")] = None,
-    family: Annotated[Optional[str], typer.Option(help="Family (default: the run's); another trains a new encoder on the fixed model.")] = None,
-    k: Annotated[Optional[int], typer.Option(help="IWAE samples for log p(x) where it is not exact (with --ais-steps: AIS chains).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Decompose on this .npy/.npz/.csv file instead.")] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(help="Family (default: the run's); another trains a new encoder on the fixed model."),
+    ] = None,
+    k: Annotated[
+        int | None,
+        typer.Option(help="IWAE samples for log p(x) where it is not exact (with --ais-steps: AIS chains)."),
+    ] = None,
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     points: Annotated[int, typer.Option(help="Number of points to decompose on.")] = 1000,
     steps: Annotated[int, typer.Option(help="Per-datapoint optimisation steps for q*.")] = 1000,
-    ais_steps: Annotated[int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")] = 0,
+    ais_steps: Annotated[
+        int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
 ) -> None:
     """Split the inference gap into approximation and amortization gaps (Cremer et al. 2018)."""

@@ -41,7 +41,10 @@ def resolve_precision(name: str, device: torch.device) -> tuple[str, str | None]
     if name not in PRECISIONS:
         raise ConfigError(f"unknown precision {name!r}; choose from {list(PRECISIONS)}")
     if name == "bf16" and not bf16_supported(device):
-        return "fp32", f"bf16 is not supported natively on this {device.type} (no AVX-512 BF16/AMX or bf16 GPU); running in fp32"
+        return (
+            "fp32",
+            f"bf16 is not supported natively on this {device.type} (no AVX-512 BF16/AMX or bf16 GPU); running in fp32",
+        )
     return name, None
 
 

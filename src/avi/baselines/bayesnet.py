@@ -45,7 +45,9 @@ class DiscreteBayesNet:
     ...). The graph must be acyclic; :attr:`names` lists the variables in topological order.
     """
 
-    def __init__(self, cpds: Mapping[str, tuple[Sequence[str], Tensor]], states: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(
+        self, cpds: Mapping[str, tuple[Sequence[str], Tensor]], states: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.parents = {v: tuple(p) for v, (p, _) in cpds.items()}
         for v, parents in self.parents.items():
             missing = [p for p in parents if p not in self.parents]
@@ -58,8 +60,12 @@ class DiscreteBayesNet:
             expected = tuple(self.cards[p] for p in self.parents[v]) + (self.cards[v],)
             table = self.tables[v]
             if tuple(table.shape) != expected:
-                raise ConfigError(f"the table of {v!r} has shape {tuple(table.shape)}, expected {expected} (parents, then {v!r})")
-            if (table < 0).any() or not torch.allclose(table.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-6, rtol=0):
+                raise ConfigError(
+                    f"the table of {v!r} has shape {tuple(table.shape)}, expected {expected} (parents, then {v!r})"
+                )
+            if (table < 0).any() or not torch.allclose(
+                table.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-6, rtol=0
+            ):
                 raise ConfigError(f"the table of {v!r} must hold probabilities summing to 1 over {v!r}'s states")
         states = states or {}
         self.states = {v: tuple(states.get(v, [str(k) for k in range(self.cards[v])])) for v in self.names}
@@ -132,7 +138,9 @@ def _topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
     while waiting:
         ready = sorted(v for v, p in waiting.items() if not p)
         if not ready:
-            raise AviError(f"the network has a cycle through {sorted(waiting)}; exact inference needs a directed acyclic graph")
+            raise AviError(
+                f"the network has a cycle through {sorted(waiting)}; exact inference needs a directed acyclic graph"
+            )
         for v in ready:
             order.append(v)
             del waiting[v]
@@ -239,7 +247,9 @@ def mean_field(
     return max(fits, key=lambda fit: fit.elbo)
 
 
-def _cavi(net: DiscreteBayesNet, coded: dict[str, int], q: dict[str, Tensor], iterations: int, tol: float) -> MeanFieldCategorical:
+def _cavi(
+    net: DiscreteBayesNet, coded: dict[str, int], q: dict[str, Tensor], iterations: int, tol: float
+) -> MeanFieldCategorical:
     """Coordinate ascent from q (updated in place) to a fixed point of the mean-field equations."""
     free = list(q)
     all_factors = net.factors(coded)

@@ -30,7 +30,12 @@ from torch import Tensor
 from avi.atomic import atomic_write_bytes, save_figure
 from avi.baselines.conjugate import BetaBernoulli, DirichletCategorical, NormalNormal
 from avi.baselines.mcmc import Samples, gibbs, mh, nuts
-from avi.baselines.regression import BayesianLinearRegression, BayesianLogisticRegression, breast_cancer, synthetic_regression
+from avi.baselines.regression import (
+    BayesianLinearRegression,
+    BayesianLogisticRegression,
+    breast_cancer,
+    synthetic_regression,
+)
 from avi.baselines.targets import Target
 from avi.baselines.vi import fit_vi
 from avi.errors import AviError, ConfigError
@@ -141,7 +146,9 @@ def _mcmc_trace(samples: Samples, ref: tuple[Tensor, Tensor]) -> list[tuple[floa
     return [(float(samples.seconds[n - 1]), *posterior_errors(samples.mean(n), samples.sd(n), *ref)) for n in grid]
 
 
-def _run_method(method: str, target: Target, settings: Settings, ref: tuple[Tensor, Tensor], generator: torch.Generator) -> MethodResult:
+def _run_method(
+    method: str, target: Target, settings: Settings, ref: tuple[Tensor, Tensor], generator: torch.Generator
+) -> MethodResult:
     extra: dict[str, float] = {}
     if method == "exact":
         start = time.perf_counter()
@@ -155,13 +162,17 @@ def _run_method(method: str, target: Target, settings: Settings, ref: tuple[Tens
     else:
         sampler = {"mh": (mh, settings.mh_warmup, settings.mh_samples), "gibbs": (gibbs, settings.gibbs_warmup, settings.gibbs_samples),
                    "nuts": (nuts, settings.nuts_warmup, settings.nuts_samples)}[method]  # fmt: skip
-        samples = sampler[0](target, warmup=sampler[1], num_samples=sampler[2], num_chains=settings.chains, generator=generator)
+        samples = sampler[0](
+            target, warmup=sampler[1], num_samples=sampler[2], num_chains=settings.chains, generator=generator
+        )
         trace = _mcmc_trace(samples, ref)
         diagnostics = samples.diagnostics()
         extra = {"accept_rate": samples.accept_rate, "divergences": samples.divergences,
                  "rhat_max": float(diagnostics.rhat.max()), "ess_min": float(diagnostics.ess.min())}  # fmt: skip
     seconds, mean_error, sd_error = trace[-1]
-    return MethodResult(method, seconds, mean_error, sd_error, _time_to_tolerance(trace, settings.tolerance), trace, extra)
+    return MethodResult(
+        method, seconds, mean_error, sd_error, _time_to_tolerance(trace, settings.tolerance), trace, extra
+    )
 
 
 def compare(
@@ -172,10 +183,14 @@ def compare(
     ``reference`` = (mean, sd, name), computed by :func:`reference_moments` if not given."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ConfigError(f"unknown methods {unknown}; choose from {list(METHODS)}" if unknown else "no methods to compare")
+        raise ConfigError(
+            f"unknown methods {unknown}; choose from {list(METHODS)}" if unknown else "no methods to compare"
+        )
     missing = [m for m in methods if m in ("exact", "gibbs") and m not in default_methods(target)]
     if missing:
-        raise AviError(f"{', '.join(missing)} does not apply to {model_name or target.name}: it has no closed-form posterior or conjugate full conditionals")
+        raise AviError(
+            f"{', '.join(missing)} does not apply to {model_name or target.name}: it has no closed-form posterior or conjugate full conditionals"
+        )
     ref = reference if reference is not None else reference_moments(target, settings, generator)
     results = [_run_method(m, target, settings, ref[:2], generator) for m in methods]
     return Comparison(model_name or target.name, ref[2], settings.tolerance, results)
@@ -220,7 +235,9 @@ def write_figure(comparisons: Sequence[Comparison], path: Path) -> None:
 
 
 def _normal_normal(g: torch.Generator) -> Target:
-    return NormalNormal(1.0 + torch.randn(50, generator=g, dtype=torch.float64), prior_mean=0.0, prior_sd=1.0, noise_sd=1.0)
+    return NormalNormal(
+        1.0 + torch.randn(50, generator=g, dtype=torch.float64), prior_mean=0.0, prior_sd=1.0, noise_sd=1.0
+    )
 
 
 def _beta_bernoulli(g: torch.Generator) -> Target:
@@ -242,8 +259,14 @@ def _logistic_regression(g: torch.Generator) -> Target:
 
 #: models ``avi compare --model`` knows: name -> (description, builder from a seeded generator)
 MODELS: dict[str, tuple[str, Callable[[torch.Generator], Target]]] = {
-    "linear-regression": ("Bayesian linear regression, 200 synthetic points, 10 correlated features (exact)", _linear_regression),
-    "logistic-regression": ("Bayesian logistic regression, breast-cancer data, 30 features + intercept (NUTS reference)", _logistic_regression),
+    "linear-regression": (
+        "Bayesian linear regression, 200 synthetic points, 10 correlated features (exact)",
+        _linear_regression,
+    ),
+    "logistic-regression": (
+        "Bayesian logistic regression, breast-cancer data, 30 features + intercept (NUTS reference)",
+        _logistic_regression,
+    ),
     "normal-normal": ("Normal mean with known variance, 50 points (exact)", _normal_normal),
     "beta-bernoulli": ("Bernoulli probability, 30 points (exact)", _beta_bernoulli),
     "dirichlet-categorical": ("categorical probabilities, 3 categories, 50 points (exact)", _dirichlet_categorical),
@@ -267,7 +290,9 @@ def default_methods(target: Target) -> list[str]:
     return exact + ["mean-field-vi", "full-rank-vi", "mh"] + (["gibbs"] if target.gibbs_blocks else []) + ["nuts"]
 
 
-def run_compare(model: str, methods: str | None, out: Path | None, *, seed: int = 0, settings: Settings = Settings()) -> tuple[Comparison, Path]:
+def run_compare(
+    model: str, methods: str | None, out: Path | None, *, seed: int = 0, settings: Settings = Settings()
+) -> tuple[Comparison, Path]:
     """``avi compare``: build the model, run the methods (comma-separated names, default all
     that apply), write ``comparison.json`` and ``comparison.png`` to ``out`` (default
     runs/compare-MODEL); returns the comparison and the directory."""

@@ -120,7 +120,9 @@ class DirichletCategorical(Target):
     def __init__(self, x: Tensor, alpha: Tensor) -> None:
         self.alpha = _positive("alpha", alpha)
         if self.alpha.ndim != 1 or self.alpha.numel() < 2:
-            raise ConfigError(f"alpha must be a vector of at least 2 concentrations, got shape {tuple(self.alpha.shape)}")
+            raise ConfigError(
+                f"alpha must be a vector of at least 2 concentrations, got shape {tuple(self.alpha.shape)}"
+            )
         self.dim = self.alpha.numel()
         x = _vector(x, "categorical")
         if x.is_floating_point() and not (x == x.round()).all() or not ((x >= 0) & (x < self.dim)).all():

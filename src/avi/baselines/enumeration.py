@@ -87,7 +87,9 @@ def enumerate_posterior(
     if not cardinalities or min(cardinalities) < 1:
         raise AviError(f"enumeration needs at least one variable with at least one state, got {list(cardinalities)}")
     if size > MAX_CONFIGURATIONS:
-        raise AviError(f"enumeration over {size:,} configurations is too large (limit {MAX_CONFIGURATIONS:,}); use variable elimination or MCMC")
+        raise AviError(
+            f"enumeration over {size:,} configurations is too large (limit {MAX_CONFIGURATIONS:,}); use variable elimination or MCMC"
+        )
     grids = torch.meshgrid(*[torch.arange(c) for c in cardinalities], indexing="ij")
     z = torch.stack([g.reshape(-1) for g in grids], -1)
     log_p = log_joint(z)

@@ -42,4 +42,6 @@ def exact_posterior(
 
     if isinstance(model, DiscreteBayesNet) or hasattr(model, "get_cpds"):
         return network_posterior(model, evidence, method=method)
-    raise AviError(f"no exact inference for a {type(model).__name__}; give a Target, a LatentVariableModel or a Bayesian network")
+    raise AviError(
+        f"no exact inference for a {type(model).__name__}; give a Target, a LatentVariableModel or a Bayesian network"
+    )

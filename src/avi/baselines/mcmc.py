@@ -63,7 +63,9 @@ class Unconstrained:
 
     def __init__(self, target: Target) -> None:
         if target.support.is_discrete:
-            raise AviError(f"{target.name} has a discrete latent; MCMC here needs a continuous one (use exact enumeration)")
+            raise AviError(
+                f"{target.name} has a discrete latent; MCMC here needs a continuous one (use exact enumeration)"
+            )
         self.target = target
         self.transform: Transform = biject_to(target.support)
         #: whether theta = u (the support is all of R^K)
@@ -129,7 +131,13 @@ def random_walk_mh_kernel(target: Target, *, adapt_steps: int, target_accept: fl
 
     @torch.no_grad()
     def step(state: MHState, generator: torch.Generator) -> tuple[MHState, MHInfo]:
-        u, log_prob, log_step, scale_tril, it = state.position, state.log_prob, state.log_step, state.scale_tril, state.iteration
+        u, log_prob, log_step, scale_tril, it = (
+            state.position,
+            state.log_prob,
+            state.log_step,
+            state.scale_tril,
+            state.iteration,
+        )
         eps = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
         proposal = u + log_step.exp()[..., None] * (scale_tril @ eps[..., None])[..., 0]
         proposal_log_prob = space.log_prob(proposal)
@@ -143,7 +151,11 @@ def random_walk_mh_kernel(target: Target, *, adapt_steps: int, target_accept: fl
             t = it + 1 if it < window[1] else it - window[1] + 1  # restart after the new L
             log_step = log_step + t**-0.6 * (log_alpha.exp() - goal)
             if window[0] <= it < window[1]:
-                count, total, outer = count + u.shape[0], total + u.sum(0), outer + torch.einsum("c...i,c...j->...ij", u, u)
+                count, total, outer = (
+                    count + u.shape[0],
+                    total + u.sum(0),
+                    outer + torch.einsum("c...i,c...j->...ij", u, u),
+                )
             if it == window[1] - 1:
                 mean = total / count
                 cov = outer / count - mean[..., :, None] * mean[..., None, :]
@@ -288,7 +300,9 @@ def mh(
     return sample_chains(kernel, initial, warmup=warmup, num_samples=num_samples, generator=generator, method="mh")
 
 
-def gibbs(target: Target, *, num_samples: int = 1000, warmup: int = 100, num_chains: int = 4, generator: torch.Generator) -> Samples:
+def gibbs(
+    target: Target, *, num_samples: int = 1000, warmup: int = 100, num_chains: int = 4, generator: torch.Generator
+) -> Samples:
     """Systematic-scan Gibbs sampling (:func:`gibbs_kernel`), the first ``warmup`` sweeps discarded."""
     _check_run(num_samples, warmup)
     kernel = gibbs_kernel(target)
@@ -305,7 +319,9 @@ def _check_differentiable(space: Unconstrained, u: Tensor) -> None:
     except RuntimeError as err:
         raise AviError(f"HMC/NUTS needs a differentiable log-joint; evaluating {name}'s failed: {err}") from err
     if not value.requires_grad:
-        raise AviError(f"HMC/NUTS needs a differentiable log-joint, but {name}'s does not depend on the latent through autograd")
+        raise AviError(
+            f"HMC/NUTS needs a differentiable log-joint, but {name}'s does not depend on the latent through autograd"
+        )
     (grad,) = torch.autograd.grad(value, [u], allow_unused=True)
     if grad is None or not torch.isfinite(grad).all():
         raise AviError(f"HMC/NUTS needs a differentiable log-joint, but {name}'s gradient is missing or not finite")
@@ -334,7 +350,9 @@ def nuts(
     chains, seconds, accept, divergences = [], [], [], 0
     for c in range(num_chains):
         stamps: list[float] = []  # Pyro calls the hook after every warm-up and kept draw
-        kernel = NUTS(potential_fn=potential, adapt_step_size=True, adapt_mass_matrix=True, max_tree_depth=max_tree_depth)
+        kernel = NUTS(
+            potential_fn=potential, adapt_step_size=True, adapt_mass_matrix=True, max_tree_depth=max_tree_depth
+        )
         run = MCMC(
             kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"u": initial[c]},
             disable_progbar=True, hook_fn=lambda *_: stamps.append(time.perf_counter()),

@@ -53,8 +53,12 @@ class BayesianLinearRegression(Target):
     def log_joint(self, theta: Tensor) -> Tensor:
         resid = self.y - theta @ self.X.T
         d, n = self.dim, self.y.numel()
-        log_prior = -0.5 * (theta**2).sum(-1) / self.prior_sd**2 - d * torch.log(torch.tensor(self.prior_sd * (2 * torch.pi) ** 0.5))
-        log_lik = -0.5 * (resid**2).sum(-1) / self.noise_sd**2 - n * torch.log(torch.tensor(self.noise_sd * (2 * torch.pi) ** 0.5))
+        log_prior = -0.5 * (theta**2).sum(-1) / self.prior_sd**2 - d * torch.log(
+            torch.tensor(self.prior_sd * (2 * torch.pi) ** 0.5)
+        )
+        log_lik = -0.5 * (resid**2).sum(-1) / self.noise_sd**2 - n * torch.log(
+            torch.tensor(self.noise_sd * (2 * torch.pi) ** 0.5)
+        )
         return log_prior + log_lik
 
     def exact_posterior(self) -> Distribution:
@@ -84,7 +88,9 @@ class BayesianLogisticRegression(Target):
         return log_prior + log_lik
 
 
-def synthetic_regression(n: int, d: int, generator: torch.Generator, *, correlation: float = 0.8, noise_sd: float = 1.0) -> tuple[Tensor, Tensor]:
+def synthetic_regression(
+    n: int, d: int, generator: torch.Generator, *, correlation: float = 0.8, noise_sd: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """X (n, d) with equicorrelated standard-normal features (correlation ``correlation``, which
     makes the posterior correlated, so mean-field is visibly worse than full-rank) and
     y = X w + noise, w ~ N(0, I); float64."""
@@ -105,4 +111,6 @@ def breast_cancer() -> tuple[Tensor, Tensor]:
     features, labels = load_breast_cancer(return_X_y=True)
     X = torch.as_tensor(features, dtype=torch.float64)
     X = (X - X.mean(0)) / X.std(0)
-    return torch.cat([torch.ones(X.shape[0], 1, dtype=torch.float64), X], 1), torch.as_tensor(labels, dtype=torch.float64)
+    return torch.cat([torch.ones(X.shape[0], 1, dtype=torch.float64), X], 1), torch.as_tensor(
+        labels, dtype=torch.float64
+    )

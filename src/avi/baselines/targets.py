@@ -99,7 +99,9 @@ class LocalTarget(Target):
         return gaussian_conditional_update(theta, block, *self._natural, generator)
 
 
-def gaussian_conditional_update(theta: Tensor, k: int, precision: Tensor, shift: Tensor, generator: torch.Generator) -> Tensor:
+def gaussian_conditional_update(
+    theta: Tensor, k: int, precision: Tensor, shift: Tensor, generator: torch.Generator
+) -> Tensor:
     """Redraw coordinate k of theta from the full conditional of N(Lambda^-1 h, Lambda^-1).
 
     theta_k | theta_-k ~ N((h_k - sum_{j != k} Lambda_kj theta_j) / Lambda_kk, 1 / Lambda_kk), for

@@ -87,4 +87,6 @@ def fit_vi(
                 seconds.append(spent)
                 means.append(mean)
                 sds.append(sd)
-    return VIResult(f"{family}-vi", posterior(), torch.tensor(seconds, dtype=torch.float64), torch.stack(means), torch.stack(sds))
+    return VIResult(
+        f"{family}-vi", posterior(), torch.tensor(seconds, dtype=torch.float64), torch.stack(means), torch.stack(sds)
+    )

@@ -11,4 +11,13 @@ from avi.data.dataset import (
 from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
 
-__all__ = ["BINARIZATIONS", "Dataset", "Splits", "batch_sizes", "bernoulli_draw", "load_array_file", "load_mnist", "shard_batches"]
+__all__ = [
+    "BINARIZATIONS",
+    "Dataset",
+    "Splits",
+    "batch_sizes",
+    "bernoulli_draw",
+    "load_array_file",
+    "load_mnist",
+    "shard_batches",
+]

@@ -50,12 +50,16 @@ def _budget_batch(model: LatentVariableModel, chains: int, memory_budget: float,
     return int(memory_budget * 2**20) // per_point
 
 
-def _log_densities(model: LatentVariableModel, q: torch.distributions.Distribution, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+def _log_densities(
+    model: LatentVariableModel, q: torch.distributions.Distribution, x: Tensor, z: Tensor
+) -> tuple[Tensor, Tensor]:
     """(log p(x, z), log q(z | x)) for z: (S, B, K), each (S, B)."""
     return model.prior().log_prob(z) + model.likelihood(z).log_prob(x), q.log_prob(z)
 
 
-def _grad_log_target(model: LatentVariableModel, q: torch.distributions.Distribution, x: Tensor, z: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+def _grad_log_target(
+    model: LatentVariableModel, q: torch.distributions.Distribution, x: Tensor, z: Tensor, beta: float
+) -> tuple[Tensor, Tensor]:
     """log pi_beta(z) (S, B) and its gradient with respect to z (S, B, K)."""
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)

@@ -19,7 +19,16 @@ from avi.nn import eval_mode
 from avi.objectives.bounds import elbo_terms
 from avi.objectives.cubo import check_order
 
-__all__ = ["RESERVE_MIB", "TARGET_ROWS", "LogLikelihood", "chunk_sizes", "cubo_per_point", "elbo_per_point", "log_likelihood", "mean_elbo"]
+__all__ = [
+    "RESERVE_MIB",
+    "TARGET_ROWS",
+    "LogLikelihood",
+    "chunk_sizes",
+    "cubo_per_point",
+    "elbo_per_point",
+    "log_likelihood",
+    "mean_elbo",
+]
 
 #: rows (samples x points) per chunk when the budget allows: the logits stay near the cache
 TARGET_ROWS = 1024

@@ -146,7 +146,8 @@ def mutual_information(posterior: nn.Module, x: Tensor, *, batch_size: int = 500
     the posterior in evaluation mode."""
     with eval_mode(posterior):
         total = sum(
-            batch_mutual_information(posterior(x[i], i)).sum().item() for i in _batches(x.shape[0], batch_size, x.device)
+            batch_mutual_information(posterior(x[i], i)).sum().item()
+            for i in _batches(x.shape[0], batch_size, x.device)
         )
     return total / x.shape[0]
 

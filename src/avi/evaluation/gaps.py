@@ -78,7 +78,9 @@ def gap_decomposition(
         raise ConfigError("the gap decomposition needs an amortized posterior (an encoder), not per-datapoint VI")
     family = posterior.family
     with torch.no_grad(), eval_mode(posterior):
-        initial = torch.cat([posterior.params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
+        initial = torch.cat(
+            [posterior.params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)]
+        )
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
     optimal = LocalPosterior(
         x.shape[0],
@@ -100,7 +102,10 @@ def gap_decomposition(
         with torch.no_grad():
             log_px, method = model.exact_log_marginal(x), "exact"
     elif ais_steps > 0:
-        log_px, method = ais_log_likelihood(model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget).value, "ais"
+        log_px, method = (
+            ais_log_likelihood(model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget).value,
+            "ais",
+        )
     else:
         log_px, method = log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget).value, "iwae"
     ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))

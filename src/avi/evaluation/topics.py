@@ -33,7 +33,9 @@ def match_topics(fitted: Tensor, true: Tensor) -> TopicMatch:
     the summed total variation (``scipy.optimize.linear_sum_assignment``). Rows are normalised
     to sum to one first (Dirichlet parameters lambda may be passed as they are)."""
     if fitted.ndim != 2 or true.ndim != 2 or fitted.shape[1] != true.shape[1]:
-        raise ConfigError(f"topics must be (K, V) arrays over the same words, got {tuple(fitted.shape)} and {tuple(true.shape)}")
+        raise ConfigError(
+            f"topics must be (K, V) arrays over the same words, got {tuple(fitted.shape)} and {tuple(true.shape)}"
+        )
     if fitted.shape[0] < true.shape[0]:
         raise ConfigError(f"{fitted.shape[0]} fitted topics cannot be matched with {true.shape[0]} true ones")
     try:

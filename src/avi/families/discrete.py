@@ -77,7 +77,9 @@ def check_temperature(temperature: float) -> None:
         raise ConfigError(f"the Gumbel-softmax temperature must be positive, got {temperature}")
 
 
-def relaxed_sample(q: Distribution, shape: torch.Size | tuple[int, ...], temperature: float, straight_through: bool) -> Tensor:
+def relaxed_sample(
+    q: Distribution, shape: torch.Size | tuple[int, ...], temperature: float, straight_through: bool
+) -> Tensor:
     """z ~ Concrete(q's logits, temperature), shape + q's batch and event shape, differentiable
     in the logits: one-hot vectors relaxed to the simplex for a categorical q, binary units
     relaxed to (0, 1) for a Bernoulli q (z = sigmoid((lambda + log u - log(1 - u)) / temperature)).

@@ -77,6 +77,4 @@ class FullRankGaussian:
         """lambda of N(0, scale^2 I) for n points: (n, P)."""
         k = self.latent_dim
         raw = inverse_softplus(torch.tensor(scale))
-        return torch.cat(
-            [torch.zeros(n, k), raw.expand(n, k), torch.zeros(n, self.param_size - 2 * k)], dim=-1
-        )
+        return torch.cat([torch.zeros(n, k), raw.expand(n, k), torch.zeros(n, self.param_size - 2 * k)], dim=-1)

@@ -33,4 +33,3 @@ def kl_diagonal_full_rank(q: Independent, p: MultivariateNormal) -> Tensor:
         raise NotImplementedError
     q_full = MultivariateNormal(base.loc, scale_tril=torch.diag_embed(base.scale), validate_args=False)
     return kl_divergence(q_full, p)
-

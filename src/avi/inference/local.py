@@ -45,4 +45,3 @@ class LocalPosterior(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_points={self.n_points}, param_size={self.table.shape[1]}"
-

@@ -56,7 +56,9 @@ def refine_params(
         params = out[start : start + batch_size].clone().requires_grad_(True)
         x_chunk = x[start : start + batch_size]
         optimizer = torch.optim.Adam([params], lr=lr)
-        noise = nullcontext() if seed is None else seeded(point_seed(seed, first_index + start) ^ REFINE_STREAM, x.device)
+        noise = (
+            nullcontext() if seed is None else seeded(point_seed(seed, first_index + start) ^ REFINE_STREAM, x.device)
+        )
         with noise:
             for step in range(steps):
                 for group in optimizer.param_groups:

@@ -53,9 +53,7 @@ class LatentVariableModel(nn.Module):
         if x.ndim != 2:
             raise DataError(f"{name} must be a 2-D array (points, {self.data_dim}), got shape {tuple(x.shape)}")
         if x.shape[1] != self.data_dim:
-            raise DataError(
-                f"{name} has dimension {x.shape[1]} but the model expects {self.data_dim}"
-            )
+            raise DataError(f"{name} has dimension {x.shape[1]} but the model expects {self.data_dim}")
         if not torch.isfinite(x).all():
             raise DataError(f"{name} contains NaN or infinite values")
         if self.binary_data and not ((x == 0) | (x == 1)).all():

@@ -68,7 +68,9 @@ def _kl_bernoulli(q: Bernoulli, p: BroadcastBernoulli) -> Tensor:
     """KL(q || p) = sum_{v in {0, 1}} q(v) (log q(v) - log p(v)), from the logits a, b:
     sigmoid(a) (log sigmoid(a) - log sigmoid(b)) + sigmoid(-a) (log sigmoid(-a) - log sigmoid(-b))."""
     a, b = q.logits, p.logits
-    return torch.sigmoid(a) * (F.logsigmoid(a) - F.logsigmoid(b)) + torch.sigmoid(-a) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+    return torch.sigmoid(a) * (F.logsigmoid(a) - F.logsigmoid(b)) + torch.sigmoid(-a) * (
+        F.logsigmoid(-a) - F.logsigmoid(-b)
+    )
 
 
 def _bernoulli(logits: Tensor, kind: type[Bernoulli] = Bernoulli) -> Distribution:
@@ -121,7 +123,9 @@ class GaussianMixture(LatentVariableModel):
     def _component_log_joint(self, x: Tensor) -> Tensor:
         """log pi_k + log N(x_i; mu_k, sigma^2 I): (B, K)."""
         square = (x.unsqueeze(-2) - self.means).square().sum(-1)  # exact: cdist's mm form cancels in float32
-        log_normal = -0.5 * square / self.scale**2 - self.data_dim * (math.log(self.scale) + 0.5 * math.log(2 * math.pi))
+        log_normal = -0.5 * square / self.scale**2 - self.data_dim * (
+            math.log(self.scale) + 0.5 * math.log(2 * math.pi)
+        )
         return torch.log_softmax(self.logits, 0) + log_normal
 
     def exact_log_marginal(self, x: Tensor) -> Tensor:

@@ -165,7 +165,9 @@ class LDA:
 
     def __post_init__(self) -> None:
         if self.num_topics < 1 or self.vocab_size < 1:
-            raise ConfigError(f"LDA needs at least one topic and one word, got K={self.num_topics}, V={self.vocab_size}")
+            raise ConfigError(
+                f"LDA needs at least one topic and one word, got K={self.num_topics}, V={self.vocab_size}"
+            )
         _check_concentration("alpha", self.alpha)
         _check_concentration("eta", self.eta)
 

@@ -56,4 +56,6 @@ class VAEModel(LatentVariableModel):
         out = self.decoder(z)
         if self.likelihood_name == "bernoulli":
             return torch.bernoulli(torch.sigmoid(out), generator=generator)
-        return out + F.softplus(self.raw_scale) * torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        return out + F.softplus(self.raw_scale) * torch.randn(
+            out.shape, generator=generator, dtype=out.dtype, device=out.device
+        )

@@ -17,7 +17,18 @@ from torch.distributions import Distribution, kl_divergence
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 
-__all__ = ["Terms", "analytic_kl_or_none", "check_count", "draw", "elbo", "elbo_terms", "iwae_bound", "iwae_terms", "log_weights", "rsample_with_log_prob"]
+__all__ = [
+    "Terms",
+    "analytic_kl_or_none",
+    "check_count",
+    "draw",
+    "elbo",
+    "elbo_terms",
+    "iwae_bound",
+    "iwae_terms",
+    "log_weights",
+    "rsample_with_log_prob",
+]
 
 
 class Terms(NamedTuple):
@@ -37,7 +48,9 @@ def check_count(name: str, n: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {n}")
 
 
-def log_weights(model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+def log_weights(
+    model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Draw z_s ~ q by reparameterisation and return (log p(x|z), log p(z), log q(z)), each (S, B).
 
     Flows that know the density of their own samples (``rsample_and_log_prob``, as zuko's do)

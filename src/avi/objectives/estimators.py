@@ -44,8 +44,8 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from avi.errors import ConfigError
 from avi.families.discrete import relaxed_sample
-from avi.objectives.batch import batch_mean
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import batch_mean
 from avi.objectives.bounds import Terms, check_count
 
 __all__ = [

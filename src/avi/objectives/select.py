@@ -99,13 +99,17 @@ def make_objective(
         if estimator == "score-baseline":
             baseline = baseline if baseline is not None else MovingAverageBaseline()
         elif estimator == "nvil" and baseline is None:
-            raise ConfigError("the nvil estimator needs a baseline network (an NVILBaseline) trained with the posterior")
+            raise ConfigError(
+                "the nvil estimator needs a baseline network (an NVILBaseline) trained with the posterior"
+            )
         return partial(score_terms, num_samples=num_samples, baseline=baseline if estimator != "score" else None)
     if estimator == "stl":
         return partial(stl_terms, num_samples=num_samples)
     if estimator == "gumbel":
         check_temperature(temperature)
-        return partial(gumbel_terms, temperature=temperature, straight_through=straight_through, num_samples=num_samples)
+        return partial(
+            gumbel_terms, temperature=temperature, straight_through=straight_through, num_samples=num_samples
+        )
     if estimator == "vimco":
         return partial(vimco_terms, k=k)
     if estimator == "dreg":

@@ -25,7 +25,16 @@ from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline
 from avi.objectives.select import Objective, make_objective
 from avi.runs.config import Config
 
-__all__ = ["build_baseline", "build_family", "build_model", "build_objective", "build_posterior", "load_splits", "prepare_data", "regularise"]
+__all__ = [
+    "build_baseline",
+    "build_family",
+    "build_model",
+    "build_objective",
+    "build_posterior",
+    "load_splits",
+    "prepare_data",
+    "regularise",
+]
 
 
 def build_model(config: Config, data_dim: int) -> LatentVariableModel:
@@ -100,8 +109,16 @@ def build_objective(config: Config, posterior: nn.Module | None = None, baseline
     run's ``posterior``, with its encoder penalties (:func:`regularise`)."""
     o = config.objective
     objective = make_objective(
-        o.name, num_samples=o.num_samples, k=o.k, analytic_kl=o.analytic_kl, alpha=o.alpha, cubo_order=o.cubo_order,
-        estimator=o.estimator, baseline=baseline, temperature=o.temperature, straight_through=o.straight_through,
+        o.name,
+        num_samples=o.num_samples,
+        k=o.k,
+        analytic_kl=o.analytic_kl,
+        alpha=o.alpha,
+        cubo_order=o.cubo_order,
+        estimator=o.estimator,
+        baseline=baseline,
+        temperature=o.temperature,
+        straight_through=o.straight_through,
     )
     return objective if posterior is None else regularise(config, objective, posterior)
 

@@ -47,7 +47,13 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
             rows = list(csv.DictReader(f))
         if rows:
             last = rows[-1]
-            out.update({"train_elbo": float(last["train_elbo"]), "val_elbo": float(last["val_elbo"]), "epochs": int(last["epoch"])})
+            out.update(
+                {
+                    "train_elbo": float(last["train_elbo"]),
+                    "val_elbo": float(last["val_elbo"]),
+                    "epochs": int(last["epoch"]),
+                }
+            )
             out["train_seconds"] = float(last["wall_seconds"])
             if "active_units" in last:
                 out["active_units"] = int(float(last["active_units"]))

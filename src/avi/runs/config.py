@@ -8,16 +8,25 @@ setting given where it does not apply (``objective.k`` with the elbo objective,
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, model_validator
 
 from avi.errors import ConfigError
 
-__all__ = ["DISCRETE_MODELS", "FAMILY_NAMES", "PRESETS", "STRATEGY_NAMES", "Config", "learning_rate", "load_config", "resolve_config"]
+__all__ = [
+    "DISCRETE_MODELS",
+    "FAMILY_NAMES",
+    "PRESETS",
+    "STRATEGY_NAMES",
+    "Config",
+    "learning_rate",
+    "load_config",
+    "resolve_config",
+]
 
 
 class _Section(BaseModel):
@@ -238,18 +247,24 @@ class Config(_Section):
         family = DISCRETE_MODELS.get(m.name)
         if family is None:
             if inf.family in DISCRETE_MODELS.values():
-                raise ValueError(f"family {inf.family!r} is for a model with discrete latents (discrete-vae: categorical, sbn: bernoulli)")
+                raise ValueError(
+                    f"family {inf.family!r} is for a model with discrete latents (discrete-vae: categorical, sbn: bernoulli)"
+                )
             return self
         if "family" not in inf.model_fields_set:
             inf.family = family
         elif inf.family != family:
-            raise ValueError(f"model {m.name!r} has {family} latents: inference.family must be {family!r}, not {inf.family!r}")
+            raise ValueError(
+                f"model {m.name!r} has {family} latents: inference.family must be {family!r}, not {inf.family!r}"
+            )
         if "estimator" not in o.model_fields_set:  # reparam does not apply: the estimator of the bound
             o.estimator = {"elbo": "gumbel", "iwae": "vimco"}.get(o.name, "reparam")
         if m.likelihood != "bernoulli":
             raise ValueError(f"model {m.name!r} has a Bernoulli likelihood, not {m.likelihood!r}")
         if inf.strategy != "amortized":
-            raise ValueError(f"model {m.name!r} trains an amortized posterior in avi fit, not strategy {inf.strategy!r}")
+            raise ValueError(
+                f"model {m.name!r} trains an amortized posterior in avi fit, not strategy {inf.strategy!r}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -260,14 +275,18 @@ class Config(_Section):
         o = self.objective
         check_estimator(o.name, o.estimator, discrete=self.inference.family in DISCRETE_FAMILIES)
         if o.estimator in ("stl", "dreg") and self.inference.family not in ("mean-field", "full-rank"):
-            raise ValueError(f"the {o.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}")
+            raise ValueError(
+                f"the {o.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}"
+            )
         if o.estimator == "gumbel":
             check_temperature(o.temperature)
         elif o.temperature != ObjectiveConfig.model_fields["temperature"].default or o.straight_through:
             raise ValueError(f"temperature and straight_through belong to the gumbel estimator, not {o.estimator!r}")
         r = self.remedies
         if o.estimator != "reparam" and (r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0):
-            raise ValueError(f"beta, KL annealing and free bits weight the reparameterised ELBO; they do not combine with estimator {o.estimator!r}")
+            raise ValueError(
+                f"beta, KL annealing and free bits weight the reparameterised ELBO; they do not combine with estimator {o.estimator!r}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -289,7 +308,9 @@ class Config(_Section):
             for setting in settings:
                 section, field = setting.split(".")
                 if field in getattr(self, section).model_fields_set and not applies(value):
-                    raise ValueError(f"{setting} applies to {owner}, not {depends} = {value!r}" + (f": {hint}" if hint else ""))
+                    raise ValueError(
+                        f"{setting} applies to {owner}, not {depends} = {value!r}" + (f": {hint}" if hint else "")
+                    )
         return self
 
 
@@ -302,24 +323,67 @@ DISCRETE_MODELS = {"discrete-vae": "categorical", "sbn": "bernoulli"}
 #: commands read them: objective.cubo_order (``avi evaluate --cubo``, any objective) and
 #: inference.flow_transforms and flow_hidden (``avi gaps --family iaf|nsf``, any family).
 _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ...] = (
-    (("objective.k",), "objective.name", lambda name: name != "elbo",
-     "iwae, renyi, cubo and rws (and the vimco/dreg estimators)", "use num_samples"),
+    (
+        ("objective.k",),
+        "objective.name",
+        lambda name: name != "elbo",
+        "iwae, renyi, cubo and rws (and the vimco/dreg estimators)",
+        "use num_samples",
+    ),
     (("objective.num_samples",), "objective.name", lambda name: name == "elbo", "the elbo objective", "use k"),
-    (("objective.analytic_kl",), "objective.name", lambda name: name == "elbo", "the elbo objective with the reparam estimator", ""),
-    (("objective.analytic_kl",), "objective.estimator", lambda e: e == "reparam", "the elbo objective with the reparam estimator", ""),
+    (
+        ("objective.analytic_kl",),
+        "objective.name",
+        lambda name: name == "elbo",
+        "the elbo objective with the reparam estimator",
+        "",
+    ),
+    (
+        ("objective.analytic_kl",),
+        "objective.estimator",
+        lambda e: e == "reparam",
+        "the elbo objective with the reparam estimator",
+        "",
+    ),
     (("objective.alpha",), "objective.name", lambda name: name == "renyi", "the renyi objective", ""),
-    (("inference.refine_steps", "inference.refine_lr", "inference.refine_backprop"), "inference.strategy",
-     lambda s: s == "semi-amortized", "the semi-amortized strategy", ""),
+    (
+        ("inference.refine_steps", "inference.refine_lr", "inference.refine_backprop"),
+        "inference.strategy",
+        lambda s: s == "semi-amortized",
+        "the semi-amortized strategy",
+        "",
+    ),
     (("inference.iterations",), "inference.strategy", lambda s: s == "iterative", "the iterative strategy", ""),
-    (("inference.local_lr", "inference.infer_steps", "inference.infer_block", "inference.validation_steps"),
-     "inference.strategy", lambda s: s == "per-datapoint", "the per-datapoint strategy", ""),
+    (
+        ("inference.local_lr", "inference.infer_steps", "inference.infer_block", "inference.validation_steps"),
+        "inference.strategy",
+        lambda s: s == "per-datapoint",
+        "the per-datapoint strategy",
+        "",
+    ),
     (("train.compile",), "inference.strategy", lambda s: s == "amortized", "the amortized strategy", ""),
-    (("inference.encoder_hidden",), "inference.strategy", lambda s: s != "per-datapoint",
-     "an encoder (the amortized, semi-amortized and iterative strategies)", ""),
-    (("inference.transform",), "inference.consistency", lambda w: w > 0, "consistency regularisation (consistency > 0)", ""),
+    (
+        ("inference.encoder_hidden",),
+        "inference.strategy",
+        lambda s: s != "per-datapoint",
+        "an encoder (the amortized, semi-amortized and iterative strategies)",
+        "",
+    ),
+    (
+        ("inference.transform",),
+        "inference.consistency",
+        lambda w: w > 0,
+        "consistency regularisation (consistency > 0)",
+        "",
+    ),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
-    (("remedies.kl_warmup_start", "remedies.kl_start_weight"), "remedies.kl_warmup", lambda n: n > 0,
-     "a KL warm-up (kl_warmup > 0)", ""),
+    (
+        ("remedies.kl_warmup_start", "remedies.kl_start_weight"),
+        "remedies.kl_warmup",
+        lambda n: n > 0,
+        "a KL warm-up (kl_warmup > 0)",
+        "",
+    ),
     (("remedies.kl_cycle_ratio",), "remedies.kl_cycles", lambda n: n > 0, "cyclical KL annealing (kl_cycles > 0)", ""),
     (("tracking.mlflow_uri",), "tracking.mlflow", lambda on: on, "MLflow tracking (mlflow = true)", ""),
 )
@@ -369,7 +433,9 @@ def resolve_config(values: dict[str, Any], *, explicit: bool = False) -> Config:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         if config.model.name != "vae":
-            raise ConfigError(f"preset {preset!r} is a VAE architecture; it does not apply to model {config.model.name!r}")
+            raise ConfigError(
+                f"preset {preset!r} is a VAE architecture; it does not apply to model {config.model.name!r}"
+            )
         explicit = set(values.get("model", {}))
         for key, value in PRESETS[preset].items():
             if key not in explicit:

@@ -26,7 +26,14 @@ from avi.runs import distributed
 from avi.runs.build import prepare_data
 from avi.runs.collapse import mi_settings
 from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
-from avi.runs.train import DIAGNOSTIC_POINTS, TrainedRun, available_device, infer_posterior, load_trained, resolve_device
+from avi.runs.train import (
+    DIAGNOSTIC_POINTS,
+    TrainedRun,
+    available_device,
+    infer_posterior,
+    load_trained,
+    resolve_device,
+)
 
 __all__ = ["run_evaluate"]
 
@@ -91,7 +98,11 @@ def run_evaluate(
     if precision == "bf16" and not (bf16_supported(run.device) and fast_path(run.model)):
         precision = "fp32"
     memory_budget = config.evaluate.memory_budget if memory_budget is None else memory_budget
-    sizes = {"batch_size": config.evaluate.batch_size, "chunk_size": config.evaluate.chunk_size, "memory_budget": memory_budget}
+    sizes = {
+        "batch_size": config.evaluate.batch_size,
+        "chunk_size": config.evaluate.chunk_size,
+        "memory_budget": memory_budget,
+    }
     if data is None:
         test = run.splits.test
         source = "test split"
@@ -182,6 +193,9 @@ def _representation(run: TrainedRun, x: Tensor, labels: Tensor | None) -> dict[s
     if labels is not None and train.labels is not None:
         train = train.subset(slice(0, PROBE_POINTS)).binarized(run.config.data.seed + 2).to(run.device)
         out["probe_accuracy"] = linear_probe_accuracy(
-            posterior_means(run.posterior, train.x), train.labels, posterior_means(run.posterior, x), labels.to(run.device)
+            posterior_means(run.posterior, train.x),
+            train.labels,
+            posterior_means(run.posterior, x),
+            labels.to(run.device),
         )
     return out

@@ -63,7 +63,9 @@ def run_gaps(
     if isinstance(run.posterior, LocalPosterior):
         raise RunError(f"run {run_dir} uses per-datapoint VI; the gap decomposition needs an amortized posterior")
     if config.model.name in DISCRETE_MODELS:
-        raise RunError(f"run {run_dir} has discrete latents; the gap decomposition refines a continuous q by gradient steps")
+        raise RunError(
+            f"run {run_dir} has discrete latents; the gap decomposition refines a continuous q by gradient steps"
+        )
     posterior = run.posterior
     family = family or config.inference.family
     started = time.perf_counter()
@@ -130,4 +132,3 @@ def plot_gaps(run_dir: Path) -> Path:
     save_figure(fig, path, 120)
     plt.close(fig)
     return path
-

@@ -142,7 +142,9 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
         raise RunError(f"run {run_dir} has no checkpoint: nothing to report yet")
     summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).exists() else {}
     if summary.get("status") != "finished":
-        raise RunError(f"run {run_dir} is still being written (status {summary.get('status', 'unknown')!r}); report it when it has finished")
+        raise RunError(
+            f"run {run_dir} is still being written (status {summary.get('status', 'unknown')!r}); report it when it has finished"
+        )
     run = load_trained(run_dir)
     rows = _read_metrics(run_dir)
     sections: list[tuple[str, str]] = []
@@ -175,8 +177,21 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     if (run_dir / "gaps.png").exists():
         gap_rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("gaps-*.json"))]
         tables = "".join(
-            _table({k: g[k] for k in ("family", "data", "n", "log_likelihood", "elbo_optimal", "elbo_amortized",
-                                       "approximation_gap", "amortization_gap")})  # fmt: skip
+            _table(
+                {
+                    k: g[k]
+                    for k in (
+                        "family",
+                        "data",
+                        "n",
+                        "log_likelihood",
+                        "elbo_optimal",
+                        "elbo_amortized",
+                        "approximation_gap",
+                        "amortization_gap",
+                    )
+                }
+            )  # fmt: skip
             for g in gap_rows
         )
         sections.append(("Gap decomposition", _embed(run_dir / "gaps.png") + tables))
@@ -184,7 +199,9 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
         sections.append(("Collapse diagnostics", _embed(extra)))
     final = {k: v for k, v in rows[-1].items()} if rows else {}
     if (run_dir / EVALUATION).exists():
-        final.update({f"test_{k}": v for k, v in read_json(run_dir / EVALUATION).items() if not isinstance(v, (list, dict))})
+        final.update(
+            {f"test_{k}": v for k, v in read_json(run_dir / EVALUATION).items() if not isinstance(v, (list, dict))}
+        )
     sections.append(("Final metrics", _table(final)))
     sections.append(("Configuration", f"<pre>{html.escape(json.dumps(run.config.model_dump(), indent=2))}</pre>"))
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)

@@ -61,7 +61,11 @@ class MLflowTracker:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("avi")
         self.run = mlflow.start_run(run_name=run_name)
-        params = {f"{section}.{key}": value for section, values in config.model_dump().items() for key, value in values.items()}
+        params = {
+            f"{section}.{key}": value
+            for section, values in config.model_dump().items()
+            for key, value in values.items()
+        }
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
     def log(self, row: dict[str, Any]) -> None:

@@ -298,7 +298,9 @@ def run_fit(
             try:
                 baseline.load_state_dict(state["baseline"])
             except RuntimeError as err:
-                raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
+                raise RunError(
+                    f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}"
+                ) from None
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if run.device.type == "cuda" and state.get("cuda_rng") is not None:  # the GPU's draws continue too
@@ -307,7 +309,9 @@ def run_fit(
         if epochs is None:  # a run extended by an earlier --epochs is not cut back to its config's
             last_epoch = max(last_epoch, start_epoch)
         elif last_epoch < start_epoch:
-            raise ConfigError(f"run {run_dir} has done {start_epoch} epochs: resuming it needs epochs >= {start_epoch}, got {last_epoch}")
+            raise ConfigError(
+                f"run {run_dir} has done {start_epoch} epochs: resuming it needs epochs >= {start_epoch}, got {last_epoch}"
+            )
         validation_params = state.get("validation_params")
         if validation_params is not None:
             validation_params = validation_params.to(run.device)
@@ -344,9 +348,16 @@ def run_fit(
         optimised, kl_weight = epoch_objective(config, epoch, objective)
         optimised = regularise(config, optimised, run.posterior)  # after a remedy's reweighting, so both apply
         aggressive = aggressive_next(config, rows)
-        common = {"objective": optimised, "batch_size": config.train.batch_size, "generator": generator, "on_progress": hook}
+        common = {
+            "objective": optimised,
+            "batch_size": config.train.batch_size,
+            "generator": generator,
+            "on_progress": hook,
+        }
         if aggressive:
-            stats, encoder_steps = aggressive_epoch(run.model, run.posterior, train, optimizers, baseline=baseline, **common)
+            stats, encoder_steps = aggressive_epoch(
+                run.model, run.posterior, train, optimizers, baseline=baseline, **common
+            )
         else:
             stats, encoder_steps = train_epoch(
                 run.model, run.posterior, train, optimizers, rank=distributed.rank(),
