@@ -14,9 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from avi.atomic import atomic_write_bytes
@@ -29,6 +31,7 @@ __all__ = [
     "METRICS",
     "SUMMARY",
     "MetricsTable",
+    "json_text",
     "read_config",
     "read_json",
     "require_run",
@@ -45,8 +48,29 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY, EVALUATION = (
 )
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` with numpy and torch scalars (0-d tensors) as Python values, tuples as lists and
+    every non-finite float as ``None``, recursively through dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        return {key: _plain(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(value) for value in obj]
+    if isinstance(obj, np.generic) or (isinstance(obj, torch.Tensor) and obj.dim() == 0):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON text: NaN and infinities (which ``json.dumps`` writes as the
+    invalid tokens ``NaN``/``Infinity``) become ``null``; numpy and torch scalars plain numbers."""
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """``obj`` as strict JSON (:func:`json_text`, indented), atomically."""
+    atomic_write_bytes(path, (json_text(obj, indent=2) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
