@@ -20,13 +20,14 @@ from torch import Tensor, nn
 from avi.errors import ConfigError
 from avi.evaluation.ais import ais_log_likelihood
 from avi.evaluation.bounds import elbo_per_point, log_likelihood
+from avi.families.posterior import Posterior
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.nn import eval_mode
 from avi.objectives.select import make_objective
 
-__all__ = ["GapDecomposition", "gap_decomposition"]
+__all__ = ["GapDecomposition", "check_decomposable", "gap_decomposition"]
 
 
 class GapDecomposition(NamedTuple):
@@ -47,9 +48,28 @@ def _stderr(values: Tensor) -> float:
     return (values.std() / math.sqrt(values.numel())).item() if values.numel() > 1 else 0.0
 
 
+def check_decomposable(posterior: nn.Module, x: Tensor) -> None:
+    """Raise :class:`ConfigError` unless ``posterior`` (on the device of the points x) is
+    amortized (q(z|x) a function of x alone, ``posterior.amortized``) with ``params(x)`` and a
+    reparameterisable ``family``, as the decomposition refines the encoder's lambda by gradient
+    steps."""
+    if not (getattr(posterior, "amortized", False) and hasattr(posterior, "params") and hasattr(posterior, "family")):
+        raise ConfigError(
+            f"the gap decomposition needs an amortized posterior (an encoder) with params(x) and a family, "
+            f"not {type(posterior).__name__}"
+        )
+    family = posterior.family
+    with torch.no_grad():
+        reparameterised = family(family.initial_params(1).to(x)).has_rsample
+    if not reparameterised:
+        raise ConfigError(
+            "the gap decomposition refines a continuous q by gradient steps; this posterior's latents are discrete"
+        )
+
+
 def gap_decomposition(
     model: LatentVariableModel,
-    posterior: nn.Module,
+    posterior: Posterior,
     x: Tensor,
     *,
     k: int = 5000,
@@ -61,52 +81,49 @@ def gap_decomposition(
     batch_size: int = 1000,
     memory_budget: float | None = None,
 ) -> GapDecomposition:
-    """Decompose the inference gap of ``posterior`` (any module with ``params(x)`` and a
-    ``family``) on the points x (N, D).
+    """Decompose the inference gap of ``posterior`` (amortized, with ``params(x)`` and a
+    ``family``: :func:`check_decomposable`) on the points x (N, D).
 
     L[q] and L[q*] are ELBOs estimated with ``elbo_samples`` samples per point (analytic KL
     where torch has it). q* comes from ``steps`` Adam steps on each point's lambda (gradients
     from ``refine_samples`` samples), started at the encoder's output; for a flow family only
-    the context lambda is optimised, the flow's shared weights stay as trained. log p(x) is exact where the model has ``exact_log_marginal``, and
-    otherwise the IWAE bound with k samples drawn from q* (a lower bound, so the approximation
-    gap is then a lower bound on the true one too); with ``ais_steps`` > 0 it is annealed
-    importance sampling from q* instead (:func:`ais_log_likelihood`, k chains), a tighter
-    estimate at the cost of ``ais_steps`` HMC steps per chain. ``memory_budget`` (MiB) sizes the
-    chunks of either estimate (:func:`log_likelihood`, :func:`ais_log_likelihood`).
+    the context lambda is optimised, the flow's shared weights stay as trained. log p(x) is
+    exact where the model has ``exact_log_marginal``, and otherwise the IWAE bound with k samples
+    drawn from q* (a lower bound, so the approximation gap is then a lower bound on the true one
+    too); with ``ais_steps`` > 0 it is annealed importance sampling from q* instead
+    (:func:`ais_log_likelihood`, k chains), a tighter estimate at the cost of ``ais_steps`` HMC
+    steps per chain. ``memory_budget`` (MiB) sizes the chunks of either estimate
+    (:func:`log_likelihood`, :func:`ais_log_likelihood`).
     """
-    if not hasattr(posterior, "params") or not hasattr(posterior, "family") or isinstance(posterior, LocalPosterior):
-        raise ConfigError("the gap decomposition needs an amortized posterior (an encoder), not per-datapoint VI")
+    check_decomposable(posterior, x)
     family = posterior.family
     with torch.no_grad(), eval_mode(posterior):
         initial = torch.cat(
             [posterior.params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)]
         )
+    refined = refine_params(
+        model, family, x, initial, steps=steps, lr=lr,
+        objective=make_objective("elbo", num_samples=refine_samples), batch_size=batch_size,
+    )  # fmt: skip
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
-    optimal = LocalPosterior(
-        x.shape[0],
-        family,
-        initial=refine_params(
-            model,
-            family,
-            x,
-            initial,
-            steps=steps,
-            lr=lr,
-            objective=make_objective("elbo", num_samples=refine_samples),
-            batch_size=batch_size,
-        ),
-    )
+    optimal = LocalPosterior(x.shape[0], family, initial=refined)
     elbo_a = elbo_per_point(model, amortized, x, num_samples=elbo_samples, batch_size=batch_size)[0]
     elbo_o = elbo_per_point(model, optimal, x, num_samples=elbo_samples, batch_size=batch_size)[0]
-    if hasattr(model, "exact_log_marginal"):
-        with torch.no_grad():
-            log_px, method = model.exact_log_marginal(x), "exact"
-    elif ais_steps > 0:
-        log_px, method = (
-            ais_log_likelihood(model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget).value,
-            "ais",
-        )
-    else:
-        log_px, method = log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget).value, "iwae"
+    log_px, method = _log_marginal(model, optimal, x, k=k, ais_steps=ais_steps, memory_budget=memory_budget)
     ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))
     return GapDecomposition(ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a))
+
+
+def _log_marginal(
+    model: LatentVariableModel, optimal: Posterior, x: Tensor, *, k: int, ais_steps: int, memory_budget: float | None
+) -> tuple[Tensor, str]:
+    """log p(x) per point and how: ``exact`` where the model has ``exact_log_marginal``, else AIS
+    from q* (``ais_steps`` > 0, k chains) or the IWAE bound with k samples from q*."""
+    if hasattr(model, "exact_log_marginal"):
+        with torch.no_grad():
+            return model.exact_log_marginal(x), "exact"
+    if ais_steps > 0:
+        return ais_log_likelihood(
+            model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget
+        ).value, "ais"
+    return log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget).value, "iwae"

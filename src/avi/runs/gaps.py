@@ -7,16 +7,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+from torch import Tensor
+
 from avi.atomic import save_figure
 from avi.data.files import load_array_file
-from avi.errors import ConfigError, RunError
-from avi.evaluation.gaps import gap_decomposition
+from avi.errors import ConfigError
+from avi.evaluation.gaps import check_decomposable, gap_decomposition
+from avi.families.posterior import Posterior
 from avi.inference.fit import fit
-from avi.inference.local import LocalPosterior
 from avi.runs.build import build_posterior, prepare_data
-from avi.runs.config import DISCRETE_MODELS, FAMILY_NAMES
+from avi.runs.config import FAMILY_NAMES
 from avi.runs.rundir import write_json
-from avi.runs.train import load_trained
+from avi.runs.train import TrainedRun, load_trained
 
 __all__ = ["plot_gaps", "run_gaps"]
 
@@ -48,43 +51,16 @@ def run_gaps(
     trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do).
     Writes ``gaps-FAMILY-SPLIT.json`` and the figure ``gaps.png`` into the run directory.
     """
-    if family is not None and family not in FAMILY_NAMES:
-        raise ConfigError(f"unknown variational family {family!r}; choose from {list(FAMILY_NAMES)}")
-    if split not in ("train", "test"):
-        raise ConfigError(f"unknown split {split!r}; choose 'train' or 'test'")
-    if k is not None and k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k}")
-    if ais_steps < 0:
-        raise ConfigError(f"AIS steps must be non-negative (0 uses the IWAE bound), got {ais_steps}")
-    if points is not None and points < 1:
-        raise ConfigError(f"points must be a positive integer, got {points}")
+    _check_options(family, split, k, ais_steps, points)
     run = load_trained(run_dir)
     config = run.config
-    if isinstance(run.posterior, LocalPosterior):
-        raise RunError(f"run {run_dir} uses per-datapoint VI; the gap decomposition needs an amortized posterior")
-    if config.model.name in DISCRETE_MODELS:
-        raise RunError(
-            f"run {run_dir} has discrete latents; the gap decomposition refines a continuous q by gradient steps"
-        )
-    posterior = run.posterior
+    x, source = _points(run, data, split, points)
+    check_decomposable(run.posterior, x)
     family = family or config.inference.family
     started = time.perf_counter()
     for p in run.model.parameters():
         p.requires_grad_(False)
-    if family != config.inference.family:
-        config.inference.family, config.inference.strategy = family, "amortized"
-        posterior = build_posterior(config, run.model, 0).to(run.device)
-        fit(run.model, posterior, run.splits.train.to(run.device), epochs=encoder_epochs,
-            batch_size=config.train.batch_size, lr=config.train.lr, train_model=False)  # fmt: skip
-    if data is not None:
-        x_np, _ = load_array_file(data)
-        dataset = prepare_data(x_np, config, f"data file {data}").binarized(config.data.seed + 1)
-        source = str(data)
-    else:
-        dataset = run.splits.test if split == "test" else run.splits.train.binarized(config.data.seed + 2)
-        source = f"{split} split"
-    x = dataset.x[:points].to(run.device)
-    run.model.check_data(x, source)
+    posterior = run.posterior if family == config.inference.family else _new_encoder(run, family, encoder_epochs)
     gaps = gap_decomposition(
         run.model,
         posterior,
@@ -110,18 +86,56 @@ def run_gaps(
     return result
 
 
+def _check_options(family: str | None, split: str, k: int | None, ais_steps: int, points: int | None) -> None:
+    """Raise :class:`ConfigError` for an option outside its range, before anything loads."""
+    if family is not None and family not in FAMILY_NAMES:
+        raise ConfigError(f"unknown variational family {family!r}; choose from {list(FAMILY_NAMES)}")
+    if split not in ("train", "test"):
+        raise ConfigError(f"unknown split {split!r}; choose 'train' or 'test'")
+    if k is not None and k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k}")
+    if ais_steps < 0:
+        raise ConfigError(f"AIS steps must be non-negative (0 uses the IWAE bound), got {ais_steps}")
+    if points is not None and points < 1:
+        raise ConfigError(f"points must be a positive integer, got {points}")
+
+
+def _points(run: TrainedRun, data: str | Path | None, split: str, points: int | None) -> tuple[Tensor, str]:
+    """The first ``points`` points of the file ``data`` (binarised as the run's data, seed + 1)
+    or of ``split`` (the training split with one fixed binarisation, seed + 2), on the run's
+    device, checked against the model; and where they come from."""
+    config = run.config
+    if data is not None:
+        x_np, _ = load_array_file(data)
+        dataset = prepare_data(x_np, config, f"data file {data}").binarized(config.data.seed + 1)
+        source = str(data)
+    else:
+        dataset = run.splits.test if split == "test" else run.splits.train.binarized(config.data.seed + 2)
+        source = f"{split} split"
+    x = dataset.x[:points].to(run.device)
+    run.model.check_data(x, source)
+    return x, source
+
+
+def _new_encoder(run: TrainedRun, family: str, epochs: int) -> Posterior:
+    """A new amortized encoder of ``family`` trained for ``epochs`` epochs on the training split
+    against the run's fixed model (the run's batch size and learning rate)."""
+    config = run.config.model_copy(deep=True)
+    config.inference.family, config.inference.strategy = family, "amortized"
+    posterior = build_posterior(config, run.model, 0).to(run.device)
+    fit(run.model, posterior, run.splits.train.to(run.device), epochs=epochs,
+        batch_size=config.train.batch_size, lr=config.train.lr, train_model=False)  # fmt: skip
+    return posterior
+
+
 def plot_gaps(run_dir: Path) -> Path:
     """A stacked bar per saved decomposition: approximation gap below, amortization gap above."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("gaps-*.json"))]
     labels = [f"{r['family']}\n({r['split'] or 'file'})" for r in results]
     approx = [r["approximation_gap"] for r in results]
     amort = [r["amortization_gap"] for r in results]
-    fig, ax = plt.subplots(figsize=(1.6 * len(results) + 2, 4))
+    fig = Figure(figsize=(1.6 * len(results) + 2, 4))
+    ax = fig.subplots()
     ax.bar(labels, approx, label="approximation gap", color="#4C72B0")
     ax.bar(labels, amort, bottom=approx, label="amortization gap", color="#DD8452")
     ax.set_ylabel("nats per data point")
@@ -130,5 +144,4 @@ def plot_gaps(run_dir: Path) -> Path:
     fig.tight_layout()
     path = run_dir / "gaps.png"
     save_figure(fig, path, 120)
-    plt.close(fig)
     return path
