@@ -13,7 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["seeded"]
+__all__ = ["point_seed", "seeded"]
+
+_MASK64 = (1 << 64) - 1
 
 
 @contextmanager
@@ -27,3 +29,12 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
             with torch.cuda.device(d):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def point_seed(seed: int, index: int) -> int:
+    """A 64-bit seed for point ``index`` under the evaluation seed ``seed``: the splitmix64
+    finaliser of (seed, index) packed in 64 bits, so nearby points get unrelated streams."""
+    a = ((seed & 0xFFFFFFFF) << 32 | (index & 0xFFFFFFFF)) & _MASK64
+    a = ((a ^ (a >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    a = ((a ^ (a >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return a ^ (a >> 31)

@@ -10,6 +10,7 @@ from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.families import Family
+from avi.families.posterior import Posterior
 from avi.nn import mlp
 
 __all__ = ["AmortizedPosterior", "DenoisingEncoder", "mlp_encoder", "weight_normalize"]
@@ -60,7 +61,7 @@ def weight_normalize(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-class AmortizedPosterior(nn.Module):
+class AmortizedPosterior(Posterior):
     """q(z | x) = family(encoder(x)): one network shared by all data points (amortized VI).
 
     Inference on new data is one forward pass; ``index`` is accepted for interface parity with

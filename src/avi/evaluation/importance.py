@@ -38,8 +38,9 @@ from avi.models.base import LatentVariableModel
 from avi.models.vae import VAEModel
 from avi.objectives.bounds import rsample_with_log_prob
 from avi.precision import PRECISIONS
+from avi.seeding import point_seed
 
-__all__ = ["SAMPLE_BLOCK", "NoiseStream", "chunk_log_weights", "fast_path", "point_seed", "row_bytes"]
+__all__ = ["SAMPLE_BLOCK", "NoiseStream", "chunk_log_weights", "fast_path", "row_bytes"]
 
 #: samples drawn per generator call; a point's noise is its stream read in blocks of this size
 SAMPLE_BLOCK = 100
@@ -47,16 +48,6 @@ SAMPLE_BLOCK = 100
 
 _LN2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-_MASK64 = (1 << 64) - 1
-
-
-def point_seed(seed: int, index: int) -> int:
-    """A 64-bit seed for point ``index`` under the evaluation seed ``seed``: the splitmix64
-    finaliser of (seed, index) packed in 64 bits, so nearby points get unrelated streams."""
-    a = ((seed & 0xFFFFFFFF) << 32 | (index & 0xFFFFFFFF)) & _MASK64
-    a = ((a ^ (a >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    a = ((a ^ (a >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return a ^ (a >> 31)
 
 
 class NoiseStream:

@@ -2,8 +2,8 @@
 
 from avi.encoders.amortized import AmortizedPosterior
 from avi.inference.fit import EpochStats, History, compile_step, fit, make_optimizers, train_epoch
-from avi.inference.local import LocalPosterior
-from avi.inference.refine import infer, refine_params
+from avi.inference.local import LocalPosterior, infer
+from avi.inference.refine import refine_params
 from avi.inference.svi import SVIInfo, SVIState, fit_batch_vi, fit_svi
 
 __all__ = [

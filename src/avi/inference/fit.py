@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from avi.data.dataset import Dataset, batch_sizes, shard_batches
 from avi.errors import ConfigError
 from avi.evaluation.bounds import mean_elbo
-from avi.inference.local import LocalPosterior
+from avi.families.posterior import Posterior
 from avi.inference.parallel import data_parallel, sync_table_grad
 from avi.models.base import LatentVariableModel
 from avi.objectives.select import Objective, make_objective
@@ -51,30 +51,32 @@ class History:
 
 def make_optimizers(
     model: nn.Module,
-    posterior: nn.Module,
+    posterior: Posterior,
     *,
     lr: float = 1e-3,
     local_lr: float = 0.1,
     train_model: bool = True,
     eps: float = 1e-8,
 ) -> list[Optimizer]:
-    """Adam for the model and encoder (fused kernel where the device has one), SparseAdam for a
-    per-datapoint table, so that a step touches only the rows of the batch."""
-    table = posterior.table if isinstance(posterior, LocalPosterior) else None
-    dense = [p for p in posterior.parameters() if p is not table]
+    """Adam for the model and the posterior's dense parameters (fused kernel where the device has
+    one), SparseAdam for its per-point table (:meth:`Posterior.param_groups`), so that a step
+    touches only the rows of the batch."""
+    groups = posterior.param_groups()
+    dense = [p for g in groups if not g.table for p in g.params]
     if train_model:
         dense += list(model.parameters())
     optimizers: list[Optimizer] = []
     if dense:
         optimizers.append(torch.optim.Adam(dense, lr=lr, eps=eps, fused=True))
-    if table is not None:
-        optimizers.append(torch.optim.SparseAdam([table], lr=local_lr))
+    tables = [p for g in groups if g.table for p in g.params]
+    if tables:
+        optimizers.append(torch.optim.SparseAdam(tables, lr=local_lr))
     return optimizers
 
 
 def train_epoch(
     model: LatentVariableModel,
-    posterior: nn.Module,
+    posterior: Posterior,
     data: Dataset,
     optimizers: list[Optimizer],
     *,
@@ -112,9 +114,10 @@ def train_epoch(
     examples = 0
     parallel = world_size > 1
     noise = generator
+    tables: list[nn.Parameter] = []
     if parallel:
         step = step if step is not None else data_parallel(model, posterior)
-        table = posterior.table if isinstance(posterior, LocalPosterior) else None
+        tables = [p for g in posterior.param_groups() if g.table for p in g.params]
         noise = torch.Generator().manual_seed(_seed_of(generator) + rank)
     batches = shard_batches(len(data), batch_size, generator, rank=rank, world_size=world_size)
     for batch, index in zip(batch_sizes(len(data), batch_size, world_size), batches):
@@ -129,7 +132,7 @@ def train_epoch(
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        if parallel and table is not None:
+        for table in tables:  # empty in a single process
             sync_table_grad(table, index, rank=rank, world_size=world_size, batch=batch)
         for opt in optimizers:
             opt.step()
@@ -168,7 +171,7 @@ def _seed_of(generator: torch.Generator) -> int:
 
 def fit(
     model: LatentVariableModel,
-    posterior: nn.Module,
+    posterior: Posterior,
     data: Dataset,
     *,
     epochs: int,
@@ -204,7 +207,7 @@ def fit(
                     model, posterior, data, optimizers, objective=objective, batch_size=batch_size, generator=generator
                 )
             )
-            if validation is not None and not isinstance(posterior, LocalPosterior):
+            if validation is not None and posterior.amortized:
                 history.validation_elbo.append(mean_elbo(model, posterior, validation))
     finally:
         for p in frozen:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from avi.inference.local import LocalPosterior
+from avi.families.posterior import Posterior
 from avi.objectives.bounds import Terms
 from avi.objectives.select import Objective
 
@@ -50,7 +50,7 @@ class ShardStep(nn.Module):
         return objective(self.model, self.posterior(x, index), x)
 
 
-def data_parallel(model: nn.Module, posterior: nn.Module, baseline: nn.Module | None = None) -> nn.Module:
+def data_parallel(model: nn.Module, posterior: Posterior, baseline: nn.Module | None = None) -> nn.Module:
     """``ShardStep(model, posterior, baseline)`` wrapped in DDP (a per-datapoint table left out
     of it), which starts every rank from rank 0's parameters and buffers.
 
@@ -58,7 +58,8 @@ def data_parallel(model: nn.Module, posterior: nn.Module, baseline: nn.Module | 
     nothing for DDP to average and the step is returned unwrapped.
     """
     step = ShardStep(model, posterior, baseline)
-    ignored = ["posterior.table"] if isinstance(posterior, LocalPosterior) else []
+    tables = {id(p) for g in posterior.param_groups() if g.table for p in g.params}
+    ignored = [f"posterior.{name}" for name, p in posterior.named_parameters() if id(p) in tables]
     if not any(p.requires_grad for name, p in step.named_parameters() if name not in ignored):
         return step
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, ignored)

@@ -1,4 +1,4 @@
-"""Inference for new data with the model fixed: per-datapoint optimisation or one encoder pass."""
+"""Per-datapoint optimisation of lambda for given points with the model fixed."""
 
 from __future__ import annotations
 
@@ -6,18 +6,15 @@ import math
 from contextlib import nullcontext
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from avi.errors import ConfigError
-from avi.evaluation.importance import point_seed
 from avi.families import Family
-from avi.inference.local import LocalPosterior
 from avi.models.base import LatentVariableModel
-from avi.nn import eval_mode
 from avi.objectives.select import Objective, make_objective
-from avi.seeding import seeded
+from avi.seeding import point_seed, seeded
 
-__all__ = ["infer", "refine_params"]
+__all__ = ["refine_params"]
 
 #: mixed into the seeds of refinement chunks, so that their noise differs from the importance
 #: sampling stream of the chunk's first point under the same seed
@@ -69,32 +66,3 @@ def refine_params(
                 optimizer.step()
         out[start : start + batch_size] = params.detach()
     return out
-
-
-def infer(
-    model: LatentVariableModel,
-    posterior: nn.Module,
-    x: Tensor,
-    *,
-    steps: int = 500,
-    lr: float = 0.1,
-    objective: Objective | None = None,
-    init_from: nn.Module | None = None,
-) -> nn.Module:
-    """A posterior for the new points x (B, D) with the model fixed, indexed 0..B-1.
-
-    An amortized posterior (plain, semi-amortized or iterative) is returned as it is: inference
-    is one forward pass. A per-datapoint posterior gets a fresh table for x, started at the
-    prior-like initial value (or at the output ``init_from.params(x)`` of an amortized
-    posterior) and optimised for ``steps`` steps (:func:`refine_params`).
-    """
-    if not isinstance(posterior, LocalPosterior) and init_from is None:
-        return posterior
-    family = posterior.family
-    if init_from is None:
-        initial = family.initial_params(x.shape[0]).to(device=x.device, dtype=x.dtype)
-    else:
-        with torch.no_grad(), eval_mode(init_from):
-            initial = init_from.params(x)
-    params = refine_params(model, family, x, initial, steps=steps, lr=lr, objective=objective)
-    return LocalPosterior(x.shape[0], family, initial=params)

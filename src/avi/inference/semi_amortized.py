@@ -13,6 +13,7 @@ from torch.func import functional_call
 
 from avi.errors import ConfigError
 from avi.families import Family
+from avi.families.posterior import Posterior
 from avi.models.base import LatentVariableModel
 from avi.objectives.bounds import elbo
 
@@ -46,7 +47,7 @@ def elbo_gradient(
     return grad
 
 
-class _Refining(nn.Module):
+class _Refining(Posterior):
     def __init__(self, model: LatentVariableModel, family: Family) -> None:
         super().__init__()
         self.family = family
