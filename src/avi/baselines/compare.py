@@ -16,7 +16,6 @@ time to reach an accuracy (both errors <= ``tolerance`` from then on) is read of
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from avi.atomic import atomic_write_bytes, save_figure
@@ -39,6 +39,7 @@ from avi.baselines.regression import (
 from avi.baselines.targets import Target
 from avi.baselines.vi import fit_vi
 from avi.errors import AviError, ConfigError
+from avi.runs.rundir import json_text
 
 __all__ = [
     "METHODS",
@@ -158,9 +159,12 @@ def _run_method(
     elif method.endswith("-vi"):
         fit = fit_vi(target, method.removesuffix("-vi"), steps=settings.vi_steps, lr=settings.vi_lr,
                      num_samples=settings.vi_samples, generator=generator)  # fmt: skip
-        trace = [(float(s), *posterior_errors(m, d, *ref)) for s, m, d in zip(fit.seconds, fit.means, fit.sds)]
+        trace = [
+            (float(s), *posterior_errors(m, d, *ref)) for s, m, d in zip(fit.seconds, fit.means, fit.sds, strict=True)
+        ]
     else:
-        sampler = {"mh": (mh, settings.mh_warmup, settings.mh_samples), "gibbs": (gibbs, settings.gibbs_warmup, settings.gibbs_samples),
+        sampler = {"mh": (mh, settings.mh_warmup, settings.mh_samples),
+                   "gibbs": (gibbs, settings.gibbs_warmup, settings.gibbs_samples),
                    "nuts": (nuts, settings.nuts_warmup, settings.nuts_samples)}[method]  # fmt: skip
         samples = sampler[0](
             target, warmup=sampler[1], num_samples=sampler[2], num_chains=settings.chains, generator=generator
@@ -189,7 +193,8 @@ def compare(
     missing = [m for m in methods if m in ("exact", "gibbs") and m not in default_methods(target)]
     if missing:
         raise AviError(
-            f"{', '.join(missing)} does not apply to {model_name or target.name}: it has no closed-form posterior or conjugate full conditionals"
+            f"{', '.join(missing)} does not apply to {model_name or target.name}: "
+            "it has no closed-form posterior or conjugate full conditionals"
         )
     ref = reference if reference is not None else reference_moments(target, settings, generator)
     results = [_run_method(m, target, settings, ref[:2], generator) for m in methods]
@@ -211,15 +216,11 @@ def format_table(comparison: Comparison) -> str:
 
 def write_figure(comparisons: Sequence[Comparison], path: Path) -> None:
     """One panel per comparison: mean error (solid) and sd error (dashed) against seconds, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(comparisons), figsize=(6 * len(comparisons), 4.5), squeeze=False)
-    for ax, comparison in zip(axes[0], comparisons):
+    fig = Figure(figsize=(6 * len(comparisons), 4.5))
+    axes = fig.subplots(1, len(comparisons), squeeze=False)
+    for ax, comparison in zip(axes[0], comparisons, strict=True):
         for i, r in enumerate(comparison.results):
-            seconds, mean_error, sd_error = (list(c) for c in zip(*r.trace))
+            seconds, mean_error, sd_error = (list(c) for c in zip(*r.trace, strict=True))
             color = f"C{i}"
             floor = 1e-4  # exact results have zero error; show them on the floor of the log scale
             ax.plot(seconds, [max(e, floor) for e in mean_error], "-o", ms=2, color=color, label=f"{r.method} mean")
@@ -231,7 +232,6 @@ def write_figure(comparisons: Sequence[Comparison], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, 110)
-    plt.close(fig)
 
 
 def _normal_normal(g: torch.Generator) -> Target:
@@ -302,6 +302,6 @@ def run_compare(
     comparison = compare(target, chosen, generator=generator, settings=settings, model_name=model)
     out = Path(out) if out is not None else Path("runs") / f"compare-{model}"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "comparison.json", (json.dumps(comparison.to_dict(), indent=1) + "\n").encode())
+    atomic_write_bytes(out / "comparison.json", (json_text(comparison.to_dict(), indent=1) + "\n").encode())
     write_figure([comparison], out / "comparison.png")
     return comparison, out

@@ -25,7 +25,7 @@ from avi.inference.local import LocalPosterior
 from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.nn import eval_mode
-from avi.objectives.select import make_objective
+from avi.objectives.elbo_objective import ELBO
 
 __all__ = ["GapDecomposition", "check_decomposable", "gap_decomposition"]
 
@@ -103,7 +103,7 @@ def gap_decomposition(
         )
     refined = refine_params(
         model, family, x, initial, steps=steps, lr=lr,
-        objective=make_objective("elbo", num_samples=refine_samples), batch_size=batch_size,
+        objective=ELBO(num_samples=refine_samples), batch_size=batch_size,
     )  # fmt: skip
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
     optimal = LocalPosterior(x.shape[0], family, initial=refined)

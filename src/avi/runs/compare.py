@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from avi.atomic import atomic_write_bytes, save_figure
 from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
 
@@ -106,15 +108,11 @@ def to_markdown(runs: list[dict[str, Any]]) -> str:
 
 def write_comparison(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     """Write ``comparison.md`` and ``comparison.png`` (validation ELBO curves of all runs)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"
     atomic_write_bytes(markdown, to_markdown(runs).encode())
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for r in runs:
         path = Path(r["run"]) / METRICS
         if path.exists():
@@ -128,5 +126,4 @@ def write_comparison(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
     fig.tight_layout()
     figure = out_dir / "comparison.png"
     save_figure(fig, figure, 110)
-    plt.close(fig)
     return markdown, figure

@@ -12,31 +12,24 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
 
 from avi.atomic import atomic_write_bytes, save_figure
 from avi.errors import RunError
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
-from avi.runs.train import TrainedRun, infer_posterior, load_trained
+from avi.runs.config import Config
+from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, json_text, read_json, require_run
+from avi.runs.train import infer_posterior, load_trained
 
 __all__ = ["FIGURES", "run_report"]
 
 #: the figures a report can hold, by file name
 FIGURES = ("curves.png", "reconstructions.png", "samples.png", "latent.png", "gaps.png")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
@@ -45,9 +38,10 @@ def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
 
 def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
-    plt = _pyplot()
+    """Training and validation ELBO (left) and KL term (right) per epoch."""
     epochs = [r["epoch"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [r["train_elbo"] for r in rows], marker="o", label="train")
     left.plot(epochs, [r["val_elbo"] for r in rows], marker="o", label="validation")
     left.set(xlabel="epoch", ylabel="ELBO (nats per point)", title="ELBO")
@@ -59,7 +53,6 @@ def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, 110)
-    plt.close(fig)
 
 
 def _image_side(dim: int) -> int | None:
@@ -67,33 +60,56 @@ def _image_side(dim: int) -> int | None:
     return side if side * side == dim else None
 
 
-def _grid(images: torch.Tensor, side: int, path: Path, title: str, rows: int) -> None:
-    plt = _pyplot()
+def _grid(images: Tensor, side: int, path: Path, title: str, rows: int) -> None:
     cols = math.ceil(images.shape[0] / rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4))
-    for ax, image in zip(axes.flat, images):
+    fig = Figure(figsize=(cols * 0.9, rows * 0.9 + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, image in zip(axes.flat, images, strict=False):
         ax.imshow(image.reshape(side, side).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path, 110)
-    plt.close(fig)
 
 
 @torch.no_grad()
-def _mean_image(run: TrainedRun, z: torch.Tensor) -> torch.Tensor:
+def _mean_image(model: nn.Module, z: Tensor) -> Tensor | None:
     """E[x | z] (Bernoulli probabilities, Gaussian means), or one draw x ~ p(x | z) where the
-    mean has no closed form (an autoregressive decoder)."""
+    mean has no closed form (an autoregressive decoder); None where the model has neither."""
     try:
-        return run.model.likelihood(z).mean
+        return model.likelihood(z).mean
     except NotImplementedError:
-        return run.model.sample_data(z)
+        pass
+    sample_data = getattr(model, "sample_data", None)
+    try:
+        return None if sample_data is None else sample_data(z)
+    except NotImplementedError:
+        return None
 
 
-def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) -> str:
+@torch.no_grad()
+def _prior_draws(model: nn.Module, n: int) -> Tensor | None:
+    """n draws z ~ p(z), or None where the prior cannot be sampled."""
+    try:
+        return model.prior().sample((n,))
+    except NotImplementedError:
+        return None
+
+
+@torch.no_grad()
+def _posterior_means(posterior: nn.Module, x: Tensor) -> Tensor:
+    """E_q[z] for each point of x, (N, ...); a Monte Carlo mean of 64 draws where q has no
+    closed-form mean (flows)."""
+    q = posterior(x, torch.arange(x.shape[0], device=x.device))
+    try:
+        return q.mean
+    except NotImplementedError:
+        return q.sample((64,)).mean(0)
+
+
+def plot_latent(means: Tensor, labels: Tensor | None, path: Path) -> str:
     """Posterior means in 2-D (PCA when K > 2); returns the method used."""
-    plt = _pyplot()
     method = "posterior means"
     if means.shape[1] > 2:
         centred = means - means.mean(0)
@@ -101,7 +117,8 @@ def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) ->
         means, method = centred @ v[:, :2], "PCA of posterior means"
     elif means.shape[1] == 1:
         means = torch.cat([means, torch.zeros_like(means)], dim=1)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     points = means.cpu().numpy()
     if labels is not None:
         scatter = ax.scatter(points[:, 0], points[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=5)
@@ -111,13 +128,16 @@ def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) ->
     ax.set_title(f"Latent space: {method}")
     fig.tight_layout()
     save_figure(fig, path, 110)
-    plt.close(fig)
     return method
 
 
 def _embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _note(text: str) -> str:
+    return f"<p><em>{html.escape(text)}</em></p>"
 
 
 def _table(rows: dict[str, Any]) -> str:
@@ -134,81 +154,110 @@ img{max-width:100%;display:block;margin:.5em 0}table{border-collapse:collapse;fo
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f5f5f5}
 pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}"""
 
+#: the columns of each gap decomposition shown in the report
+GAP_COLUMNS = (
+    "family", "data", "n", "log_likelihood", "elbo_optimal", "elbo_amortized", "approximation_gap", "amortization_gap",
+)  # fmt: skip
+
+Section = tuple[str, str]
+
 
 def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
-    """Write the figures and ``report.html`` into the run directory; return the page's path."""
+    """Write the figures and ``report.html`` into the run directory; return the page's path.
+    Figures use the first ``points`` test points."""
+    run_dir = _finished_run(run_dir)
+    run = load_trained(run_dir)
+    rows = _read_metrics(run_dir)
+    plot_curves(rows, run_dir / "curves.png")
+    sections = [("Training curves", _embed(run_dir / "curves.png"))]
+    test = run.splits.test
+    x = test.x[:points].to(run.device)
+    means = _posterior_means(infer_posterior(run, x), x)
+    sections += _image_sections(run.model, x, means, run_dir)
+    labels = None if test.labels is None else test.labels[:points]
+    method = plot_latent(means.flatten(1).cpu(), labels, run_dir / "latent.png")  # (B, N, C) one-hot means: flat
+    sections.append((f"Latent space ({method})", _embed(run_dir / "latent.png")))
+    sections += _gaps_sections(run_dir)
+    sections += [("Collapse diagnostics", _embed(extra)) for extra in sorted(run_dir.glob("collapse*.png"))]
+    sections.append(("Final metrics", _table(_final_metrics(rows, run_dir))))
+    sections.append(("Configuration", f"<pre>{html.escape(json_text(run.config.model_dump(), indent=2))}</pre>"))
+    path = run_dir / "report.html"
+    atomic_write_bytes(path, _page(run_dir, run.config, sections).encode())
+    return path
+
+
+def _finished_run(run_dir: str | Path) -> Path:
+    """``run_dir`` as a path; a :class:`RunError` unless it is a run with a checkpoint that has
+    finished training."""
     run_dir = require_run(run_dir, checkpoint=False)
     if not (run_dir / "checkpoint.pt").is_file():
         raise RunError(f"run {run_dir} has no checkpoint: nothing to report yet")
     summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).exists() else {}
     if summary.get("status") != "finished":
         raise RunError(
-            f"run {run_dir} is still being written (status {summary.get('status', 'unknown')!r}); report it when it has finished"
+            f"run {run_dir} is still being written (status {summary.get('status', 'unknown')!r}); "
+            "report it when it has finished"
         )
-    run = load_trained(run_dir)
-    rows = _read_metrics(run_dir)
-    sections: list[tuple[str, str]] = []
-    plot_curves(rows, run_dir / "curves.png")
-    sections.append(("Training curves", _embed(run_dir / "curves.png")))
+    return run_dir
 
-    test = run.splits.test
-    x = test.x[:points].to(run.device)
-    labels = None if test.labels is None else test.labels[:points]
-    posterior = infer_posterior(run, x)
-    with torch.no_grad():
-        index = torch.arange(x.shape[0], device=x.device)
-        q = posterior(x, index)
-        try:
-            means = q.mean
-        except NotImplementedError:  # flows: estimate the mean
-            means = q.sample((64,)).mean(0)
-    side = _image_side(run.model.data_dim)
-    if side is not None:
-        originals = x[:16]
-        recon = _mean_image(run, means[:16])
-        _grid(torch.cat([originals, recon]), side, run_dir / "reconstructions.png",
-              "test images (top two rows) and reconstructions E[x | mean of q(z|x)] (bottom two rows)", rows=4)  # fmt: skip
-        prior_z = run.model.prior().sample((32,))
-        _grid(_mean_image(run, prior_z), side, run_dir / "samples.png", "E[x | z], z ~ p(z)", rows=4)
+
+def _image_sections(model: nn.Module, x: Tensor, means: Tensor, run_dir: Path) -> list[Section]:
+    """Reconstructions of the first 16 test images and E[x | z] for 32 draws from the prior,
+    where the data are square images; a note in place of a figure the model cannot draw."""
+    side = _image_side(x.shape[1])
+    if side is None:
+        return []
+    sections = []
+    recon = _mean_image(model, means[:16])
+    if recon is None:
+        sections.append(
+            ("Reconstructions", _note("not drawn: the likelihood has no mean and the model no sample_data"))
+        )
+    else:
+        title = "test images (top two rows) and reconstructions E[x | mean of q(z|x)] (bottom two rows)"
+        _grid(torch.cat([x[:16], recon]), side, run_dir / "reconstructions.png", title, rows=4)
         sections.append(("Reconstructions", _embed(run_dir / "reconstructions.png")))
+    prior_z = _prior_draws(model, 32)
+    samples = None if prior_z is None else _mean_image(model, prior_z)
+    if samples is None:
+        why = (
+            "the prior cannot be sampled"
+            if prior_z is None
+            else "the likelihood has no mean and the model no sample_data"
+        )
+        sections.append(("Samples from the prior", _note(f"not drawn: {why}")))
+    else:
+        _grid(samples, side, run_dir / "samples.png", "E[x | z], z ~ p(z)", rows=4)
         sections.append(("Samples from the prior", _embed(run_dir / "samples.png")))
-    method = plot_latent(means.flatten(1).cpu(), labels, run_dir / "latent.png")  # (B, N, C) one-hot means: flat
-    sections.append((f"Latent space ({method})", _embed(run_dir / "latent.png")))
-    if (run_dir / "gaps.png").exists():
-        gap_rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("gaps-*.json"))]
-        tables = "".join(
-            _table(
-                {
-                    k: g[k]
-                    for k in (
-                        "family",
-                        "data",
-                        "n",
-                        "log_likelihood",
-                        "elbo_optimal",
-                        "elbo_amortized",
-                        "approximation_gap",
-                        "amortization_gap",
-                    )
-                }
-            )  # fmt: skip
-            for g in gap_rows
-        )
-        sections.append(("Gap decomposition", _embed(run_dir / "gaps.png") + tables))
-    for extra in sorted(run_dir.glob("collapse*.png")):
-        sections.append(("Collapse diagnostics", _embed(extra)))
-    final = {k: v for k, v in rows[-1].items()} if rows else {}
+    return sections
+
+
+def _gaps_sections(run_dir: Path) -> list[Section]:
+    """The gap figure and a table per decomposition saved by ``avi gaps``, where there are any."""
+    if not (run_dir / "gaps.png").exists():
+        return []
+    gap_rows = [read_json(p) for p in sorted(run_dir.glob("gaps-*.json"))]
+    tables = "".join(_table({k: g[k] for k in GAP_COLUMNS}) for g in gap_rows)
+    return [("Gap decomposition", _embed(run_dir / "gaps.png") + tables)]
+
+
+def _final_metrics(rows: list[dict[str, float]], run_dir: Path) -> dict[str, Any]:
+    """The last epoch's metrics and, where ``avi evaluate`` ran, its scalar results (``test_``)."""
+    final: dict[str, Any] = dict(rows[-1]) if rows else {}
     if (run_dir / EVALUATION).exists():
-        final.update(
-            {f"test_{k}": v for k, v in read_json(run_dir / EVALUATION).items() if not isinstance(v, (list, dict))}
-        )
-    sections.append(("Final metrics", _table(final)))
-    sections.append(("Configuration", f"<pre>{html.escape(json.dumps(run.config.model_dump(), indent=2))}</pre>"))
+        evaluation = read_json(run_dir / EVALUATION)
+        final.update({f"test_{k}": v for k, v in evaluation.items() if not isinstance(v, (list, dict))})
+    return final
+
+
+def _page(run_dir: Path, config: Config, sections: list[Section]) -> str:
+    """The self-contained HTML page: a title naming the run and its model (a built-in name or a
+    user model's import path), then the sections."""
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>avi report: {html.escape(run_dir.name)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>avi report: {html.escape(str(run_dir))}</h1>{body}</body></html>"
+    about = f"model {config.model.name}, {config.inference.strategy} inference, {config.inference.family} family"
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>avi report: {html.escape(run_dir.name)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>avi report: {html.escape(str(run_dir))}</h1>"
+        f"<p>{html.escape(about)}</p>{body}</body></html>"
     )
-    path = run_dir / "report.html"
-    atomic_write_bytes(path, page.encode())
-    return path
