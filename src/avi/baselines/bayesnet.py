@@ -57,16 +57,7 @@ class DiscreteBayesNet:
         self.tables = {v: torch.as_tensor(t, dtype=torch.float64) for v, (_, t) in cpds.items()}
         self.cards = {v: self.tables[v].shape[-1] for v in self.names}
         for v in self.names:
-            expected = tuple(self.cards[p] for p in self.parents[v]) + (self.cards[v],)
-            table = self.tables[v]
-            if tuple(table.shape) != expected:
-                raise ConfigError(
-                    f"the table of {v!r} has shape {tuple(table.shape)}, expected {expected} (parents, then {v!r})"
-                )
-            if (table < 0).any() or not torch.allclose(
-                table.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-6, rtol=0
-            ):
-                raise ConfigError(f"the table of {v!r} must hold probabilities summing to 1 over {v!r}'s states")
+            _check_table(v, self.tables[v], tuple(self.cards[p] for p in self.parents[v]) + (self.cards[v],))
         states = states or {}
         self.states = {v: tuple(states.get(v, [str(k) for k in range(self.cards[v])])) for v in self.names}
 
@@ -129,6 +120,18 @@ class DiscreteBayesNet:
             index = tuple(evidence[u] if u in evidence else slice(None) for u in scope)
             out.append((tuple(u for u in scope if u not in evidence), self.tables[v].log()[index]))
         return out
+
+
+def _check_table(variable: str, table: Tensor, shape: tuple[int, ...]) -> None:
+    """Raise :class:`ConfigError` unless the CPT of ``variable`` has ``shape`` (parents' states,
+    then its own) and each row is a distribution over the variable's states."""
+    if tuple(table.shape) != shape:
+        raise ConfigError(
+            f"the table of {variable!r} has shape {tuple(table.shape)}, expected {shape} (parents, then {variable!r})"
+        )
+    sums_to_one = torch.allclose(table.sum(-1), torch.ones((), dtype=torch.float64), atol=1e-6, rtol=0)
+    if (table < 0).any() or not sums_to_one:
+        raise ConfigError(f"the table of {variable!r} must hold probabilities summing to 1 over {variable!r}'s states")
 
 
 def _topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
@@ -211,7 +214,7 @@ class MeanFieldCategorical(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         return sum(self.probs[v].log()[value[..., i].long()] for i, v in enumerate(self.names))
 
-    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         return torch.stack([Categorical(probs=self.probs[v]).sample(torch.Size(sample_shape)) for v in self.names], -1)
 
     def marginal(self, variable: str | int) -> Categorical:

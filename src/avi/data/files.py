@@ -28,29 +28,40 @@ def load_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"data file {path} has suffix {path.suffix!r}; use one of {list(SUFFIXES)}")
-    labels = None
     try:
-        if suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.keys())
-                if "x" in names:
-                    x = archive["x"]
-                    labels = archive["y"] if "y" in names else None
-                elif len(names) == 1:
-                    x = archive[names[0]]
-                else:
-                    raise DataError(f"data file {path} holds arrays {names}; name the observations 'x'")
-        else:
-            x = _read_csv(path)
+        x, labels = _read(path, suffix)
+    except DataError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        if isinstance(err, DataError):
-            raise
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if "pickled" in reason:  # numpy's word for any .npy it cannot parse without pickle
             reason = "not a numeric .npy array (corrupt, or holds Python objects)"
         raise DataError(f"cannot read data file {path}: {reason}") from None
+    return _checked(path, x, labels)
+
+
+def _read(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), None
+    if suffix == ".npz":
+        return _read_npz(path)
+    return _read_csv(path), None
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The archive's ``x`` (and ``y`` where present), or its only array."""
+    with np.load(path, allow_pickle=False) as archive:
+        names = list(archive.keys())
+        if "x" in names:
+            return archive["x"], archive["y"] if "y" in names else None
+        if len(names) == 1:
+            return archive[names[0]], None
+    raise DataError(f"data file {path} holds arrays {names}; name the observations 'x'")
+
+
+def _checked(path: Path, x: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """x as a 2-D array of real numbers (booleans as 0.0/1.0) and labels of one per row, or a
+    :class:`DataError` naming what is wrong."""
     if x.ndim != 2:
         raise DataError(f"data in {path} must be 2-D (points, features), got shape {x.shape}")
     if x.dtype == np.bool_:
