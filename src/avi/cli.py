@@ -5,21 +5,28 @@ Every input error is printed as one line on standard error with exit code 2.
 
 from __future__ import annotations
 
-import json
+import importlib.metadata
+import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from torch import Tensor
 
-from avi.errors import AviError
+from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, merge, overrides, parameters, parse_set
+from avi.errors import AviError, ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from avi.runs.config import Config
 
 __all__ = ["app", "main"]
 
@@ -31,197 +38,132 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+#: the ``--json`` switch of the commands that print a result
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")]
+
+
+def _print_json(obj: Any) -> None:
+    """``obj`` as one line of strict JSON on standard output (NaN as null)."""
+    from avi.runs.rundir import json_text
+
+    print(json_text(obj))
+
+
+def _print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> NoReturn:
+    _print_error(message)
     raise typer.Exit(2)
 
 
+@app.callback(invoke_without_command=True)
+def _root(
+    context: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print avi's version and exit.")] = False,
+) -> None:
+    """Amortized variational inference: fit and evaluate latent-variable models."""
+    if version:
+        print(f"avi {importlib.metadata.version('avi')}")
+    elif context.invoked_subcommand is None:
+        print(context.get_help())
+    else:
+        return
+    raise typer.Exit(0)
+
+
+def _with_flags(flags: tuple[Flag, ...]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command, whose ``**flags`` receives them, one keyword parameter per flag of the
+    table, after its positional parameters and before its own keyword ones (help lists them so)."""
+
+    def declare(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        positional = [p for p in own if p.kind is not p.KEYWORD_ONLY]
+        keyword = [p for p in own if p.kind is p.KEYWORD_ONLY]
+        command.__signature__ = signature.replace(parameters=[*positional, *parameters(flags), *keyword])  # type: ignore[attr-defined]
+        return command
+
+    return declare
+
+
 @app.command()
+@_with_flags(FIT_FLAGS)
 def fit(
     config: Annotated[Path | None, typer.Argument(help="TOML config file; flags override it.")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model: vae, ppca, factor-analysis; discrete latents: discrete-vae (categorical) or sbn (sigmoid belief net)."
-        ),
+    *,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory to create (default: runs/DATE-TIME-MODEL-STRATEGY).")
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="Architecture preset: kingma-welling or burda-1l.")] = None,
-    data: Annotated[str | None, typer.Option(help="mnist, synthetic, or a .npy/.npz/.csv file.")] = None,
-    latent_dim: Annotated[
-        int | None, typer.Option(help="Latent dimension K (discrete-vae: categorical variables; sbn: binary units).")
-    ] = None,
-    num_classes: Annotated[
-        int | None, typer.Option(help="Classes of each categorical latent of the discrete-vae (default 10).")
-    ] = None,
-    strategy: Annotated[
-        str | None, typer.Option(help="amortized, per-datapoint, semi-amortized or iterative.")
-    ] = None,
-    family: Annotated[
-        str | None,
-        typer.Option(help="mean-field, full-rank, iaf or nsf (discrete models: their own, categorical or bernoulli)."),
-    ] = None,
-    refine_steps: Annotated[
-        int | None, typer.Option(help="Refinement steps K of the semi-amortized strategy.")
-    ] = None,
-    denoise: Annotated[
-        float | None, typer.Option(help="Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018).")
-    ] = None,
-    weight_norm: Annotated[
-        bool, typer.Option("--weight-norm", help="Weight-normalise the encoder's linear layers (Shu et al. 2018).")
-    ] = False,
-    consistency: Annotated[
-        float | None,
-        typer.Option(help="Consistency penalty WEIGHT on KL(q(z|x) || q(z|t(x))) (Sinha and Dieng 2021)."),
-    ] = None,
-    transform: Annotated[
-        str | None, typer.Option(help="Transform t of the consistency penalty: translate or rotate.")
-    ] = None,
-    objective: Annotated[str | None, typer.Option(help="elbo, iwae, renyi, cubo or rws.")] = None,
-    k: Annotated[
-        int | None, typer.Option(help="Samples per point of the iwae, renyi, cubo and rws objectives.")
-    ] = None,
-    alpha: Annotated[
-        float | None, typer.Option(help="Order alpha of the renyi objective (1: ELBO, 0: IWAE).")
-    ] = None,
-    cubo_order: Annotated[float | None, typer.Option(help="Order n > 1 of the cubo objective (default 2).")] = None,
-    estimator: Annotated[
-        str | None,
-        typer.Option(
-            help="Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco; or --objective rws."
-        ),
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="Temperature > 0 of the gumbel estimator's relaxation (default 1).")
-    ] = None,
-    straight_through: Annotated[
-        bool, typer.Option("--straight-through", help="gumbel estimator: hard samples forward, relaxed gradient.")
-    ] = False,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    subset: Annotated[int | None, typer.Option(help="Train on the first N training points only.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),
-    ] = None,
-    compile: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="Train through torch.compile (amortized strategy): the eager bound and gradients for the same noise, faster with several samples per point at small batches. Also with --resume.",
-        ),
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory to create.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
-    decoder: Annotated[str | None, typer.Option(help="VAE decoder: mlp or made (autoregressive).")] = None,
-    kl_warmup: Annotated[
-        int | None, typer.Option(help="Collapse remedy: linear KL warm-up over the first EPOCHS epochs.")
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Set any config key, nested tables too (--set model.args.hidden=64); VALUE is read as TOML, "
+            "else as text. Repeatable; applied after the other flags.",
+        ),
     ] = None,
-    kl_cycles: Annotated[
-        int | None, typer.Option(help="Collapse remedy: N cycles of cyclical KL annealing over the run.")
-    ] = None,
-    free_bits: Annotated[
-        float | None, typer.Option(help="Collapse remedy: free bits, NATS per latent dimension.")
-    ] = None,
-    beta: Annotated[float | None, typer.Option(help="Collapse remedy: weight B of the KL term (beta-VAE).")] = None,
-    aggressive: Annotated[
-        bool, typer.Option("--aggressive", help="Collapse remedy: aggressive encoder training (He et al. 2019).")
-    ] = False,
+    **flags: Any,
 ) -> None:
     """Train a model and its posterior; write config, metrics, checkpoint and summary to a run directory."""
-    from avi.runs.config import load_config
     from avi.runs.distributed import is_main
     from avi.runs.train import run_fit
 
     try:
-        if resume is not None:
-            given = {"config": config, "model": model, "preset": preset, "data": data, "latent_dim": latent_dim,
-                     "strategy": strategy, "family": family, "refine_steps": refine_steps, "objective": objective, "k": k, "batch_size": batch_size,
-                     "lr": lr, "seed": seed, "subset": subset, "device": device, "precision": precision, "out": out}  # fmt: skip
-            given.update({"denoise": denoise, "weight_norm": weight_norm or None, "alpha": alpha, "cubo_order": cubo_order, "estimator": estimator,
-                          "consistency": consistency, "transform": transform, "num_classes": num_classes,
-                          "temperature": temperature, "straight_through": straight_through or None})  # fmt: skip
-            given.update({"decoder": decoder, "kl_warmup": kl_warmup, "kl_cycles": kl_cycles, "free_bits": free_bits,
-                          "beta": beta, "aggressive": aggressive or None})  # fmt: skip
-            changed = [
-                name if name == "config" else "--" + name.replace("_", "-")
-                for name, value in given.items()
-                if value is not None
-            ]
-            if changed:
-                _fail(
-                    f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only --epochs and --compile)"
-                )
-            settings = None
-        else:
-            settings = load_config(
-                config,
-                {
-                    "model": {
-                        "name": model,
-                        "preset": preset,
-                        "latent_dim": latent_dim,
-                        "decoder": decoder,
-                        "num_classes": num_classes,
-                    },
-                    "data": {"source": data, "subset": subset},
-                    "inference": {
-                        "strategy": strategy,
-                        "family": family,
-                        "refine_steps": refine_steps,
-                        "denoise": denoise,
-                        "weight_norm": weight_norm or None,
-                        "consistency": consistency,
-                        "transform": transform,
-                    },
-                    "objective": {
-                        "name": objective,
-                        "k": k,
-                        "alpha": alpha,
-                        "cubo_order": cubo_order,
-                        "estimator": estimator,
-                        "temperature": temperature,
-                        "straight_through": straight_through or None,
-                    },
-                    "train": {
-                        "epochs": epochs,
-                        "batch_size": batch_size,
-                        "lr": lr,
-                        "seed": seed,
-                        "device": device,
-                        "precision": precision,
-                        "compile": compile or None,
-                    },
-                    "remedies": {
-                        "kl_warmup": kl_warmup,
-                        "kl_cycles": kl_cycles,
-                        "free_bits": free_bits,
-                        "beta": beta,
-                        "aggressive": aggressive or None,
-                    },
-                },
-            )
+        resolved, run_dir = _fit_config(config, out, resume, settings or [], flags)
+    except AviError as err:
+        _fail(str(err))
+    try:
         with _TrainingProgress() as progress:
             run_dir = run_fit(
-                settings,
-                resume if resume is not None else out,
+                resolved,
+                run_dir,
                 resume=resume is not None,
-                epochs=epochs if resume is not None else None,  # a fresh run takes --epochs from its config
-                compile=compile,  # with --resume: compiled or not, whatever the run's config says
+                epochs=flags["epochs"] if resume is not None else None,  # a fresh run takes --epochs from its config
+                compile=flags["compile"],  # with --resume: compiled or not, whatever the run's config says
                 progress=progress.update,
                 on_epoch=progress.epoch_done,
             )
     except AviError as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        console.print("interrupted: the last finished epoch is saved; continue with [bold]avi fit --resume RUN_DIR[/]")
+        console.print(
+            "interrupted: the last finished epoch is saved; continue with "
+            f"[bold]avi fit --resume {escape(str(run_dir))}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(130) from None
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
-    console.print(f"run directory: [bold]{run_dir}[/]  (next: avi evaluate {run_dir})", highlight=False)
+    console.print(
+        f"run directory: [bold]{escape(str(run_dir))}[/]  (next: avi evaluate {escape(str(run_dir))})", highlight=False
+    )
     print(run_dir)
+
+
+def _fit_config(
+    config: Path | None, out: Path | None, resume: Path | None, settings: list[str], flags: dict[str, Any]
+) -> tuple[Config | None, Path]:
+    """The resolved config of a fresh run and its directory, or ``None`` and the run to resume,
+    whose config only the resumable flags may touch."""
+    from avi.runs.config import load_config
+    from avi.runs.train import default_run_dir
+
+    if resume is not None:
+        changed = ["config"] * (config is not None) + changed_on_resume(FIT_FLAGS, flags)
+        changed += ["--out"] * (out is not None) + ["--set"] * bool(settings)
+        if changed:
+            allowed = " and ".join(flag.option for flag in FIT_FLAGS if flag.resumable)
+            raise ConfigError(
+                f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only {allowed})"
+            )
+        return None, resume
+    resolved = load_config(config, merge(overrides(FIT_FLAGS, flags), parse_set(settings)))
+    return resolved, out if out is not None else default_run_dir(resolved)
 
 
 class _TrainingProgress:
@@ -247,7 +189,7 @@ class _TrainingProgress:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
     def update(self, epoch: int, done: int, total: int, sums: Tensor) -> None:
@@ -297,7 +239,7 @@ def evaluate(
         float | None,
         typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run.
 
@@ -306,27 +248,49 @@ def evaluate(
     from avi.runs.evaluate import run_evaluate
 
     try:
-        with Progress(
-            TextColumn("importance sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("points"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=console, transient=True, disable=os.environ.get("RANK", "0") != "0",
-        ) as progress:  # fmt: skip
+        with _evaluation_progress() as progress:
             task = progress.add_task("", total=None)
-            result = run_evaluate(run_dir, data=data, k=k, cubo=cubo, consistency=consistency, device=device, precision=precision,
-                                  memory_budget=memory_budget,
-                                  on_batch=lambda done, total: progress.update(task, completed=done, total=total))  # fmt: skip
+            result = run_evaluate(
+                run_dir,
+                data=data,
+                k=k,
+                cubo=cubo,
+                consistency=consistency,
+                device=device,
+                precision=precision,
+                memory_budget=memory_budget,
+                on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+            )
     except AviError as err:
         _fail(str(err))
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
     if precision != result["precision"]:
-        console.print(
-            f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        note = f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}"
+        console.print(note, highlight=False, soft_wrap=True)
     if as_json:
-        print(json.dumps(result))
+        _print_json(result)
         return
+    Console().print(_evaluation_table(run_dir, result))
+
+
+def _evaluation_progress() -> Progress:
+    """A bar of the points done, on rank 0 alone under torchrun."""
+    return Progress(
+        TextColumn("importance sampling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("points"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=os.environ.get("RANK", "0") != "0",
+    )
+
+
+def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
+    """The rows of ``avi evaluate``: the bounds, then the consistency and collapse diagnostics."""
     title = f"{run_dir} on {result['data']} ({result['n']} points)"
     table = Table(title=title, caption="± Monte Carlo standard error", show_header=True)
     table.add_column("metric")
@@ -350,7 +314,7 @@ def evaluate(
     table.add_row("I(x; z) (He et al. 2019)", f"{result['mutual_information']:.2f}")
     table.add_row("active units", f"{result['active_units']} of {len(result['kl_per_dim'])}")
     table.add_row("KL per dimension", " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
-    Console().print(table)
+    return table
 
 
 @app.command()
@@ -359,31 +323,31 @@ def compare(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Compare inference methods on a model instead: linear-regression, logistic-regression, normal-normal, beta-bernoulli or dirichlet-categorical."
+            help="Compare inference methods on a model instead: linear-regression, logistic-regression, "
+            "normal-normal, beta-bernoulli or dirichlet-categorical."
         ),
     ] = None,
     methods: Annotated[
         str | None,
         typer.Option(
-            help="With --model, comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts (default: all that apply)."
+            help="With --model, comma-separated: exact, mean-field-vi, full-rank-vi, mh, gibbs, nuts "
+            "(default: all that apply)."
         ),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Directory for the JSON/Markdown table and the PNG figure.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Directory for the JSON/Markdown table and the PNG figure.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Compare runs (avi compare RUN_DIR RUN_DIR ...: key metrics, best marked, Markdown and a figure),
     or inference methods on one model (avi compare --model NAME: time against posterior accuracy)."""
     if runs and model:
         _fail("give run directories or --model, not both")
-    if not runs and not model:
-        _fail("give run directories to compare runs, or --model NAME to compare inference methods")
-    if runs and methods:
-        _fail("--methods picks the inference methods of --model; run directories are compared as they are")
     if runs:
+        if methods:
+            _fail("--methods picks the inference methods of --model; run directories are compared as they are")
         _compare_runs(runs, out or Path("runs") / "compare", as_json)
         return
+    if not model:
+        _fail("give run directories to compare runs, or --model NAME to compare inference methods")
     from avi.baselines.compare import format_table, run_compare
 
     try:
@@ -391,7 +355,7 @@ def compare(
     except AviError as err:
         _fail(str(err))
     if as_json:
-        print(json.dumps(comparison.to_dict()))
+        _print_json(comparison.to_dict())
         return
     print(format_table(comparison))
     console.print(f"figure and JSON: [bold]{out_dir}[/]", highlight=False)
@@ -407,7 +371,7 @@ def _compare_runs(runs: list[Path], out: Path, as_json: bool) -> None:
     markdown, figure = write_comparison(collected, out)
     best = {key: collected[i]["run"] for key, _, d in METRICS_COMPARED if (i := best_of(collected, key, d)) is not None}
     if as_json:
-        print(json.dumps({"runs": collected, "best": best}))
+        _print_json({"runs": collected, "best": best})
         return
     table = Table(title="runs compared (* marks the best value of each row)")
     table.add_column("metric")
@@ -445,7 +409,7 @@ def gaps(
     ais_steps: Annotated[
         int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")
     ] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Split the inference gap into approximation and amortization gaps (Cremer et al. 2018)."""
     from avi.runs.gaps import run_gaps
@@ -458,7 +422,7 @@ def gaps(
     except AviError as err:
         _fail(str(err))
     if as_json:
-        print(json.dumps(result))
+        _print_json(result)
         return
     table = Table(title=f"{run_dir}: {result['family']} on {result['data']} ({result['n']} points)")
     table.add_column("term")
@@ -488,9 +452,19 @@ def report(
 
 
 def main() -> None:
-    """Entry point of the ``avi`` script."""
-    app()
+    """Entry point of the ``avi`` script: a usage error (an unknown flag, ``--lr abc``) is one line
+    with exit code 2, like every other bad input."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="avi", standalone_mode=False)
+    except typer.TyperException as err:
+        _print_error(err.format_message())
+        code = err.exit_code
+    except typer.Abort:
+        console.print("aborted", highlight=False)
+        code = 1
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

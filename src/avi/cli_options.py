@@ -1,0 +1,191 @@
+"""The options of ``avi fit``, each declared once: a table of flags and the config keys they set.
+
+The command's parameters (:func:`parameters`), the config overrides (:func:`overrides`) and the
+``--resume`` check (:func:`changed_on_resume`) are all read from :data:`FIT_FLAGS`. ``--set
+section.key=value`` (:func:`parse_set`) reaches any key the table does not name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import tomllib
+import typer
+
+from avi.errors import ConfigError
+
+__all__ = ["FIT_FLAGS", "Flag", "changed_on_resume", "merge", "overrides", "parameters", "parse_set"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option of ``avi fit``: the config key ``section.field`` it sets, its value's type, its
+    help. The flag is ``--field`` with dashes unless ``name`` says otherwise; a boolean flag only
+    switches its setting on, unless ``negatable`` adds ``--no-NAME``; ``resumable`` flags may be
+    given with ``--resume``."""
+
+    key: str
+    type: type
+    help: str
+    name: str = ""
+    negatable: bool = False
+    resumable: bool = False
+
+    @property
+    def option(self) -> str:
+        """The flag as typed: ``--latent-dim``."""
+        return self.name or "--" + self.key.split(".")[1].replace("_", "-")
+
+    @property
+    def param(self) -> str:
+        """The command function's parameter: ``latent_dim``."""
+        return self.option.removeprefix("--").replace("-", "_")
+
+
+FIT_FLAGS: tuple[Flag, ...] = (
+    Flag(
+        "model.name",
+        str,
+        "Model: vae, ppca, factor-analysis; discrete latents: discrete-vae (categorical) or sbn (sigmoid belief net); "
+        "or your own class by import path, path/to/file.py:Class or package.module:Class "
+        "(its arguments by --set in the table model.args).",
+        name="--model",
+    ),
+    Flag("model.preset", str, "Architecture preset: kingma-welling or burda-1l."),
+    Flag("data.source", str, "mnist, synthetic, or a .npy/.npz/.csv file.", name="--data"),
+    Flag("model.latent_dim", int, "Latent dimension K (discrete-vae: categorical variables; sbn: binary units)."),
+    Flag("model.num_classes", int, "Classes of each categorical latent of the discrete-vae (default 10)."),
+    Flag("inference.strategy", str, "amortized, per-datapoint, semi-amortized or iterative."),
+    Flag(
+        "inference.family",
+        str,
+        "mean-field, full-rank, iaf or nsf (discrete models: their own, categorical or bernoulli).",
+    ),
+    Flag(
+        "inference.encoder",
+        str,
+        "Your own encoder by import path, path/to/file.py:factory or package.module:factory, called as "
+        "factory(data_dim, param_size, **args) (args by --set in the table inference.encoder_args).",
+    ),
+    Flag("inference.refine_steps", int, "Refinement steps K of the semi-amortized strategy."),
+    Flag("inference.denoise", float, "Denoising encoder: input noise of std SIGMA in training (Shu et al. 2018)."),
+    Flag("inference.weight_norm", bool, "Weight-normalise the encoder's linear layers (Shu et al. 2018)."),
+    Flag(
+        "inference.consistency", float, "Consistency penalty WEIGHT on KL(q(z|x) || q(z|t(x))) (Sinha and Dieng 2021)."
+    ),
+    Flag("inference.transform", str, "Transform t of the consistency penalty: translate or rotate."),
+    Flag("objective.name", str, "elbo, iwae, renyi, cubo or rws.", name="--objective"),
+    Flag("objective.k", int, "Samples per point of the iwae, renyi, cubo and rws objectives."),
+    Flag("objective.alpha", float, "Order alpha of the renyi objective (1: ELBO, 0: IWAE)."),
+    Flag("objective.cubo_order", float, "Order n > 1 of the cubo objective (default 2)."),
+    Flag(
+        "objective.estimator",
+        str,
+        "Gradient estimator: reparam (default); score, score-baseline, nvil, stl or gumbel for elbo; vimco or dreg "
+        "for iwae. Discrete models: score, score-baseline, nvil, gumbel (default) or vimco; or --objective rws.",
+    ),
+    Flag("objective.temperature", float, "Temperature > 0 of the gumbel estimator's relaxation (default 1)."),
+    Flag("objective.straight_through", bool, "gumbel estimator: hard samples forward, relaxed gradient."),
+    Flag(
+        "train.epochs", int, "Passes over the training data (with --resume: in all, extending the run).", resumable=True
+    ),
+    Flag("train.batch_size", int, "Minibatch size."),
+    Flag("train.lr", float, "Adam learning rate."),
+    Flag("train.seed", int, "Random seed."),
+    Flag("data.subset", int, "Train on the first N training points only."),
+    Flag("train.device", str, "cpu, cuda or auto."),
+    Flag("train.precision", str, "fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),
+    Flag(
+        "train.compile",
+        bool,
+        "Train through torch.compile (amortized strategy): the eager bound and gradients for the same noise, faster "
+        "with several samples per point at small batches. Also with --resume.",
+        negatable=True,
+        resumable=True,
+    ),
+    Flag("model.decoder", str, "VAE decoder: mlp or made (autoregressive)."),
+    Flag("remedies.kl_warmup", int, "Collapse remedy: linear KL warm-up over the first EPOCHS epochs."),
+    Flag("remedies.kl_cycles", int, "Collapse remedy: N cycles of cyclical KL annealing over the run."),
+    Flag("remedies.free_bits", float, "Collapse remedy: free bits, NATS per latent dimension."),
+    Flag("remedies.beta", float, "Collapse remedy: weight B of the KL term (beta-VAE)."),
+    Flag("remedies.aggressive", bool, "Collapse remedy: aggressive encoder training (He et al. 2019)."),
+)
+
+
+def parameters(flags: Iterable[Flag]) -> list[inspect.Parameter]:
+    """The command function's keyword parameters, one per flag, each ``None`` when not given."""
+    return [
+        inspect.Parameter(
+            flag.param,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                flag.type | None,
+                typer.Option(
+                    f"{flag.option}/--no-{flag.option[2:]}" if flag.negatable else flag.option, help=flag.help
+                ),
+            ],
+        )
+        for flag in flags
+    ]
+
+
+def _given(value: Any) -> bool:
+    """A flag left out is ``None``; a boolean flag set off (``--no-compile``) leaves the config's setting."""
+    return value is not None and value is not False
+
+
+def overrides(flags: Iterable[Flag], values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Config overrides ``{section: {field: value}}`` of the flags given in ``values`` (by parameter name)."""
+    result: dict[str, dict[str, Any]] = {}
+    for flag in flags:
+        if _given(values[flag.param]):
+            section, field = flag.key.split(".")
+            result.setdefault(section, {})[field] = values[flag.param]
+    return result
+
+
+def changed_on_resume(flags: Iterable[Flag], values: Mapping[str, Any]) -> list[str]:
+    """The flags given in ``values`` that ``--resume`` cannot take: all but the resumable ones."""
+    return [flag.option for flag in flags if not flag.resumable and _given(values[flag.param])]
+
+
+def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``--set section.key=value`` items as nested overrides: ``model.args.hidden=64`` gives
+    ``{"model": {"args": {"hidden": 64}}}``. A value is read as a TOML value (``64``, ``[64, 64]``,
+    ``true``, ``"text"``), else taken as the plain string; a later item wins over an earlier one."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        path = key.strip().split(".")
+        if not equals or len(path) < 2 or not all(path):
+            raise ConfigError(f"--set takes section.key=value (e.g. --set model.latent_dim=8), not {item!r}")
+        table = result
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} was set to a value, not a table")
+        table[path[-1]] = _toml_value(text.strip())
+    return result
+
+
+def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra`` key by key, tables merged recursively (``extra`` wins)."""
+    result = dict(base)
+    for key, value in extra.items():
+        current = result.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            result[key] = merge(current, value)
+        else:
+            result[key] = value
+    return result
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
