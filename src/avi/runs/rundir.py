@@ -7,14 +7,25 @@ Layout of a run directory::
     checkpoint.pt    model, posterior, optimiser and RNG states after the last finished epoch
     summary.json     status ("running" or "finished") and final numbers
     evaluation.json  written by ``avi evaluate``
+    .lock            locked (``flock``) by the ``avi fit`` writing the run, which wrote its pid in
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a
+crafted checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +41,15 @@ __all__ = [
     "CONFIG",
     "METRICS",
     "SUMMARY",
+    "LOCK",
     "MetricsTable",
     "json_text",
+    "read_checkpoint",
     "read_config",
     "read_json",
+    "require_new_run",
     "require_run",
+    "run_lock",
     "write_checkpoint",
     "write_json",
 ]
@@ -46,6 +61,19 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY, EVALUATION = (
     "summary.json",
     "evaluation.json",
 )
+#: the checkpoint of the best validation epoch, kept by early stopping
+BEST = "best.pt"
+LOCK = ".lock"
+
+#: what every checkpoint holds, and of which type (checkpoints may hold more)
+CHECKPOINT_SCHEMA: dict[str, tuple[type, str]] = {
+    "model": (dict, "a dict"),
+    "posterior": (dict, "a dict"),
+    "optimizers": (list, "a list"),
+    "generator": (torch.Tensor, "a tensor"),
+    "epoch": (int, "an integer"),
+    "metrics": (list, "a list"),
+}
 
 
 def _plain(obj: Any) -> Any:
@@ -113,6 +141,75 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, read on the CPU by torch's weights-only unpickler (tensors and plain
+    values; anything else is refused before it is built, so a crafted file runs no code), and
+    checked against :data:`CHECKPOINT_SCHEMA`. Every failure is one line."""
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise RunError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):  # a whole torch.save archive whose pickle names other objects
+            raise RunError(
+                f"checkpoint {path} holds objects other than tensors and plain values; refusing to load it"
+            ) from None
+        raise RunError(f"cannot read checkpoint {path}: it is truncated or not a checkpoint") from None
+    except Exception:  # truncated archives and foreign files fail in many ways (RuntimeError, EOFError, KeyError)
+        raise RunError(f"cannot read checkpoint {path}: it is truncated or not a checkpoint") from None
+    _check_schema(path, state)
+    return state
+
+
+def _check_schema(path: Path, state: Any) -> None:
+    """A :class:`RunError` naming the first key of :data:`CHECKPOINT_SCHEMA` that ``state``
+    lacks or holds with another type."""
+    if not isinstance(state, dict):
+        raise RunError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of run state")
+    for key, (kind, described) in CHECKPOINT_SCHEMA.items():
+        if key not in state:
+            raise RunError(f"checkpoint {path} lacks {key!r}")
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise RunError(f"checkpoint {path}: {key!r} is a {type(value).__name__}, not {described}")
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``run_dir/.lock`` (with this process's pid written in)
+    while the block runs; a run directory another process holds is a :class:`RunError`. The
+    kernel releases the lock when the process ends, however it ends; the file stays (removing
+    it would let a third process lock a new file while a second waits on the old one)."""
+    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT)
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunError(
+                f"run directory {run_dir} is in use by another avi process{pid}; "
+                "wait for it to finish or use another --out"
+            ) from None
+        locked = True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if locked:  # no stale pid for the next reader
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def require_new_run(run_dir: Path) -> None:
+    """A :class:`RunError` where ``run_dir`` already holds a run (a checkpoint)."""
+    if (run_dir / CHECKPOINT).exists():
+        raise RunError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir}")
 
 
 def require_run(run_dir: str | Path, *, checkpoint: bool = True) -> Path:
