@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -16,8 +17,8 @@ from avi.errors import ConfigError
 from avi.evaluation.importance import PRECISIONS, NoiseStream, chunk_log_weights, row_bytes
 from avi.models.base import LatentVariableModel
 from avi.nn import eval_mode
-from avi.objectives.bounds import elbo_terms
 from avi.objectives.cubo import check_order
+from avi.objectives.scoring import elbo_per_point, fixed_points, mean_elbo
 
 __all__ = [
     "RESERVE_MIB",
@@ -45,43 +46,6 @@ class LogLikelihood(NamedTuple):
     value: Tensor
     stderr: Tensor
     k: int
-
-
-def _points(data: Dataset | Tensor) -> Tensor:
-    if isinstance(data, Dataset):
-        if data.dynamic:
-            raise ConfigError("evaluate on a fixed binarisation: call data.binarized(seed) first")
-        return data.x
-    return data
-
-
-@torch.no_grad()
-def elbo_per_point(
-    model: LatentVariableModel,
-    posterior: nn.Module,
-    data: Dataset | Tensor,
-    *,
-    num_samples: int = 1,
-    analytic_kl: bool = True,
-    batch_size: int = 1000,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(ELBO, reconstruction, KL) per point, each (N,); q for point i is ``posterior(x, i)`` in
-    evaluation mode (no training-only noise)."""
-    x = _points(data)
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-        index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-        with eval_mode(posterior):
-            q = posterior(x[index], index)
-        terms = elbo_terms(model, q, x[index], num_samples=num_samples, analytic_kl=analytic_kl)
-        out.append(torch.stack([terms.value, terms.reconstruction, terms.kl]))
-    value, reconstruction, kl = torch.cat(out, dim=1)
-    return value, reconstruction, kl
-
-
-def mean_elbo(model: LatentVariableModel, posterior: nn.Module, data: Dataset | Tensor) -> float:
-    """The mean ELBO per point of a data set."""
-    return elbo_per_point(model, posterior, data)[0].mean().item()
 
 
 @torch.no_grad()
@@ -222,13 +186,8 @@ def _log_power_mean(
     intra-op thread: independent workers never wait for each other, where intra-op parallelism
     synchronises every operation (about 3x slower on a 2-core machine shared with other jobs).
     Each point's noise is its own, so the split changes nothing in the result."""
-    if k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be a positive integer, got {threads}")
-    x = _points(data)
+    _check_sampling(k, precision, threads)
+    x = fixed_points(data)
     points = range(x.shape[0]) if points is None else points
     if points.step != 1 or points.start < 0 or points.stop > x.shape[0]:
         raise ConfigError(f"points must be a contiguous range within the {x.shape[0]} data points, got {points}")
@@ -240,6 +199,8 @@ def _log_power_mean(
     )  # fmt: skip
     if seed is None:
         seed = int(torch.randint(2**31, ()).item())
+    batch = partial(_batch_power_mean, model, posterior, x, order, k=k, chunk_size=chunk_size, seed=seed,
+                    precision=precision)  # fmt: skip
     lock = threading.Lock()
 
     def estimate(part: range) -> tuple[Tensor, Tensor]:
@@ -247,34 +208,68 @@ def _log_power_mean(
         with torch.no_grad():  # grad mode is per thread
             for start in range(part.start, part.stop, batch_size):
                 index = torch.arange(start, min(start + batch_size, part.stop), device=x.device)
-                xb = x[index]
-                q = posterior(xb, index)
-                noise = NoiseStream(seed, index, model.latent_dim, x.dtype, x.device)
-                lse = torch.full((index.numel(),), -math.inf, device=x.device, dtype=x.dtype)
-                lse2 = lse.clone()
-                for done in range(0, k, chunk_size):
-                    lw = order * chunk_log_weights(model, q, xb, min(chunk_size, k - done), noise, precision=precision)
-                    lse = torch.logaddexp(lse, torch.logsumexp(lw, 1))
-                    lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 1))
-                values.append((lse - math.log(k)) / order)
-                relative_var = (k * torch.exp(lse2 - 2 * lse) - 1).clamp_min(0)
-                stderrs.append((relative_var / k).sqrt() / order)
+                value, stderr = batch(index)
+                values.append(value)
+                stderrs.append(stderr)
                 if on_batch is not None:
                     with lock:
                         on_batch(index.numel())
         return torch.cat(values), torch.cat(stderrs)
 
+    with eval_mode(posterior):
+        results = _in_parallel(estimate, points, workers)
+    return LogLikelihood(torch.cat([v for v, _ in results]), torch.cat([e for _, e in results]), k)
+
+
+def _check_sampling(k: int, precision: str, threads: int | None) -> None:
+    if k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads}")
+
+
+def _batch_power_mean(
+    model: LatentVariableModel,
+    posterior: nn.Module,
+    x: Tensor,
+    order: float,
+    index: Tensor,
+    *,
+    k: int,
+    chunk_size: int,
+    seed: int,
+    precision: str,
+) -> tuple[Tensor, Tensor]:
+    """(1/r) log (1/k) sum_i w_i^r and its standard error for the points ``index`` of x, from
+    running log-sum-exps of r log w and 2 r log w over chunks of ``chunk_size`` samples."""
+    xb = x[index]
+    q = posterior(xb, index)
+    noise = NoiseStream(seed, index, model.latent_dim, x.dtype, x.device)
+    lse = torch.full((index.numel(),), -math.inf, device=x.device, dtype=x.dtype)
+    lse2 = lse.clone()
+    for done in range(0, k, chunk_size):
+        lw = order * chunk_log_weights(model, q, xb, min(chunk_size, k - done), noise, precision=precision)
+        lse = torch.logaddexp(lse, torch.logsumexp(lw, 1))
+        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 1))
+    relative_var = (k * torch.exp(lse2 - 2 * lse) - 1).clamp_min(0)
+    return (lse - math.log(k)) / order, (relative_var / k).sqrt() / order
+
+
+def _in_parallel(
+    estimate: Callable[[range], tuple[Tensor, Tensor]], points: range, workers: int
+) -> list[tuple[Tensor, Tensor]]:
+    """``estimate`` of ``workers`` contiguous parts of ``points``, each in a Python thread running
+    torch on one intra-op thread (the intra-op thread count restored after), in point order."""
+    if workers == 1:
+        return [estimate(points)]
     n = len(points)
     parts = [range(points.start + n * w // workers, points.start + n * (w + 1) // workers) for w in range(workers)]
-    with eval_mode(posterior):
-        if workers == 1:
-            results = [estimate(points)]
-        else:
-            intra_op = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    results = list(pool.map(estimate, parts))
-            finally:
-                torch.set_num_threads(intra_op)
-    return LogLikelihood(torch.cat([v for v, _ in results]), torch.cat([e for _, e in results]), k)
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(estimate, parts))
+    finally:
+        torch.set_num_threads(intra_op)

@@ -1,4 +1,15 @@
-"""``avi evaluate``: test ELBO and importance-sampled log-likelihood of a trained run."""
+"""``avi evaluate``: test ELBO and importance-sampled log-likelihood of a trained run.
+
+The importance sampling runs in chunks sized by a memory budget in MiB (default: the config's
+``evaluate.memory_budget``, else ``evaluate.batch_size`` x ``evaluate.chunk_size`` or
+cache-sized chunks; :func:`~avi.evaluation.bounds.chunk_sizes`), with the noise of test point i
+seeded by (``train.seed``, i). ``precision="bf16"`` runs a Bernoulli MLP decoder under bfloat16
+autocast; where the device has no native bf16 or the model no fast path it runs in fp32, and
+``precision`` in the result says which ran. Under torchrun each process evaluates a contiguous
+shard of the points and the per-point estimates are gathered, so the result equals a single
+process's (for Gaussian posteriors exactly; flows draw from each process's global generator);
+only rank 0 writes ``evaluation.json``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from avi.data.dataset import Dataset
 from avi.data.files import load_array_file
 from avi.data.transforms import TRANSFORMS, make_transform
 from avi.errors import ConfigError
@@ -20,20 +32,14 @@ from avi.evaluation.bounds import LogLikelihood, chunk_sizes, cubo_per_point, el
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.evaluation.consistency import consistency_kl, linear_probe_accuracy, posterior_means
 from avi.evaluation.importance import fast_path
-from avi.inference.local import LocalPosterior
+from avi.models.base import LatentVariableModel
 from avi.precision import PRECISIONS, bf16_supported
 from avi.runs import distributed
 from avi.runs.build import prepare_data
 from avi.runs.collapse import mi_settings
+from avi.runs.hooks import DIAGNOSTIC_POINTS
+from avi.runs.load import TrainedRun, available_device, infer_posterior, load_trained, resolve_device
 from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
-from avi.runs.train import (
-    DIAGNOSTIC_POINTS,
-    TrainedRun,
-    available_device,
-    infer_posterior,
-    load_trained,
-    resolve_device,
-)
 
 __all__ = ["run_evaluate"]
 
@@ -53,11 +59,9 @@ def run_evaluate(
     memory_budget: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run on its test split (or on the file ``data``): mean ELBO, reconstruction,
-    KL and the IWAE-k estimate of log p(x) per point, in nats, and the collapse diagnostics (KL
-    per latent dimension, active units, mutual information I(x; z)) on the first 1,000 points.
-    A per-datapoint run first infers
-    posteriors for the points with the model fixed (:func:`~avi.runs.train.infer_posterior`).
+    """Evaluate a run on its test split (or the file ``data``): mean ELBO, reconstruction, KL
+    and IWAE-k estimate of log p(x) per point in nats, and the collapse diagnostics (a posterior
+    that is not amortized is first inferred with the model fixed: ``infer_posterior``).
 
     With ``cubo`` the result also holds ``cubo``, the chi upper bound CUBO_n (n =
     ``objective.cubo_order``, default 2) estimated with the same k and its standard error: with
@@ -69,107 +73,155 @@ def run_evaluate(
     the mean KL(q(z|x) || q(z|t(x))) for a random transform t, and ``probe_accuracy``, the test
     accuracy of a linear classifier on posterior means (None without labels).
 
-    The importance sampling runs in chunks sized by ``memory_budget`` MiB (default: the config's
-    ``evaluate.memory_budget``, else ``evaluate.batch_size`` x ``evaluate.chunk_size`` or
-    cache-sized chunks; :func:`~avi.evaluation.bounds.chunk_sizes`), on ``device`` (cpu, cuda
-    or auto; default the run's), with the noise of test point i seeded by (``train.seed``, i).
-    ``precision="bf16"`` runs a Bernoulli MLP decoder under bfloat16 autocast; where the device
-    has no native bf16 or the model no fast path it runs in fp32, and ``precision`` in the
-    result says which ran. Under torchrun each process evaluates a contiguous shard of the
-    points and the per-point estimates are gathered, so the result equals a single process's
-    (for Gaussian posteriors exactly; flows draw from each process's global generator); only
-    rank 0 writes ``evaluation.json``.
-
-    ``on_batch(done, total)`` reports progress of the importance sampling (of this process's shard).
+    On ``device`` (cpu, cuda or auto; default the run's) in ``precision``, chunks fitting
+    ``memory_budget`` MiB (see the module); ``on_batch(done, total)``: sampling progress.
     """
+    _check_options(precision, k)
+    run = load_trained(require_run(run_dir), _device(run_dir, device))
+    if consistency and not run.posterior.amortized:
+        raise ConfigError("consistency metrics need an encoder of x; this run's posterior is not amortized")
+    sampling = _sampling(run, k, precision, memory_budget)
+    test, source = _evaluation_data(run, data)
+    x = test.x.to(run.device)
+    shard = distributed.shard(x.shape[0])
+    _check_budget(run, sampling, len(shard))
+    started = time.perf_counter()
+    posterior = infer_posterior(run, x)
+    inference_seconds = time.perf_counter() - started
+    result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x)}
+    sampling_started = time.perf_counter()
+    ll, upper = _importance_sampled(run, posterior, x, sampling, cubo, _progress(on_batch, len(shard) * (1 + cubo)))
+    result.update(
+        **ll,
+        k=sampling["k"],
+        strategy=run.config.inference.strategy,
+        inference_seconds=inference_seconds,
+        sampling_seconds=time.perf_counter() - sampling_started,
+        seconds=time.perf_counter() - started,
+        precision=sampling["precision"],
+        processes=distributed.world_size(),
+        **upper,
+    )
+    if consistency:
+        result.update(_representation(run, x, test.labels))
+    if data is None and distributed.is_main():
+        write_json(Path(run_dir) / EVALUATION, result)
+    return result
+
+
+def _check_options(precision: str, k: int | None) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     if k is not None and k < 1:
         raise ConfigError(f"k must be a positive integer, got {k}")
-    run_dir = require_run(run_dir)
-    target = available_device(read_config(run_dir).train.device) if device is None else resolve_device(device)
-    if distributed.init_from_env(target):  # joined first, so that a CUDA run builds on this rank's GPU
+
+
+def _device(run_dir: str | Path, device: str | None) -> torch.device:
+    """The device to evaluate on (``device``, or the run's where this machine has it), joining
+    the torchrun process group first where there is one, so that a CUDA run builds on this
+    process's GPU (LOCAL_RANK)."""
+    target = (
+        available_device(read_config(require_run(run_dir)).train.device) if device is None else resolve_device(device)
+    )
+    if distributed.init_from_env(target):
         atexit.register(distributed.shutdown)
-    if target.type == "cuda" and target.index is None:  # this process's GPU (LOCAL_RANK under torchrun)
+    if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
-    run = load_trained(run_dir, target)
-    config = run.config
-    k = config.evaluate.k if k is None else k
+    return target
+
+
+def _evaluation_data(run: TrainedRun, data: str | Path | None) -> tuple[Dataset, str]:
+    """The run's test split, or the file ``data`` prepared as the run's data (binarised with
+    ``data.seed + 1``, labels kept for the linear probe) and checked against the model; and
+    where it comes from."""
+    if data is None:
+        return run.splits.test, "test split"
+    x, labels = load_array_file(data)
+    test = prepare_data(x, run.config, f"data file {data}").binarized(run.config.data.seed + 1)
+    if labels is not None:
+        test = replace(test, labels=torch.as_tensor(labels))
+    run.model.check_data(test.x, f"data file {data}")
+    return test, str(data)
+
+
+def _sampling(run: TrainedRun, k: int | None, precision: str, memory_budget: float | None) -> dict[str, Any]:
+    """The importance-sampling settings: k (default ``evaluate.k``), the noise seed
+    ``train.seed``, the precision that will run (bf16 only where the device has it and the model
+    a fast path) and the chunk sizes of ``evaluate`` (``memory_budget`` overriding its budget)."""
+    settings = run.config.evaluate
     if precision == "bf16" and not (bf16_supported(run.device) and fast_path(run.model)):
         precision = "fp32"
-    memory_budget = config.evaluate.memory_budget if memory_budget is None else memory_budget
-    sizes = {
-        "batch_size": config.evaluate.batch_size,
-        "chunk_size": config.evaluate.chunk_size,
-        "memory_budget": memory_budget,
+    return {
+        "k": settings.k if k is None else k,
+        "seed": run.config.train.seed,
+        "precision": precision,
+        "batch_size": settings.batch_size,
+        "chunk_size": settings.chunk_size,
+        "memory_budget": settings.memory_budget if memory_budget is None else memory_budget,
     }
-    if data is None:
-        test = run.splits.test
-        source = "test split"
-    else:
-        x, labels = load_array_file(data)
-        test = prepare_data(x, config, f"data file {data}").binarized(config.data.seed + 1)
-        if labels is not None:  # for the linear probe of --consistency
-            test = replace(test, labels=torch.as_tensor(labels))
-        run.model.check_data(test.x, f"data file {data}")
-        source = str(data)
-    x = test.x.to(run.device)
-    n = x.shape[0]
-    shard = distributed.shard(n)
-    # a bad budget fails before the slow parts, with the worker threads that sampling will use
-    workers = 1 if run.device.type != "cpu" else max(1, min(torch.get_num_threads(), len(shard)))
-    chunk_sizes(run.model, k, workers=workers, precision=precision, **sizes)
-    started = time.perf_counter()
-    posterior = infer_posterior(run, x)
-    inference_seconds = time.perf_counter() - started
-    elbo, reconstruction, kl = elbo_per_point(run.model, posterior, x)
-    # on the first 1,000 points, as in training (a flow's MI on the first 100: mi_settings)
-    collapse = collapse_diagnostics(run.model, posterior, x[:DIAGNOSTIC_POINTS], **mi_settings(posterior))
+
+
+def _check_budget(run: TrainedRun, sampling: dict[str, Any], points: int) -> None:
+    """Raise :class:`ConfigError` where the chunks do not fit the memory budget, with the worker
+    threads that sampling will use, so that a bad budget fails before the slow parts."""
+    workers = 1 if run.device.type != "cpu" else max(1, min(torch.get_num_threads(), points))
+    sizes = {key: sampling[key] for key in ("precision", "batch_size", "chunk_size", "memory_budget")}
+    chunk_sizes(run.model, sampling["k"], workers=workers, **sizes)
+
+
+def _importance_sampled(
+    run: TrainedRun,
+    posterior: nn.Module,
+    x: Tensor,
+    sampling: dict[str, Any],
+    cubo: bool,
+    on_batch: Callable[[int], None],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The IWAE-k estimate of mean log p(x) and its standard error, and where ``cubo`` the
+    CUBO_n estimate (n = ``objective.cubo_order``) and its standard error, each over this
+    process's shard of x gathered from every process."""
+    n, order = x.shape[0], run.config.objective.cubo_order
+    common = {**sampling, "points": distributed.shard(n), "on_batch": on_batch}
+    ll = _gathered(log_likelihood(run.model, posterior, x, **common), n)
+    lower = {"log_likelihood": ll.value.mean().item(), "log_likelihood_stderr": _stderr_of_mean(ll)}
+    if not cubo:
+        return lower, {}
+    upper = _gathered(cubo_per_point(run.model, posterior, x, n=order, **common), n)
+    return lower, {"cubo": upper.value.mean().item(), "cubo_stderr": _stderr_of_mean(upper), "cubo_order": order}
+
+
+def _point_means(model: LatentVariableModel, posterior: nn.Module, x: Tensor) -> dict[str, Any]:
+    """Mean ELBO, reconstruction and KL over x, and the collapse diagnostics (KL per latent
+    dimension, active units, I(x; z)) on the first 1,000 points, as in training (a flow's
+    mutual information on the first 100: :func:`~avi.runs.collapse.mi_settings`)."""
+    elbo, reconstruction, kl = (v.mean().item() for v in elbo_per_point(model, posterior, x))
+    collapse = collapse_diagnostics(model, posterior, x[:DIAGNOSTIC_POINTS], **mi_settings(posterior))
+    return {
+        "elbo": elbo,
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "kl_per_dim": collapse.kl_per_dim.tolist(),
+        "active_units": collapse.active_units,
+        "mutual_information": collapse.mutual_information,
+    }
+
+
+def _progress(on_batch: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """A per-batch callback that reports (points done so far, ``total``) to ``on_batch``."""
     done = 0
 
     def report(count: int) -> None:
         nonlocal done
         done += count
         if on_batch is not None:
-            on_batch(done, len(shard) * (2 if cubo else 1))
+            on_batch(done, total)
 
-    sampling_started = time.perf_counter()
-    common = {"k": k, "seed": config.train.seed, "points": shard, "precision": precision, "on_batch": report, **sizes}
-    ll = _gathered(log_likelihood(run.model, posterior, x, **common), n)
-    upper = None
-    if cubo:
-        upper = _gathered(cubo_per_point(run.model, posterior, x, n=config.objective.cubo_order, **common), n)
-    sampling_seconds = time.perf_counter() - sampling_started
-    result = {
-        "n": n,
-        "data": source,
-        "elbo": elbo.mean().item(),
-        "reconstruction": reconstruction.mean().item(),
-        "kl": kl.mean().item(),
-        "log_likelihood": ll.value.mean().item(),
-        "log_likelihood_stderr": math.sqrt(ll.stderr.pow(2).sum().item()) / n,
-        "k": k,
-        "kl_per_dim": collapse.kl_per_dim.tolist(),
-        "active_units": collapse.active_units,
-        "mutual_information": collapse.mutual_information,
-        "strategy": config.inference.strategy,
-        "inference_seconds": inference_seconds,
-        "sampling_seconds": sampling_seconds,
-        "seconds": time.perf_counter() - started,
-        "precision": precision,
-        "processes": distributed.world_size(),
-    }
-    if upper is not None:
-        result.update(
-            cubo=upper.value.mean().item(),
-            cubo_stderr=math.sqrt(upper.stderr.pow(2).sum().item()) / n,
-            cubo_order=config.objective.cubo_order,
-        )
-    if consistency:
-        result.update(_representation(run, x, test.labels))
-    if data is None and distributed.is_main():
-        write_json(Path(run_dir) / EVALUATION, result)
-    return result
+    return report
+
+
+def _stderr_of_mean(estimate: LogLikelihood) -> float:
+    """The standard error of the mean of N independent per-point estimates: sqrt(sum se_i^2) / N."""
+    return math.sqrt(estimate.stderr.pow(2).sum().item()) / estimate.value.numel()
 
 
 def _gathered(local: LogLikelihood, n: int) -> LogLikelihood:
@@ -182,8 +234,6 @@ def _representation(run: TrainedRun, x: Tensor, labels: Tensor | None) -> dict[s
     """Consistency KLs of the run's encoder on x (one seeded transform draw per point) and, where
     x and the training split have labels, a linear probe fitted on the posterior means of the
     first ``PROBE_POINTS`` training points (one fixed binarisation), scored on x."""
-    if isinstance(run.posterior, LocalPosterior):
-        raise ConfigError("consistency metrics need an encoder of x; this run is per-datapoint")
     out: dict[str, Any] = {}
     for name in TRANSFORMS:
         torch.manual_seed(run.config.train.seed + 1)
