@@ -64,7 +64,7 @@ class ConvVAE(LatentVariableModel):
 
 def conv_encoder(data_dim: int, param_size: int, channels: int = 32) -> nn.Module:
     """x (B, 784) -> lambda (B, P): two stride-2 convolutions (28 -> 14 -> 7) and a linear layer to
-    the family's P parameters (mean-field Gaussian: P = 2K, the means and log standard deviations)."""
+    the family's P parameters (mean-field Gaussian: P = 2K, the means and softplus^-1 of the standard deviations)."""
     _check_images(data_dim)
     return nn.Sequential(
         nn.Unflatten(1, (1, SIDE, SIDE)),

@@ -201,3 +201,13 @@ def test_the_doc_runs_the_example_files_the_tests_run() -> None:
             assert callable(import_object(f"{ROOT / file}:{name}")), f"{file}:{name}"
     for command in ("avi fit", "--resume", "avi evaluate", "avi gaps", "avi report", "avi compare", "torchrun"):
         assert command in text, command
+
+
+def test_a_relative_encoder_path_is_recorded_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the model's path is: the run's config.json must import the encoder from any directory."""
+    from avi.runs.config import load_config
+
+    monkeypatch.chdir(ROOT)
+    config = load_config(None, {"model": {"name": f"{CONV}:ConvVAE"}, "inference": {"encoder": f"{CONV}:conv_encoder"}})
+    assert config.model.name == f"{ROOT / CONV}:ConvVAE"
+    assert config.inference.encoder == f"{ROOT / CONV}:conv_encoder"
