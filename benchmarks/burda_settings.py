@@ -44,7 +44,7 @@ from avi.evaluation import log_likelihood
 from avi.families import MeanFieldGaussian
 from avi.inference import make_optimizers, train_epoch
 from avi.models import VAEModel
-from avi.objectives import make_objective
+from avi.objectives import objective_named
 from avi.precision import bf16_supported, set_precision
 from avi.runs.config import TrainConfig, learning_rate
 
@@ -73,7 +73,7 @@ def train_and_score(
     set_precision(precision, model, posterior)
     optimizers = make_optimizers(model, posterior, lr=lr, eps=1e-4)
     schedule = TrainConfig(lr=lr, lr_schedule="burda")
-    bound = make_objective(objective, k=k)
+    bound = objective_named(objective, k=k)
     generator = torch.Generator().manual_seed(seed)
     data = Dataset(train_x, dynamic=True)
     started = time.perf_counter()

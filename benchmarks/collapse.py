@@ -49,7 +49,7 @@ from avi.evaluation.collapse import collapse_diagnostics, mutual_information
 from avi.inference import make_optimizers, train_epoch
 from avi.inference.aggressive import aggressive_epoch
 from avi.runs.build import build_model, build_objective, build_posterior, load_splits
-from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_objective
+from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_kl_weight
 from avi.runs.config import Config, load_config
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -127,11 +127,10 @@ def train_method(
     posterior = build_posterior(config, model, len(splits.train))
     optimizers = make_optimizers(model, posterior, lr=config.train.lr)
     generator = torch.Generator().manual_seed(config.train.seed)
-    base = build_objective(config, posterior)
     validation = splits.validation.x[:1000]
     rows: list[dict[str, Any]] = []
     for epoch in range(1, config.train.epochs + 1):
-        objective, weight = epoch_objective(config, epoch, base)
+        objective, weight = build_objective(config, posterior, epoch=epoch), epoch_kl_weight(config, epoch)
         aggressive = aggressive_next(config, rows)
         result = (aggressive_epoch if aggressive else train_epoch)(
             model, posterior, splits.train, optimizers, objective=objective, batch_size=100, generator=generator

@@ -63,18 +63,7 @@ from avi.evaluation import elbo_per_point, gradient_moments, log_likelihood
 from avi.families import make_family
 from avi.families.discrete import CategoricalFamily
 from avi.models import CategoricalVAE, LinearGaussian
-from avi.objectives import (
-    MovingAverageBaseline,
-    NVILBaseline,
-    Objective,
-    dreg_terms,
-    elbo_terms,
-    iwae_terms,
-    make_objective,
-    score_terms,
-    stl_terms,
-    vimco_terms,
-)
+from avi.objectives import ELBO, IWAE, NVILBaseline, Objective
 
 D, K = 10, 3
 
@@ -95,22 +84,34 @@ def exact_elbo(model: LinearGaussian, posterior: AmortizedPosterior, x: Tensor) 
         return log_px.mean(), (log_px - kl).mean()
 
 
+def with_state(objective: Objective, data_dim: int) -> tuple[Objective, nn.Module | None]:
+    """The objective and a fresh estimator state of its own (``init_state``)."""
+    return objective, objective.init_state(data_dim)
+
+
 def ppca_estimators(data_dim: int) -> dict[str, Callable[[], tuple[Objective, nn.Module | None]]]:
-    """name -> a fresh (objective, baseline module or None)."""
-
-    def with_baseline(baseline: nn.Module) -> tuple[Objective, nn.Module]:
-        return (lambda m, q, x: score_terms(m, q, x, baseline=baseline)), baseline
-
+    """name -> a fresh (objective, estimator state or None)."""
     return {
-        "reparam": lambda: ((lambda m, q, x: elbo_terms(m, q, x, analytic_kl=False)), None),
-        "score": lambda: (score_terms, None),
-        "score-baseline": lambda: with_baseline(MovingAverageBaseline()),
-        "nvil": lambda: with_baseline(NVILBaseline(data_dim).double()),
-        "stl": lambda: (stl_terms, None),
-        "iwae-reparam": lambda: ((lambda m, q, x: iwae_terms(m, q, x, k=5)), None),
-        "vimco": lambda: ((lambda m, q, x: vimco_terms(m, q, x, k=5)), None),
-        "dreg": lambda: ((lambda m, q, x: dreg_terms(m, q, x, k=5)), None),
+        "reparam": lambda: (ELBO(analytic_kl=False), None),
+        "score": lambda: (ELBO(estimator="score"), None),
+        "score-baseline": lambda: with_state(ELBO(estimator="score-baseline"), data_dim),
+        "nvil": lambda: (ELBO(estimator="nvil"), NVILBaseline(data_dim).double()),  # float64, as the model
+        "stl": lambda: (ELBO(estimator="stl"), None),
+        "iwae-reparam": lambda: (IWAE(k=5), None),
+        "vimco": lambda: (IWAE(k=5, estimator="vimco"), None),
+        "dreg": lambda: (IWAE(k=5, estimator="dreg"), None),
     }
+
+
+def train_step(objective: Objective, state: nn.Module | None, model: nn.Module, posterior: nn.Module, x: Tensor,
+               opt: torch.optim.Optimizer | None) -> None:  # fmt: skip
+    """One step of ``opt`` (None: no step) on -mean(objective), then the estimator state's update."""
+    terms = objective(model, posterior(x), x, state=state)
+    if opt is not None:
+        opt.zero_grad()
+        (-terms.value.mean()).backward()
+        opt.step()
+    objective.update_state(state, terms)
 
 
 def run_ppca(make: Callable[[], tuple[Objective, nn.Module | None]], model: LinearGaussian,
@@ -125,16 +126,11 @@ def run_ppca(make: Callable[[], tuple[Objective, nn.Module | None]], model: Line
     objective, baseline = make()
     batch = x_train[:100]
     extra = [] if baseline is None else list(baseline.parameters())
-    if extra:  # warm the learned baseline at the initial encoder
-        opt = torch.optim.Adam(extra, lr=1e-2)
+    if baseline is not None:  # warm the baseline at the initial encoder (a learned one by its own Adam)
+        warm = torch.optim.Adam(extra, lr=1e-2) if extra else None
         for _ in range(200):
-            opt.zero_grad()
-            (-objective(model, posterior(batch), batch).value.mean()).backward()
-            opt.step()
-    elif baseline is not None:
-        for _ in range(200):
-            objective(model, posterior(batch), batch)
-    moments = gradient_moments(lambda: objective(model, posterior(batch), batch).value.mean(),
+            train_step(objective, baseline, model, posterior, batch, warm)
+    moments = gradient_moments(lambda: objective(model, posterior(batch), batch, state=baseline).value.mean(),
                                dict(posterior.named_parameters()), num_draws=draws)  # fmt: skip
     grad_variance = sum(m.total_variance for m in moments.values())
     opt = torch.optim.Adam([*posterior.parameters(), *extra], lr=lr)
@@ -142,9 +138,7 @@ def run_ppca(make: Callable[[], tuple[Objective, nn.Module | None]], model: Line
     start = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(len(x_train), (100,), generator=g)
-        opt.zero_grad()
-        (-objective(model, posterior(x_train[idx]), x_train[idx]).value.mean()).backward()
-        opt.step()
+        train_step(objective, baseline, model, posterior, x_train[idx], opt)
     seconds = time.perf_counter() - start
     log_px, elbo = exact_elbo(model, posterior, x_test)
     return {"grad_variance": grad_variance, "elbo": float(elbo), "gap": float(log_px - elbo),
@@ -155,28 +149,22 @@ NUM_VARS, NUM_CLASSES, HIDDEN, TEMPERATURE = 20, 10, 256, 1.0
 
 
 def discrete_estimators() -> dict[str, Callable[[], tuple[Objective, nn.Module | None]]]:
-    """name -> a fresh (objective, baseline module or None), through :func:`make_objective`."""
-
-    def with_baseline(estimator: str, baseline: nn.Module) -> tuple[Objective, nn.Module]:
-        return make_objective("elbo", estimator=estimator, baseline=baseline), baseline
-
+    """name -> a fresh (objective, estimator state or None)."""
     return {
-        "score": lambda: (make_objective("elbo", estimator="score"), None),
-        "score-baseline": lambda: with_baseline("score-baseline", MovingAverageBaseline()),
-        "nvil": lambda: with_baseline("nvil", NVILBaseline(784)),
-        "vimco": lambda: (make_objective("iwae", estimator="vimco", k=5), None),
-        "gumbel": lambda: (make_objective("elbo", estimator="gumbel", temperature=TEMPERATURE), None),
-        "gumbel-st": lambda: (
-            make_objective("elbo", estimator="gumbel", temperature=TEMPERATURE, straight_through=True),
-            None,
-        ),
+        "score": lambda: (ELBO(estimator="score"), None),
+        "score-baseline": lambda: with_state(ELBO(estimator="score-baseline"), 784),
+        "nvil": lambda: with_state(ELBO(estimator="nvil"), 784),
+        "vimco": lambda: (IWAE(k=5, estimator="vimco"), None),
+        "gumbel": lambda: (ELBO(estimator="gumbel", temperature=TEMPERATURE), None),
+        "gumbel-st": lambda: (ELBO(estimator="gumbel", temperature=TEMPERATURE, straight_through=True), None),
     }
 
 
 def encoder_variance(objective: Objective, model: CategoricalVAE, posterior: AmortizedPosterior, batch: Tensor,
-                     draws: int) -> float:  # fmt: skip
+                     draws: int, state: nn.Module | None = None) -> float:  # fmt: skip
     params = {name: p for name, p in posterior.named_parameters()}
-    moments = gradient_moments(lambda: objective(model, posterior(batch), batch).value.mean(), params, num_draws=draws)
+    moments = gradient_moments(lambda: objective(model, posterior(batch), batch, state=state).value.mean(), params,
+                               num_draws=draws)  # fmt: skip
     return sum(m.total_variance for m in moments.values())
 
 
@@ -190,24 +178,18 @@ def run_discrete(make: Callable[[], tuple[Objective, nn.Module | None]], x_train
     batch = x_train[:100]
     extra = [] if baseline is None else list(baseline.parameters())
     if baseline is not None:  # warm the baseline at the initial weights (only its own parameters move)
-        opt = torch.optim.Adam(extra, lr=1e-2) if extra else None
+        warm = torch.optim.Adam(extra, lr=1e-2) if extra else None
         for _ in range(200):
-            value = objective(model, posterior(batch), batch).value.mean()
-            if opt is not None:
-                opt.zero_grad()
-                (-value).backward()
-                opt.step()
-    grad_variance = encoder_variance(objective, model, posterior, batch, draws)
+            train_step(objective, baseline, model, posterior, batch, warm)
+    grad_variance = encoder_variance(objective, model, posterior, batch, draws, baseline)
     opt = torch.optim.Adam([*model.parameters(), *posterior.parameters(), *extra], lr=1e-3)
     g = torch.Generator().manual_seed(2)
     start = time.perf_counter()
     for _ in range(steps):
         x = x_train[torch.randint(len(x_train), (100,), generator=g)]
-        opt.zero_grad()
-        (-objective(model, posterior(x), x).value.mean()).backward()
-        opt.step()
+        train_step(objective, baseline, model, posterior, x, opt)
     seconds = time.perf_counter() - start
-    final_variance = encoder_variance(objective, model, posterior, batch, draws)
+    final_variance = encoder_variance(objective, model, posterior, batch, draws, baseline)
     torch.manual_seed(3)
     elbo = elbo_per_point(model, posterior, x_test, num_samples=10)[0].mean().item()
     ll = log_likelihood(model, posterior, x_test, k=100, chunk_size=100).value.mean().item()

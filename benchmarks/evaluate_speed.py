@@ -54,7 +54,7 @@ from avi.precision import bf16_supported
 from avi.families import MeanFieldGaussian
 from avi.inference import make_optimizers, train_epoch
 from avi.models import VAEModel
-from avi.objectives import make_objective
+from avi.objectives import ELBO
 from avi.objectives.bounds import log_weights
 
 DATA_DIM, HIDDEN, LATENT, K = 784, 400, 20, 5000
@@ -185,7 +185,7 @@ def main() -> None:
     test = torch.bernoulli(torch.from_numpy(mnist["test"][0]).float() / 255, generator=torch.Generator().manual_seed(1))
     model, posterior = _build()
     print(f"training one epoch on {train_points} images (not timed) ...", file=sys.stderr, flush=True)
-    train_epoch(model, posterior, train, make_optimizers(model, posterior, lr=1e-3), objective=make_objective("elbo"),
+    train_epoch(model, posterior, train, make_optimizers(model, posterior, lr=1e-3), objective=ELBO(),
                 batch_size=100, generator=torch.Generator().manual_seed(2))  # fmt: skip
     posterior.eval()
     x = test[:points]

@@ -16,9 +16,9 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import gap_decomposition
 from avi.families import make_family
-from avi.inference import LocalPosterior, make_optimizers, train_epoch
+from avi.inference import LocalPosterior, TrainState, make_optimizers, train_epoch
 from avi.models import LinearGaussian
-from avi.objectives import make_objective
+from avi.objectives import ELBO
 from tests.closed_forms import (
     best_mean_field_gap,
     linear_gaussian_elbo,
@@ -31,24 +31,14 @@ from tests.closed_forms import (
 S, STEPS, REFINE_SAMPLES, OPTIMISER_TOLERANCE = 2000, 1000, 16, 0.01
 
 
-def _train(
-    ppca: LinearGaussian, posterior: nn.Module, x: Tensor, epochs: int = 1000, lr: float = 0.05
-) -> None:
+def _train(ppca: LinearGaussian, posterior: nn.Module, x: Tensor, epochs: int = 1000, lr: float = 0.05) -> None:
     """Full-batch Adam on the ELBO (16 samples, analytic KL), model fixed, cosine-decayed learning rate."""
     optimizers = make_optimizers(ppca, posterior, lr=lr, train_model=False)
-    objective, generator = make_objective("elbo", num_samples=16), torch.Generator().manual_seed(3)
+    objective, generator = ELBO(num_samples=16), torch.Generator().manual_seed(3)
     for epoch in range(epochs):
         for group in (g for o in optimizers for g in o.param_groups):
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        train_epoch(
-            ppca,
-            posterior,
-            Dataset(x),
-            optimizers,
-            objective=objective,
-            batch_size=x.shape[0],
-            generator=generator,
-        )
+        train_epoch(TrainState(ppca, posterior, optimizers, generator), Dataset(x), objective, batch_size=x.shape[0])
 
 
 def _estimate_se(ppca: LinearGaussian, q: Distribution, x: Tensor) -> float:
@@ -60,9 +50,7 @@ def _estimate_se(ppca: LinearGaussian, q: Distribution, x: Tensor) -> float:
 
 
 def _decompose(ppca: LinearGaussian, posterior: nn.Module, x: Tensor):
-    return gap_decomposition(
-        ppca, posterior, x, steps=STEPS, refine_samples=REFINE_SAMPLES, elbo_samples=S
-    )
+    return gap_decomposition(ppca, posterior, x, steps=STEPS, refine_samples=REFINE_SAMPLES, elbo_samples=S)
 
 
 @pytest.mark.statistical
@@ -101,15 +89,11 @@ def test_terms_match_their_closed_forms_for_a_converged_linear_encoder(
     assert name == "full-rank" or expected_gap > 0.5  # mean-field is visibly worse here
     assert abs(gaps.approximation_gap - expected_gap) < OPTIMISER_TOLERANCE + 4 * se, gaps
     assert abs(gaps.amortization_gap) < 2 * OPTIMISER_TOLERANCE + 4 * math.sqrt(2) * se, gaps
-    assert gaps.log_likelihood - gaps.elbo_amortized == pytest.approx(
-        gaps.approximation_gap + gaps.amortization_gap
-    )
+    assert gaps.log_likelihood - gaps.elbo_amortized == pytest.approx(gaps.approximation_gap + gaps.amortization_gap)
 
 
 @pytest.mark.statistical
-def test_an_encoder_that_ignores_x_has_the_closed_form_amortization_gap(
-    ppca: LinearGaussian, ppca_x: Tensor
-) -> None:
+def test_an_encoder_that_ignores_x_has_the_closed_form_amortization_gap(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     # A full-rank "encoder" whose weights are frozen at 0 outputs one q = N(c, L L^T) for every
     # x. Against posteriors N(m_i, S), the mean over points of KL(q || p(z|x_i)) is minimised by
     # c = mean(m_i), L L^T = S, leaving an amortization gap of 1/2 mean_i (m_i - m)^T S^-1 (m_i - m)
@@ -128,12 +112,7 @@ def test_an_encoder_that_ignores_x_has_the_closed_form_amortization_gap(
 
     exact = ppca.exact_posterior(ppca_x)
     spread = exact.mean - exact.mean.mean(0)
-    best_gap = (
-        0.5
-        * torch.einsum(
-            "bi,ij,bj->b", spread, torch.linalg.inv(exact.covariance_matrix[0]), spread
-        ).mean()
-    )
+    best_gap = 0.5 * torch.einsum("bi,ij,bj->b", spread, torch.linalg.inv(exact.covariance_matrix[0]), spread).mean()
     log_px = ppca.exact_log_marginal(ppca_x)
     with torch.no_grad():
         q = posterior(ppca_x)
@@ -155,6 +134,4 @@ def test_an_encoder_that_ignores_x_has_the_closed_form_amortization_gap(
 
 def test_per_datapoint_posteriors_are_refused(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     with pytest.raises(ConfigError, match="amortized posterior"):
-        gap_decomposition(
-            ppca, LocalPosterior(50, make_family("mean-field", 2)).double(), ppca_x, steps=1
-        )
+        gap_decomposition(ppca, LocalPosterior(50, make_family("mean-field", 2)).double(), ppca_x, steps=1)

@@ -11,7 +11,7 @@ from avi.families import make_family
 from avi.inference import make_optimizers
 from avi.inference.aggressive import aggressive_epoch
 from avi.models import VAEModel
-from avi.objectives import make_objective
+from avi.objectives import ELBO
 from avi.objectives.estimators import NVILBaseline
 
 
@@ -32,7 +32,7 @@ def test_decoder_steps_once_per_batch_and_encoder_only_in_the_inner_loop(generat
     model, posterior, data = _vae()
     (optimizer,) = make_optimizers(model, posterior, lr=1e-2)
     result = aggressive_epoch(
-        model, posterior, data, [optimizer], objective=make_objective("elbo"), batch_size=50, generator=generator
+        model, posterior, data, [optimizer], objective=ELBO(), batch_size=50, generator=generator
     )
     assert result.epoch.examples == 200
     assert _adam_steps(optimizer, model) == {4}  # 200 / 50 batches
@@ -48,7 +48,7 @@ def test_no_inner_steps_leaves_the_encoder_unchanged(generator: torch.Generator)
     decoder_before = [p.detach().clone() for p in model.parameters()]
     optimizers = make_optimizers(model, posterior, lr=1e-2)
     result = aggressive_epoch(
-        model, posterior, data, optimizers, objective=make_objective("elbo"), batch_size=50, generator=generator,
+        model, posterior, data, optimizers, objective=ELBO(), batch_size=50, generator=generator,
         max_encoder_steps=1,
     )  # fmt: skip
     assert result.encoder_steps == 0
@@ -63,7 +63,7 @@ def test_inner_loop_stops_when_the_encoder_objective_stops_improving(generator: 
     optimizers = make_optimizers(model, posterior, lr=1e-2)
     for _ in range(3):
         result = aggressive_epoch(
-            model, posterior, data, optimizers, objective=make_objective("elbo"), batch_size=50, generator=generator
+            model, posterior, data, optimizers, objective=ELBO(), batch_size=50, generator=generator
         )
     assert result.encoder_steps % 10 == 0 or result.encoder_steps == 4 * 99
     assert result.encoder_steps < 4 * 99
@@ -75,7 +75,7 @@ def test_a_baseline_network_steps_with_the_encoder(generator: torch.Generator) -
     baseline = NVILBaseline(12, hidden=4)
     optimizers = [*make_optimizers(model, posterior, lr=1e-2), torch.optim.Adam(baseline.parameters(), lr=1e-2)]
     result = aggressive_epoch(
-        model, posterior, data, optimizers, objective=make_objective("elbo", estimator="nvil", baseline=baseline),
+        model, posterior, data, optimizers, objective=ELBO(estimator="nvil"),
         batch_size=50, generator=generator, baseline=baseline,
     )  # fmt: skip
     assert result.encoder_steps > 0

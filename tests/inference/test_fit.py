@@ -13,9 +13,9 @@ from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import make_family
 from avi.families.discrete import BernoulliFamily
-from avi.inference import LocalPosterior, fit, make_optimizers, train_epoch
+from avi.inference import LocalPosterior, TrainState, fit, make_optimizers, train_epoch
 from avi.models import LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
-from avi.objectives import make_objective
+from avi.objectives import ELBO, IWAE
 from avi.objectives.estimators import NVILBaseline
 from tests.closed_forms import (
     best_mean_field_gap,
@@ -56,15 +56,8 @@ def test_every_parameter_receives_a_gradient(kind: str, name: str, amortized: bo
         else LocalPosterior(16, family, initial=0.3 * torch.randn(16, family.param_size))
     )
     optimizers = make_optimizers(model, posterior)
-    stats = train_epoch(
-        model,
-        posterior,
-        Dataset(x),
-        optimizers,
-        objective=make_objective("elbo"),
-        batch_size=16,
-        generator=torch.Generator().manual_seed(0),
-    )
+    state = TrainState(model, posterior, optimizers, torch.Generator().manual_seed(0))
+    stats = train_epoch(state, Dataset(x), ELBO(), batch_size=16)
     assert stats.examples == 16
     _assert_every_parameter_has_a_gradient(model)
     _assert_every_parameter_has_a_gradient(posterior)
@@ -91,35 +84,23 @@ def test_epoch_stats_are_consistent(ppca: LinearGaussian, ppca_x: Tensor) -> Non
     family = make_family("mean-field", 2)
     posterior = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
     optimizers = make_optimizers(ppca, posterior, train_model=False)
-    run = {"batch_size": 20, "generator": torch.Generator().manual_seed(0)}
-    stats = train_epoch(
-        ppca, posterior, Dataset(ppca_x), optimizers, objective=make_objective("elbo"), **run
-    )
+    state = TrainState(ppca, posterior, optimizers, torch.Generator().manual_seed(0))
+    stats = train_epoch(state, Dataset(ppca_x), ELBO(), batch_size=20)
     assert stats.examples == 50  # the last batch is partial and still counted
     assert stats.elbo == pytest.approx(stats.reconstruction - stats.kl)
     assert stats.objective == pytest.approx(stats.elbo)
-    iwae = train_epoch(
-        ppca, posterior, Dataset(ppca_x), optimizers, objective=make_objective("iwae", k=5), **run
-    )
+    iwae = train_epoch(state, Dataset(ppca_x), IWAE(k=5), batch_size=20)
     assert iwae.objective > iwae.elbo  # the IWAE bound of a set of draws is above their mean ELBO
 
 
-def test_fit_reports_validation_for_amortized_posteriors_only(
-    ppca: LinearGaussian, ppca_x: Tensor
-) -> None:
+def test_fit_reports_validation_for_amortized_posteriors_only(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     data, validation = Dataset(ppca_x[:40]), Dataset(ppca_x[40:])
     family = make_family("mean-field", 2)
     amortized = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
-    history = fit(
-        ppca, amortized, data, epochs=2, batch_size=20, train_model=False, validation=validation
-    )
-    assert len(history.validation_elbo) == 2 and all(
-        math.isfinite(v) for v in history.validation_elbo
-    )
+    history = fit(ppca, amortized, data, epochs=2, batch_size=20, train_model=False, validation=validation)
+    assert len(history.validation_elbo) == 2 and all(math.isfinite(v) for v in history.validation_elbo)
     local = LocalPosterior(40, family).double()
-    history = fit(
-        ppca, local, data, epochs=2, batch_size=20, train_model=False, validation=validation
-    )
+    history = fit(ppca, local, data, epochs=2, batch_size=20, train_model=False, validation=validation)
     assert history.validation_elbo == [] and len(history.train) == 2
 
 
@@ -140,20 +121,12 @@ def test_amortized_linear_encoder_recovers_the_optimal_gaussian(name: str) -> No
     posterior = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
     lr, epochs = 0.05, 1500
     optimizers = make_optimizers(ppca, posterior, lr=lr, train_model=False)
-    objective = make_objective("elbo", num_samples=16)
+    objective = ELBO(num_samples=16)
     generator = torch.Generator().manual_seed(3)
     for epoch in range(epochs):
         for group in (g for o in optimizers for g in o.param_groups):
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        train_epoch(
-            ppca,
-            posterior,
-            Dataset(x),
-            optimizers,
-            objective=objective,
-            batch_size=200,
-            generator=generator,
-        )
+        train_epoch(TrainState(ppca, posterior, optimizers, generator), Dataset(x), objective, batch_size=200)
 
     with torch.no_grad():
         q = posterior(x)
@@ -166,9 +139,7 @@ def test_amortized_linear_encoder_recovers_the_optimal_gaussian(name: str) -> No
     else:
         expected_shortfall = best_mean_field_gap(S[0])
         expected_cov = torch.diag_embed(1 / torch.diagonal(torch.linalg.inv(S), dim1=-2, dim2=-1))
-        assert (
-            expected_shortfall > 0.5
-        )  # the posterior is strongly correlated: mean-field is visibly worse
+        assert expected_shortfall > 0.5  # the posterior is strongly correlated: mean-field is visibly worse
     assert (shortfall - expected_shortfall).abs().max() < 0.01
     torch.testing.assert_close(mean, post.mean, rtol=0, atol=0.02)
     torch.testing.assert_close(cov, expected_cov, rtol=0, atol=0.01)
@@ -184,6 +155,6 @@ def test_fit_trains_the_nvil_baseline_network() -> None:
     posterior = AmortizedPosterior(mlp_encoder(10, (8,), family.param_size), family)
     baseline = NVILBaseline(10, hidden=4)
     before = [p.detach().clone() for p in baseline.parameters()]
-    objective = make_objective("elbo", estimator="nvil", baseline=baseline)
+    objective = ELBO(estimator="nvil")
     fit(model, posterior, Dataset(x), epochs=2, batch_size=16, objective=objective, baseline=baseline)
     assert all(not torch.equal(a, p) for a, p in zip(before, baseline.parameters()))

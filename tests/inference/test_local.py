@@ -9,9 +9,9 @@ from torch import Tensor
 from avi.data import Dataset, shard_batches
 from avi.errors import AviError
 from avi.families import make_family
-from avi.inference import LocalPosterior, make_optimizers, train_epoch
+from avi.inference import Hook, LocalPosterior, StepInfo, TrainState, make_optimizers, train_epoch
 from avi.models import LinearGaussian
-from avi.objectives import make_objective
+from avi.objectives import ELBO
 
 
 def test_default_table_is_the_family_initial_params() -> None:
@@ -51,7 +51,7 @@ def test_gradient_is_sparse_on_the_batch_rows(ppca: LinearGaussian, ppca_x: Tens
     family = make_family("full-rank", 2)
     local = LocalPosterior(50, family).double()
     index = torch.tensor([3, 7, 11])
-    make_objective("elbo")(ppca, local(ppca_x[index], index), ppca_x[index]).value.sum().backward()
+    ELBO()(ppca, local(ppca_x[index], index), ppca_x[index]).value.sum().backward()
     grad = local.table.grad
     assert grad.is_sparse
     dense = grad.to_dense()
@@ -61,9 +61,7 @@ def test_gradient_is_sparse_on_the_batch_rows(ppca: LinearGaussian, ppca_x: Tens
     assert (dense[mask] == 0).all()
 
 
-def test_sparse_adam_moves_only_the_rows_of_each_batch(
-    ppca: LinearGaussian, ppca_x: Tensor
-) -> None:
+def test_sparse_adam_moves_only_the_rows_of_each_batch(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     # Step 1 fills Adam's moments for batch 1. At step 2 a dense Adam would keep moving batch
     # 1's rows on that momentum; SparseAdam must move exactly the rows of batch 2.
     family = make_family("mean-field", 2)
@@ -71,16 +69,13 @@ def test_sparse_adam_moves_only_the_rows_of_each_batch(
     optimizers = make_optimizers(ppca, local, local_lr=0.1, train_model=False)
     assert [type(o).__name__ for o in optimizers] == ["SparseAdam"]
     snapshots = [local.table.detach().clone()]
-    train_epoch(
-        ppca,
-        local,
-        Dataset(ppca_x),
-        optimizers,
-        objective=make_objective("elbo"),
-        batch_size=10,
-        generator=torch.Generator().manual_seed(5),
-        on_progress=lambda examples, sums: snapshots.append(local.table.detach().clone()),
-    )
+
+    class Snapshot(Hook):
+        def on_step(self, state: TrainState, info: StepInfo) -> None:
+            snapshots.append(local.table.detach().clone())
+
+    state = TrainState(ppca, local, optimizers, torch.Generator().manual_seed(5))
+    train_epoch(state, Dataset(ppca_x), ELBO(), batch_size=10, hooks=[Snapshot()])
     batches = list(shard_batches(50, 10, torch.Generator().manual_seed(5)))
     assert len(snapshots) == 1 + len(batches) == 6
     for before, after, batch in zip(snapshots[:-1], snapshots[1:], batches, strict=True):

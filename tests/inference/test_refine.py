@@ -12,7 +12,7 @@ from avi.errors import ConfigError
 from avi.families import make_family
 from avi.inference import LocalPosterior, infer, refine_params
 from avi.models import LinearGaussian
-from avi.objectives import make_objective
+from avi.objectives import ELBO
 from tests.closed_forms import (
     best_mean_field_gap,
     gaussian_moments,
@@ -21,7 +21,7 @@ from tests.closed_forms import (
 )
 
 # Adam with a cosine decay, 16 samples per step and analytic KL: measured errors below 4e-3 nats.
-STEPS, LR, OBJECTIVE = 1000, 0.05, make_objective("elbo", num_samples=16)
+STEPS, LR, OBJECTIVE = 1000, 0.05, ELBO(num_samples=16)
 
 
 @pytest.mark.statistical

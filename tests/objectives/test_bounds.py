@@ -17,7 +17,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from avi.errors import ConfigError
 from avi.families import make_family
 from avi.models import LinearGaussian, VAEModel
-from avi.objectives import elbo, elbo_terms, iwae_bound, iwae_terms, make_objective
+from avi.objectives import ELBO, IWAE, elbo, elbo_terms, iwae_bound, iwae_terms, objective_named
 from tests.closed_forms import linear_gaussian_elbo, prior_kl
 
 FAMILIES = ["mean-field", "full-rank"]
@@ -190,16 +190,17 @@ def test_sample_counts_must_be_positive(
         call(ppca, q, ppca_x)
 
 
-def test_make_objective(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+def test_objective_values(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     q = make_family("full-rank", 2)(_off_posterior_params("full-rank", ppca, ppca_x))
     torch.manual_seed(3)
-    a = make_objective("iwae", k=6)(ppca, q, ppca_x)
+    a = IWAE(k=6)(ppca, q, ppca_x)
     torch.manual_seed(3)
     torch.testing.assert_close(a.value, iwae_bound(ppca, q, ppca_x, k=6))
     # the default ELBO objective uses the analytic KL
-    torch.testing.assert_close(make_objective("elbo")(ppca, q, ppca_x).kl, prior_kl(q))
+    torch.testing.assert_close(ELBO()(ppca, q, ppca_x).kl, prior_kl(q))
+    assert objective_named("iwae", k=6, num_samples=3) == IWAE(k=6)  # settings it lacks are ignored
     with pytest.raises(ConfigError, match="unknown objective"):
-        make_objective("magic")
+        objective_named("magic")
 
 
 def _small_vae() -> VAEModel:

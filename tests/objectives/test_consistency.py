@@ -11,8 +11,8 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.families import make_family
 from avi.models import LinearGaussian
-from avi.objectives import elbo_terms, make_objective
-from avi.objectives.consistency import consistency_regularised, posterior_kl
+from avi.objectives import ELBO, elbo_terms
+from avi.objectives.consistency import Consistency, posterior_kl
 
 
 def _encoder_posterior(name: str = "mean-field") -> AmortizedPosterior:
@@ -23,7 +23,7 @@ def _encoder_posterior(name: str = "mean-field") -> AmortizedPosterior:
 def test_penalty_is_the_kl_between_the_two_encoder_outputs(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     posterior = _encoder_posterior()
     shift = lambda x: x + 0.5  # noqa: E731
-    objective = consistency_regularised(make_objective("elbo"), posterior, shift, weight=2.0)
+    objective = Consistency(ELBO(), posterior, shift, weight=2.0)
     q = posterior(ppca_x)
     torch.manual_seed(1)
     terms = objective(ppca, q, ppca_x)
@@ -39,7 +39,7 @@ def test_identity_transform_costs_nothing_and_gradients_reach_the_encoder(ppca: 
     posterior = _encoder_posterior("full-rank")
     q = posterior(ppca_x)
     assert posterior_kl(q, posterior(ppca_x)).abs().max() < 1e-10
-    objective = consistency_regularised(make_objective("elbo"), posterior, lambda x: -x, weight=1.0)
+    objective = Consistency(ELBO(), posterior, lambda x: -x, weight=1.0)
     objective(ppca, posterior(ppca_x), ppca_x).value.sum().backward()
     assert all(p.grad is not None for p in posterior.parameters())
 
@@ -71,4 +71,4 @@ def test_monte_carlo_fallback_estimates_the_kl() -> None:
 
 def test_negative_weight_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="non-negative"):
-        consistency_regularised(make_objective("elbo"), _encoder_posterior(), lambda x: x, weight=-1.0)
+        Consistency(ELBO(), _encoder_posterior(), lambda x: x, weight=-1.0)

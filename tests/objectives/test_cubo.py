@@ -12,7 +12,7 @@ from torch.distributions import Distribution
 from avi.errors import ConfigError
 from avi.families import make_family
 from avi.models import LinearGaussian
-from avi.objectives import cubo, cubo_terms, elbo, elbo_terms, iwae_bound, make_objective
+from avi.objectives import CUBO, cubo, cubo_terms, elbo, elbo_terms, iwae_bound
 from tests.closed_forms import gaussian_moments
 from tests.objectives.common import grads, off_posterior_params
 
@@ -122,6 +122,6 @@ def test_training_surrogate_minimises_cubo_for_q_and_follows_iwae_for_the_model(
 @pytest.mark.parametrize("n", [1.0, 0.5, -2.0, math.nan, math.inf])
 def test_order_at_most_one_is_a_config_error(ppca: LinearGaussian, ppca_x: Tensor, n: float) -> None:
     with pytest.raises(ConfigError, match="CUBO order n must be a finite number greater than 1"):
-        make_objective("cubo", cubo_order=n)
+        CUBO(order=n)
     with pytest.raises(ConfigError, match="greater than 1"):
         cubo(ppca, ppca.exact_posterior(ppca_x), ppca_x, n=n, k=2)

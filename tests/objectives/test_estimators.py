@@ -27,19 +27,17 @@ from avi.evaluation.gradients import GradientMoments, gradient_moments
 from avi.families import make_family
 from avi.inference import LocalPosterior, fit
 from avi.models import LinearGaussian
-from avi.objectives import Terms, iwae_terms, make_objective
+from avi.objectives import ELBO, IWAE, RWS, Terms, iwae_terms, objective_named
 from avi.objectives.bounds import elbo_terms
 from avi.objectives.estimators import (
     MovingAverageBaseline,
     NVILBaseline,
     dreg_terms,
-    gumbel_terms,
     score_terms,
     stl_terms,
     stop_gradient,
     vimco_terms,
 )
-from avi.objectives.select import check_estimator
 from tests.closed_forms import linear_gaussian_elbo
 from tests.objectives.common import grads, off_posterior_params
 
@@ -64,19 +62,21 @@ def _moments(estimator: Callable[[Distribution], Tensor], params: Tensor) -> Gra
 
 def _trained_nvil(model: LinearGaussian, x: Tensor, params: Tensor) -> NVILBaseline:
     """An NVIL baseline fitted for 500 Adam steps to the signal at the fixed lambda."""
-    baseline = NVILBaseline(x.shape[1]).double()
+    baseline, objective = NVILBaseline(x.shape[1]).double(), ELBO(estimator="nvil")
     opt = torch.optim.Adam(baseline.parameters(), lr=1e-2)
     for _ in range(500):
         opt.zero_grad()
-        (-score_terms(model, FAMILY(params.detach()), x, baseline=baseline).value.sum()).backward()
+        terms = objective(model, FAMILY(params.detach()), x, state=baseline)
+        (-terms.value.sum()).backward()
         opt.step()
+        objective.update_state(baseline, terms)
     return baseline
 
 
 def _warm_moving_average(model: LinearGaussian, x: Tensor, params: Tensor) -> MovingAverageBaseline:
-    baseline = MovingAverageBaseline()
+    baseline, objective = MovingAverageBaseline(), ELBO(estimator="score-baseline")
     for _ in range(20):
-        score_terms(model, FAMILY(params.detach()), x, baseline=baseline)
+        objective.update_state(baseline, objective(model, FAMILY(params.detach()), x, state=baseline))
     return baseline
 
 
@@ -201,9 +201,9 @@ def test_moving_average_tracks_the_signal() -> None:
     baseline = MovingAverageBaseline(decay=0.5)
     x = torch.zeros(2, 1)
     assert baseline(x).tolist() == [0.0, 0.0]
-    baseline.update(x, torch.tensor([[2.0, 4.0]]))
+    baseline.update(torch.tensor(3.0))
     assert baseline(x).tolist() == [3.0, 3.0]
-    baseline.update(x, torch.tensor([[5.0, 5.0]]))
+    baseline.update(torch.tensor(5.0))
     assert baseline(x).tolist() == [4.0, 4.0]
 
 
@@ -216,29 +216,47 @@ def test_bad_input_is_a_config_error(ppca: LinearGaussian, x: Tensor, params: Te
         stop_gradient(torch.distributions.Categorical(logits=torch.zeros(3)))
 
 
-def test_make_objective_picks_the_estimator(ppca: LinearGaussian, x: Tensor, params: Tensor) -> None:
-    score = make_objective("elbo", estimator="score-baseline", num_samples=2)
-    assert score.func is score_terms and isinstance(score.keywords["baseline"], MovingAverageBaseline)
-    nvil = NVILBaseline(5)
-    assert make_objective("elbo", estimator="nvil", baseline=nvil).keywords["baseline"] is nvil
-    assert make_objective("iwae", estimator="dreg", k=3).func is dreg_terms
-    assert make_objective("iwae", estimator="vimco", k=3).func is vimco_terms
-    assert make_objective("elbo", estimator="stl").func is stl_terms
-    gumbel = make_objective("elbo", estimator="gumbel", temperature=0.3, straight_through=True)
-    assert gumbel.func is gumbel_terms and gumbel.keywords["temperature"] == 0.3 and gumbel.keywords["straight_through"]
-    for name, estimator, message in [
-        ("elbo", "vimco", "does not apply to objective 'elbo'"),
-        ("rws", "score", "does not apply"),
-        ("elbo", "nvil", "needs a baseline network"),
-        ("elbo", "gumbel", "temperature must be positive"),
-        ("elbo", "magic", "unknown gradient estimator"),
-        ("magic", "reparam", "unknown objective"),
+def test_the_estimator_picks_the_surrogate(ppca: LinearGaussian, x: Tensor, params: Tensor) -> None:
+    # each value computes its estimator's terms: the same numbers from the same noise
+    nvil = NVILBaseline(5).double()
+    pairs = [
+        (ELBO(estimator="score", num_samples=2), lambda q: score_terms(ppca, q, x, num_samples=2), None),
+        (ELBO(estimator="nvil"), lambda q: score_terms(ppca, q, x, baseline=nvil), nvil),
+        (IWAE(estimator="dreg", k=3), lambda q: dreg_terms(ppca, q, x, k=3), None),
+        (IWAE(estimator="vimco", k=3), lambda q: vimco_terms(ppca, q, x, k=3), None),
+        (ELBO(estimator="stl"), lambda q: stl_terms(ppca, q, x), None),
+    ]
+    for objective, terms, state in pairs:
+        torch.manual_seed(4)
+        value = objective(ppca, FAMILY(params), x, state=state).value
+        torch.manual_seed(4)
+        torch.testing.assert_close(value, terms(FAMILY(params)).value)
+    assert isinstance(ELBO(estimator="score-baseline").init_state(5), MovingAverageBaseline)
+    assert isinstance(ELBO(estimator="nvil").init_state(5), NVILBaseline)
+    assert ELBO(estimator="score").init_state(5) is None and IWAE().init_state(5) is None
+    with pytest.raises(ConfigError, match="the nvil estimator needs its state"):
+        ELBO(estimator="nvil")(ppca, FAMILY(params), x)
+
+
+def test_values_check_their_estimator_and_family() -> None:
+    gumbel = ELBO(estimator="gumbel", temperature=0.3, straight_through=True)
+    assert (gumbel.temperature, gumbel.straight_through) == (0.3, True)
+    for make, message in [
+        (lambda: ELBO(estimator="vimco"), "does not apply to objective 'elbo'"),
+        (lambda: objective_named("rws", estimator="score"), "does not apply to objective 'rws'"),
+        (lambda: ELBO(estimator="gumbel", temperature=0.0), "temperature must be positive"),
+        (lambda: ELBO(estimator="magic"), "estimator 'magic' does not apply"),
+        (lambda: objective_named("magic"), "unknown objective"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            make_objective(name, estimator=estimator, temperature=0.0)
-    for estimator in ("reparam", "stl", "dreg"):
+            make()
+    for objective in (ELBO(), ELBO(estimator="stl"), IWAE(estimator="dreg")):
         with pytest.raises(ConfigError, match="reparameterised estimator asked for a discrete family"):
-            check_estimator("elbo" if estimator != "dreg" else "iwae", estimator, discrete=True)
+            objective.check_family(discrete=True)
+    for objective in (ELBO(estimator="score"), IWAE(estimator="vimco"), RWS()):
+        objective.check_family(discrete=True)
+    with pytest.raises(ConfigError, match="needs a model with discrete latents"):
+        gumbel.check_family(discrete=False)
 
 
 @pytest.mark.parametrize("estimator", [("elbo", "score-baseline"), ("elbo", "stl"), ("iwae", "vimco"), ("iwae", "dreg")])
@@ -269,14 +287,16 @@ def test_fit_with_each_estimator_approaches_the_posterior(
             return float((ppca.exact_log_marginal(ppca_x) - linear_gaussian_elbo(ppca, q, ppca_x)).mean())
 
     before = gap()
+    objective = objective_named(name, estimator=chosen, k=5)
     fit(ppca, posterior, Dataset(ppca_x), epochs=300, batch_size=10, lr=lr, local_lr=lr, train_model=False,
-        objective=make_objective(name, estimator=chosen, k=5), generator=torch.Generator().manual_seed(2))  # fmt: skip
+        objective=objective, baseline=objective.init_state(5),
+        generator=torch.Generator().manual_seed(2))  # fmt: skip
     assert before > 30 and gap() < 2.0, (before, gap())
 
 
 def test_moving_average_state_follows_the_signal_to_its_device() -> None:
-    # make_objective builds the baseline on the CPU; with data on a GPU its state moves there
+    # init_state builds the baseline on the CPU; with data on a GPU its state moves there
     # instead of being copied back every step (the meta device stands in for the GPU)
     baseline = MovingAverageBaseline()
-    baseline.update(torch.zeros(4, 3, device="meta"), torch.ones(2, 4, device="meta"))
+    baseline.update(torch.ones((), device="meta"))
     assert baseline.value.device.type == "meta" and dict(baseline.named_buffers())["value"] is baseline.value

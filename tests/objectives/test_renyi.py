@@ -11,7 +11,7 @@ from torch import Tensor
 from avi.errors import ConfigError
 from avi.families import make_family
 from avi.models import LinearGaussian
-from avi.objectives import elbo_terms, iwae_terms, log_power_mean, make_objective, renyi_bound, renyi_terms
+from avi.objectives import Renyi, elbo_terms, iwae_terms, log_power_mean, renyi_bound, renyi_terms
 from tests.objectives.common import grads
 
 FAMILY = make_family("full-rank", 2)
@@ -121,6 +121,6 @@ def test_fixed_noise_gradient_passes_gradcheck(ppca: LinearGaussian) -> None:
 @pytest.mark.parametrize("alpha", [math.nan, math.inf, -math.inf])
 def test_unusable_alpha_is_a_config_error(ppca: LinearGaussian, ppca_x: Tensor, alpha: float) -> None:
     with pytest.raises(ConfigError, match="alpha must be a finite number"):
-        make_objective("renyi", alpha=alpha)
+        Renyi(alpha=alpha)
     with pytest.raises(ConfigError, match="alpha must be a finite number"):
         renyi_bound(ppca, ppca.exact_posterior(ppca_x), ppca_x, alpha=alpha, k=2)

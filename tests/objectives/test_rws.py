@@ -11,7 +11,7 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import make_family
 from avi.inference import fit
 from avi.models import LinearGaussian
-from avi.objectives import iwae_bound, make_objective, rws_terms
+from avi.objectives import RWS, iwae_bound, rws_terms
 from tests.objectives.common import grads
 
 FAMILY = make_family("full-rank", 2)
@@ -56,7 +56,7 @@ def _fit_encoder(model: LinearGaussian, family_name: str, k: int) -> tuple[Amort
     x, _ = model.sample(1000, torch.Generator().manual_seed(1))
     for lr in (3e-2, 3e-3, 3e-4):
         fit(model, posterior, Dataset(x), epochs=20, batch_size=100, lr=lr, train_model=False,
-            objective=make_objective("rws", k=k), generator=torch.Generator().manual_seed(2))  # fmt: skip
+            objective=RWS(k=k), generator=torch.Generator().manual_seed(2))  # fmt: skip
     return posterior, model.sample(200, torch.Generator().manual_seed(3))[0]
 
 

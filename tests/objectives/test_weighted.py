@@ -1,5 +1,6 @@
-"""The weighted ELBO of the collapse remedies: value = reconstruction - w * KL term, the KL term
-clamped by free bits, the true ELBO terms kept (PPCA, float64)."""
+"""The weighted ELBO of the collapse remedies, a wrapper of the ELBO value: value =
+reconstruction - w * KL term, the KL term clamped by free bits, the true ELBO terms kept (PPCA,
+float64)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from torch.distributions import Independent, Normal
 from avi.errors import ConfigError
 from avi.families import make_family
 from avi.models import LinearGaussian
-from avi.objectives import elbo_terms
-from avi.objectives.weighted import free_bits_kl, weighted_elbo_terms
+from avi.objectives import ELBO, IWAE, elbo_terms
+from avi.objectives.weighted import WeightedKL, free_bits_kl
 
 
 def _mean_field(ppca: LinearGaussian, x: Tensor, shift: Tensor) -> Independent:
@@ -30,7 +31,7 @@ def test_weight_scales_the_kl_and_keeps_the_true_terms(
     torch.manual_seed(1)
     plain = elbo_terms(ppca, q, ppca_x, num_samples=3, analytic_kl=analytic_kl)
     torch.manual_seed(1)
-    weighted = weighted_elbo_terms(ppca, q, ppca_x, weight=weight, num_samples=3, analytic_kl=analytic_kl)
+    weighted = WeightedKL(ELBO(num_samples=3, analytic_kl=analytic_kl), weight=weight)(ppca, q, ppca_x)
     torch.testing.assert_close(weighted.reconstruction, plain.reconstruction)
     torch.testing.assert_close(weighted.kl, plain.kl)
     torch.testing.assert_close(weighted.value, plain.reconstruction - weight * plain.kl)
@@ -55,7 +56,8 @@ def test_free_bits_objective(ppca: LinearGaussian, ppca_x: Tensor, analytic_kl: 
     torch.manual_seed(2)
     plain = elbo_terms(ppca, q, ppca_x, num_samples=2, analytic_kl=analytic_kl)
     torch.manual_seed(2)
-    terms = weighted_elbo_terms(ppca, q, ppca_x, weight=0.5, free_bits=1.5, num_samples=2, analytic_kl=analytic_kl)
+    objective = WeightedKL(ELBO(num_samples=2, analytic_kl=analytic_kl), weight=0.5, free_bits=1.5)
+    terms = objective(ppca, q, ppca_x)
     torch.testing.assert_close(terms.reconstruction, plain.reconstruction)
     torch.testing.assert_close(terms.kl, plain.kl)  # the true KL, whatever the clamp
     prior = ppca.prior().base_dist
@@ -75,13 +77,53 @@ def test_free_bits_need_a_factorised_posterior(ppca: LinearGaussian, ppca_x: Ten
     family = make_family("full-rank", 2)
     q = family(family.params_of(ppca.exact_posterior(ppca_x)))
     with pytest.raises(ConfigError, match="factorises"):
-        weighted_elbo_terms(ppca, q, ppca_x, free_bits=0.1)
+        WeightedKL(ELBO(), free_bits=0.1)(ppca, q, ppca_x)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"weight": -1.0}, "weight"), ({"free_bits": -0.5}, "free bits")])
-def test_negative_weight_or_free_bits_are_config_errors(
-    ppca: LinearGaussian, ppca_x: Tensor, kwargs: dict, message: str
-) -> None:
-    q = _mean_field(ppca, ppca_x, torch.zeros(2, dtype=torch.float64))
-    with pytest.raises(ConfigError, match=message):
-        weighted_elbo_terms(ppca, q, ppca_x, **kwargs)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight": -1.0}, "the KL weight must be non-negative, got -1.0"),
+        ({"free_bits": -0.5}, "free bits must be non-negative, got -0.5"),
+        ({"base": IWAE()}, "weight the ELBO's KL term; objective 'iwae' has none"),
+        ({"base": ELBO(estimator="score")}, "they do not combine with estimator 'score'"),
+    ],
+)
+def test_bad_weighting_is_a_one_line_config_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        WeightedKL(**{"base": ELBO(), **kwargs})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("free_bits", [0.0, 0.4])
+def test_weighted_kl_equals_the_old_weighted_elbo(ppca: LinearGaussian, ppca_x: Tensor, free_bits: float) -> None:
+    # the weighted ELBO before it wrapped the ELBO value, written out: reconstruction and KL per
+    # dimension from the same draws, value reconstruction - w * sum_k (KL_k or lambda where the
+    # batch-mean KL_k is below lambda); bit for bit, value and gradient
+    q = _mean_field(ppca, ppca_x, torch.tensor([0.1, 2.0], dtype=torch.float64))
+    torch.manual_seed(5)
+    terms = WeightedKL(ELBO(num_samples=2), weight=0.7, free_bits=free_bits)(ppca, q, ppca_x)
+    torch.manual_seed(5)
+    if free_bits == 0:
+        plain = elbo_terms(ppca, q, ppca_x, num_samples=2, analytic_kl=True)
+        reconstruction, kl, penalty = plain.reconstruction, plain.kl, plain.kl
+    else:
+        z = q.rsample((2,))
+        reconstruction = ppca.likelihood(z).log_prob(ppca_x).mean(0)
+        kl_dims = torch.distributions.kl_divergence(q.base_dist, ppca.prior().base_dist)
+        kl, penalty = kl_dims.sum(-1), free_bits_kl(kl_dims, free_bits)
+    assert torch.equal(terms.value, reconstruction - 0.7 * penalty)
+    assert torch.equal(terms.reconstruction, reconstruction) and torch.equal(terms.kl, kl)
+
+
+def test_free_bits_read_the_batch_mean_the_caller_passes(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # the objective asks the caller for the batch statistic (data parallelism passes the global
+    # batch's): a mean that puts every dimension below lambda clamps them all
+    q = _mean_field(ppca, ppca_x, torch.tensor([0.1, 2.0], dtype=torch.float64))
+    objective = WeightedKL(ELBO(), free_bits=0.4)
+    torch.manual_seed(6)
+    local = objective(ppca, q, ppca_x)
+    torch.manual_seed(6)
+    clamped = objective(ppca, q, ppca_x, batch_mean=lambda v: torch.zeros_like(v[0]))
+    torch.testing.assert_close(clamped.value, clamped.reconstruction - 0.4 * 2)
+    assert not torch.equal(local.value, clamped.value)

@@ -24,12 +24,15 @@ from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import make_family
 from avi.inference import LocalPosterior
-from avi.inference.fit import compile_step, make_optimizers, train_epoch
+from avi.inference.fit import compile_step
+from avi.inference.loop import Replicas, train_epoch
+from avi.inference.parallel import ShardStep, data_parallel, global_mean
+from avi.inference.state import TrainState, make_optimizers
 from avi.models import LinearGaussian
-from avi.inference.parallel import ShardStep, data_parallel
-from avi.objectives.batch import batch_mean
+from avi.objectives import ELBO
+from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms
-from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline, score_terms
+from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline
 from avi.objectives.weighted import free_bits_kl
 from avi.runs import distributed
 
@@ -46,7 +49,7 @@ SIGNAL = torch.arange(21.0).reshape(3, 7) ** 2
 KL_DIMS = torch.arange(14.0).reshape(7, 2) ** 2
 
 
-def mean_field_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> Terms:
+def mean_field_objective(model: LinearGaussian, q: Distribution, x: Tensor, **_: object) -> Terms:
     """log p(x, mean of q) + H[q] per point: a deterministic stand-in for the ELBO."""
     z = q.mean.unsqueeze(0)
     reconstruction = model.likelihood(z).log_prob(x).squeeze(0)
@@ -54,13 +57,21 @@ def mean_field_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> T
     return Terms(value, reconstruction, reconstruction - value)
 
 
-def free_bits_objective(model: LinearGaussian, q: Distribution, x: Tensor) -> Terms:
+def free_bits_objective(
+    model: LinearGaussian,
+    q: Distribution,
+    x: Tensor,
+    *,
+    state: nn.Module | None = None,
+    batch_mean: BatchMean = local_mean,
+) -> Terms:
     """:func:`mean_field_objective` with free bits on the analytic KL per dimension: which
-    dimensions are clamped depends on the KL averaged over the (global) batch."""
+    dimensions are clamped depends on the KL averaged over the batch ``batch_mean`` takes (the
+    global batch: the data-parallel step passes its mean)."""
     z = q.mean.unsqueeze(0)
     reconstruction = model.likelihood(z).log_prob(x).squeeze(0)
     kl_dims = kl_divergence(q.base_dist, model.prior().base_dist)
-    return Terms(reconstruction - free_bits_kl(kl_dims, FREE_BITS), reconstruction, kl_dims.sum(-1))
+    return Terms(reconstruction - free_bits_kl(kl_dims, FREE_BITS, batch_mean), reconstruction, kl_dims.sum(-1))
 
 
 def main(strategy: str, out: str) -> None:
@@ -80,21 +91,9 @@ def main(strategy: str, out: str) -> None:
     if strategy == "compiled":
         step = data_parallel(model, posterior) if distributed.world_size() > 1 else ShardStep(model, posterior)
         step = compile_step(step, Dataset(x))
-    stats = [
-        train_epoch(
-            model,
-            posterior,
-            Dataset(x),
-            optimizers,
-            objective=objective,
-            batch_size=BATCH,
-            generator=generator,
-            rank=distributed.rank(),
-            world_size=distributed.world_size(),
-            step=step,
-        )
-        for _ in range(2)
-    ]
+    state = TrainState(model, posterior, optimizers, generator)
+    replicas = Replicas(distributed.rank(), distributed.world_size(), step)
+    stats = [train_epoch(state, Dataset(x), objective, batch_size=BATCH, replicas=replicas) for _ in range(2)]
     torch.save({"model": model.state_dict(), "posterior": posterior.state_dict(), "objective": [s.objective for s in stats]}, out.format(rank=distributed.rank()))
     distributed.shutdown()
 
@@ -111,24 +110,21 @@ def nvil(out: str) -> None:
     model, family = LinearGaussian(6, 2), make_family("mean-field", 2)
     posterior = AmortizedPosterior(mlp_encoder(6, (4,), family.param_size), family)
     baseline = NVILBaseline(6, hidden=4)
-    optimizers = [*make_optimizers(model, posterior, lr=0.05), torch.optim.Adam(baseline.parameters(), lr=0.05)]
+    optimizers = make_optimizers(model, posterior, lr=0.05, estimator=baseline)
     step = data_parallel(model, posterior, baseline) if distributed.world_size() > 1 else None
-    generator = torch.Generator().manual_seed(2)
+    state = TrainState(model, posterior, optimizers, torch.Generator().manual_seed(2), baseline)
+    replicas = Replicas(distributed.rank(), distributed.world_size(), step)
     for _ in range(2):
-        train_epoch(
-            model, posterior, Dataset(x), optimizers,
-            objective=lambda m, q, x: score_terms(m, q, x, baseline=baseline), batch_size=BATCH, generator=generator,
-            rank=distributed.rank(), world_size=distributed.world_size(), step=step,
-        )  # fmt: skip
+        train_epoch(state, Dataset(x), ELBO(estimator="nvil"), batch_size=BATCH, replicas=replicas)
     average = MovingAverageBaseline()
     columns = distributed.shard(SIGNAL.shape[1])
-    average.update(x, SIGNAL[:, columns.start : columns.stop])
+    average.update(global_mean(SIGNAL[:, columns.start : columns.stop].reshape(-1)))
     rows = distributed.shard(KL_DIMS.shape[0])
     state = {
         "baseline": baseline.state_dict(),
         "average": average.value,
-        "kl_mean": batch_mean(KL_DIMS[rows.start : rows.stop]),
-        "kl_mean_one_rank": batch_mean(KL_DIMS[: 7 if distributed.rank() == 0 else 0]),  # rank 1 has no rows
+        "kl_mean": global_mean(KL_DIMS[rows.start : rows.stop]),
+        "kl_mean_one_rank": global_mean(KL_DIMS[: 7 if distributed.rank() == 0 else 0]),  # rank 1 has no rows
     }
     torch.save(state, out.format(rank=distributed.rank()))
     distributed.shutdown()

@@ -20,7 +20,7 @@ from avi.families import MeanFieldGaussian
 from avi.inference import compile_step
 from avi.inference.parallel import ShardStep
 from avi.models import VAEModel
-from avi.objectives import make_objective
+from avi.objectives import ELBO, IWAE, objective_named
 from avi.objectives.estimators import NVILBaseline
 from avi.runs.config import load_config
 from avi.runs.train import run_fit
@@ -37,7 +37,7 @@ def _small_step(activation: str = "relu") -> tuple[ShardStep, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", [make_objective("elbo"), make_objective("iwae", k=5)], ids=["elbo", "iwae"])
+@pytest.mark.parametrize("objective", [ELBO(), IWAE(k=5)], ids=["elbo", "iwae"])
 def test_compiled_step_has_the_eager_bound_and_gradients(objective) -> None:
     """Same parameters, data and noise (inductor told to draw with eager's generator): the per-point
     bound and every gradient agree to float32 rounding (relative 1e-5 of the largest entry)."""
@@ -64,7 +64,7 @@ def test_compile_step_traces_the_analytic_elbo_in_one_graph() -> None:
     """torch.distributions' KL dispatch, untraceable on a cold cache, splits the graph of a step
     with an analytic KL; compile_step's eager warm-up call fills the cache, so one graph remains."""
     step, x = _small_step()
-    objective = make_objective("elbo")
+    objective = ELBO()
 
     def graph_breaks() -> int:
         torch._dynamo.reset()
@@ -89,8 +89,8 @@ def test_every_estimator_traces_in_one_graph(name: str, estimator: str) -> None:
     code: after compile_step's warm-up the step traces whole with each estimator (its baseline's
     state, a moving average or a network, included)."""
     step, x = _small_step()
-    baseline = NVILBaseline(30, hidden=4) if estimator == "nvil" else None
-    objective = make_objective(name, k=5, estimator=estimator, baseline=baseline)
+    objective = objective_named(name, k=5, estimator=estimator)
+    step.state = NVILBaseline(30, hidden=4) if estimator == "nvil" else objective.init_state(30)
     compile_step(step, Dataset(x))
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(step)(x, torch.arange(20), objective)

@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 from avi.data.dataset import Dataset, shard_batches
 from avi.inference.fit import EpochStats
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import local_mean
 from avi.objectives.select import Objective
 
 __all__ = ["AggressiveStats", "aggressive_epoch"]
@@ -43,16 +44,19 @@ def _step(
     optimizers: list[Optimizer],
     objective: Objective,
     params: list[nn.Parameter],
+    state: nn.Module | None,
 ) -> Tensor:
     """One step of the optimisers on the gradient of -mean(objective) w.r.t. ``params`` only
     (the other parameters get no gradient, so Adam leaves them and their moments untouched).
-    Returns the per-point terms, detached, stacked (3, B)."""
-    terms = objective(model, posterior(x, index), x)
+    The objective's ``state`` is updated after the step. Returns the per-point terms, detached, stacked (3, B)."""
+    terms = objective(model, posterior(x, index), x, state=state)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     (-terms.value.mean()).backward(inputs=params)
     for opt in optimizers:
         opt.step()
+    if state is not None:
+        objective.update_state(state, terms, local_mean)
     return torch.stack([terms.value, terms.reconstruction, terms.kl]).detach()
 
 
@@ -79,7 +83,8 @@ def aggressive_epoch(
     2. one decoder (``model``) step on x.
 
     ``optimizers`` must hold the parameters of both (e.g. :func:`~avi.inference.make_optimizers`);
-    each step computes gradients for one side only. A ``baseline`` network of the objective
+    each step computes gradients for one side only. ``baseline`` is the objective's estimator
+    state (``objective.init_state``), passed to every step and updated after it; a network
     (NVIL's) belongs to the inference side: it steps with the encoder (its optimiser must be in
     ``optimizers`` too). The statistics (objective, ELBO terms) are those of the decoder steps;
     ``on_progress`` is called as in :func:`~avi.inference.train_epoch`. Single process: the
@@ -99,7 +104,8 @@ def aggressive_epoch(
         enc_index, enc_x = index, x
         window, previous = torch.zeros((), device=device), math.inf
         for step in range(1, max_encoder_steps):
-            window += -_step(model, posterior, enc_x, enc_index, optimizers, objective, encoder_params)[0].mean()
+            terms = _step(model, posterior, enc_x, enc_index, optimizers, objective, encoder_params, baseline)
+            window += -terms[0].mean()
             encoder_steps += 1
             if step % check_every == 0:
                 current = window.item() / check_every  # one host read per window
@@ -108,7 +114,7 @@ def aggressive_epoch(
                 window, previous = torch.zeros((), device=device), current
             enc_index = torch.randperm(len(data), generator=generator)[:batch_size].to(device)
             enc_x = data.batch(enc_index, sample)
-        terms = _step(model, posterior, x, index, optimizers, objective, decoder_params)
+        terms = _step(model, posterior, x, index, optimizers, objective, decoder_params, baseline)
         sums += terms.sum(1)
         examples += index.numel()
         if on_progress is not None:

@@ -9,8 +9,10 @@ gradient a single process computes for the mean over the global batch of B point
 with W the world size; B is the size of the step's global batch (smaller for the last one).
 
 A control variate with parameters (NVIL's baseline network b(x)) is a submodule of the step, so
-DDP averages its gradients too and every rank fits the same b(x); its moving averages update
-from the global batch (:class:`~avi.objectives.estimators.MovingAverageBaseline`).
+DDP averages its gradients too and every rank fits the same b(x). The statistics of the batch
+that an objective reads (free bits' KL per dimension, a baseline's mean signal) are over the
+global batch: the step passes :func:`global_mean` to the objective, and the loop passes it to
+the estimator's state update (:class:`~avi.objectives.estimators.MovingAverageBaseline`).
 
 A per-datapoint table (:class:`~avi.inference.local.LocalPosterior`) is kept out of DDP: its
 gradient is sparse and touches only the rows of the batch. :func:`sync_table_grad` gathers the
@@ -31,23 +33,40 @@ from avi.families.posterior import Posterior
 from avi.objectives.bounds import Terms
 from avi.objectives.select import Objective
 
-__all__ = ["ShardStep", "data_parallel", "sync_table_grad"]
+__all__ = ["ShardStep", "data_parallel", "global_mean", "sync_table_grad"]
+
+
+def global_mean(values: Tensor) -> Tensor:
+    """The mean over dimension 0 of ``values`` (B, ...), without gradient; in a process group,
+    over the global batch: the ranks' sums and counts are all-reduced (the shards may differ in
+    size, and may be empty: the last global batch can leave a rank no points). Outside one, the
+    local mean (:func:`~avi.objectives.batch.local_mean`)."""
+    values = values.detach()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values.mean(0)
+    totals = values.new_zeros((values.shape[1:].numel() + 1,), dtype=torch.float64)  # counts exact
+    totals[:-1] = values.sum(0).reshape(-1)
+    totals[-1] = values.shape[0]
+    dist.all_reduce(totals)
+    return (totals[:-1] / totals[-1]).reshape(values.shape[1:]).to(values.dtype)
 
 
 class ShardStep(nn.Module):
     """One training step's forward pass as a module, for DDP's hooks and for torch.compile
     (:func:`~avi.inference.fit.compile_step`): ``forward(x, index, objective)`` is the per-point
-    :class:`Terms` (B_r,) of the batch or local shard, ``objective(model, posterior(x, index), x)``;
-    ``baseline``, the objective's control variate, is held so that DDP sees its parameters."""
+    :class:`Terms` (B_r,) of the batch or local shard, ``objective(model, posterior(x, index), x,
+    state=state, batch_mean=global_mean)``: ``state``, the objective's estimator state (NVIL's
+    baseline network), is held so that DDP sees its parameters, and the objective's batch
+    statistics are over the global batch."""
 
-    def __init__(self, model: nn.Module, posterior: nn.Module, baseline: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, posterior: nn.Module, state: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.posterior = posterior
-        self.baseline = baseline
+        self.state = state
 
     def forward(self, x: Tensor, index: Tensor, objective: Objective) -> Terms:
-        return objective(self.model, self.posterior(x, index), x)
+        return objective(self.model, self.posterior(x, index), x, state=self.state, batch_mean=global_mean)
 
 
 def data_parallel(model: nn.Module, posterior: Posterior, baseline: nn.Module | None = None) -> nn.Module:

@@ -11,7 +11,8 @@ from torch import Tensor
 from avi.errors import ConfigError
 from avi.families import Family
 from avi.models.base import LatentVariableModel
-from avi.objectives.select import Objective, make_objective
+from avi.objectives.elbo_objective import ELBO
+from avi.objectives.select import Objective
 from avi.seeding import point_seed, seeded
 
 __all__ = ["refine_params"]
@@ -47,7 +48,7 @@ def refine_params(
     """
     if steps < 0:
         raise ConfigError(f"steps must be non-negative, got {steps}")
-    objective = objective or make_objective("elbo")
+    objective = objective or ELBO()
     out = initial.detach().clone()
     for start in range(0, x.shape[0], batch_size):
         params = out[start : start + batch_size].clone().requires_grad_(True)

@@ -1,7 +1,10 @@
-"""Objectives: pure functions of (model, q, x) returning per-data-point values."""
+"""Objectives: values called as ``objective(model, q, x)``, returning per-data-point terms."""
 
+from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, elbo, elbo_terms, iwae_bound, iwae_terms, log_weights
-from avi.objectives.cubo import cubo, cubo_terms
+from avi.objectives.consistency import Consistency
+from avi.objectives.cubo import CUBO, cubo, cubo_terms
+from avi.objectives.elbo_objective import ELBO
 from avi.objectives.estimators import (
     MovingAverageBaseline,
     NVILBaseline,
@@ -11,16 +14,30 @@ from avi.objectives.estimators import (
     stl_terms,
     vimco_terms,
 )
-from avi.objectives.renyi import log_power_mean, renyi_bound, renyi_terms
-from avi.objectives.rws import rws_terms
-from avi.objectives.select import OBJECTIVES, Objective, make_objective
+from avi.objectives.iwae import IWAE
+from avi.objectives.objective import Objective, Wrapper
+from avi.objectives.renyi import Renyi, log_power_mean, renyi_bound, renyi_terms
+from avi.objectives.rws import RWS, rws_terms
+from avi.objectives.schedules import KLSchedule
+from avi.objectives.select import OBJECTIVES, objective_named
+from avi.objectives.weighted import WeightedKL
 
 __all__ = [
+    "CUBO",
+    "ELBO",
+    "IWAE",
     "OBJECTIVES",
+    "RWS",
+    "BatchMean",
+    "Consistency",
+    "KLSchedule",
     "MovingAverageBaseline",
     "NVILBaseline",
     "Objective",
+    "Renyi",
     "Terms",
+    "WeightedKL",
+    "Wrapper",
     "cubo",
     "cubo_terms",
     "dreg_terms",
@@ -29,9 +46,10 @@ __all__ = [
     "gumbel_terms",
     "iwae_bound",
     "iwae_terms",
+    "local_mean",
     "log_power_mean",
     "log_weights",
-    "make_objective",
+    "objective_named",
     "renyi_bound",
     "renyi_terms",
     "rws_terms",

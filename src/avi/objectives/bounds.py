@@ -35,12 +35,15 @@ class Terms(NamedTuple):
     """A bound and the two ELBO terms behind it, each (B,).
 
     ``value`` is what is maximised; ``reconstruction`` estimates E_q[log p(x|z)] and ``kl``
-    KL(q || p(z)), so that the ELBO is ``reconstruction - kl``.
+    KL(q || p(z)), so that the ELBO is ``reconstruction - kl``. ``signal``, where an estimator
+    has state to update (a score-function baseline), is the detached learning signal log w,
+    (S, B), that :meth:`~avi.objectives.objective.Objective.update_state` reads after the step.
     """
 
     value: Tensor
     reconstruction: Tensor
     kl: Tensor
+    signal: Tensor | None = None
 
 
 def check_count(name: str, n: int) -> None:

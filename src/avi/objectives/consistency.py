@@ -16,16 +16,18 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, analytic_kl_or_none
-from avi.objectives.select import Objective
+from avi.objectives.objective import Wrapper
 
-__all__ = ["consistency_regularised", "posterior_kl"]
+__all__ = ["Consistency", "posterior_kl"]
 
 
 def posterior_kl(q: Distribution, q_t: Distribution, *, num_samples: int = 16) -> Tensor:
@@ -38,18 +40,29 @@ def posterior_kl(q: Distribution, q_t: Distribution, *, num_samples: int = 16) -
     return (q.log_prob(z) - q_t.log_prob(z)).mean(0)
 
 
-def consistency_regularised(
-    objective: Objective, posterior: nn.Module, transform: Callable[[Tensor], Tensor], weight: float
-) -> Objective:
-    """``objective`` minus ``weight`` * KL(q(z|x) || q(z|t(x))) per point, q(z|t(x)) from
-    ``posterior`` (an encoder: ``posterior(t(x))``). Reconstruction and KL terms are the
-    objective's, so the logged ELBO stays the ELBO."""
-    if not weight >= 0:
-        raise ConfigError(f"the consistency weight must be non-negative, got {weight}")
+@dataclass(frozen=True)
+class Consistency(Wrapper):
+    """``base`` minus ``weight`` * KL(q(z|x) || q(z|t(x))) per point, q(z|t(x)) from
+    ``posterior`` (an encoder: ``posterior(t(x))``), t = ``transform``. Reconstruction and KL
+    terms are the base's, so the logged ELBO stays the ELBO."""
 
-    def regularised(model: LatentVariableModel, q: Distribution, x: Tensor) -> Terms:
-        terms = objective(model, q, x)
-        penalty = posterior_kl(q, posterior(transform(x)))
-        return Terms(terms.value - weight * penalty, terms.reconstruction, terms.kl)
+    posterior: nn.Module
+    transform: Callable[[Tensor], Tensor]
+    weight: float
 
-    return regularised
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ConfigError(f"the consistency weight must be non-negative, got {self.weight}")
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        q: Distribution,
+        x: Tensor,
+        *,
+        state: nn.Module | None = None,
+        batch_mean: BatchMean = local_mean,
+    ) -> Terms:
+        terms = self.base(model, q, x, state=state, batch_mean=batch_mean)
+        penalty = posterior_kl(q, self.posterior(self.transform(x)))
+        return terms._replace(value=terms.value - self.weight * penalty)

@@ -24,17 +24,21 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count, rsample_with_log_prob
+from avi.objectives.objective import Objective
 from avi.objectives.renyi import log_power_mean
 
-__all__ = ["check_order", "cubo", "cubo_terms"]
+__all__ = ["CUBO", "check_order", "cubo", "cubo_terms"]
 
 
 def check_order(n: float) -> None:
@@ -79,3 +83,35 @@ def cubo_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, n: flo
     surrogate = -upper + cancel + iwae
     value = surrogate - surrogate.detach() - upper.detach()
     return Terms(value, log_lik.mean(0), (log_q - log_prior).mean(0))
+
+
+@dataclass(frozen=True)
+class CUBO(Objective):
+    """The CHIVI training surrogate of order ``order`` = n > 1 with ``k`` samples per point
+    (:func:`cubo_terms`): value -CUBO_n,k, q minimising the upper bound, the model on IWAE_k.
+
+    Example:
+        >>> CUBO(order=2.0, k=5)
+        CUBO(order=2.0, k=5)
+    """
+
+    name: ClassVar[str] = "cubo"
+
+    order: float = 2.0
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_order(self.order)
+        check_count("k", self.k)
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        q: Distribution,
+        x: Tensor,
+        *,
+        state: nn.Module | None = None,
+        batch_mean: BatchMean = local_mean,
+    ) -> Terms:
+        return cubo_terms(model, q, x, n=self.order, k=self.k)

@@ -11,7 +11,8 @@ With z ~ q_phi(z|x), log w = log p_theta(x, z) - log q_phi(z|x):
   gradient path; d_phi ELBO = E[(log w - b) d_phi log q(z)] + E[d_phi log w], the last term
   -E[d_phi log q] = 0 in expectation. Any b that does not depend on z keeps it unbiased:
   ``baseline`` b = 0, a moving average of the learning signal (:class:`MovingAverageBaseline`),
-  or an input-dependent network b(x) trained to regress log w (NVIL, :class:`NVILBaseline`).
+  or an input-dependent network b(x) trained to regress log w (NVIL, :class:`NVILBaseline`),
+  state that the caller owns and updates.
 - ``vimco`` (Mnih and Rezende 2016): the k-sample IWAE bound L = log mean_i w_i with the score
   gradient sum_i (L - L_-i) d log q(z_i) + sum_i w~_i d log w_i, where L_-i replaces log w_i by
   the mean of the other k - 1 log-weights (a leave-one-out baseline per sample).
@@ -45,7 +46,6 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from avi.errors import ConfigError
 from avi.families.discrete import relaxed_sample
 from avi.models.base import LatentVariableModel
-from avi.objectives.batch import batch_mean
 from avi.objectives.bounds import Terms, check_count
 
 __all__ = [
@@ -63,10 +63,10 @@ __all__ = [
 class MovingAverageBaseline(nn.Module):
     """A scalar baseline b, the exponential moving average of the batch-mean learning signal.
 
-    State the caller owns (a buffer, saved with the module); ``update`` is called by
-    :func:`score_terms` after the current b has been used, so b never depends on the draws it
-    centres and the estimator stays unbiased. Under data parallelism the mean is over the
-    global batch (:func:`~avi.objectives.batch.batch_mean`): every rank keeps the single-process b.
+    State the caller owns (a buffer, saved with the module) and updates after each step
+    (:meth:`~avi.objectives.objective.Objective.update_state`), so b never depends on the draws
+    it centres and the estimator stays unbiased. The caller computes the mean (under data
+    parallelism over the global batch), so every rank keeps the single-process b.
     """
 
     value: Tensor
@@ -84,12 +84,13 @@ class MovingAverageBaseline(nn.Module):
         return b.to(x).expand(x.shape[0])
 
     @torch.no_grad()
-    def update(self, x: Tensor, signal: Tensor) -> None:
-        """Move b towards mean(signal); ``signal``: (S, B), this rank's shard in a process group.
-        The state follows the signal to its device (a baseline made on the CPU for GPU data)."""
-        if self.value.device != signal.device:
-            self.value = self.value.to(signal.device)
-        mean = batch_mean(signal.reshape(-1)).to(self.value.dtype)
+    def update(self, mean: Tensor) -> None:
+        """b <- decay * b + (1 - decay) * ``mean`` (b <- mean at the first update), ``mean`` the
+        batch mean of the signal. The state follows the mean to its device (a baseline made on
+        the CPU for GPU data)."""
+        if self.value.device != mean.device:
+            self.value = self.value.to(mean.device)
+        mean = mean.to(self.value.dtype)
         # torch.where, not a Python branch on the value: no host synchronisation per step on a GPU
         self.value.copy_(torch.where(self.value.isnan(), mean, self.decay * self.value + (1 - self.decay) * mean))
 
@@ -110,8 +111,9 @@ class NVILBaseline(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(-1) + self.centre(x)
 
-    def update(self, x: Tensor, signal: Tensor) -> None:
-        self.centre.update(x, signal)
+    def update(self, mean: Tensor) -> None:
+        """Move c towards ``mean``, the batch mean of the signal."""
+        self.centre.update(mean)
 
 
 def stop_gradient(q: Distribution) -> Distribution:
@@ -139,8 +141,9 @@ def score_terms(
     """The ELBO with the score-function gradient for q, S = ``num_samples`` draws, (B,) for x: (B, D).
 
     ``baseline``: None (plain REINFORCE), a :class:`MovingAverageBaseline` or an
-    :class:`NVILBaseline`; a module with ``forward(x) -> (B,)`` and ``update(x, signal)``. A
-    baseline with parameters is also regressed onto the signal through the surrogate.
+    :class:`NVILBaseline`; a module with ``forward(x) -> (B,)``, read and not updated here (the
+    returned ``signal`` is what its update takes). A baseline with parameters is also regressed
+    onto the signal through the surrogate.
     """
     check_count("num_samples", num_samples)
     with torch.no_grad():
@@ -155,8 +158,7 @@ def score_terms(
     if baseline is not None:
         regression = ((signal - b) ** 2).mean(0)
         surrogate = surrogate - (regression - regression.detach())
-        baseline.update(x, signal)
-    return Terms(surrogate, log_lik.mean(0), (log_q - log_prior).mean(0))
+    return Terms(surrogate, log_lik.mean(0), (log_q - log_prior).mean(0), signal)
 
 
 def vimco_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int) -> Terms:

@@ -17,16 +17,20 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count, log_weights
+from avi.objectives.objective import Objective
 
-__all__ = ["check_alpha", "log_power_mean", "renyi_bound", "renyi_terms"]
+__all__ = ["Renyi", "check_alpha", "log_power_mean", "renyi_bound", "renyi_terms"]
 
 
 def log_power_mean(log_w: Tensor, order: float, dim: int = 0) -> Tensor:
@@ -66,3 +70,34 @@ def renyi_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, alpha
 def renyi_bound(model: LatentVariableModel, q: Distribution, x: Tensor, *, alpha: float, k: int) -> Tensor:
     """The VR bound per data point, (B,); see :func:`renyi_terms`."""
     return renyi_terms(model, q, x, alpha=alpha, k=k).value
+
+
+@dataclass(frozen=True)
+class Renyi(Objective):
+    """The VR bound L_alpha,k of order ``alpha`` with ``k`` samples per point (:func:`renyi_terms`).
+
+    Example:
+        >>> Renyi(alpha=0.5, k=5)
+        Renyi(alpha=0.5, k=5)
+    """
+
+    name: ClassVar[str] = "renyi"
+
+    alpha: float = 0.5
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_alpha(self.alpha)
+        check_count("k", self.k)
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        q: Distribution,
+        x: Tensor,
+        *,
+        state: nn.Module | None = None,
+        batch_mean: BatchMean = local_mean,
+    ) -> Terms:
+        return renyi_terms(model, q, x, alpha=self.alpha, k=self.k)

@@ -26,15 +26,19 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from avi.models.base import LatentVariableModel
+from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count
+from avi.objectives.objective import Objective
 
-__all__ = ["rws_terms"]
+__all__ = ["RWS", "rws_terms"]
 
 
 def rws_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int) -> Terms:
@@ -53,3 +57,37 @@ def rws_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int)
     iwae = torch.logsumexp(log_w, 0) - math.log(k)
     wake_phi = (torch.softmax(log_w.detach(), 0) * log_q).sum(0)
     return Terms(iwae + wake_phi - wake_phi.detach(), log_lik.mean(0), (log_q - log_prior).mean(0))
+
+
+@dataclass(frozen=True)
+class RWS(Objective):
+    """Reweighted wake-sleep with ``k`` samples per point (:func:`rws_terms`): value the IWAE
+    bound, q trained on the inclusive KL; z is never differentiated, so any family trains.
+
+    Example:
+        >>> RWS(k=5).reparameterised
+        False
+    """
+
+    name: ClassVar[str] = "rws"
+
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_count("k", self.k)
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        q: Distribution,
+        x: Tensor,
+        *,
+        state: nn.Module | None = None,
+        batch_mean: BatchMean = local_mean,
+    ) -> Terms:
+        return rws_terms(model, q, x, k=self.k)
+
+    @property
+    def reparameterised(self) -> bool:
+        return False

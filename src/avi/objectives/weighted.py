@@ -1,5 +1,5 @@
 """The ELBO with a weighted, optionally clamped, KL term: the objective of the posterior-collapse
-remedies (beta-VAE, KL annealing, free bits).
+remedies (beta-VAE, KL annealing, free bits), as a wrapper of an :class:`~avi.objectives.elbo_objective.ELBO`.
 
     value(x) = E_q[log p(x|z)] - w * R(q),
     R(q) = KL(q || p(z))                          (no free bits)
@@ -12,15 +12,19 @@ ELBO is still ``reconstruction - kl``.
 
 from __future__ import annotations
 
-from torch import Tensor
+from dataclasses import dataclass
+
+from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
-from avi.objectives.batch import batch_mean
-from avi.objectives.bounds import Terms, analytic_kl_or_none, elbo_terms
+from avi.objectives.batch import BatchMean, local_mean
+from avi.objectives.bounds import Terms, analytic_kl_or_none
+from avi.objectives.elbo_objective import ELBO
+from avi.objectives.objective import Wrapper
 
-__all__ = ["factors", "free_bits_kl", "weighted_elbo_terms"]
+__all__ = ["WeightedKL", "factors", "free_bits_kl"]
 
 
 def factors(q: Distribution, prior: Distribution) -> tuple[Distribution, Distribution] | None:
@@ -31,14 +35,14 @@ def factors(q: Distribution, prior: Distribution) -> tuple[Distribution, Distrib
     return None
 
 
-def free_bits_kl(kl_dims: Tensor, free_bits: float) -> Tensor:
+def free_bits_kl(kl_dims: Tensor, free_bits: float, batch_mean: BatchMean = local_mean) -> Tensor:
     """Per-point terms (B,) whose batch mean is sum_k max(lambda, mean_b KL_bk) (Kingma et al. 2016).
 
     ``kl_dims``: KL per point and latent dimension, (B, K). A dimension whose KL averaged over
     the batch is below ``free_bits`` contributes the constant lambda (and no gradient); the others
     contribute their KL, so value and gradient are those of the batch-level clamp while the
-    objective stays per point. Under data parallelism the batch is the global one
-    (:func:`~avi.objectives.batch.batch_mean`).
+    objective stays per point. The batch is the one ``batch_mean`` averages over (under data
+    parallelism the caller passes the global batch's mean).
     """
     if free_bits < 0:
         raise ConfigError(f"free bits must be non-negative, got {free_bits}")
@@ -46,37 +50,60 @@ def free_bits_kl(kl_dims: Tensor, free_bits: float) -> Tensor:
     return kl_dims.where(above, kl_dims.new_tensor(free_bits)).sum(-1)
 
 
-def weighted_elbo_terms(
-    model: LatentVariableModel,
-    q: Distribution,
-    x: Tensor,
-    *,
-    weight: float = 1.0,
-    free_bits: float = 0.0,
-    num_samples: int = 1,
-    analytic_kl: bool = True,
-) -> Terms:
-    """``Terms(reconstruction - weight * R(q), reconstruction, KL)`` per point, (B,); see the module.
+@dataclass(frozen=True)
+class WeightedKL(Wrapper):
+    """``Terms(reconstruction - weight * R(q), reconstruction, KL)`` per point, (B,), of the
+    ELBO ``base`` (reparameterised: its samples and ``analytic_kl``); see the module.
 
-    Without free bits the terms are :func:`~avi.objectives.bounds.elbo_terms`'. With free bits
-    q and the prior must factorise over dimensions (a mean-field q): the KL per dimension is
-    exact where torch knows it (``analytic_kl``), else estimated from the same S samples as the
+    Without free bits the terms are ``base``'s, the KL reweighted. With free bits q and the
+    prior must factorise over dimensions (a mean-field q): the KL per dimension is exact where
+    torch knows it (``analytic_kl``), else estimated from the same S samples as the
     reconstruction, log q_k(z_k) - log p_k(z_k).
+
+    Example:
+        >>> WeightedKL(ELBO(), weight=0.5).base
+        ELBO(num_samples=1, analytic_kl=True, estimator='reparam', temperature=1.0, straight_through=False)
     """
-    if weight < 0:
-        raise ConfigError(f"the KL weight must be non-negative, got {weight}")
-    if free_bits < 0:
-        raise ConfigError(f"free bits must be non-negative, got {free_bits}")
-    if free_bits == 0:
-        terms = elbo_terms(model, q, x, num_samples=num_samples, analytic_kl=analytic_kl)
-        return Terms(terms.reconstruction - weight * terms.kl, terms.reconstruction, terms.kl)
-    prior = model.prior()
-    pair = factors(q, prior)
-    if pair is None:
-        raise ConfigError("free bits per dimension need a posterior that factorises over dimensions (mean-field)")
-    z = q.rsample((num_samples,))
-    reconstruction = model.likelihood(z).log_prob(x).mean(0)
-    kl_dims = analytic_kl_or_none(*pair) if analytic_kl else None
-    if kl_dims is None:
-        kl_dims = (pair[0].log_prob(z) - pair[1].log_prob(z)).mean(0)
-    return Terms(reconstruction - weight * free_bits_kl(kl_dims, free_bits), reconstruction, kl_dims.sum(-1))
+
+    weight: float = 1.0
+    free_bits: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, ELBO):
+            raise ConfigError(
+                f"beta, KL annealing and free bits weight the ELBO's KL term; objective {self.base.name!r} has none"
+            )
+        if self.base.estimator != "reparam":
+            raise ConfigError(
+                "beta, KL annealing and free bits weight the reparameterised ELBO; "
+                f"they do not combine with estimator {self.base.estimator!r}"
+            )
+        if not self.weight >= 0:
+            raise ConfigError(f"the KL weight must be non-negative, got {self.weight}")
+        if not self.free_bits >= 0:
+            raise ConfigError(f"free bits must be non-negative, got {self.free_bits}")
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        q: Distribution,
+        x: Tensor,
+        *,
+        state: nn.Module | None = None,
+        batch_mean: BatchMean = local_mean,
+    ) -> Terms:
+        if self.free_bits == 0:
+            terms = self.base(model, q, x, state=state, batch_mean=batch_mean)
+            return terms._replace(value=terms.reconstruction - self.weight * terms.kl)
+        assert isinstance(self.base, ELBO)  # checked in __post_init__
+        prior = model.prior()
+        pair = factors(q, prior)
+        if pair is None:
+            raise ConfigError("free bits per dimension need a posterior that factorises over dimensions (mean-field)")
+        z = q.rsample((self.base.num_samples,))
+        reconstruction = model.likelihood(z).log_prob(x).mean(0)
+        kl_dims = analytic_kl_or_none(*pair) if self.base.analytic_kl else None
+        if kl_dims is None:
+            kl_dims = (pair[0].log_prob(z) - pair[1].log_prob(z)).mean(0)
+        clamped = free_bits_kl(kl_dims, self.free_bits, batch_mean)
+        return Terms(reconstruction - self.weight * clamped, reconstruction, kl_dims.sum(-1))

@@ -20,20 +20,19 @@ from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPoster
 from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
 from avi.models.made import MADEModel
 from avi.nn import mlp
-from avi.objectives.consistency import consistency_regularised
-from avi.objectives.estimators import MovingAverageBaseline, NVILBaseline
-from avi.objectives.select import Objective, make_objective
+from avi.objectives.consistency import Consistency
+from avi.objectives.select import Objective
+from avi.objectives.weighted import WeightedKL
+from avi.runs.collapse import epoch_kl_weight, weights_kl
 from avi.runs.config import Config
 
 __all__ = [
-    "build_baseline",
     "build_family",
     "build_model",
     "build_objective",
     "build_posterior",
     "load_splits",
     "prepare_data",
-    "regularise",
 ]
 
 
@@ -93,42 +92,20 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
     return AmortizedPosterior(encoder, family)
 
 
-def build_baseline(config: Config, data_dim: int) -> nn.Module | None:
-    """The control variate's state that the run owns: a :class:`MovingAverageBaseline` for
-    ``score-baseline``, an :class:`NVILBaseline` network b(x) for ``nvil`` (its parameters go
-    into the run's optimiser), None for the other estimators."""
-    if config.objective.estimator == "score-baseline":
-        return MovingAverageBaseline()
-    if config.objective.estimator == "nvil":
-        return NVILBaseline(data_dim)
-    return None
-
-
-def build_objective(config: Config, posterior: nn.Module | None = None, baseline: nn.Module | None = None) -> Objective:
-    """The configured objective, with the run's ``baseline`` (:func:`build_baseline`); given the
-    run's ``posterior``, with its encoder penalties (:func:`regularise`)."""
-    o = config.objective
-    objective = make_objective(
-        o.name,
-        num_samples=o.num_samples,
-        k=o.k,
-        analytic_kl=o.analytic_kl,
-        alpha=o.alpha,
-        cubo_order=o.cubo_order,
-        estimator=o.estimator,
-        baseline=baseline,
-        temperature=o.temperature,
-        straight_through=o.straight_through,
-    )
-    return objective if posterior is None else regularise(config, objective, posterior)
-
-
-def regularise(config: Config, objective: Objective, posterior: nn.Module) -> Objective:
-    """``objective`` penalised as ``config.inference`` says for the encoder ``posterior``: by the
-    consistency KL where ``inference.consistency`` > 0 (:mod:`avi.objectives.consistency`)."""
+def build_objective(config: Config, posterior: nn.Module | None = None, *, epoch: int | None = None) -> Objective:
+    """The run's objective, assembled here and nowhere else: the configured value
+    (:meth:`~avi.runs.config.ObjectiveConfig.value`); for training epoch ``epoch`` (1-based),
+    its KL weighted as ``config.remedies`` say (:class:`~avi.objectives.weighted.WeightedKL`:
+    the schedule's weight of the epoch, free bits); given the run's encoder ``posterior``, minus
+    the consistency penalty where ``inference.consistency`` > 0
+    (:class:`~avi.objectives.consistency.Consistency`). The run's estimator state is
+    ``build_objective(config).init_state(data_dim)``."""
+    objective = config.objective.value()
+    if epoch is not None and weights_kl(config):
+        objective = WeightedKL(objective, weight=epoch_kl_weight(config, epoch), free_bits=config.remedies.free_bits)
     inf = config.inference
-    if inf.consistency > 0:
-        return consistency_regularised(objective, posterior, make_transform(inf.transform), inf.consistency)
+    if posterior is not None and inf.consistency > 0:
+        objective = Consistency(objective, posterior, make_transform(inf.transform), inf.consistency)
     return objective
 
 

@@ -5,7 +5,6 @@ aggressively, the diagnostics recorded per epoch, and their figure.
 from __future__ import annotations
 
 import csv
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,7 @@ from avi.errors import ConfigError
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.models.base import LatentVariableModel
 from avi.objectives.schedules import KLSchedule
-from avi.objectives.select import Objective
-from avi.objectives.weighted import weighted_elbo_terms
+from avi.objectives.weighted import WeightedKL
 from avi.seeding import seeded
 
 if TYPE_CHECKING:
@@ -31,10 +29,11 @@ __all__ = [
     "aggressive_next",
     "check_collapse_options",
     "diagnostics_row",
-    "epoch_objective",
+    "epoch_kl_weight",
     "kl_schedule",
     "mi_settings",
     "plot_collapse",
+    "weights_kl",
 ]
 
 #: points per batch of the mutual-information estimate (in expectation at most log 500 = 6.2 nats)
@@ -59,18 +58,17 @@ def kl_schedule(config: Config) -> KLSchedule:
     )
 
 
-def _weights_kl(config: Config) -> bool:
+def weights_kl(config: Config) -> bool:
+    """Whether a remedy weights or clamps the ELBO's KL term (beta, warm-up, cycles, free bits)."""
     r = config.remedies
     return r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0
 
 
 def check_collapse_options(config: Config) -> None:
     """Raise :class:`ConfigError` for remedies (or a MADE decoder) the rest of ``config`` rules out."""
-    kl_schedule(config)
-    if _weights_kl(config) and config.objective.name != "elbo":
-        raise ConfigError(
-            f"beta, KL annealing and free bits weight the ELBO's KL term; objective {config.objective.name!r} has none"
-        )
+    schedule = kl_schedule(config)
+    if weights_kl(config):  # the weighted ELBO checks that its base is the reparameterised ELBO
+        WeightedKL(config.objective.value(), weight=schedule.beta, free_bits=config.remedies.free_bits)
     if config.remedies.free_bits > 0 and config.inference.family != "mean-field":
         raise ConfigError(f"free bits per dimension need the mean-field family, not {config.inference.family!r}")
     if config.remedies.aggressive and config.inference.strategy == "per-datapoint":
@@ -80,22 +78,10 @@ def check_collapse_options(config: Config) -> None:
         raise ConfigError(f"the MADE decoder is for a VAE with a Bernoulli likelihood, not {m.name} / {m.likelihood}")
 
 
-def epoch_objective(config: Config, epoch: int, base: Objective) -> tuple[Objective, float]:
-    """The objective of epoch ``epoch`` (1-based) and its KL weight: ``base`` (the configured
-    objective, unchanged) when no remedy weights the KL, else the weighted ELBO of
-    :func:`~avi.objectives.weighted.weighted_elbo_terms` with the schedule's weight."""
-    if not _weights_kl(config):
-        return base, 1.0
-    weight = kl_schedule(config).epoch_weight(epoch)
-    o = config.objective
-    objective = partial(
-        weighted_elbo_terms,
-        weight=weight,
-        free_bits=config.remedies.free_bits,
-        num_samples=o.num_samples,
-        analytic_kl=o.analytic_kl,
-    )
-    return objective, weight
+def epoch_kl_weight(config: Config, epoch: int) -> float:
+    """The KL weight of epoch ``epoch`` (1-based): the schedule's where a remedy weights the KL
+    (:func:`weights_kl`), else 1."""
+    return kl_schedule(config).epoch_weight(epoch) if weights_kl(config) else 1.0
 
 
 def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
@@ -138,10 +124,7 @@ def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor,
 def plot_collapse(run_dir: Path) -> Path:
     """``collapse.png`` from the run's metrics: KL per latent dimension over epochs (heat map)
     above, active units, mutual information and the KL weight over epochs below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     with (run_dir / "metrics.csv").open() as f:
@@ -151,7 +134,8 @@ def plot_collapse(run_dir: Path) -> Path:
         raise ConfigError(f"{run_dir} has no collapse diagnostics in its metrics")
     epochs = [int(r["epoch"]) for r in rows]
     kl = torch.tensor([[float(r[k]) for r in rows] for k in dims])
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    fig = Figure(figsize=(7, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     image = top.imshow(
         kl.clamp_min(1e-3).log10().numpy(),
         aspect="auto",
@@ -178,5 +162,4 @@ def plot_collapse(run_dir: Path) -> Path:
     fig.tight_layout()
     path = run_dir / COLLAPSE_FIGURE
     save_figure(fig, path, 110)
-    plt.close(fig)
     return path

@@ -16,6 +16,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, model_validator
 
 from avi.errors import ConfigError
+from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
 
 __all__ = [
     "DISCRETE_MODELS",
@@ -121,27 +122,34 @@ class InferenceConfig(_Section):
 
 
 class ObjectiveConfig(_Section):
-    """The training bound: ``elbo`` with ``num_samples`` samples, or one with ``k`` samples per
-    point: ``iwae``; ``renyi``, the VR bound of order ``alpha`` (1 is the ELBO, 0 IWAE); ``cubo``,
-    where q minimises the chi upper bound of order ``cubo_order`` > 1 and the model follows the
-    IWAE gradient (the logged training objective is then -CUBO); ``rws``, reweighted wake-sleep
-    (the model on IWAE, q on the inclusive KL). See :func:`avi.objectives.make_objective`.
+    """The training bound, one of the objective values of :data:`avi.objectives.OBJECTIVES`
+    (their names and estimators are this section's choices, their fields its settings, and
+    :meth:`value` makes the value, which checks itself): ``elbo`` with ``num_samples`` samples,
+    or one with ``k`` samples per point: ``iwae``; ``renyi``, the VR bound of order ``alpha`` (1
+    is the ELBO, 0 IWAE); ``cubo``, where q minimises the chi upper bound of order ``cubo_order``
+    > 1 and the model follows the IWAE gradient (the logged training objective is then -CUBO);
+    ``rws``, reweighted wake-sleep (the model on IWAE, q on the inclusive KL).
 
     ``estimator`` chooses the gradient (default ``reparam``; for a model with discrete latents,
-    which no reparameterised estimator applies to, ``gumbel`` for elbo and ``vimco`` for iwae); ``gumbel`` relaxes the discrete
-    samples at ``temperature`` > 0, and with ``straight_through`` uses the hard samples in the
-    forward pass."""
+    which no reparameterised estimator applies to, ``gumbel`` for elbo and ``vimco`` for iwae);
+    ``gumbel`` relaxes the discrete samples at ``temperature`` > 0, and with ``straight_through``
+    uses the hard samples in the forward pass."""
 
-    name: Literal["elbo", "iwae", "renyi", "cubo", "rws"] = "elbo"
+    name: Literal[tuple(OBJECTIVES)] = "elbo"  # type: ignore[valid-type]
     num_samples: int = Field(1, ge=1)
     k: int = Field(5, ge=1)
     analytic_kl: bool = True
     alpha: float = Field(0.5, allow_inf_nan=False)
     cubo_order: float = Field(2.0, gt=1, allow_inf_nan=False)
-    #: the gradient estimator (:mod:`avi.objectives.estimators`); see :func:`avi.objectives.make_objective`
-    estimator: Literal["reparam", "score", "score-baseline", "nvil", "vimco", "stl", "dreg", "gumbel"] = "reparam"
+    #: the gradient estimator (:mod:`avi.objectives.estimators`), one of the objective's ``estimators``
+    estimator: Literal[ESTIMATORS] = "reparam"  # type: ignore[valid-type]
     temperature: float = Field(1.0, allow_inf_nan=False)
     straight_through: bool = False
+
+    def value(self) -> Objective:
+        """The objective value these settings make (CUBO's ``order`` is ``cubo_order``);
+        raises :class:`ConfigError` as the value does."""
+        return objective_named(self.name, **self.model_dump(exclude={"name"}), order=self.cubo_order)
 
 
 class TrainConfig(_Section):
@@ -269,23 +277,16 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_estimator(self) -> Config:
-        from avi.families.discrete import DISCRETE_FAMILIES, check_temperature
-        from avi.objectives.select import check_estimator
+        """The objective value checks itself when made; then its family: discrete or not, and
+        Gaussian for an estimator that cuts q's parameters from the graph (stl, dreg)."""
+        from avi.families.discrete import DISCRETE_FAMILIES
 
-        o = self.objective
-        check_estimator(o.name, o.estimator, discrete=self.inference.family in DISCRETE_FAMILIES)
-        if o.estimator in ("stl", "dreg") and self.inference.family not in ("mean-field", "full-rank"):
+        objective, family = self.objective.value(), self.inference.family
+        objective.check_family(discrete=family in DISCRETE_FAMILIES)
+        if objective.needs_gaussian and family not in ("mean-field", "full-rank"):
             raise ValueError(
-                f"the {o.estimator} estimator needs a Gaussian family (mean-field or full-rank), not {self.inference.family!r}"
-            )
-        if o.estimator == "gumbel":
-            check_temperature(o.temperature)
-        elif o.temperature != ObjectiveConfig.model_fields["temperature"].default or o.straight_through:
-            raise ValueError(f"temperature and straight_through belong to the gumbel estimator, not {o.estimator!r}")
-        r = self.remedies
-        if o.estimator != "reparam" and (r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0):
-            raise ValueError(
-                f"beta, KL annealing and free bits weight the reparameterised ELBO; they do not combine with estimator {o.estimator!r}"
+                f"the {self.objective.estimator} estimator needs a Gaussian family (mean-field or full-rank), "
+                f"not {family!r}"
             )
         return self
 
@@ -319,22 +320,29 @@ DISCRETE_MODELS = {"discrete-vae": "categorical", "sbn": "bernoulli"}
 
 #: Settings that apply only where another setting holds: (settings, the setting they depend on,
 #: whether they apply at its value, what they belong to, a hint), from their readers (runs/build.py,
-#: objectives/select.py, runs/train.py, runs/collapse.py, runs/tracking.py). Not here, as other
+#: the objective values' fields (:func:`avi.objectives.select.takes`), runs/train.py,
+#: runs/collapse.py, runs/tracking.py). Not here, as other
 #: commands read them: objective.cubo_order (``avi evaluate --cubo``, any objective) and
 #: inference.flow_transforms and flow_hidden (``avi gaps --family iaf|nsf``, any family).
 _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ...] = (
     (
         ("objective.k",),
         "objective.name",
-        lambda name: name != "elbo",
+        lambda name: takes(name, "k"),
         "iwae, renyi, cubo and rws (and the vimco/dreg estimators)",
         "use num_samples",
     ),
-    (("objective.num_samples",), "objective.name", lambda name: name == "elbo", "the elbo objective", "use k"),
+    (
+        ("objective.num_samples",),
+        "objective.name",
+        lambda name: takes(name, "num_samples"),
+        "the elbo objective",
+        "use k",
+    ),
     (
         ("objective.analytic_kl",),
         "objective.name",
-        lambda name: name == "elbo",
+        lambda name: takes(name, "analytic_kl"),
         "the elbo objective with the reparam estimator",
         "",
     ),
@@ -345,7 +353,7 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
         "the elbo objective with the reparam estimator",
         "",
     ),
-    (("objective.alpha",), "objective.name", lambda name: name == "renyi", "the renyi objective", ""),
+    (("objective.alpha",), "objective.name", lambda name: takes(name, "alpha"), "the renyi objective", ""),
     (
         ("inference.refine_steps", "inference.refine_lr", "inference.refine_backprop"),
         "inference.strategy",
