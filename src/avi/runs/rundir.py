@@ -39,9 +39,9 @@ from avi.runs.config import Config, resolve_config
 __all__ = [
     "CHECKPOINT",
     "CONFIG",
+    "LOCK",
     "METRICS",
     "SUMMARY",
-    "LOCK",
     "MetricsTable",
     "json_text",
     "read_checkpoint",
