@@ -30,11 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=False,
-    help="Amortized variational inference: fit and evaluate latent-variable models.",
-)
+app = typer.Typer(add_completion=False)
 console = Console(stderr=True)
 
 
@@ -151,7 +147,7 @@ def _fit_config(
     """The resolved config of a fresh run and its directory, or ``None`` and the run to resume,
     whose config only the resumable flags may touch."""
     from avi.runs.config import load_config
-    from avi.runs.train import default_run_dir
+    from avi.runs.load import default_run_dir
 
     if resume is not None:
         changed = ["config"] * (config is not None) + changed_on_resume(FIT_FLAGS, flags)
