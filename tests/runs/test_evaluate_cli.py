@@ -138,3 +138,31 @@ def test_models_without_the_fast_path_evaluate_in_fp32_with_a_message(run_avi, f
     result = run_avi("evaluate", str(run), "--k", "50", "--precision", "bf16")
     assert result.returncode == 0, result.stderr
     assert "ran fp32" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_user_posterior_is_evaluated_through_the_interface(fitted, monkeypatch) -> None:
+    """A Posterior subclass of the user's own: its q is the one scored, and whether it can give
+    consistency metrics is its ``amortized`` flag, not its class (refused before any sampling)."""
+    import dataclasses
+
+    from tests.runs.user_posterior import UserPosterior
+
+    run = fitted()
+    trained_elbo = run_evaluate(run, k=20)["elbo"]
+    trained = load_trained(run)
+    posterior = UserPosterior(12, 2)
+    monkeypatch.setattr(
+        evaluate_module, "load_trained", lambda run_dir, device: dataclasses.replace(trained, posterior=posterior)
+    )
+    result = run_evaluate(run, k=20)
+    assert posterior.calls > 0 and result["n"] == 60
+    # the untrained user encoder's q, not the run's, is scored: a different ELBO; IWAE-20 still
+    # sits above it up to Monte Carlo error
+    assert result["elbo"] != pytest.approx(trained_elbo, abs=1e-3)
+    assert result["log_likelihood"] >= result["elbo"] - 0.5
+
+    local = dataclasses.replace(trained, posterior=UserPosterior(12, 2, amortized=False))
+    monkeypatch.setattr(evaluate_module, "load_trained", lambda run_dir, device: local)
+    monkeypatch.setattr(evaluate_module, "infer_posterior", lambda *args: pytest.fail("inferred before refusing"))
+    with pytest.raises(ConfigError, match="not amortized"):
+        run_evaluate(run, k=20, consistency=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -108,3 +109,52 @@ def test_report_renders_in_headless_chromium_without_console_errors(run_avi, fin
     assert not console_errors, console_errors
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert len(np.unique(pixels)) > 20  # text, plots and images, not a blank page
+
+
+def test_a_model_that_cannot_draw_images_gets_notes_instead_of_figures(finished_run: Path, monkeypatch) -> None:
+    """Square (4 x 4) data, but the likelihood has no mean and the model no sample_data: the
+    page says why the image figures are missing, and the other figures are there."""
+    from avi.runs import report as report_module
+    from avi.runs.train import load_trained
+    from tests.runs.user_posterior import DrawlessModel
+
+    trained = load_trained(finished_run)
+    drawless = dataclasses.replace(trained, model=DrawlessModel(trained.model))
+    monkeypatch.setattr(report_module, "load_trained", lambda run_dir: drawless)
+    for name in ("reconstructions.png", "samples.png"):
+        (finished_run / name).unlink(missing_ok=True)
+    text = report_module.run_report(finished_run).read_text()
+    assert text.count("not drawn: the likelihood has no mean and the model no sample_data") == 2
+    assert not (finished_run / "reconstructions.png").exists() and not (finished_run / "samples.png").exists()
+    assert (finished_run / "latent.png").is_file() and (finished_run / "curves.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def flat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run on 12-dimensional data: not an image."""
+    from avi.runs.config import load_config
+    from avi.runs.train import run_fit
+    from tests.runs.conftest import small_job
+
+    root = tmp_path_factory.mktemp("flat")
+    (root / "job.toml").write_text(small_job(epochs=1, points=300))
+    return run_fit(load_config(root / "job.toml"), root / "run")
+
+
+def test_report_of_a_user_posterior_on_non_image_data(flat_run: Path, monkeypatch) -> None:
+    """A Posterior subclass of the user's own: its q gives the latent view; 12-dimensional data
+    has no image figures; the page names the model, strategy and family."""
+    from avi.runs import report as report_module
+    from avi.runs.train import load_trained
+    from tests.runs.user_posterior import UserPosterior
+
+    trained = load_trained(flat_run)
+    posterior = UserPosterior(12, 2)
+    user_run = dataclasses.replace(trained, posterior=posterior)
+    monkeypatch.setattr(report_module, "load_trained", lambda run_dir: user_run)
+    text = report_module.run_report(flat_run).read_text()
+    assert posterior.calls > 0
+    assert "model vae, amortized inference, mean-field family" in text
+    assert "Reconstructions" not in text and "Samples from the prior" not in text
+    assert not (flat_run / "reconstructions.png").exists() and (flat_run / "latent.png").is_file()
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 3  # curves, latent space, collapse
