@@ -32,10 +32,10 @@ TIMEOUT = 300
 SMALL = ("--epochs", "2", "--batch-size", "50", "--set", "train.threads=1")
 
 
-def avi(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def avi(*args: str, cwd: Path = ROOT, **env_vars: str) -> subprocess.CompletedProcess[str]:
     """``python -m avi ARGS`` in a fresh interpreter, from the repository root by default (as a
-    user runs the doc's commands; a module path imports from there)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    user runs the doc's commands; a module path imports from there), with ``env_vars`` set."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "avi", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
@@ -91,8 +91,10 @@ def test_fit_records_the_import_paths_and_resume_continues(runs: dict[str, Path]
 @pytest.mark.parametrize("which", ["file", "module"])
 def test_evaluate_scores_counts_with_a_probability_mass_function(runs: dict[str, Path], which: str, tmp_path) -> None:
     """log p(x) of counts is a log probability, below 0; the IWAE estimate bounds it more tightly
-    than the ELBO (up to Monte Carlo error). Run from another directory: the run finds its model."""
-    result = json.loads(ok(avi("evaluate", str(runs[which]), "--k", "50", "--json", cwd=tmp_path)).stdout)
+    than the ELBO (up to Monte Carlo error). Run from another directory: the run finds its model
+    by the file's absolute path, or by the module path on PYTHONPATH (as an installed package)."""
+    found = {"PYTHONPATH": str(ROOT)} if which == "module" else {}
+    result = json.loads(ok(avi("evaluate", str(runs[which]), "--k", "50", "--json", cwd=tmp_path, **found)).stdout)
     assert result["k"] == 50 and result["n"] == 30
     assert math.isfinite(result["elbo"]) and math.isfinite(result["log_likelihood"])
     assert result["log_likelihood"] < 0
