@@ -45,7 +45,8 @@ def _budget_batch(model: LatentVariableModel, chains: int, memory_budget: float,
     per_point = GRAD_ROWS * row_bytes(model, dtype) * chains
     if per_point > memory_budget * 2**20:
         raise ConfigError(
-            f"a memory budget of {memory_budget:g} MiB is below one point's {chains} AIS chains ({per_point / 2**20:.2f} MiB)"
+            f"a memory budget of {memory_budget:g} MiB is below one point's {chains} AIS chains "
+            f"({per_point / 2**20:.2f} MiB)"
         )
     return int(memory_budget * 2**20) // per_point
 
@@ -135,7 +136,7 @@ def ais_log_likelihood(
         z = q.sample((chains,))
         log_w = torch.zeros(z.shape[:-1], dtype=x.dtype, device=x.device)
         eps = torch.full((*z.shape[:-1], 1), step_size, dtype=x.dtype, device=x.device)
-        for t, (previous, beta) in enumerate(zip(betas[:-1], betas[1:])):
+        for t, (previous, beta) in enumerate(zip(betas[:-1], betas[1:], strict=True)):
             log_joint, log_q = _log_densities(model, q, xb, z)
             log_w += (beta - previous) * (log_joint - log_q)
             if t < steps - 1:  # the final target needs no transition: the weight is complete

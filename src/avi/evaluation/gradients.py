@@ -50,10 +50,10 @@ def gradient_moments(
     draws: list[list[Tensor]] = [[] for _ in names]
     for _ in range(num_draws):
         gs = torch.autograd.grad(objective(), tensors, allow_unused=True)
-        for i, (g, p) in enumerate(zip(gs, tensors)):
+        for i, (g, p) in enumerate(zip(gs, tensors, strict=True)):
             draws[i].append(torch.zeros_like(p) if g is None else g.detach())
     out = {}
-    for name, gs in zip(names, draws):
+    for name, gs in zip(names, draws, strict=True):
         stacked = torch.stack(gs)
         var = stacked.var(0)
         out[name] = GradientMoments(stacked.mean(0), var, float(var.sum()))

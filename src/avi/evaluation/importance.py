@@ -68,7 +68,7 @@ class NoiseStream:
         parts = []
         while count > 0:
             if self.used == SAMPLE_BLOCK:
-                for row, generator in zip(self.block, self.generators):
+                for row, generator in zip(self.block, self.generators, strict=True):
                     row.normal_(generator=generator)
                 self.used = 0
             take = min(count, SAMPLE_BLOCK - self.used)
