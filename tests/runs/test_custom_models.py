@@ -133,6 +133,23 @@ def test_compare_lists_both_runs(runs: dict[str, Path], tmp_path: Path) -> None:
     assert list(out.iterdir())
 
 
+def test_load_run_gives_the_users_model_back(runs: dict[str, Path]) -> None:
+    """The doc's Python section: ``avi.load_run`` rebuilds a module-path run with its weights."""
+    import avi
+    from tests.runs.custom_model_fixture import SmallPoissonVAE
+
+    run = avi.load_run(runs["module"])
+    assert isinstance(run.model.module, SmallPoissonVAE) and run.model.latent_dim == 3
+    assert [row["epoch"] for row in run.metrics] == [1, 2]
+    state = torch.load(runs["module"] / "checkpoint.pt", weights_only=False)
+    torch.testing.assert_close(run.model.module.decoder.weight, state["model"]["module.decoder.weight"])
+    x = run.splits.test.x[:5]
+    q = run.posterior(x)
+    z = q.sample((10,))
+    log_w = run.model.log_joint(x, z) - q.log_prob(z)
+    assert log_w.shape == (10, 5) and torch.isfinite(log_w).all()
+
+
 @pytest.mark.slow
 def test_torchrun_fits_a_module_path_model_on_two_processes(counts: Path, tmp_path: Path) -> None:
     """Each process imports the model by its module path (from the working directory); rank 0
