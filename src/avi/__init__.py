@@ -7,3 +7,8 @@ them (``avi.inference.fit``); ``avi.evaluation`` scores the result.
 """
 
 __version__ = "0.1.0"
+
+from avi.runs.load import LoadedRun, load_run
+from avi.runs.train import run_fit
+
+__all__ = ["LoadedRun", "__version__", "load_run", "run_fit"]

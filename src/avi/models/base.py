@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from avi.errors import DataError
+from avi.errors import ConfigError, DataError
 
-__all__ = ["LatentVariableModel"]
+__all__ = ["LatentVariableModel", "as_model"]
 
 
 class LatentVariableModel(nn.Module):
@@ -61,3 +61,42 @@ class LatentVariableModel(nn.Module):
                 f"{name} is not binary but the model has a Bernoulli likelihood "
                 "(binarise it: data.binarize = 'dynamic' or 'static')"
             )
+
+
+class _Adapted(LatentVariableModel):
+    """A module with ``prior()``, ``likelihood(z)``, ``data_dim`` and ``latent_dim`` (and, where it
+    has them, ``sample_data``, ``exact_log_marginal``, ``exact_posterior``) as a
+    :class:`LatentVariableModel`: ``log_joint``, ``sample`` and ``check_data`` come from the base."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.data_dim, self.latent_dim = int(module.data_dim), int(module.latent_dim)  # type: ignore[arg-type]
+        self.binary_data = bool(getattr(module, "binary_data", False))
+        for name in ("sample_data", "exact_log_marginal", "exact_posterior"):
+            if hasattr(module, name):
+                setattr(self, name, getattr(module, name))
+
+    def prior(self) -> Distribution:
+        return self.module.prior()  # type: ignore[operator]
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        return self.module.likelihood(z)  # type: ignore[operator]
+
+
+#: what a model must have: the two distributions and the two sizes
+REQUIRED = ("prior", "likelihood", "data_dim", "latent_dim")
+
+
+def as_model(module: nn.Module) -> LatentVariableModel:
+    """``module`` as a :class:`LatentVariableModel`: itself if it is one, else adapted (see
+    :class:`_Adapted`); a :class:`ConfigError` naming what it lacks otherwise."""
+    if isinstance(module, LatentVariableModel):
+        return module
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if not isinstance(module, nn.Module) or missing:
+        what = "is not a torch.nn.Module" if not isinstance(module, nn.Module) else f"has no {', '.join(missing)}"
+        raise ConfigError(
+            f"model {type(module).__name__} {what}; a model needs prior(), likelihood(z), data_dim and latent_dim"
+        )
+    return _Adapted(module)

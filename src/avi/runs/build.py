@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -11,13 +14,15 @@ from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
 from avi.data.transforms import check_images, make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
-from avi.errors import DataError
+from avi.errors import ConfigError, DataError
 from avi.families import Family, make_family
 from avi.families.discrete import BernoulliFamily, CategoricalFamily
 from avi.families.flow import FLOW_KINDS, FlowFamily
+from avi.families.posterior import Posterior
 from avi.inference.local import LocalPosterior
 from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPosterior
 from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
+from avi.models.base import as_model
 from avi.models.made import MADEModel
 from avi.nn import mlp
 from avi.objectives.consistency import Consistency
@@ -25,6 +30,7 @@ from avi.objectives.select import Objective
 from avi.objectives.weighted import WeightedKL
 from avi.runs.collapse import epoch_kl_weight, weights_kl
 from avi.runs.config import Config
+from avi.runs.imports import import_object
 
 __all__ = [
     "build_family",
@@ -39,6 +45,8 @@ __all__ = [
 def build_model(config: Config, data_dim: int) -> LatentVariableModel:
     """The model named in ``config.model`` over data of dimension ``data_dim``."""
     m = config.model
+    if m.custom:
+        return _user_model(config, data_dim)
     if m.name == "vae" and m.decoder == "made":
         return MADEModel(data_dim, m.latent_dim, m.hidden, m.activation)
     if m.name == "vae":
@@ -48,6 +56,35 @@ def build_model(config: Config, data_dim: int) -> LatentVariableModel:
     if m.name == "sbn":
         return SigmoidBeliefNet(data_dim, m.latent_dim, m.hidden, m.activation)
     return LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")
+
+
+def _user_model(config: Config, data_dim: int) -> LatentVariableModel:
+    """``Class(**model.args)`` of the import path ``model.name``, given ``data_dim`` and
+    ``latent_dim`` where its constructor takes them and the args leave them out."""
+    m = config.model
+    model = as_model(call_user(m.name, m.args, {"data_dim": data_dim, "latent_dim": m.latent_dim}, "model.args"))
+    if model.data_dim != data_dim:
+        raise DataError(f"the data have dimension {data_dim} but model {m.name} has data_dim {model.data_dim}")
+    m.latent_dim = model.latent_dim  # the model's own size sizes the family (and is recorded)
+    return model
+
+
+def call_user(path: str, args: dict[str, Any], defaults: dict[str, Any], where: str) -> Any:
+    """Call the object at import ``path`` with ``args``, adding each of ``defaults`` that its
+    signature names and ``args`` lacks; a failure is one line naming ``where`` the args came from."""
+    factory = import_object(path)
+    if not callable(factory):
+        raise ConfigError(f"{path} is not a class or function")
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    kwargs = {k: v for k, v in defaults.items() if k in accepted and k not in args} | args
+    try:
+        return factory(**kwargs)
+    except Exception as err:  # the user's constructor: any error, in one line
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot build {path} with {where} {args}: {type(err).__name__}: {message}") from None
 
 
 def build_family(config: Config) -> Family:
@@ -62,25 +99,25 @@ def build_family(config: Config) -> Family:
     return make_family(inf.family, config.model.latent_dim)
 
 
-def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> nn.Module:
-    """The strategy's posterior: an encoder (MLP, mirrored decoder sizes by default), a
-    per-datapoint table, an encoder with refinement, or an iterative update network. An encoder
-    is weight-normalised and/or denoising where ``inference.weight_norm`` / ``denoise`` say; one
-    with ``inference.consistency`` needs 28x28 images (checked here, before any training)."""
+def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> Posterior:
+    """The strategy's posterior: an encoder (MLP, mirrored decoder sizes by default, or the
+    user's ``inference.encoder``), a per-datapoint table, an encoder with refinement, or an
+    iterative update network. An encoder is weight-normalised and/or denoising where
+    ``inference.weight_norm`` / ``denoise`` say; one with ``inference.consistency`` needs 28x28
+    images (checked here, before any training)."""
     inf = config.inference
     family = build_family(config)
     if inf.strategy == "per-datapoint":
         return LocalPosterior(n_train, family)
-    hidden = inf.encoder_hidden
-    if hidden is None:
-        hidden = list(reversed(config.model.hidden)) if config.model.name not in ("ppca", "factor-analysis") else []
-    activation = config.model.activation
     if inf.strategy == "iterative":
-        update = mlp([2 * family.param_size, *hidden, 2 * family.param_size], activation)
+        hidden = _encoder_hidden(config)
+        update = mlp([2 * family.param_size, *hidden, 2 * family.param_size], config.model.activation)
         return IterativePosterior(update, family, model, iterations=inf.iterations)
     if inf.consistency > 0:
         check_images((n_train, model.data_dim))
-    encoder = mlp_encoder(model.data_dim, hidden, family.param_size, activation)
+    encoder = _encoder(config, model.data_dim, family.param_size)
+    if isinstance(encoder, Posterior):  # the user's own posterior, used as it is
+        return encoder
     if inf.weight_norm:
         weight_normalize(encoder)
     if inf.denoise > 0:
@@ -90,6 +127,27 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
             encoder, family, model, steps=inf.refine_steps, lr=inf.refine_lr, backprop=inf.refine_backprop
         )
     return AmortizedPosterior(encoder, family)
+
+
+def _encoder_hidden(config: Config) -> list[int]:
+    """``inference.encoder_hidden``, else the decoder's widths mirrored (none for linear models)."""
+    if config.inference.encoder_hidden is not None:
+        return list(config.inference.encoder_hidden)
+    return [] if config.model.name in ("ppca", "factor-analysis") else list(reversed(config.model.hidden))
+
+
+def _encoder(config: Config, data_dim: int, param_size: int) -> nn.Module:
+    """x (B, D) -> lambda (B, P): the user's ``inference.encoder`` factory called as
+    ``factory(data_dim, param_size, **encoder_args)``, else an MLP."""
+    inf = config.inference
+    if inf.encoder is None:
+        return mlp_encoder(data_dim, _encoder_hidden(config), param_size, config.model.activation)
+    encoder = call_user(
+        inf.encoder, inf.encoder_args, {"data_dim": data_dim, "param_size": param_size}, "inference.encoder_args"
+    )
+    if not isinstance(encoder, nn.Module):
+        raise ConfigError(f"encoder factory {inf.encoder} returned {type(encoder).__name__}, not a torch.nn.Module")
+    return encoder
 
 
 def build_objective(config: Config, posterior: nn.Module | None = None, *, epoch: int | None = None) -> Objective:

@@ -13,10 +13,20 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from avi.errors import ConfigError
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
+from avi.runs.imports import is_import_path, normalise_import_path
 
 __all__ = [
     "DISCRETE_MODELS",
@@ -39,9 +49,14 @@ class ModelConfig(_Section):
     discrete latents (Bernoulli likelihood, :mod:`avi.models.discrete`): ``discrete-vae``,
     ``latent_dim`` categorical variables of ``num_classes`` classes each under a uniform prior,
     or ``sbn``, a sigmoid belief net of ``latent_dim`` binary units (``hidden = []``: one layer).
-    ``hidden`` (like the other layer sizes of a config) is a list of positive widths."""
+    ``hidden`` (like the other layer sizes of a config) is a list of positive widths.
 
-    name: Literal["vae", "ppca", "factor-analysis", "discrete-vae", "sbn"] = "vae"
+    Or a user's own model by import path, ``path/to/file.py:Class`` or ``package.module:Class``
+    (docs/custom-models.md): built as ``Class(**args)``, with ``data_dim`` (the data's) and
+    ``latent_dim`` added where the constructor takes them and ``args`` does not set them.
+    """
+
+    name: str = "vae"
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
     hidden: list[PositiveInt] = Field(default_factory=lambda: [400])
@@ -51,6 +66,25 @@ class ModelConfig(_Section):
     decoder: Literal["mlp", "made"] = "mlp"
     #: classes C of each categorical latent of the discrete-vae
     num_classes: int = Field(10, ge=2)
+    #: constructor arguments of a user's model (``[model.args]``)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_or_import_path(cls, name: str) -> str:
+        if is_import_path(name):
+            return normalise_import_path(name)
+        if name not in BUILTIN_MODELS:
+            raise ValueError(
+                f"unknown model {name!r}; choose from {list(BUILTIN_MODELS)} or give your own as "
+                "'path/to/file.py:Class' or 'package.module:Class'"
+            )
+        return name
+
+    @property
+    def custom(self) -> bool:
+        """Whether the model is a user's, named by import path."""
+        return is_import_path(self.name)
 
 
 class DataConfig(_Section):
@@ -105,6 +139,11 @@ class InferenceConfig(_Section):
     strategy: StrategyName = "amortized"
     family: FamilyName = "mean-field"
     encoder_hidden: list[PositiveInt] | None = None
+    #: a user's encoder by import path (``file.py:factory`` or ``package.module:factory``), called
+    #: as ``factory(data_dim, param_size, **encoder_args)``: a module x (B, D) -> lambda (B, P),
+    #: or a :class:`~avi.families.posterior.Posterior` used as it is
+    encoder: str | None = None
+    encoder_args: dict[str, Any] = Field(default_factory=dict)
     local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
     infer_block: int = Field(1000, ge=1)
@@ -173,6 +212,8 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    #: stop after this many epochs without a better validation ELBO, keeping the best as best.pt
+    early_stop: int | None = Field(None, ge=1)
 
 
 class RemediesConfig(_Section):
@@ -232,7 +273,7 @@ class Config(_Section):
         bernoulli = self.model.name in ("vae", *DISCRETE_MODELS) and self.model.likelihood == "bernoulli"
         if self.data.binarize is None:
             self.data.binarize = "dynamic" if bernoulli else "none"
-        elif self.data.binarize != "none" and not bernoulli:
+        elif self.data.binarize != "none" and not bernoulli and not self.model.custom:
             raise ValueError(f"data.binarize={self.data.binarize!r} needs a Bernoulli likelihood; use 'none'")
         return self
 
@@ -317,6 +358,8 @@ class Config(_Section):
 
 #: models with discrete latents, and the variational family each takes
 DISCRETE_MODELS = {"discrete-vae": "categorical", "sbn": "bernoulli"}
+#: the models avi builds by name; any other model is named by import path
+BUILTIN_MODELS = ("vae", "ppca", "factor-analysis", *DISCRETE_MODELS)
 
 #: Settings that apply only where another setting holds: (settings, the setting they depend on,
 #: whether they apply at its value, what they belong to, a hint), from their readers (runs/build.py,
@@ -385,6 +428,12 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
         "",
     ),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
+    (("model.args",), "model.name", is_import_path, "a user's model (model.name = 'file.py:Class')", ""),
+    (("model.hidden", "model.activation", "model.likelihood", "model.decoder"), "model.name",
+     lambda name: not is_import_path(name), "the built-in models", "give a user's model its settings in [model.args]"),
+    (("inference.encoder_args",), "inference.encoder", lambda e: e is not None, "a user's encoder (inference.encoder)", ""),
+    (("inference.encoder",), "inference.strategy", lambda s: s in ("amortized", "semi-amortized"),
+     "an encoder of x (the amortized and semi-amortized strategies)", ""),
     (
         ("remedies.kl_warmup_start", "remedies.kl_start_weight"),
         "remedies.kl_warmup",

@@ -18,8 +18,8 @@ from avi.families.posterior import Posterior
 from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
 from avi.runs.config import FAMILY_NAMES
+from avi.runs.load import TrainedRun, load_trained
 from avi.runs.rundir import write_json
-from avi.runs.train import TrainedRun, load_trained
 
 __all__ = ["plot_gaps", "run_gaps"]
 

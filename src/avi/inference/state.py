@@ -1,0 +1,113 @@
+"""The training state: everything a step reads and writes, and everything a checkpoint holds.
+
+In the shape of ``numpyro.infer.svi.SVIState`` and BlackJAX's ``init``/``step`` states: the loop
+(:mod:`avi.inference.loop`) takes a state and returns it advanced; nothing it needs lives
+elsewhere, so saving the state and loading it continues the run exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from avi.errors import RunError
+from avi.families.posterior import Posterior
+from avi.models.base import LatentVariableModel
+
+__all__ = ["TrainState", "make_optimizers"]
+
+
+def make_optimizers(
+    model: nn.Module,
+    posterior: Posterior,
+    *,
+    lr: float = 1e-3,
+    local_lr: float = 0.1,
+    train_model: bool = True,
+    eps: float = 1e-8,
+    estimator: nn.Module | None = None,
+) -> list[Optimizer]:
+    """Adam for the model, the posterior's dense parameters and a learned control variate
+    (``estimator``, NVIL's network: its own Adam, fused kernels where the device has them), and
+    SparseAdam for the posterior's per-point table (:meth:`Posterior.param_groups`), so that a
+    step touches only the rows of the batch."""
+    groups = posterior.param_groups()
+    dense = [p for g in groups if not g.table for p in g.params]
+    if train_model:
+        dense += list(model.parameters())
+    optimizers: list[Optimizer] = []
+    if dense:
+        optimizers.append(torch.optim.Adam(dense, lr=lr, eps=eps, fused=True))
+    tables = [p for g in groups if g.table for p in g.params]
+    if tables:
+        optimizers.append(torch.optim.SparseAdam(tables, lr=local_lr))
+    learned = [] if estimator is None else list(estimator.parameters())
+    if learned:
+        optimizers.append(torch.optim.Adam(learned, lr=lr, eps=eps))
+    return optimizers
+
+
+@dataclass
+class TrainState:
+    """A fit in progress: the model, the posterior, their optimisers, the objective's estimator
+    state (a score-function baseline, or None), the generator that orders batches and draws the
+    binarisation, and the count of finished epochs and optimiser steps."""
+
+    model: LatentVariableModel
+    posterior: Posterior
+    optimizers: list[Optimizer]
+    generator: torch.Generator
+    estimator: nn.Module | None = None
+    epoch: int = 0
+    step: int = 0
+
+    @property
+    def dense_optimizers(self) -> list[Optimizer]:
+        """The optimisers a learning-rate schedule drives: all but a per-point table's."""
+        return [opt for opt in self.optimizers if not isinstance(opt, torch.optim.SparseAdam)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only (a checkpoint loads with ``weights_only=True``)."""
+        return {
+            "model": self.model.state_dict(),
+            "posterior": self.posterior.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "generator": self.generator.get_state(),
+            "baseline": None if self.estimator is None else self.estimator.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Restore from :meth:`state_dict` (or a checkpoint of an earlier avi); a checkpoint that
+        does not fit this state's modules is one :class:`RunError` line naming ``where``."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.posterior.load_state_dict(state["posterior"])
+            saved = state["optimizers"]
+            if len(saved) != len(self.optimizers):
+                raise ValueError(f"it has {len(saved)} optimiser states, the run {len(self.optimizers)}")
+            for opt, opt_state in zip(self.optimizers, saved, strict=True):
+                opt.load_state_dict(opt_state)
+            if self.estimator is not None and state.get("baseline") is not None:  # older runs saved none
+                self.estimator.load_state_dict(state["baseline"])
+            self.generator.set_state(_byte_tensor(state["generator"]))
+            self.epoch = int(state["epoch"])
+            self.step = int(state.get("step", 0))
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise RunError(f"{where} does not match its config: {_first_line(err)}") from None
+
+
+def _byte_tensor(value: Any) -> Tensor:
+    if not isinstance(value, Tensor) or value.dtype != torch.uint8:
+        raise TypeError("its generator state is not a byte tensor")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,206 @@
+"""The hooks of a run (:class:`avi.inference.loop.Hook`): what ``avi fit`` does around the loop.
+
+In the order a run calls them: the learning rate of the epoch, validation and the collapse
+diagnostics (their columns in the epoch's record), early stopping on the validation bound
+(keeping the best checkpoint), the run directory's files (metrics.csv, checkpoint.pt,
+summary.json, trackers), and the caller's progress and per-epoch callbacks. A Python user
+passes their own hooks to :func:`avi.runs.train.run_fit` (custom metrics, logging, stopping).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from avi.evaluation.bounds import elbo_per_point
+from avi.families.posterior import PointInference
+from avi.inference.loop import Hook, StepInfo
+from avi.inference.state import TrainState
+from avi.precision import full_precision
+from avi.runs import distributed
+from avi.runs.collapse import diagnostics_row
+from avi.runs.config import TrainConfig, learning_rate
+from avi.runs.load import TrainedRun
+from avi.runs.rundir import BEST, CHECKPOINT, METRICS, SUMMARY, MetricsTable, write_checkpoint, write_json
+
+__all__ = [
+    "DIAGNOSTIC_POINTS",
+    "Callback",
+    "EarlyStopping",
+    "LearningRate",
+    "Progress",
+    "RunFiles",
+    "Validation",
+    "checkpoint_of",
+]
+
+#: points of the per-epoch collapse diagnostics: the mutual-information estimate compares every
+#: pair in a batch, which for an inverse autoregressive flow costs a pass per latent dimension
+DIAGNOSTIC_POINTS = 1000
+
+
+@dataclass
+class LearningRate(Hook):
+    """Sets each epoch's learning rate of the dense optimisers from ``train.lr_schedule``
+    (a per-point table keeps its own ``local_lr``)."""
+
+    train: TrainConfig
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        for opt in state.dense_optimizers:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(self.train, state.epoch + 1)
+
+
+@dataclass
+class Validation(Hook):
+    """Adds ``val_elbo``, ``val_reconstruction``, ``val_kl`` (each process scoring its shard of
+    the validation points, the sums all-reduced) and, on the main process, the collapse
+    diagnostics, all in fp32. A posterior with per-point parameters first refines those of the
+    validation points (``inference.validation_steps`` steps, warm-started from the last epoch's:
+    ``params``, checkpointed with the run)."""
+
+    run: TrainedRun
+    params: Tensor | None = None
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        with full_precision(self.run.model, self.run.posterior):
+            record.update(self._validate())
+            if distributed.is_main():  # rank 0 writes them
+                record.update(self._diagnostics())
+        return False
+
+    def _validate(self) -> dict[str, float]:
+        data, run = self.run.splits.validation, self.run
+        n = len(data)
+        if n == 0:
+            return {"val_elbo": math.nan, "val_reconstruction": math.nan, "val_kl": math.nan}
+        rows = distributed.shard(n)
+        x = data.x[rows.start : rows.stop].to(run.device)
+        posterior = run.posterior
+        how = PointInference(
+            steps=run.config.inference.validation_steps,
+            lr=run.config.inference.local_lr,
+            initial=None if self.params is None else self.params[rows.start : rows.stop],
+        )
+        mine = posterior.infer_params(run.model, x, how)
+        if mine is not None:
+            self.params = distributed.gather_shards(mine, n)
+            posterior = posterior.for_params(mine)
+        sums = torch.zeros(3, device=run.device)
+        if len(rows):
+            sums += torch.stack(elbo_per_point(run.model, posterior, x)).sum(dim=1)
+        value, reconstruction, kl = (distributed.all_reduce_sum(sums) / n).tolist()
+        return {"val_elbo": value, "val_reconstruction": reconstruction, "val_kl": kl}
+
+    def _diagnostics(self) -> dict[str, Any]:
+        """On the first 1,000 validation points (on the first 1,000 training points, with a
+        fixed binarisation, when there is no validation split)."""
+        run, data, posterior = self.run, self.run.splits.validation, self.run.posterior
+        if len(data) == 0:
+            data = run.splits.train.subset(slice(0, DIAGNOSTIC_POINTS)).binarized(run.config.data.seed + 2)
+        elif self.params is not None:
+            posterior = posterior.for_params(self.params)
+        x = data.x[:DIAGNOSTIC_POINTS].to(run.device)
+        return diagnostics_row(run.model, posterior, x, seed=run.config.train.seed)
+
+
+def checkpoint_of(state: TrainState, rows: list[dict[str, Any]], validation: Validation) -> dict[str, Any]:
+    """What checkpoint.pt holds: the training state, the metrics so far, the validation
+    points' parameters and the global random states (tensors and plain values only)."""
+    device = validation.run.device
+    return {
+        **state.state_dict(),
+        "metrics": rows,
+        "validation_params": validation.params,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+@dataclass
+class EarlyStopping(Hook):
+    """Stops when the validation bound has not improved for ``patience`` epochs, and keeps the
+    best epoch's checkpoint as ``best.pt`` (main process); ``best`` and ``best_epoch`` say where."""
+
+    patience: int
+    run_dir: Path
+    validation: Validation
+    rows: list[dict[str, Any]]
+    best: float = -math.inf
+    best_epoch: int = 0
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        value = record.get("val_elbo", math.nan)
+        if math.isfinite(value) and value > self.best:
+            self.best, self.best_epoch = value, state.epoch
+            if distributed.is_main():
+                write_checkpoint(self.run_dir / BEST, checkpoint_of(state, [*self.rows, record], self.validation))
+        return state.epoch - self.best_epoch >= self.patience
+
+
+@dataclass
+class RunFiles(Hook):
+    """The run directory, written by the main process after every epoch: the record as a row of
+    metrics.csv, checkpoint.pt (atomically: a kill loses at most the epoch in progress),
+    summary.json ("running"), and the trackers' mirrors. ``rows`` are the run's rows so far (a
+    resumed run's included); ``wall_before``, the training seconds before this call."""
+
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    validation: Validation
+    epochs: int
+    trackers: list[Any] = field(default_factory=list)
+    wall_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.metrics = MetricsTable(self.run_dir / METRICS)
+        if self.rows and distributed.is_main():  # a kill between checkpoint and table left it a row short
+            self.metrics.write(self.rows)
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        record["wall_seconds"] = self.wall_before + time.perf_counter() - self.started
+        self.rows.append(dict(record))
+        if distributed.is_main():
+            write_checkpoint(self.run_dir / CHECKPOINT, checkpoint_of(state, self.rows, self.validation))
+            self.metrics.write(self.rows)
+            write_json(self.run_dir / SUMMARY, {"status": "running", "epochs_done": state.epoch, "epochs": self.epochs})
+            for tracker in self.trackers:
+                tracker.log(self.rows[-1])
+        return False
+
+    def on_end(self, state: TrainState) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+
+
+@dataclass
+class Progress(Hook):
+    """Calls ``update(epoch, examples_done, examples_total, running_sums)`` after every step, on
+    the main process (the sums stay on the device: read them sparingly)."""
+
+    update: Callable[[int, int, int, Tensor], None]
+
+    def on_step(self, state: TrainState, info: StepInfo) -> None:
+        if distributed.is_main():
+            self.update(info.epoch, info.examples, info.total, info.sums)
+
+
+@dataclass
+class Callback(Hook):
+    """Calls ``on_epoch(record)`` with each finished epoch's record, on the main process."""
+
+    on_epoch_done: Callable[[dict[str, Any]], None]
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        if distributed.is_main():
+            self.on_epoch_done(record)
+        return False
