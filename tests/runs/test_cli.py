@@ -48,7 +48,9 @@ def test_fit_writes_run_directory_and_evaluate_reports_json(run_avi, small_confi
 
 def test_per_datapoint_strategy_fits_and_evaluates(run_avi, small_config, tmp_path: Path) -> None:
     run = tmp_path / "local"
-    fitted = run_avi("fit", str(small_config(2)), "--strategy", "per-datapoint", "--family", "full-rank", "--out", str(run))
+    fitted = run_avi(
+        "fit", str(small_config(2)), "--strategy", "per-datapoint", "--family", "full-rank", "--out", str(run)
+    )
     assert fitted.returncode == 0, fitted.stderr
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["posterior"]["table"].shape == (486, 2 + 3)  # 600 - 60 test - 54 validation points
