@@ -13,7 +13,7 @@ from avi.errors import ConfigError
 from avi.precision import bf16_supported
 from avi.runs import evaluate as evaluate_module
 from avi.runs.evaluate import run_evaluate
-from avi.runs.train import load_trained
+from avi.runs.load import load_trained
 from tests.runs.test_distributed import run_ranks
 
 

@@ -115,7 +115,7 @@ def test_a_model_that_cannot_draw_images_gets_notes_instead_of_figures(finished_
     """Square (4 x 4) data, but the likelihood has no mean and the model no sample_data: the
     page says why the image figures are missing, and the other figures are there."""
     from avi.runs import report as report_module
-    from avi.runs.train import load_trained
+    from avi.runs.load import load_trained
     from tests.runs.user_posterior import DrawlessModel
 
     trained = load_trained(finished_run)
@@ -145,7 +145,7 @@ def test_report_of_a_user_posterior_on_non_image_data(flat_run: Path, monkeypatc
     """A Posterior subclass of the user's own: its q gives the latent view; 12-dimensional data
     has no image figures; the page names the model, strategy and family."""
     from avi.runs import report as report_module
-    from avi.runs.train import load_trained
+    from avi.runs.load import load_trained
     from tests.runs.user_posterior import UserPosterior
 
     trained = load_trained(flat_run)

@@ -12,7 +12,8 @@ encoder's output and run to convergence with the model fixed.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from avi.errors import ConfigError
 from avi.evaluation.ais import ais_log_likelihood
 from avi.evaluation.bounds import elbo_per_point, log_likelihood
+from avi.families import Family
 from avi.families.posterior import Posterior
 from avi.inference.local import LocalPosterior
 from avi.inference.refine import refine_params
@@ -58,7 +60,7 @@ def check_decomposable(posterior: nn.Module, x: Tensor) -> None:
             f"the gap decomposition needs an amortized posterior (an encoder) with params(x) and a family, "
             f"not {type(posterior).__name__}"
         )
-    family = posterior.family
+    family = cast(Family, posterior.family)
     with torch.no_grad():
         reparameterised = family(family.initial_params(1).to(x)).has_rsample
     if not reparameterised:
@@ -96,11 +98,9 @@ def gap_decomposition(
     (:func:`log_likelihood`, :func:`ais_log_likelihood`).
     """
     check_decomposable(posterior, x)
-    family = posterior.family
+    family, params = cast(Family, posterior.family), cast(Callable[[Tensor], Tensor], posterior.params)
     with torch.no_grad(), eval_mode(posterior):
-        initial = torch.cat(
-            [posterior.params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)]
-        )
+        initial = torch.cat([params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
     refined = refine_params(
         model, family, x, initial, steps=steps, lr=lr,
         objective=ELBO(num_samples=refine_samples), batch_size=batch_size,
@@ -119,9 +119,10 @@ def _log_marginal(
 ) -> tuple[Tensor, str]:
     """log p(x) per point and how: ``exact`` where the model has ``exact_log_marginal``, else AIS
     from q* (``ais_steps`` > 0, k chains) or the IWAE bound with k samples from q*."""
-    if hasattr(model, "exact_log_marginal"):
+    exact = getattr(model, "exact_log_marginal", None)
+    if exact is not None:
         with torch.no_grad():
-            return model.exact_log_marginal(x), "exact"
+            return exact(x), "exact"
     if ais_steps > 0:
         return ais_log_likelihood(
             model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget

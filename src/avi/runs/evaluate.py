@@ -40,6 +40,7 @@ from avi.runs.collapse import mi_settings
 from avi.runs.hooks import DIAGNOSTIC_POINTS
 from avi.runs.load import TrainedRun, available_device, infer_posterior, load_trained, resolve_device
 from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
+from avi.seeding import seeded
 
 __all__ = ["run_evaluate"]
 
@@ -60,21 +61,20 @@ def run_evaluate(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split (or the file ``data``): mean ELBO, reconstruction, KL
-    and IWAE-k estimate of log p(x) per point in nats, and the collapse diagnostics (a posterior
-    that is not amortized is first inferred with the model fixed: ``infer_posterior``).
+    and IWAE-k log p(x) in nats, and the collapse diagnostics (their draws seeded by
+    ``train.seed``); a posterior that is not amortized is first inferred (``infer_posterior``).
 
-    With ``cubo`` the result also holds ``cubo``, the chi upper bound CUBO_n (n =
-    ``objective.cubo_order``, default 2) estimated with the same k and its standard error: with
-    the ELBO it sandwiches log p(x), ELBO <= log p(x) <= CUBO (the k-sample CUBO estimate is
-    biased low, so the upper side holds only for k large enough for q; Dieng et al. 2017).
+    With ``cubo`` it also holds ``cubo``, the chi upper bound CUBO_n (n = ``objective.cubo_order``)
+    with the same k, and its standard error: ELBO <= log p(x) <= CUBO (the k-sample CUBO is
+    biased low, so the upper side needs k large enough for q; Dieng et al. 2017).
 
-    With ``consistency`` (an encoder and 28x28 images) the result also holds the representation
-    metrics of Sinha and Dieng (2021): ``consistency_kl_translate`` and ``consistency_kl_rotate``,
-    the mean KL(q(z|x) || q(z|t(x))) for a random transform t, and ``probe_accuracy``, the test
-    accuracy of a linear classifier on posterior means (None without labels).
+    With ``consistency`` (an amortized posterior, 28x28 images) it also holds the metrics of
+    Sinha and Dieng (2021): ``consistency_kl_translate``/``_rotate``, the mean KL(q(z|x) ||
+    q(z|t(x))) for a random transform t, and ``probe_accuracy`` of a linear classifier on
+    posterior means (None without labels).
 
-    On ``device`` (cpu, cuda or auto; default the run's) in ``precision``, chunks fitting
-    ``memory_budget`` MiB (see the module); ``on_batch(done, total)``: sampling progress.
+    Runs on ``device`` (cpu, cuda, auto; default the run's) in ``precision`` within ``memory_budget``
+    MiB (see the module); ``on_batch(done, total)`` reports sampling progress.
     """
     _check_options(precision, k)
     run = load_trained(require_run(run_dir), _device(run_dir, device))
@@ -88,7 +88,8 @@ def run_evaluate(
     started = time.perf_counter()
     posterior = infer_posterior(run, x)
     inference_seconds = time.perf_counter() - started
-    result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x)}
+    with seeded(run.config.train.seed, x.device):
+        result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x)}
     sampling_started = time.perf_counter()
     ll, upper = _importance_sampled(run, posterior, x, sampling, cubo, _progress(on_batch, len(shard) * (1 + cubo)))
     result.update(

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from avi.atomic import atomic_write_bytes, save_figure
 from avi.errors import RunError
+from avi.models.base import LatentVariableModel
 from avi.runs.config import Config
+from avi.runs.load import infer_posterior, load_trained
 from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, json_text, read_json, require_run
-from avi.runs.train import infer_posterior, load_trained
 
 __all__ = ["FIGURES", "run_report"]
 
@@ -74,7 +75,7 @@ def _grid(images: Tensor, side: int, path: Path, title: str, rows: int) -> None:
 
 
 @torch.no_grad()
-def _mean_image(model: nn.Module, z: Tensor) -> Tensor | None:
+def _mean_image(model: LatentVariableModel, z: Tensor) -> Tensor | None:
     """E[x | z] (Bernoulli probabilities, Gaussian means), or one draw x ~ p(x | z) where the
     mean has no closed form (an autoregressive decoder); None where the model has neither."""
     try:
@@ -89,7 +90,7 @@ def _mean_image(model: nn.Module, z: Tensor) -> Tensor | None:
 
 
 @torch.no_grad()
-def _prior_draws(model: nn.Module, n: int) -> Tensor | None:
+def _prior_draws(model: LatentVariableModel, n: int) -> Tensor | None:
     """n draws z ~ p(z), or None where the prior cannot be sampled."""
     try:
         return model.prior().sample((n,))
@@ -201,7 +202,7 @@ def _finished_run(run_dir: str | Path) -> Path:
     return run_dir
 
 
-def _image_sections(model: nn.Module, x: Tensor, means: Tensor, run_dir: Path) -> list[Section]:
+def _image_sections(model: LatentVariableModel, x: Tensor, means: Tensor, run_dir: Path) -> list[Section]:
     """Reconstructions of the first 16 test images and E[x | z] for 32 draws from the prior,
     where the data are square images; a note in place of a figure the model cannot draw."""
     side = _image_side(x.shape[1])
