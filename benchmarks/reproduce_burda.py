@@ -112,14 +112,15 @@ def train(run_dir: Path, config, *, deadline: float, max_epochs: int) -> None:
     rebuilds the run from its checkpoint, about 2 s): the first of one epoch, each next sized
     from the measured time per epoch to end at the deadline (at most 100 epochs)."""
     chunk = 1
+    torch.set_num_threads(config.train.threads)  # --threads holds for a resumed run too
     while time.monotonic() < deadline:
         done = epochs_done(run_dir)
         if done >= max_epochs:
             return
         target = min(done + chunk, max_epochs)
         started = time.monotonic()
-        if (run_dir / CHECKPOINT).exists():  # --threads holds for a resumed run too
-            run_fit(run_dir=run_dir, resume=True, epochs=target, threads=config.train.threads, compile=config.train.compile)
+        if (run_dir / CHECKPOINT).exists():
+            run_fit(run_dir=run_dir, resume=True, epochs=target, compile=config.train.compile)
         else:
             run_fit(config, run_dir, epochs=target)
         per_epoch = (time.monotonic() - started) / (target - done)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -148,18 +149,28 @@ def _fit_config(
     whose config only the resumable flags may touch."""
     from avi.runs.config import load_config
     from avi.runs.load import default_run_dir
+    from avi.runs.rundir import read_config, require_run
 
     if resume is not None:
         changed = ["config"] * (config is not None) + changed_on_resume(FIT_FLAGS, flags)
         changed += ["--out"] * (out is not None) + ["--set"] * bool(settings)
         if changed:
-            allowed = " and ".join(flag.option for flag in FIT_FLAGS if flag.resumable)
+            allowed = [flag.option for flag in FIT_FLAGS if flag.resumable]
+            allowed = ", ".join(allowed[:-1]) + " and " + allowed[-1]
             raise ConfigError(
                 f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only {allowed})"
             )
+        _set_threads(flags["threads"] or read_config(require_run(resume)).train.threads)
         return None, resume
     resolved = load_config(config, merge(overrides(FIT_FLAGS, flags), parse_set(settings)))
+    _set_threads(resolved.train.threads)
     return resolved, out if out is not None else default_run_dir(resolved)
+
+
+def _set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for this process (``train.threads``; unset: torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 class _TrainingProgress:
@@ -450,6 +461,8 @@ def report(
 def main() -> None:
     """Entry point of the ``avi`` script: a usage error (an unknown flag, ``--lr abc``) is one line
     with exit code 2, like every other bad input."""
+    from avi.runs.distributed import shutdown
+
     command = typer.main.get_command(app)
     try:
         code = command.main(prog_name="avi", standalone_mode=False)
@@ -459,6 +472,8 @@ def main() -> None:
     except typer.Abort:
         console.print("aborted", highlight=False)
         code = 1
+    finally:
+        shutdown()  # under torchrun: leave the process group (a barrier first), here at the edge
     sys.exit(code or 0)
 
 

@@ -93,6 +93,7 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "train.epochs", int, "Passes over the training data (with --resume: in all, extending the run).", resumable=True
     ),
     Flag("train.batch_size", int, "Minibatch size."),
+    Flag("train.threads", int, "Intra-op threads of this process (with --resume: for this call).", resumable=True),
     Flag("train.lr", float, "Adam learning rate."),
     Flag("train.seed", int, "Random seed."),
     Flag("data.subset", int, "Train on the first N training points only."),

@@ -47,7 +47,7 @@ def mlp(sizes: Sequence[int], activation: str = "relu") -> MLP:
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ConfigError(f"network sizes must be at least two positive integers, got {list(sizes)}")
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())

@@ -87,10 +87,9 @@ def main(strategy: str, out: str) -> None:
     objective = free_bits_objective if strategy == "free-bits" else mean_field_objective
     optimizers = make_optimizers(model, posterior, lr=0.05, local_lr=0.1)
     generator = torch.Generator().manual_seed(2)
-    step = None
+    step = data_parallel(model, posterior) if distributed.world_size() > 1 else None
     if strategy == "compiled":
-        step = data_parallel(model, posterior) if distributed.world_size() > 1 else ShardStep(model, posterior)
-        step = compile_step(step, Dataset(x))
+        step = compile_step(step or ShardStep(model, posterior), Dataset(x))
     state = TrainState(model, posterior, optimizers, generator)
     replicas = Replicas(distributed.rank(), distributed.world_size(), step)
     stats = [train_epoch(state, Dataset(x), objective, batch_size=BATCH, replicas=replicas) for _ in range(2)]

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from avi.cli import app
 from avi.runs.config import load_config
 from avi.runs.train import run_fit
 
@@ -153,7 +155,7 @@ def test_resume_refuses_to_change_the_configuration(run_avi, small_config, tmp_p
     result = run_avi("fit", "--resume", str(run), "--batch-size", "7")
     assert result.returncode == 2 and "--batch-size" in result.stderr
     with_config = run_avi("fit", str(small_config(1)), "--resume", str(run))  # the config is an argument
-    assert with_config.returncode == 2 and "cannot change config (only --epochs and --compile)" in with_config.stderr
+    assert with_config.returncode == 2 and "cannot change config (only --epochs, --compile and --threads)" in with_config.stderr
     again = run_avi("fit", str(small_config(1)), "--out", str(run))
     assert again.returncode == 2 and "already holds a run" in again.stderr
     fewer = run_avi("fit", "--resume", str(run), "--epochs", "0")
@@ -175,11 +177,18 @@ def test_resume_repairs_a_metrics_table_behind_its_checkpoint(small_config, tmp_
 
 
 def test_threads_override_the_config_for_one_call(small_config, tmp_path: Path, monkeypatch) -> None:
-    """``run_fit(threads=N)`` sets N intra-op threads for that call (a run resumed on another
-    machine) instead of the config's ``train.threads`` (1 here), which holds otherwise."""
+    """``avi fit --resume RUN --threads N`` sets N intra-op threads for that call (a run resumed on
+    another machine) instead of the config's ``train.threads`` (1 here), which holds otherwise;
+    the command line sets them, the library does not."""
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    run = run_fit(load_config(small_config(1)), tmp_path / "run")
-    run_fit(run_dir=run, resume=True, epochs=2, threads=2)
-    run_fit(run_dir=run, resume=True, epochs=3)
+    run = str(tmp_path / "run")
+    runner = CliRunner()
+    for args in (
+        [str(small_config(1)), "--out", run],
+        ["--resume", run, "--epochs", "2", "--threads", "2"],
+        ["--resume", run, "--epochs", "3"],
+    ):
+        result = runner.invoke(app, ["fit", *args])
+        assert result.exit_code == 0, result.output
     assert calls == [1, 2, 1]

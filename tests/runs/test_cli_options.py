@@ -136,7 +136,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(run_avi) -> None:
 
 def test_resume_names_each_flag_it_cannot_change(run_avi, tmp_path: Path) -> None:
     line = _one_line(run_avi("fit", "--resume", str(tmp_path), "--lr", "0.1", "--weight-norm", "--set", "a.b=1"))
-    assert line.endswith("cannot change --weight-norm, --lr, --set (only --epochs and --compile)")
+    assert line.endswith("cannot change --weight-norm, --lr, --set (only --epochs, --compile and --threads)")
 
 
 def test_version_and_bare_avi(run_avi) -> None:

@@ -58,7 +58,7 @@ def test_python_run_has_the_cli_layout_and_runs_hooks(tmp_path: Path, run_avi) -
     assert hook.epochs == [1, 2, 3] and hook.steps == 3 * math.ceil(len(loaded.splits.train) / 50)
     rows = loaded.metrics
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert "my_metric" not in rows[0]  # a hook after the run's own sees the finished row
+    assert [r["my_metric"] for r in rows] == [2.0, 4.0, 6.0]  # a hook's column lands in metrics.csv
 
 
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:

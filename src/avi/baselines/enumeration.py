@@ -49,7 +49,7 @@ class CategoricalTable(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         return self.probs.log()[tuple(value.long().unbind(-1))]
 
-    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         shape = torch.Size(sample_shape)
         flat = torch.multinomial(self.probs.reshape(-1), max(shape.numel(), 1), replacement=True)
         codes = torch.stack(torch.unravel_index(flat, self.cardinalities), -1)
@@ -71,8 +71,9 @@ class CategoricalTable(Distribution):
 
     @property
     def variance(self) -> Tensor:
-        codes = [torch.arange(p.numel(), dtype=p.dtype) for p in self.marginals().values()]
-        return torch.stack([(p * c**2).sum() for p, c in zip(self.marginals().values(), codes)]) - self.mean**2
+        marginals = list(self.marginals().values())
+        second = [(p * torch.arange(p.numel(), dtype=p.dtype) ** 2).sum() for p in marginals]
+        return torch.stack(second) - self.mean**2
 
 
 def enumerate_posterior(
@@ -88,7 +89,8 @@ def enumerate_posterior(
         raise AviError(f"enumeration needs at least one variable with at least one state, got {list(cardinalities)}")
     if size > MAX_CONFIGURATIONS:
         raise AviError(
-            f"enumeration over {size:,} configurations is too large (limit {MAX_CONFIGURATIONS:,}); use variable elimination or MCMC"
+            f"enumeration over {size:,} configurations is too large (limit {MAX_CONFIGURATIONS:,}); "
+            "use variable elimination or MCMC"
         )
     grids = torch.meshgrid(*[torch.arange(c) for c in cardinalities], indexing="ij")
     z = torch.stack([g.reshape(-1) for g in grids], -1)

@@ -355,7 +355,7 @@ def nuts(
         )
         run = MCMC(
             kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"u": initial[c]},
-            disable_progbar=True, hook_fn=lambda *_: stamps.append(time.perf_counter()),
+            disable_progbar=True, hook_fn=lambda *_, stamps=stamps: stamps.append(time.perf_counter()),
         )  # fmt: skip
         with forked_rng(generator):
             start = time.perf_counter()

@@ -111,7 +111,7 @@ def shard_batches(
     if batch_size % world_size:
         raise ConfigError(f"batch size {batch_size} is not divisible by the world size {world_size}")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start, size in zip(range(0, n, batch_size), batch_sizes(n, batch_size, world_size)):
+    for start, size in zip(range(0, n, batch_size), batch_sizes(n, batch_size, world_size), strict=True):
         batch = order[start : start + size] if start + size <= n else order[torch.arange(start, start + size) % n]
         yield batch[rank::world_size]
 

@@ -53,5 +53,5 @@ def load_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         x, y = split
         return np.round(x * 256).astype(np.uint8), y.astype(np.int64)
 
-    x_train, y_train = (np.concatenate(parts) for parts in zip(to_bytes(train), to_bytes(valid)))
+    x_train, y_train = (np.concatenate(parts) for parts in zip(to_bytes(train), to_bytes(valid), strict=True))
     return {"train": (x_train, y_train), "test": to_bytes(test)}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from avi.data.dataset import Dataset, shard_batches
-from avi.inference.fit import EpochStats
+from avi.inference.loop import EpochStats
 from avi.models.base import LatentVariableModel
 from avi.objectives.batch import local_mean
 from avi.objectives.select import Objective
@@ -98,22 +98,16 @@ def aggressive_epoch(
     sample = generator if device.type == "cpu" else None
     sums = torch.zeros(3, device=device)
     examples = encoder_steps = 0
+
+    def encoder_step(x: Tensor, index: Tensor) -> Tensor:
+        return _step(model, posterior, x, index, optimizers, objective, encoder_params, baseline)
+
     for index in shard_batches(len(data), batch_size, generator):
         index = index.to(device)
         x = data.batch(index, sample)
-        enc_index, enc_x = index, x
-        window, previous = torch.zeros((), device=device), math.inf
-        for step in range(1, max_encoder_steps):
-            terms = _step(model, posterior, enc_x, enc_index, optimizers, objective, encoder_params, baseline)
-            window += -terms[0].mean()
-            encoder_steps += 1
-            if step % check_every == 0:
-                current = window.item() / check_every  # one host read per window
-                if current > previous:
-                    break
-                window, previous = torch.zeros((), device=device), current
-            enc_index = torch.randperm(len(data), generator=generator)[:batch_size].to(device)
-            enc_x = data.batch(enc_index, sample)
+        encoder_steps += _train_encoder(
+            encoder_step, data, x, index, generator, batch_size, max_encoder_steps, check_every
+        )
         terms = _step(model, posterior, x, index, optimizers, objective, decoder_params, baseline)
         sums += terms.sum(1)
         examples += index.numel()
@@ -122,3 +116,32 @@ def aggressive_epoch(
     value, reconstruction, kl = (sums / max(examples, 1)).tolist()
     stats = EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, examples)
     return AggressiveStats(stats, encoder_steps)
+
+
+def _train_encoder(
+    step: Callable[[Tensor, Tensor], Tensor],
+    data: Dataset,
+    x: Tensor,
+    index: Tensor,
+    generator: torch.Generator,
+    batch_size: int,
+    max_steps: int,
+    check_every: int,
+) -> int:
+    """Encoder steps, the first on (x, index), the others on random batches, until the mean loss
+    of the last ``check_every`` steps is above that of the ``check_every`` before, or
+    ``max_steps - 1`` steps are done; returns how many were taken."""
+    device, sample = x.device, generator if x.device.type == "cpu" else None
+    window, previous = torch.zeros((), device=device), math.inf
+    taken = 0
+    for n in range(1, max_steps):
+        window += -step(x, index)[0].mean()
+        taken += 1
+        if n % check_every == 0:
+            current = window.item() / check_every  # one host read per window
+            if current > previous:
+                break
+            window, previous = torch.zeros((), device=device), current
+        index = torch.randperm(len(data), generator=generator)[:batch_size].to(device)
+        x = data.batch(index, sample)
+    return taken

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from avi.data.dataset import Dataset, batch_sizes, shard_batches
-from avi.errors import RunError
+from avi.errors import ConfigError, RunError
 from avi.inference.parallel import global_mean, sync_table_grad
 from avi.inference.state import TrainState
 from avi.objectives.batch import local_mean
@@ -96,6 +96,10 @@ class Replicas:
     rank: int = 0
     world_size: int = 1
     step: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.world_size > 1 and self.step is None:
+            raise ConfigError("data-parallel training needs its step: pass step=data_parallel(model, posterior, state)")
 
     @property
     def parallel(self) -> bool:

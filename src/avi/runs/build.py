@@ -28,8 +28,7 @@ from avi.nn import mlp
 from avi.objectives.consistency import Consistency
 from avi.objectives.select import Objective
 from avi.objectives.weighted import WeightedKL
-from avi.runs.collapse import epoch_kl_weight, weights_kl
-from avi.runs.config import Config
+from avi.runs.config import Config, epoch_kl_weight, weights_kl
 from avi.runs.imports import import_object
 
 __all__ = [
@@ -216,7 +215,8 @@ def load_splits(config: Config) -> Splits:
         if test_index.numel() == 0:  # avi evaluate scores the test split: fail here, not after training
             raise DataError(
                 f"{x_all.shape[0]} data points are too few for test_fraction {d.test_fraction} (validation_fraction "
-                f"{d.validation_fraction}): the test split would be empty; use more points or a larger data.test_fraction"
+                f"{d.validation_fraction}): the test split would be empty; "
+                "use more points or a larger data.test_fraction"
             )
         x_test, y_test = x_all[test_index], None if labels is None else labels[test_index]
         x_all, labels = x_all[keep], None if labels is None else labels[keep]

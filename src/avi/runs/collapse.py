@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -14,26 +14,19 @@ from torch import Tensor, nn
 from avi.atomic import save_figure
 from avi.errors import ConfigError
 from avi.evaluation.collapse import collapse_diagnostics
+from avi.families.flow import FlowFamily
 from avi.models.base import LatentVariableModel
-from avi.objectives.schedules import KLSchedule
-from avi.objectives.weighted import WeightedKL
+from avi.runs.config import Config
 from avi.seeding import seeded
-
-if TYPE_CHECKING:
-    from avi.runs.config import Config
 
 __all__ = [
     "COLLAPSE_FIGURE",
     "FLOW_MI_BATCH_SIZE",
     "MI_BATCH_SIZE",
     "aggressive_next",
-    "check_collapse_options",
     "diagnostics_row",
-    "epoch_kl_weight",
-    "kl_schedule",
     "mi_settings",
     "plot_collapse",
-    "weights_kl",
 ]
 
 #: points per batch of the mutual-information estimate (in expectation at most log 500 = 6.2 nats)
@@ -42,46 +35,6 @@ MI_BATCH_SIZE = 500
 #: at another point's sample costs a pass per latent dimension (an NSF's 2 x 500^2 took minutes)
 FLOW_MI_BATCH_SIZE = 100
 COLLAPSE_FIGURE = "collapse.png"
-
-
-def kl_schedule(config: Config) -> KLSchedule:
-    """The KL weight schedule of ``config.remedies`` over the run's ``train.epochs``."""
-    r = config.remedies
-    return KLSchedule(
-        beta=r.beta,
-        warmup_start=r.kl_warmup_start,
-        warmup_end=r.kl_warmup,
-        start_weight=r.kl_start_weight,
-        cycles=r.kl_cycles,
-        cycle_ratio=r.kl_cycle_ratio,
-        epochs=config.train.epochs,
-    )
-
-
-def weights_kl(config: Config) -> bool:
-    """Whether a remedy weights or clamps the ELBO's KL term (beta, warm-up, cycles, free bits)."""
-    r = config.remedies
-    return r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0
-
-
-def check_collapse_options(config: Config) -> None:
-    """Raise :class:`ConfigError` for remedies (or a MADE decoder) the rest of ``config`` rules out."""
-    schedule = kl_schedule(config)
-    if weights_kl(config):  # the weighted ELBO checks that its base is the reparameterised ELBO
-        WeightedKL(config.objective.value(), weight=schedule.beta, free_bits=config.remedies.free_bits)
-    if config.remedies.free_bits > 0 and config.inference.family != "mean-field":
-        raise ConfigError(f"free bits per dimension need the mean-field family, not {config.inference.family!r}")
-    if config.remedies.aggressive and config.inference.strategy == "per-datapoint":
-        raise ConfigError("aggressive training needs an inference network; the per-datapoint strategy has none")
-    m = config.model
-    if m.decoder == "made" and (m.name != "vae" or m.likelihood != "bernoulli"):
-        raise ConfigError(f"the MADE decoder is for a VAE with a Bernoulli likelihood, not {m.name} / {m.likelihood}")
-
-
-def epoch_kl_weight(config: Config, epoch: int) -> float:
-    """The KL weight of epoch ``epoch`` (1-based): the schedule's where a remedy weights the KL
-    (:func:`weights_kl`), else 1."""
-    return kl_schedule(config).epoch_weight(epoch) if weights_kl(config) else 1.0
 
 
 def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
@@ -101,8 +54,6 @@ def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
 def mi_settings(posterior: nn.Module) -> dict[str, int]:
     """The mutual-information batch of :func:`collapse_diagnostics` for ``posterior``: batches of
     :data:`MI_BATCH_SIZE`, or one batch of :data:`FLOW_MI_BATCH_SIZE` for a flow family."""
-    from avi.families.flow import FlowFamily
-
     if isinstance(getattr(posterior, "family", None), FlowFamily):
         return {"batch_size": FLOW_MI_BATCH_SIZE, "mi_points": FLOW_MI_BATCH_SIZE}
     return {"batch_size": MI_BATCH_SIZE}

@@ -25,18 +25,25 @@ from pydantic import (
 )
 
 from avi.errors import ConfigError
+from avi.families.discrete import DISCRETE_FAMILIES
+from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
+from avi.objectives.weighted import WeightedKL
 from avi.runs.imports import is_import_path, normalise_import_path
 
 __all__ = [
+    "Config",
     "DISCRETE_MODELS",
     "FAMILY_NAMES",
     "PRESETS",
     "STRATEGY_NAMES",
-    "Config",
+    "check_collapse_options",
+    "epoch_kl_weight",
+    "kl_schedule",
     "learning_rate",
     "load_config",
     "resolve_config",
+    "weights_kl",
 ]
 
 
@@ -144,6 +151,13 @@ class InferenceConfig(_Section):
     #: or a :class:`~avi.families.posterior.Posterior` used as it is
     encoder: str | None = None
     encoder_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("encoder")
+    @classmethod
+    def _import_path(cls, encoder: str | None) -> str | None:
+        if encoder is not None and not is_import_path(encoder):
+            raise ValueError(f"encoder {encoder!r} must be 'path/to/file.py:factory' or 'package.module:factory'")
+        return None if encoder is None else normalise_import_path(encoder)
     local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
     infer_block: int = Field(1000, ge=1)
@@ -297,7 +311,8 @@ class Config(_Section):
         if family is None:
             if inf.family in DISCRETE_MODELS.values():
                 raise ValueError(
-                    f"family {inf.family!r} is for a model with discrete latents (discrete-vae: categorical, sbn: bernoulli)"
+                    f"family {inf.family!r} is for a model with discrete latents "
+                    "(discrete-vae: categorical, sbn: bernoulli)"
                 )
             return self
         if "family" not in inf.model_fields_set:
@@ -320,8 +335,6 @@ class Config(_Section):
     def _check_estimator(self) -> Config:
         """The objective value checks itself when made; then its family: discrete or not, and
         Gaussian for an estimator that cuts q's parameters from the graph (stl, dreg)."""
-        from avi.families.discrete import DISCRETE_FAMILIES
-
         objective, family = self.objective.value(), self.inference.family
         objective.check_family(discrete=family in DISCRETE_FAMILIES)
         if objective.needs_gaussian and family not in ("mean-field", "full-rank"):
@@ -333,8 +346,6 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_collapse(self) -> Config:
-        from avi.runs.collapse import check_collapse_options
-
         check_collapse_options(self)
         return self
 
@@ -431,7 +442,8 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
     (("model.args",), "model.name", is_import_path, "a user's model (model.name = 'file.py:Class')", ""),
     (("model.hidden", "model.activation", "model.likelihood", "model.decoder"), "model.name",
      lambda name: not is_import_path(name), "the built-in models", "give a user's model its settings in [model.args]"),
-    (("inference.encoder_args",), "inference.encoder", lambda e: e is not None, "a user's encoder (inference.encoder)", ""),
+    (("inference.encoder_args",), "inference.encoder", lambda e: e is not None,
+     "a user's encoder (inference.encoder)", ""),
     (("inference.encoder",), "inference.strategy", lambda s: s in ("amortized", "semi-amortized"),
      "an encoder of x (the amortized and semi-amortized strategies)", ""),
     (
@@ -444,6 +456,46 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
     (("remedies.kl_cycle_ratio",), "remedies.kl_cycles", lambda n: n > 0, "cyclical KL annealing (kl_cycles > 0)", ""),
     (("tracking.mlflow_uri",), "tracking.mlflow", lambda on: on, "MLflow tracking (mlflow = true)", ""),
 )
+
+
+def kl_schedule(config: Config) -> KLSchedule:
+    """The KL weight schedule of ``config.remedies`` over the run's ``train.epochs``."""
+    r = config.remedies
+    return KLSchedule(
+        beta=r.beta,
+        warmup_start=r.kl_warmup_start,
+        warmup_end=r.kl_warmup,
+        start_weight=r.kl_start_weight,
+        cycles=r.kl_cycles,
+        cycle_ratio=r.kl_cycle_ratio,
+        epochs=config.train.epochs,
+    )
+
+
+def weights_kl(config: Config) -> bool:
+    """Whether a remedy weights or clamps the ELBO's KL term (beta, warm-up, cycles, free bits)."""
+    r = config.remedies
+    return r.beta != 1 or r.kl_warmup > 0 or r.kl_cycles > 0 or r.free_bits > 0
+
+
+def check_collapse_options(config: Config) -> None:
+    """Raise :class:`ConfigError` for remedies (or a MADE decoder) the rest of ``config`` rules out."""
+    schedule = kl_schedule(config)
+    if weights_kl(config):  # the weighted ELBO checks that its base is the reparameterised ELBO
+        WeightedKL(config.objective.value(), weight=schedule.beta, free_bits=config.remedies.free_bits)
+    if config.remedies.free_bits > 0 and config.inference.family != "mean-field":
+        raise ConfigError(f"free bits per dimension need the mean-field family, not {config.inference.family!r}")
+    if config.remedies.aggressive and config.inference.strategy == "per-datapoint":
+        raise ConfigError("aggressive training needs an inference network; the per-datapoint strategy has none")
+    m = config.model
+    if m.decoder == "made" and (m.name != "vae" or m.likelihood != "bernoulli"):
+        raise ConfigError(f"the MADE decoder is for a VAE with a Bernoulli likelihood, not {m.name} / {m.likelihood}")
+
+
+def epoch_kl_weight(config: Config, epoch: int) -> float:
+    """The KL weight of epoch ``epoch`` (1-based): the schedule's where a remedy weights the KL
+    (:func:`weights_kl`), else 1."""
+    return kl_schedule(config).epoch_weight(epoch) if weights_kl(config) else 1.0
 
 
 def _setting(config: Config, name: str) -> Any:

@@ -30,8 +30,9 @@ __all__ = [
 #: the variables torchrun sets for every process; all or none must be present
 RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
-#: seconds a collective waits for the other ranks before failing (instead of hanging)
-TIMEOUT_SECONDS = float(os.environ.get("AVI_DIST_TIMEOUT", "600"))
+#: the variable naming the seconds a collective waits for the other ranks before failing
+#: (instead of hanging); read when the process group is made
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS = "AVI_DIST_TIMEOUT", 600.0
 
 
 def rank() -> int:
@@ -81,7 +82,8 @@ def init_from_env(device: torch.device, batch_size: int | None = None) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_SECONDS))
+    timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     return True
 
 
@@ -120,7 +122,7 @@ def gather_shards(local: torch.Tensor, n: int, block: int = 1) -> torch.Tensor:
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:length] for part, length in zip(parts, lengths)])
+    return torch.cat([part[:length] for part, length in zip(parts, lengths, strict=True)])
 
 
 def barrier() -> None:

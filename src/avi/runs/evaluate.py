@@ -13,7 +13,6 @@ only rank 0 writes ``evaluation.json``.
 
 from __future__ import annotations
 
-import atexit
 import math
 import time
 from collections.abc import Callable
@@ -124,8 +123,7 @@ def _device(run_dir: str | Path, device: str | None) -> torch.device:
     target = (
         available_device(read_config(require_run(run_dir)).train.device) if device is None else resolve_device(device)
     )
-    if distributed.init_from_env(target):
-        atexit.register(distributed.shutdown)
+    distributed.init_from_env(target)  # the command line leaves the process group at exit
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
     return target

@@ -28,8 +28,8 @@ from avi.inference.state import TrainState, make_optimizers
 from avi.precision import resolve_precision, set_precision
 from avi.runs import distributed
 from avi.runs.build import build_objective
-from avi.runs.collapse import aggressive_next, epoch_kl_weight, plot_collapse
-from avi.runs.config import Config
+from avi.runs.collapse import aggressive_next, plot_collapse
+from avi.runs.config import Config, epoch_kl_weight
 from avi.runs.hooks import Callback, EarlyStopping, LearningRate, Progress, RunFiles, Validation
 from avi.runs.load import (
     TrainedRun,
@@ -74,7 +74,6 @@ def run_fit(
     *,
     resume: bool = False,
     epochs: int | None = None,
-    threads: int | None = None,
     compile: bool | None = None,
     progress: ProgressHook | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -85,14 +84,14 @@ def run_fit(
     With ``resume=True`` the config is read from ``run_dir`` and training continues after the
     last checkpointed epoch. ``epochs`` stops training after that many epochs in all, instead of
     ``config.train.epochs`` (a run can be extended, or trained in parts; fewer than a resumed
-    run has done is an error, and without it a run extended earlier stays so); ``threads`` sets
-    torch's intra-op threads for this call instead of ``config.train.threads`` (a resumed run on
-    another machine); ``compile`` likewise sets ``config.train.compile`` for this call (a resumed
-    run may train compiled or not; Inductor draws its own noise, so the two do not follow the same
-    path sample for sample). ``hooks`` (:class:`~avi.inference.loop.Hook`) run after the run's
-    own each step and epoch: custom metrics (columns added to the epoch's record reach
-    metrics.csv only if added before, so they see the finished row), logging, or stopping
-    (``on_epoch`` returning True). ``train.early_stop`` = P stops after P epochs without a better
+    run has done is an error, and without it a run extended earlier stays so); ``compile`` sets
+    ``config.train.compile`` for this call (a resumed run may train compiled or not; Inductor
+    draws its own noise, so the two do not follow the same path sample for sample).
+
+    ``hooks`` (:class:`~avi.inference.loop.Hook`) run every step and epoch, after validation and
+    before the run's files are written: columns a hook adds to the epoch's record land in
+    metrics.csv (custom metrics), and ``on_epoch`` returning True stops the run after that epoch
+    (early stopping of your own). ``train.early_stop`` = P stops after P epochs without a better
     validation bound and keeps that epoch's checkpoint as best.pt. Returns the run directory.
 
     The main process holds the run directory's lock (:func:`~avi.runs.rundir.run_lock`) for the
@@ -103,10 +102,10 @@ def run_fit(
     ``"status": "diverged"``.
     """
     with ExitStack() as held:
-        fit = _start(held, config, run_dir, resume=resume, epochs=epochs, threads=threads, compile=compile)
-        extra = [Progress(progress)] if progress is not None else []
-        extra += [Callback(on_epoch)] if on_epoch is not None else []
-        return fit.train([*extra, *hooks])
+        fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile)
+        edge = [Progress(progress)] if progress is not None else []
+        edge += [Callback(on_epoch)] if on_epoch is not None else []
+        return fit.train(hooks, edge)
 
 
 @dataclass
@@ -129,18 +128,20 @@ class _Fit:
     def config(self) -> Config:
         return self.run.config
 
-    def train(self, hooks: Sequence[Hook]) -> Path:
+    def train(self, hooks: Sequence[Hook], edge: Sequence[Hook]) -> Path:
+        """Run the loop with, in order: the learning rate, the run's columns, validation, the
+        caller's ``hooks``, early stopping, the run's files, and the command line's ``edge``."""
         main = distributed.is_main()
-        own: list[Hook] = [LearningRate(self.config.train), _EpochColumns(self), self.validation]
+        order: list[Hook] = [LearningRate(self.config.train), _EpochColumns(self), self.validation, *hooks]
         stopping = None
         if self.config.train.early_stop is not None:
             stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
-            own.append(stopping)
+            order.append(stopping)
         trackers = open_trackers(self.config, self.run_dir, self.rows) if main else []
         wall = self.rows[-1]["wall_seconds"] if self.rows else 0.0
-        own.append(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall))
+        order.append(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall))
         try:
-            run(self.state, self.train_data, self._epoch, epochs=self.last_epoch, hooks=[*own, *hooks])
+            run(self.state, self.train_data, self._epoch, epochs=self.last_epoch, hooks=[*order, *edge])
         except Diverged as err:
             if main:
                 write_json(
@@ -174,7 +175,7 @@ class _Fit:
         )  # fmt: skip
         self.columns.update(aggressive=1, encoder_steps=result.encoder_steps)
         state.step += len(range(0, len(data), self.config.train.batch_size))
-        return result.stats
+        return result.epoch
 
     def _summary(self, status: str, **extra: Any) -> dict[str, Any]:
         final = self.rows[-1] if self.rows else {}
@@ -210,7 +211,6 @@ def _start(
     *,
     resume: bool,
     epochs: int | None,
-    threads: int | None,
     compile: bool | None,
 ) -> _Fit:
     """Read or check the run directory, take its lock (main process, into ``held``), build the
@@ -227,9 +227,6 @@ def _start(
     last_epoch = config.train.epochs if epochs is None else epochs
     if last_epoch < 0:
         raise ConfigError(f"epochs must be non-negative, got {last_epoch}")
-    threads = config.train.threads if threads is None else threads
-    if threads is not None:
-        torch.set_num_threads(threads)
     distributed.init_from_env(resolve_device(config.train.device), config.train.batch_size)
     if distributed.world_size() > 1 and config.remedies.aggressive:
         raise ConfigError("aggressive encoder training runs in a single process; start it without torchrun")
