@@ -8,14 +8,19 @@ section.key=value`` (:func:`parse_set`) reaches any key the table does not name.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import tomllib
 import typer
 
 from avi.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomllib parser as its backport, tomli
+    import tomli as tomllib
 
 __all__ = ["FIT_FLAGS", "Flag", "changed_on_resume", "merge", "overrides", "parameters", "parse_set"]
 

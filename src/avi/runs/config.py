@@ -8,11 +8,11 @@ setting given where it does not apply (``objective.k`` with the elbo objective,
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +30,11 @@ from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
 from avi.objectives.weighted import WeightedKL
 from avi.runs.imports import is_import_path, normalise_import_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the tomllib parser as its backport, tomli
+    import tomli as tomllib
 
 __all__ = [
     "Config",
