@@ -11,8 +11,9 @@ about 20 nats). So the decoder is first trained alone (q(z|x) = p(z): a plain MA
 is noise) for ``--pretrain-epochs`` epochs; every method then starts from that decoder and a
 fresh encoder with the same seed. This is He et al.'s lagging-encoder situation made explicit.
 
-Methods (each a ``remedies`` config, trained ``--epochs`` epochs by the loop of
-:func:`avi.runs.train.run_fit` without its checkpoints, which has no warm start):
+Methods (each a ``remedies`` config, trained ``--epochs`` epochs by avi's loop,
+:func:`avi.inference.run`, with the epochs of :func:`avi.runs.train.run_fit` but without its
+checkpoints, which have no warm start):
 ``vae`` (none), ``kl-warmup`` (weight 0.1 -> 1 over the first half, as He et al.'s annealing),
 ``kl-cycles`` (2 cycles, Fu et al. 2019), ``free-bits`` (0.25 nats per dimension), ``beta-0.2``
 and ``beta-0.8`` (He et al.'s two beta rows), ``aggressive`` (He et al. 2019).
@@ -36,6 +37,8 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,13 +47,15 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
+from avi.data import Dataset
 from avi.evaluation import elbo_per_point, log_likelihood
 from avi.evaluation.collapse import collapse_diagnostics, mutual_information
-from avi.inference import make_optimizers, train_epoch
+from avi.families.posterior import Posterior
+from avi.inference import EpochStats, Hook, TrainState, make_optimizers, run, train_epoch
 from avi.inference.aggressive import aggressive_epoch
 from avi.runs.build import build_model, build_objective, build_posterior, load_splits
-from avi.runs.collapse import aggressive_next, diagnostics_row, epoch_kl_weight
-from avi.runs.config import Config, load_config
+from avi.runs.collapse import aggressive_next, diagnostics_row
+from avi.runs.config import Config, epoch_kl_weight, load_config
 
 METHODS: dict[str, dict[str, Any]] = {
     "vae": {},
@@ -74,7 +79,7 @@ HE_ET_AL = {
 HE_OTHER = [("SA-VAE", 89.30, 2.6, 2.2), ("SA-VAE + anneal", 89.01, 3.4, 2.6), ("PixelCNN alone", 89.76, None, None)]
 
 
-class PriorPosterior(nn.Module):
+class PriorPosterior(Posterior):
     """q(z|x) = p(z) for every x: training the model against it trains the decoder alone."""
 
     def __init__(self, latent_dim: int) -> None:
@@ -105,58 +110,81 @@ def pretrain_decoder(config: Config, splits: Any, epochs: int) -> tuple[dict[str
     model = build_model(config, splits.train.dim)
     prior = PriorPosterior(config.model.latent_dim)
     optimizers = make_optimizers(model, prior, lr=config.train.lr)
-    generator = torch.Generator().manual_seed(1)
+    state = TrainState(model, prior, optimizers, torch.Generator().manual_seed(1))
     objective = build_objective(config)
-    elbos, seconds = [], 0.0
-    for _ in range(epochs):
-        stats = train_epoch(model, prior, splits.train, optimizers, objective=objective, batch_size=100, generator=generator)
-        elbos.append(stats.elbo)
-        seconds += stats.seconds
-    return model.state_dict(), seconds, elbos
+    stats: list[EpochStats] = []
+
+    def epoch(state: TrainState, data: Dataset, hooks: Sequence[Hook]) -> EpochStats:
+        stats.append(train_epoch(state, data, objective, batch_size=100, hooks=hooks))
+        return stats[-1]
+
+    run(state, splits.train, epoch, epochs=epochs)
+    return model.state_dict(), sum(s.seconds for s in stats), [s.elbo for s in stats]
+
+
+@dataclass
+class MethodEpochs(Hook):
+    """The epoch function of one method, as ``run_fit``'s (the objective of the epoch, with its
+    KL weight; aggressive encoder training while the remedy says so, else the plain loop), and a
+    hook recording each epoch's row: training statistics and the validation diagnostics."""
+
+    config: Config
+    validation: Tensor
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: the columns of the epoch in progress: KL weight, aggressive or not, encoder steps
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    def epoch(self, state: TrainState, data: Dataset, hooks: Sequence[Hook]) -> EpochStats:
+        epoch = state.epoch + 1
+        objective = build_objective(self.config, state.posterior, epoch=epoch)
+        self.columns = {"kl_weight": epoch_kl_weight(self.config, epoch), "aggressive": 0, "encoder_steps": 0}
+        if not aggressive_next(self.config, self.rows):
+            return train_epoch(state, data, objective, batch_size=100, hooks=hooks)
+        result = aggressive_epoch(
+            state.model, state.posterior, data, state.optimizers, objective=objective, batch_size=100,
+            generator=state.generator, baseline=state.estimator,
+        )  # fmt: skip
+        self.columns.update(aggressive=1, encoder_steps=result.encoder_steps)
+        state.step += len(range(0, len(data), 100))
+        return result.epoch
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        diag = diagnostics_row(state.model, state.posterior, self.validation, seed=self.config.train.seed)
+        row = {
+            "epoch": record["epoch"],
+            **self.columns,
+            "train_objective": record["train_objective"],
+            "train_elbo": record["train_elbo"],
+            "train_kl": record["train_kl"],
+            "seconds": record["epoch_seconds"],
+            "val_active_units": diag["active_units"],
+            "mutual_information": diag["mutual_information"],  # validation, batches of 500
+        }
+        self.rows.append(row)
+        print(
+            f"  epoch {row['epoch']}: {row['seconds']:5.1f} s  ELBO {row['train_elbo']:8.2f}  KL {row['train_kl']:6.2f}"
+            f"  weight {row['kl_weight']:.2f}  aggressive {row['aggressive']} ({row['encoder_steps']} encoder steps)"
+            f"  val MI {row['mutual_information']:.2f}",
+            flush=True,
+        )
+        return False
 
 
 def train_method(
     config: Config, splits: Any, decoder: dict[str, Tensor] | None
 ) -> tuple[tuple[nn.Module, nn.Module], list[dict[str, Any]]]:
-    """run_fit's epoch loop from the pretrained ``decoder`` (None: from scratch) and a fresh
-    encoder (seed 0)."""
+    """run_fit's loop, without its checkpoints, from the pretrained ``decoder`` (None: from
+    scratch) and a fresh encoder (seed 0)."""
     torch.manual_seed(config.train.seed)
     model = build_model(config, splits.train.dim)
     if decoder is not None:
         model.load_state_dict(decoder)
     posterior = build_posterior(config, model, len(splits.train))
     optimizers = make_optimizers(model, posterior, lr=config.train.lr)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    validation = splits.validation.x[:1000]
-    rows: list[dict[str, Any]] = []
-    for epoch in range(1, config.train.epochs + 1):
-        objective, weight = build_objective(config, posterior, epoch=epoch), epoch_kl_weight(config, epoch)
-        aggressive = aggressive_next(config, rows)
-        result = (aggressive_epoch if aggressive else train_epoch)(
-            model, posterior, splits.train, optimizers, objective=objective, batch_size=100, generator=generator
-        )
-        stats, encoder_steps = result if aggressive else (result, 0)
-        diag = diagnostics_row(model, posterior, validation, seed=config.train.seed)
-        rows.append(
-            {
-                "epoch": epoch,
-                "kl_weight": weight,
-                "aggressive": int(aggressive),
-                "encoder_steps": encoder_steps,
-                "train_objective": stats.objective,
-                "train_elbo": stats.elbo,
-                "train_kl": stats.kl,
-                "seconds": stats.seconds,
-                "val_active_units": diag["active_units"],
-                "mutual_information": diag["mutual_information"],  # validation, batches of 500
-            }
-        )
-        print(
-            f"  epoch {epoch}: {stats.seconds:5.1f} s  ELBO {stats.elbo:8.2f}  KL {stats.kl:6.2f}  weight {weight:.2f}"
-            f"  aggressive {int(aggressive)} ({encoder_steps} encoder steps)  val MI {diag['mutual_information']:.2f}",
-            flush=True,
-        )
-    return (model, posterior), rows
+    state = TrainState(model, posterior, optimizers, torch.Generator().manual_seed(config.train.seed))
+    method = MethodEpochs(config, splits.validation.x[:1000])
+    run(state, splits.train, method.epoch, epochs=config.train.epochs, hooks=[method])
+    return (model, posterior), method.rows
 
 
 @torch.no_grad()
@@ -203,8 +231,9 @@ def markdown(result: dict[str, Any]) -> str:
     for name, m in result["methods"].items():
         t = m["test"]
         lines.append(
-            f"| {name} | `{json.dumps(m['remedies'])}` | {-t['log_likelihood']:.2f} ± {t['log_likelihood_stderr_over_points']:.2f} "
-            f"| {t['elbo']:.2f} | {t['kl']:.2f} | {t['mutual_information']:.2f} ({t['mutual_information_batch50']:.2f}) "
+            f"| {name} | `{json.dumps(m['remedies'])}` | {-t['log_likelihood']:.2f} "
+            f"± {t['log_likelihood_stderr_over_points']:.2f} | {t['elbo']:.2f} | {t['kl']:.2f} "
+            f"| {t['mutual_information']:.2f} ({t['mutual_information_batch50']:.2f}) "
             f"| {t['active_units']} | {m['train_seconds']:.0f} | {m['train_seconds'] / base_seconds:.1f} "
             f"| {'—' if name == 'vae' else ('yes' if m['prevented_collapse'] else 'no')} |"
         )
