@@ -3,14 +3,15 @@ the same loop eager, at the paper's settings of Burda, Grosse and Salakhutdinov 
 
 Model and objective are those of ``benchmarks/reproduce_burda.py`` (the ``burda-1l`` preset,
 784-200-200-50 tanh, batch 20, Adam with eps 1e-4, fp32): the VAE (ELBO, analytic KL) and the
-IWAE with k = 5. Each variant is :func:`avi.inference.train_epoch` over the same MNIST subset
-(``steps * 20`` images, dynamic binarisation), the compiled one with
-``step=compile_step(ShardStep(model, posterior), data)`` as ``avi.runs.train.run_fit`` builds it; its
-compilation happens in the warm-up round (``compile_seconds``: that round's time less a compiled
-round's median; paid once per run or resume). Eager and compiled rounds alternate in one process; reported are the median
-over rounds of steps/s and the median of the per-round ratios compiled / eager (which cancels
-drift in the machine's speed between rounds, so it differs from the ratio of the medians), on one thread by default
-(a reproduction run trains on one core beside another).
+IWAE with k = 5. Each variant is :func:`avi.inference.train_epoch` on its :class:`~avi.inference.TrainState`
+over the same MNIST subset (``steps * 20`` images, dynamic binarisation), the compiled one with
+``replicas=Replicas(step=compile_step(ShardStep(model, posterior), data))`` as
+``avi.runs.train.run_fit`` builds it; its compilation happens in the warm-up round
+(``compile_seconds``: that round's time less a compiled round's median; paid once per run or
+resume). Eager and compiled rounds alternate in one process; reported are the median over rounds
+of steps/s and the median of the per-round ratios compiled / eager (which cancels drift in the
+machine's speed between rounds, so it differs from the ratio of the medians), on one thread by
+default (a reproduction run trains on one core beside another).
 
 Usage: ``python benchmarks/compile.py [--quick] [--threads N] [--out PATH]``.
 """
@@ -28,7 +29,8 @@ from machine import cpu_name, run_facts, write_report
 from reproduce_burda import config_for
 
 from avi.data import Dataset, load_mnist
-from avi.inference import compile_step, make_optimizers, train_epoch
+from avi.inference import TrainState, compile_step, make_optimizers, train_epoch
+from avi.inference.loop import Replicas
 from avi.inference.parallel import ShardStep
 from avi.runs.build import build_model, build_objective, build_posterior
 
@@ -39,22 +41,22 @@ BATCH = 20
 def measure(name: str, data: Dataset, rounds: int) -> dict:
     """Median steps/s of eager and compiled training of run ``name`` (vae_k1 or iwae_k5)."""
     config = config_for(name, batch_size=BATCH, lr=1e-3, threads=torch.get_num_threads(), precision="fp32")
-    variants = {}
+    generator = torch.Generator().manual_seed(0)  # one batch order and binarisation stream for both
+    variants: dict[str, tuple[TrainState, Replicas]] = {}
     for variant in ("eager", "compiled"):
         torch.manual_seed(0)
         model = build_model(config, data.x.shape[1])
         posterior = build_posterior(config, model, len(data))
         optimizers = make_optimizers(model, posterior, lr=1e-3, local_lr=config.inference.local_lr, eps=1e-4)
         step = compile_step(ShardStep(model, posterior), data) if variant == "compiled" else None
-        variants[variant] = (model, posterior, optimizers, step)
+        variants[variant] = (TrainState(model, posterior, optimizers, generator), Replicas(step=step))
     objective = build_objective(config)
-    generator = torch.Generator().manual_seed(0)
     steps = len(data) // BATCH
 
     def epoch(variant: str) -> float:
-        model, posterior, optimizers, step = variants[variant]
+        state, replicas = variants[variant]
         started = time.perf_counter()
-        train_epoch(model, posterior, data, optimizers, objective=objective, batch_size=BATCH, generator=generator, step=step)
+        train_epoch(state, data, objective, batch_size=BATCH, replicas=replicas)
         return steps / (time.perf_counter() - started)
 
     first_round = steps / epoch("compiled")  # seconds, compilation included
