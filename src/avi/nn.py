@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from avi.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "autocast_forward", "eval_mode", "mlp"]
+__all__ = ["ACTIVATIONS", "MLP", "ReducedPrecision", "autocast_forward", "eval_mode", "mlp"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 
 
-def autocast_forward(module: nn.Module, forward: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Tensor:
+@runtime_checkable
+class ReducedPrecision(Protocol):
+    """A network whose matrix products run under autocast to ``compute_dtype`` when it is set
+    (:func:`avi.precision.set_precision`): :class:`MLP`, :class:`avi.models.made.MADE`."""
+
+    compute_dtype: torch.dtype | None
+
+
+def autocast_forward(module: ReducedPrecision, forward: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Tensor:
     """``forward(x, *args)`` under autocast to ``module.compute_dtype`` (when set), the result
     cast back to x's dtype: reduced-precision matrix products, full-precision output."""
     dtype = module.compute_dtype

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from avi.errors import ConfigError
+from avi.nn import ReducedPrecision
 
 __all__ = ["PRECISIONS", "bf16_supported", "compute_dtype", "full_precision", "resolve_precision", "set_precision"]
 
@@ -57,7 +58,7 @@ def compute_dtype(precision: str) -> torch.dtype | None:
 def full_precision(*modules: nn.Module) -> Iterator[None]:
     """fp32 for the block (a bf16 run's validation and diagnostics), each network's setting
     restored after."""
-    saved = [(m, m.compute_dtype) for module in modules for m in module.modules() if hasattr(m, "compute_dtype")]
+    saved = [(m, m.compute_dtype) for module in modules for m in module.modules() if isinstance(m, ReducedPrecision)]
     for m, _ in saved:
         m.compute_dtype = None
     try:
@@ -73,5 +74,5 @@ def set_precision(precision: str, *modules: nn.Module) -> None:
     dtype = compute_dtype(precision)
     for module in modules:
         for m in module.modules():
-            if hasattr(m, "compute_dtype"):
+            if isinstance(m, ReducedPrecision):
                 m.compute_dtype = dtype

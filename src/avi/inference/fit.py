@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,7 +53,8 @@ def compile_step(step: nn.Module, data: Dataset) -> nn.Module:
     finally:
         for m, training in modes:
             m.training = training
-    return torch.compile(step)
+    # a compiled module is an nn.Module (OptimizedModule); torch.compile's stubs say a plain callable
+    return cast(nn.Module, torch.compile(step))
 
 
 def fit(

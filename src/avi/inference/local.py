@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -101,11 +104,11 @@ def infer(
     """
     if posterior.amortized and init_from is None:
         return posterior
-    family = posterior.family
+    family = cast(Family, posterior.family)  # every posterior that infers points has one
     if init_from is None:
         initial = family.initial_params(x.shape[0]).to(device=x.device, dtype=x.dtype)
     else:
         with torch.no_grad(), eval_mode(init_from):
-            initial = init_from.params(x)
+            initial = cast(Callable[[Tensor], Tensor], init_from.params)(x)
     params = refine_params(model, family, x, initial, steps=steps, lr=lr, objective=objective)
     return LocalPosterior(x.shape[0], family, initial=params)

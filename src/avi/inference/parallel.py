@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from avi.families.posterior import Posterior
+from avi.models.base import LatentVariableModel
 from avi.objectives.bounds import Terms
 from avi.objectives.select import Objective
 
@@ -59,7 +60,7 @@ class ShardStep(nn.Module):
     baseline network), is held so that DDP sees its parameters, and the objective's batch
     statistics are over the global batch."""
 
-    def __init__(self, model: nn.Module, posterior: nn.Module, state: nn.Module | None = None) -> None:
+    def __init__(self, model: LatentVariableModel, posterior: Posterior, state: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.posterior = posterior
@@ -69,7 +70,7 @@ class ShardStep(nn.Module):
         return objective(self.model, self.posterior(x, index), x, state=self.state, batch_mean=global_mean)
 
 
-def data_parallel(model: nn.Module, posterior: Posterior, baseline: nn.Module | None = None) -> nn.Module:
+def data_parallel(model: LatentVariableModel, posterior: Posterior, baseline: nn.Module | None = None) -> nn.Module:
     """``ShardStep(model, posterior, baseline)`` wrapped in DDP (a per-datapoint table left out
     of it), which starts every rank from rank 0's parameters and buffers.
 

@@ -24,6 +24,8 @@ class _SummedElbo(nn.Module):
     """sum_i ELBO(x_i; family(lambda_i)) as the forward of a module holding the model, so that
     :func:`torch.func.functional_call` can evaluate it at other (detached) model parameters."""
 
+    family: Family
+
     def __init__(self, model: LatentVariableModel, family: Family) -> None:
         super().__init__()
         self.model = model
@@ -48,6 +50,9 @@ def elbo_gradient(
 
 
 class _Refining(Posterior):
+    family: Family
+    model: LatentVariableModel
+
     def __init__(self, model: LatentVariableModel, family: Family) -> None:
         super().__init__()
         self.family = family

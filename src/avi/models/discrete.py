@@ -190,6 +190,7 @@ class CategoricalVAE(LatentVariableModel):
     family is :class:`~avi.families.discrete.CategoricalFamily` (N, C)."""
 
     binary_data = True
+    prior_logits: Tensor
 
     def __init__(
         self, data_dim: int, num_vars: int, num_classes: int, hidden: Sequence[int] = (400,), activation: str = "relu"

@@ -267,6 +267,9 @@ class AVITM(LatentVariableModel):
     softmax(beta_k), the word distribution of a document entirely in topic k.
     """
 
+    prior_loc: Tensor
+    prior_scale: Tensor
+
     def __init__(self, vocab_size: int, num_topics: int, alpha: float = 1.0, decoder: str = "product") -> None:
         super().__init__()
         if num_topics < 2 or vocab_size < 1:

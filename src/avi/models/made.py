@@ -28,6 +28,8 @@ __all__ = ["MADE", "AutoregressiveBernoulli", "MADEModel"]
 class _MaskedLinear(nn.Linear):
     """y = x (W * M)^T + b with a fixed 0/1 mask M (out, in)."""
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor, bias: bool = True) -> None:
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype))
@@ -98,7 +100,7 @@ class AutoregressiveBernoulli(Distribution):
         return bernoulli_log_prob(logits, value)
 
     @torch.no_grad()
-    def sample(self, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
         shape = Size(sample_shape) + self.batch_shape + self.event_shape
         context = self.context.expand(Size(sample_shape) + self.context.shape)
         x = torch.zeros(shape, dtype=self.context.dtype, device=self.context.device)
@@ -113,6 +115,8 @@ class MADEModel(LatentVariableModel):
     ``hidden`` layers conditioned on z. Exact log p(x|z) in one pass."""
 
     binary_data = True
+    prior_loc: Tensor
+    prior_scale: Tensor
 
     def __init__(
         self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (500,), activation: str = "relu"
@@ -126,7 +130,7 @@ class MADEModel(LatentVariableModel):
     def prior(self) -> Distribution:
         return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1, validate_args=False)
 
-    def likelihood(self, z: Tensor) -> Distribution:
+    def likelihood(self, z: Tensor) -> AutoregressiveBernoulli:
         return AutoregressiveBernoulli(self.decoder, z, self.data_dim)
 
     def sample_data(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:

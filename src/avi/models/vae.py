@@ -24,6 +24,9 @@ class VAEModel(LatentVariableModel):
     learned per-dimension sigma. ``f`` is an MLP ``K -> hidden... -> D`` (Kingma and Welling 2014).
     """
 
+    prior_loc: Tensor
+    prior_scale: Tensor
+
     def __init__(
         self,
         data_dim: int,
