@@ -52,7 +52,7 @@ from avi.evaluation.bounds import chunk_sizes
 from avi.evaluation.importance import row_bytes
 from avi.precision import bf16_supported
 from avi.families import MeanFieldGaussian
-from avi.inference import make_optimizers, train_epoch
+from avi.inference import TrainState, make_optimizers, train_epoch
 from avi.models import VAEModel
 from avi.objectives import ELBO
 from avi.objectives.bounds import log_weights
@@ -185,8 +185,9 @@ def main() -> None:
     test = torch.bernoulli(torch.from_numpy(mnist["test"][0]).float() / 255, generator=torch.Generator().manual_seed(1))
     model, posterior = _build()
     print(f"training one epoch on {train_points} images (not timed) ...", file=sys.stderr, flush=True)
-    train_epoch(model, posterior, train, make_optimizers(model, posterior, lr=1e-3), objective=ELBO(),
-                batch_size=100, generator=torch.Generator().manual_seed(2))  # fmt: skip
+    optimizers = make_optimizers(model, posterior, lr=1e-3)
+    state = TrainState(model, posterior, optimizers, torch.Generator().manual_seed(2))
+    train_epoch(state, train, ELBO(), batch_size=100)
     posterior.eval()
     x = test[:points]
     for precision in ("fp32", "bf16") if bf16_supported(torch.device("cpu")) else ("fp32",):  # warm-up: first-call costs

@@ -3,7 +3,8 @@
 Every variant trains the same 784-400-20 VAE on MNIST (bytes / 255, dynamic binarisation:
 a fresh Bernoulli draw of each batch), with one reparameterised sample and Adam at lr 1e-3:
 
-- ``avi``: :func:`avi.inference.train_epoch` with :func:`avi.inference.make_optimizers`,
+- ``avi``: :func:`avi.inference.train_epoch` (each step :func:`avi.inference.train_step`) on a
+  :class:`~avi.inference.TrainState` with :func:`avi.inference.make_optimizers`,
   ``ELBO()`` (analytic KL), ``AmortizedPosterior(mlp_encoder(784, (400,), 40),
   MeanFieldGaussian(20))`` and ``VAEModel(784, 20, (400,))`` (Bernoulli). One round is one
   ``train_epoch`` over a data subset of ``steps * batch`` points, so the timing includes
@@ -54,7 +55,7 @@ from machine import cpu_name, cpu_snapshot, matmul_gflops, other_processes_cpus,
 from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import MeanFieldGaussian
-from avi.inference import make_optimizers, train_epoch
+from avi.inference import TrainState, make_optimizers, train_epoch
 from avi.models import VAEModel
 from avi.objectives import ELBO
 from avi.precision import bf16_supported, set_precision
@@ -86,34 +87,22 @@ def _timed(run: Callable[[], float]) -> tuple[float, float]:
 
 
 def avi_runner(x: Tensor, batch: int, precision: str = "fp32") -> Runner:
-    """avi's own loop: train_epoch over the first ``steps * batch`` points."""
+    """avi's own loop: train_epoch on a TrainState over the first ``steps * batch`` points."""
     model = VAEModel(DATA_DIM, LATENT, (HIDDEN,), likelihood="bernoulli")
     posterior = AmortizedPosterior(
         mlp_encoder(DATA_DIM, (HIDDEN,), 2 * LATENT), MeanFieldGaussian(LATENT)
     )
     set_precision(precision, model, posterior)
     optimizers = make_optimizers(model, posterior, lr=LR)
+    state = TrainState(model, posterior, optimizers, torch.Generator().manual_seed(1))
     objective = ELBO()
-    generator = torch.Generator().manual_seed(1)
     subsets: dict[int, Dataset] = {}
 
     def run(steps: int) -> tuple[float, float]:
         if steps not in subsets:  # built outside the timed region
             subsets[steps] = Dataset(x[: steps * batch].clone(), dynamic=True)
         data = subsets[steps]
-        return _timed(
-            lambda: (
-                train_epoch(
-                    model,
-                    posterior,
-                    data,
-                    optimizers,
-                    objective=objective,
-                    batch_size=batch,
-                    generator=generator,
-                ).elbo
-            )
-        )
+        return _timed(lambda: train_epoch(state, data, objective, batch_size=batch).elbo)
 
     return run
 
