@@ -243,8 +243,8 @@ def main() -> None:
     mode = QUICK if args.quick else FULL
     started = time.perf_counter()
 
+    torch.set_num_threads(THREADS)  # training too: run_fit leaves the threads to its caller
     run, training = load_run(mode, args.run)
-    torch.set_num_threads(THREADS)  # after load_trained, which applies the run's own setting
     model, encoder = run.model.cpu(), run.posterior.cpu()
     x = run.splits.test.x[: mode.points].cpu()
     lr = run.config.inference.local_lr

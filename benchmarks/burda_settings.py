@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,11 +43,12 @@ from avi.data import Dataset, load_mnist
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.evaluation import log_likelihood
 from avi.families import MeanFieldGaussian
-from avi.inference import make_optimizers, train_epoch
+from avi.inference import EpochStats, Hook, TrainState, make_optimizers, run, train_epoch
 from avi.models import VAEModel
 from avi.objectives import objective_named
 from avi.precision import bf16_supported, set_precision
-from avi.runs.config import TrainConfig, learning_rate
+from avi.runs.config import TrainConfig
+from avi.runs.hooks import LearningRate
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "burda_settings.json"
 #: (name, objective, k, batch size, precision, initial learning rate)
@@ -72,16 +74,19 @@ def train_and_score(
     posterior = AmortizedPosterior(mlp_encoder(784, (200, 200), 100, "tanh"), MeanFieldGaussian(50))
     set_precision(precision, model, posterior)
     optimizers = make_optimizers(model, posterior, lr=lr, eps=1e-4)
-    schedule = TrainConfig(lr=lr, lr_schedule="burda")
+    state = TrainState(model, posterior, optimizers, torch.Generator().manual_seed(seed))
     bound = objective_named(objective, k=k)
-    generator = torch.Generator().manual_seed(seed)
-    data = Dataset(train_x, dynamic=True)
+    passes_stats: list[EpochStats] = []
+
+    def epoch(state: TrainState, data: Dataset, hooks: Sequence[Hook]) -> EpochStats:
+        passes_stats.append(train_epoch(state, data, bound, batch_size=batch, hooks=hooks))
+        return passes_stats[-1]
+
     started = time.perf_counter()
-    for epoch in range(1, passes + 1):
-        for group in optimizers[0].param_groups:
-            group["lr"] = learning_rate(schedule, epoch)
-        stats = train_epoch(model, posterior, data, optimizers, objective=bound, batch_size=batch, generator=generator)
+    schedule = LearningRate(TrainConfig(lr=lr, lr_schedule="burda"))  # each pass's learning rate
+    run(state, Dataset(train_x, dynamic=True), epoch, epochs=passes, hooks=[schedule])
     seconds = time.perf_counter() - started
+    stats = passes_stats[-1]
     set_precision("fp32", model, posterior)  # evaluation in fp32, as avi evaluate does
     torch.manual_seed(seed + 1)
     nll = -log_likelihood(model, posterior, test_x, k=eval_k).value
