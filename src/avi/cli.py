@@ -155,8 +155,8 @@ def _fit_config(
         changed = ["config"] * (config is not None) + changed_on_resume(FIT_FLAGS, flags)
         changed += ["--out"] * (out is not None) + ["--set"] * bool(settings)
         if changed:
-            allowed = [flag.option for flag in FIT_FLAGS if flag.resumable]
-            allowed = ", ".join(allowed[:-1]) + " and " + allowed[-1]
+            resumable = [flag.option for flag in FIT_FLAGS if flag.resumable]
+            allowed = ", ".join(resumable[:-1]) + " and " + resumable[-1]
             raise ConfigError(
                 f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only {allowed})"
             )

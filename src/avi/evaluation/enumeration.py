@@ -13,15 +13,22 @@ give the exact mean-field optimum by gradient ascent.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from avi.models.base import LatentVariableModel
+__all__ = ["EnumeratedBounds", "Enumerable", "enumerated_bounds"]
 
-__all__ = ["EnumeratedBounds", "enumerated_bounds"]
+
+class Enumerable(Protocol):
+    """A model whose latent space is finite: ``latent_states()`` lists it, (M, *event), and
+    ``log_joint(x, z)`` scores x (B, D) against states z (M, 1, *event): (M, B)."""
+
+    def latent_states(self) -> Tensor: ...
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor: ...
 
 
 class EnumeratedBounds(NamedTuple):
@@ -33,7 +40,7 @@ class EnumeratedBounds(NamedTuple):
     kl: Tensor
 
 
-def enumerated_bounds(model: LatentVariableModel, q: Distribution, x: Tensor) -> EnumeratedBounds:
+def enumerated_bounds(model: Enumerable, q: Distribution, x: Tensor) -> EnumeratedBounds:
     """log p(x), the exact ELBO of q and KL(q || p(z|x)) for x: (B, D), by summing over
     ``model.latent_states()``."""
     states = model.latent_states().unsqueeze(1)  # (M, 1, *event): broadcast against the batch

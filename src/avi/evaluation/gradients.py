@@ -53,8 +53,8 @@ def gradient_moments(
         for i, (g, p) in enumerate(zip(gs, tensors, strict=True)):
             draws[i].append(torch.zeros_like(p) if g is None else g.detach())
     out = {}
-    for name, gs in zip(names, draws, strict=True):
-        stacked = torch.stack(gs)
+    for name, draw in zip(names, draws, strict=True):
+        stacked = torch.stack(draw)
         var = stacked.var(0)
         out[name] = GradientMoments(stacked.mean(0), var, float(var.sum()))
     return out

@@ -27,6 +27,7 @@ Two things make a k = 5000 evaluation both reproducible and fast:
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +92,7 @@ def _gaussian_factor(q: Distribution) -> tuple[Tensor, Tensor, bool] | None:
 def _sample(q: Distribution, noise: NoiseStream | None, count: int) -> tuple[Tensor, Tensor]:
     """z (B, S, K) and log q(z) (B, S): from the point's noise stream for a Gaussian q, from
     ``rsample`` (the global generator) otherwise."""
-    factor = _gaussian_factor(q) if noise is not None else None
-    if factor is None:
+    if noise is None or (factor := _gaussian_factor(q)) is None:
         z, log_q = rsample_with_log_prob(q, count)
         return z.transpose(0, 1), log_q.transpose(0, 1)
     loc, scale, diagonal = factor
@@ -107,14 +107,15 @@ def _sample(q: Distribution, noise: NoiseStream | None, count: int) -> tuple[Ten
     return z, log_q
 
 
-def _bernoulli_mlp(model: LatentVariableModel) -> tuple[nn.Module, nn.Linear] | None:
+def _bernoulli_mlp(model: LatentVariableModel) -> tuple[nn.Sequential, nn.Linear] | None:
     """(hidden layers, output layer) of a VAE with a Bernoulli likelihood and an MLP decoder."""
     if type(model) is not VAEModel or model.likelihood_name != "bernoulli":
         return None
     decoder = model.decoder
     if not isinstance(decoder, nn.Sequential) or not isinstance(decoder[-1], nn.Linear):
         return None
-    return decoder[:-1], decoder[-1]
+    # Sequential.__getitem__ is typed Sequential | Module for any index; a slice gives a Sequential
+    return cast(nn.Sequential, decoder[:-1]), decoder[-1]
 
 
 def fast_path(model: LatentVariableModel) -> bool:
@@ -142,7 +143,7 @@ def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
     return out if layer.bias is None else out.add_(layer.bias.to(h.dtype))
 
 
-def _fast_log_likelihood(hidden: nn.Module, output: nn.Linear, x: Tensor, z: Tensor, bf16: bool) -> Tensor:
+def _fast_log_likelihood(hidden: nn.Sequential, output: nn.Linear, x: Tensor, z: Tensor, bf16: bool) -> Tensor:
     """log p(x | z) (B, S) for z (B, S, K) of a Bernoulli MLP decoder, as the module docstring
     derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits.
     With ``bf16`` the decoder's layers run in bfloat16 (inputs, weights, hidden units) and the

@@ -65,7 +65,7 @@ class FullRankGaussian:
         tril[..., rows, cols] = off
         return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
-    def params_of(self, q: Distribution) -> Tensor:
+    def params_of(self, q: MultivariateNormal) -> Tensor:
         """The lambda that gives q (inverse of ``__call__``): (B, P)."""
         tril = q.scale_tril
         diag = inverse_softplus(torch.diagonal(tril, dim1=-2, dim2=-1))

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -93,7 +93,8 @@ class ELBO(Objective):
     def update_state(self, state: nn.Module | None, terms: Terms, batch_mean: BatchMean = local_mean) -> None:
         """Move the baseline's moving average towards the batch mean of ``terms.signal``."""
         if state is not None and terms.signal is not None:
-            state.update(batch_mean(terms.signal.reshape(-1)))
+            baseline = cast("MovingAverageBaseline | NVILBaseline", state)  # made by init_state
+            baseline.update(batch_mean(terms.signal.reshape(-1)))
 
     @property
     def reparameterised(self) -> bool:

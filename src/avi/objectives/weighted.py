@@ -30,8 +30,9 @@ __all__ = ["WeightedKL", "factors", "free_bits_kl"]
 def factors(q: Distribution, prior: Distribution) -> tuple[Distribution, Distribution] | None:
     """The per-dimension factors (batch (..., K)) of q and the prior when both are products over
     the K latent dimensions (``Independent`` over one dimension), else None."""
-    if all(isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 for d in (q, prior)):
-        return q.base_dist, prior.base_dist
+    if isinstance(q, Independent) and isinstance(prior, Independent):
+        if q.reinterpreted_batch_ndims == prior.reinterpreted_batch_ndims == 1:
+            return q.base_dist, prior.base_dist
     return None
 
 

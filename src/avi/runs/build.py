@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from avi.data.dataset import Dataset, Splits
 from avi.data.files import load_array_file
@@ -74,6 +75,7 @@ def call_user(path: str, args: dict[str, Any], defaults: dict[str, Any], where: 
     factory = import_object(path)
     if not callable(factory):
         raise ConfigError(f"{path} is not a class or function")
+    accepted: Mapping[str, inspect.Parameter]
     try:
         accepted = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -196,7 +198,8 @@ def load_splits(config: Config) -> Splits:
     """
     d = config.data
     generator = torch.Generator().manual_seed(d.seed)
-    labels = None
+    labels: Tensor | None = None
+    y_test: Tensor | None
     if d.source == "mnist":
         mnist = load_mnist()
         x_all = torch.from_numpy(mnist["train"][0]).float() / 255

@@ -373,7 +373,7 @@ class Config(_Section):
 
 
 #: models with discrete latents, and the variational family each takes
-DISCRETE_MODELS = {"discrete-vae": "categorical", "sbn": "bernoulli"}
+DISCRETE_MODELS: dict[str, FamilyName] = {"discrete-vae": "categorical", "sbn": "bernoulli"}
 #: the models avi builds by name; any other model is named by import path
 BUILTIN_MODELS = ("vae", "ppca", "factor-analysis", *DISCRETE_MODELS)
 
@@ -550,9 +550,9 @@ def resolve_config(values: dict[str, Any], *, explicit: bool = False) -> Config:
             raise ConfigError(
                 f"preset {preset!r} is a VAE architecture; it does not apply to model {config.model.name!r}"
             )
-        explicit = set(values.get("model", {}))
+        given = set(values.get("model", {}))
         for key, value in PRESETS[preset].items():
-            if key not in explicit:
+            if key not in given:
                 setattr(config.model, key, value)
     return config
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -243,7 +243,7 @@ def _representation(run: TrainedRun, x: Tensor, labels: Tensor | None) -> dict[s
         train = train.subset(slice(0, PROBE_POINTS)).binarized(run.config.data.seed + 2).to(run.device)
         out["probe_accuracy"] = linear_probe_accuracy(
             posterior_means(run.posterior, train.x),
-            train.labels,
+            cast(Tensor, train.labels),  # the subset of the labelled split checked above keeps its labels
             posterior_means(run.posterior, x),
             labels.to(run.device),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -17,7 +17,7 @@ from avi.evaluation.gaps import check_decomposable, gap_decomposition
 from avi.families.posterior import Posterior
 from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
-from avi.runs.config import FAMILY_NAMES
+from avi.runs.config import FAMILY_NAMES, FamilyName
 from avi.runs.load import TrainedRun, load_trained
 from avi.runs.rundir import write_json
 
@@ -121,7 +121,8 @@ def _new_encoder(run: TrainedRun, family: str, epochs: int) -> Posterior:
     """A new amortized encoder of ``family`` trained for ``epochs`` epochs on the training split
     against the run's fixed model (the run's batch size and learning rate)."""
     config = run.config.model_copy(deep=True)
-    config.inference.family, config.inference.strategy = family, "amortized"
+    # a name of FAMILY_NAMES (_check_options), validated again on assignment
+    config.inference.family, config.inference.strategy = cast(FamilyName, family), "amortized"
     posterior = build_posterior(config, run.model, 0).to(run.device)
     fit(run.model, posterior, run.splits.train.to(run.device), epochs=epochs,
         batch_size=config.train.batch_size, lr=config.train.lr, train_model=False)  # fmt: skip

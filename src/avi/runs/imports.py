@@ -61,7 +61,7 @@ def _load_file(target: str) -> Any:
     sys.modules[key] = module
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
-    _execute(lambda: spec.loader.exec_module(module), target, key)  # type: ignore[union-attr]
+    _execute(lambda: spec.loader.exec_module(module), target, key)
     return module
 
 

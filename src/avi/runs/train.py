@@ -103,7 +103,7 @@ def run_fit(
     """
     with ExitStack() as held:
         fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile)
-        edge = [Progress(progress)] if progress is not None else []
+        edge: list[Hook] = [Progress(progress)] if progress is not None else []
         edge += [Callback(on_epoch)] if on_epoch is not None else []
         return fit.train(hooks, edge)
 
