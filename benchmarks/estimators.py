@@ -4,9 +4,10 @@ on an amortized PPCA posterior (``ppca``): gradient variance, and the bound afte
 Discrete VAE (``estimators``): :class:`avi.models.CategoricalVAE` with N = 20 categorical latents
 of C = 10 classes (uniform prior), decoder 200-256-784 (ReLU), Bernoulli pixels; an amortized
 :class:`avi.families.discrete.CategoricalFamily` posterior from an encoder 784-256-200. Model
-and encoder are trained together by Adam (lr 1e-3, batch 100) for ``--steps`` steps (default
-2,500) on the first ``--train`` (default 10,000) MNIST training images, binarised once (seed 0),
-from the same initial weights for every estimator:
+and encoder are trained together by Adam (lr 1e-3, batch 100) through avi's step
+(:func:`avi.inference.train_step`) for ``--steps`` steps (default 2,500) on the first
+``--train`` (default 10,000) MNIST training images, binarised once (seed 0), from the same
+initial weights for every estimator:
 
 - ``score`` (REINFORCE), ``score-baseline`` (moving average), ``nvil`` (input-dependent learned
   baseline, trained in the same Adam), each on the ELBO with 1 sample per point;
@@ -62,7 +63,8 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.evaluation import elbo_per_point, gradient_moments, log_likelihood
 from avi.families import make_family
 from avi.families.discrete import CategoricalFamily
-from avi.models import CategoricalVAE, LinearGaussian
+from avi.inference import TrainState, train_step
+from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian
 from avi.objectives import ELBO, IWAE, NVILBaseline, Objective
 
 D, K = 10, 3
@@ -103,15 +105,26 @@ def ppca_estimators(data_dim: int) -> dict[str, Callable[[], tuple[Objective, nn
     }
 
 
-def train_step(objective: Objective, state: nn.Module | None, model: nn.Module, posterior: nn.Module, x: Tensor,
-               opt: torch.optim.Optimizer | None) -> None:  # fmt: skip
-    """One step of ``opt`` (None: no step) on -mean(objective), then the estimator state's update."""
-    terms = objective(model, posterior(x), x, state=state)
-    if opt is not None:
-        opt.zero_grad()
-        (-terms.value.mean()).backward()
-        opt.step()
-    objective.update_state(state, terms)
+def warm_baseline(objective: Objective, baseline: nn.Module, model: LatentVariableModel, posterior: AmortizedPosterior,
+                  batch: Tensor) -> None:  # fmt: skip
+    """200 steps of avi's loop on ``batch`` that move only the baseline: a learned one (NVIL's) by
+    its own Adam (lr 1e-2), a moving average by its update after each step."""
+    extra = list(baseline.parameters())
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(extra, lr=1e-2)] if extra else []
+    state = TrainState(model, posterior, optimizers, torch.Generator(), baseline)
+    index = torch.arange(len(batch))
+    for _ in range(200):
+        train_step(state, batch, index, objective, batch=len(batch))
+
+
+def train_random_batches(state: TrainState, objective: Objective, x_train: Tensor, steps: int) -> float:
+    """``steps`` steps of avi's loop (:func:`avi.inference.train_step`) on batches of 100 drawn
+    with replacement by ``state.generator``; returns the seconds they took."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        index = torch.randint(len(x_train), (100,), generator=state.generator)
+        train_step(state, x_train[index], index, objective, batch=100)
+    return time.perf_counter() - start
 
 
 def run_ppca(make: Callable[[], tuple[Objective, nn.Module | None]], model: LinearGaussian,
@@ -126,20 +139,14 @@ def run_ppca(make: Callable[[], tuple[Objective, nn.Module | None]], model: Line
     objective, baseline = make()
     batch = x_train[:100]
     extra = [] if baseline is None else list(baseline.parameters())
-    if baseline is not None:  # warm the baseline at the initial encoder (a learned one by its own Adam)
-        warm = torch.optim.Adam(extra, lr=1e-2) if extra else None
-        for _ in range(200):
-            train_step(objective, baseline, model, posterior, batch, warm)
+    if baseline is not None:  # warm the baseline at the initial encoder
+        warm_baseline(objective, baseline, model, posterior, batch)
     moments = gradient_moments(lambda: objective(model, posterior(batch), batch, state=baseline).value.mean(),
                                dict(posterior.named_parameters()), num_draws=draws)  # fmt: skip
     grad_variance = sum(m.total_variance for m in moments.values())
-    opt = torch.optim.Adam([*posterior.parameters(), *extra], lr=lr)
-    g = torch.Generator().manual_seed(2)
-    start = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(len(x_train), (100,), generator=g)
-        train_step(objective, baseline, model, posterior, x_train[idx], opt)
-    seconds = time.perf_counter() - start
+    opt = torch.optim.Adam([*posterior.parameters(), *extra], lr=lr)  # the model stays fixed
+    state = TrainState(model, posterior, [opt], torch.Generator().manual_seed(2), baseline)
+    seconds = train_random_batches(state, objective, x_train, steps)
     log_px, elbo = exact_elbo(model, posterior, x_test)
     return {"grad_variance": grad_variance, "elbo": float(elbo), "gap": float(log_px - elbo),
             "train_seconds": round(seconds, 2)}  # fmt: skip
@@ -178,17 +185,11 @@ def run_discrete(make: Callable[[], tuple[Objective, nn.Module | None]], x_train
     batch = x_train[:100]
     extra = [] if baseline is None else list(baseline.parameters())
     if baseline is not None:  # warm the baseline at the initial weights (only its own parameters move)
-        warm = torch.optim.Adam(extra, lr=1e-2) if extra else None
-        for _ in range(200):
-            train_step(objective, baseline, model, posterior, batch, warm)
+        warm_baseline(objective, baseline, model, posterior, batch)
     grad_variance = encoder_variance(objective, model, posterior, batch, draws, baseline)
     opt = torch.optim.Adam([*model.parameters(), *posterior.parameters(), *extra], lr=1e-3)
-    g = torch.Generator().manual_seed(2)
-    start = time.perf_counter()
-    for _ in range(steps):
-        x = x_train[torch.randint(len(x_train), (100,), generator=g)]
-        train_step(objective, baseline, model, posterior, x, opt)
-    seconds = time.perf_counter() - start
+    state = TrainState(model, posterior, [opt], torch.Generator().manual_seed(2), baseline)
+    seconds = train_random_batches(state, objective, x_train, steps)
     final_variance = encoder_variance(objective, model, posterior, batch, draws, baseline)
     torch.manual_seed(3)
     elbo = elbo_per_point(model, posterior, x_test, num_samples=10)[0].mean().item()
