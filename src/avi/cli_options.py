@@ -98,7 +98,6 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "train.epochs", int, "Passes over the training data (with --resume: in all, extending the run).", resumable=True
     ),
     Flag("train.batch_size", int, "Minibatch size."),
-    Flag("train.threads", int, "Intra-op threads of this process (with --resume: for this call).", resumable=True),
     Flag("train.lr", float, "Adam learning rate."),
     Flag("train.seed", int, "Random seed."),
     Flag("data.subset", int, "Train on the first N training points only."),
@@ -112,6 +111,7 @@ FIT_FLAGS: tuple[Flag, ...] = (
         negatable=True,
         resumable=True,
     ),
+    Flag("train.threads", int, "Intra-op threads of this process (with --resume: for this call).", resumable=True),
     Flag("model.decoder", str, "VAE decoder: mlp or made (autoregressive)."),
     Flag("remedies.kl_warmup", int, "Collapse remedy: linear KL warm-up over the first EPOCHS epochs."),
     Flag("remedies.kl_cycles", int, "Collapse remedy: N cycles of cyclical KL annealing over the run."),

@@ -57,12 +57,12 @@ def test_every_flag_names_a_config_field_of_its_type(flag: Flag) -> None:
         assert flag.type in (annotation, *typing.get_args(annotation))
 
 
-def test_flags_are_unique_and_resume_takes_epochs_and_compile_only() -> None:
+def test_flags_are_unique_and_resume_takes_epochs_compile_and_threads_only() -> None:
     assert len({flag.option for flag in FIT_FLAGS}) == len({flag.key for flag in FIT_FLAGS}) == len(FIT_FLAGS)
     every = _fit_params(*(arg for flag in FIT_FLAGS for arg in _argv(flag)))
     changed = changed_on_resume(FIT_FLAGS, every)
-    assert changed == [flag.option for flag in FIT_FLAGS if flag.option not in ("--epochs", "--compile")]
-    assert changed_on_resume(FIT_FLAGS, _fit_params("--epochs", "4", "--no-compile")) == []
+    assert changed == [flag.option for flag in FIT_FLAGS if flag.option not in ("--epochs", "--compile", "--threads")]
+    assert changed_on_resume(FIT_FLAGS, _fit_params("--epochs", "4", "--no-compile", "--threads", "2")) == []
 
 
 def _argv(flag: Flag) -> list[str]:

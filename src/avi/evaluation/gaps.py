@@ -65,7 +65,7 @@ def check_decomposable(posterior: nn.Module, x: Tensor) -> None:
         reparameterised = family(family.initial_params(1).to(x)).has_rsample
     if not reparameterised:
         raise ConfigError(
-            "the gap decomposition refines a continuous q by gradient steps; this posterior's latents are discrete"
+            "the gap decomposition refines a continuous q by gradient steps; this posterior has discrete latents"
         )
 
 
