@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from avi.data import load_array_file
 from avi.errors import DataError
@@ -114,3 +118,110 @@ def test_unsupported_suffix(tmp_path: Path) -> None:
         DataError, match=r"suffix '\.txt'; use one of \['\.npy', '\.npz', '\.csv'\]"
     ):
         load_array_file(tmp_path / "d.txt")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\ufeff0,1.5,-2\n3,4,5.25\n", X),  # Excel's byte-order mark before a first data row
+        ("\ufeffa,b,c\r\n0,1.5,-2\r\n3,4,5.25\r\n", X),  # and before a header, with Windows line ends
+        ("# made by hand\n0,1.5,-2 # first\n\n3,4,5.25\n", X),  # comments and blank lines
+        ("a,,c\n0,1.5,-2\n3,4,5.25\n", X),  # a header may have an empty field
+    ],
+)
+def test_csv_keeps_every_data_row(tmp_path: Path, text: str, expected: np.ndarray) -> None:
+    (tmp_path / "d.csv").write_bytes(text.encode())
+    x, _ = load_array_file(tmp_path / "d.csv")
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0,,-2\n3,4,5.25\n", r"row 1, column 2 is empty; fill it in or delete the row$"),
+        ("\ufeff0,1.5,\n3,4,5.25\n", r"row 1, column 3 is empty"),
+        ("a,b,c\n0,1.5,-2\n3,,5.25\n", r"row 3, column 2 is empty"),
+        ("a,b\n1,2\nx,3\n", r"row 3, column 1 is 'x', not a number$"),
+        ("1,2\n3\n", r"row 2 has 1 fields, the rows above 2$"),
+    ],
+)
+def test_csv_bad_field_is_named_by_row_and_column(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "d.csv").write_bytes(text.encode())
+    with pytest.raises(DataError, match=message) as info:
+        load_array_file(tmp_path / "d.csv")
+    assert str(info.value).startswith(f"cannot read data file {tmp_path / 'd.csv'}: ")
+
+
+def _npy_with_header(shape: tuple[int, ...], data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
+def test_npy_header_is_checked_against_the_file_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "huge.npy").write_bytes(_npy_with_header((2, 10**12), bytes(16)))
+    message = r"huge\.npy: it has a header claiming shape \(2, 1000000000000\) of float64 .* only 16 bytes"
+    with pytest.raises(DataError, match=message):
+        load_array_file(tmp_path / "huge.npy")
+
+
+def test_npz_member_header_is_checked_before_reading(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("x.npy", _npy_with_header((10**6, 10**6), bytes(16)))
+    with pytest.raises(DataError, match=r"huge\.npz: its array 'x' has a header claiming shape \(1000000, 1000000\)"):
+        load_array_file(tmp_path / "huge.npz")
+
+
+@pytest.mark.parametrize("save", [np.save, np.savez, np.savez_compressed])
+def test_big_endian_arrays_come_back_in_native_order(tmp_path: Path, save: Callable[..., None]) -> None:
+    path = tmp_path / ("d.npy" if save is np.save else "d.npz")
+    if save is np.save:
+        save(path, X.astype(">f8"))
+    else:
+        save(path, x=X.astype(">f4"), y=np.array([1, 0], dtype=">i8"))
+    x, labels = load_array_file(path)
+    assert x.dtype.isnative and (labels is None or labels.dtype.isnative)
+    np.testing.assert_array_equal(torch.as_tensor(x).numpy(), X)  # torch reads native order only
+    if labels is not None:
+        np.testing.assert_array_equal(torch.as_tensor(labels).numpy(), [1, 0])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "x.npy")  # opening it for reading would block until a writer comes
+    with pytest.raises(DataError, match=r"x\.npy is not a regular file"):
+        load_array_file(tmp_path / "x.npy")
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").mkdir()
+    with pytest.raises(DataError, match=r"x\.csv is not a regular file"):
+        load_array_file(tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (np.array(["a", "b"]), r"labels 'y' in .*d\.npz must be integer class indices, got dtype <U1; map the"),
+        (np.array([0.5, 1.0]), "must be integer class indices, got dtype float64"),
+        (np.array([-1, 0]), r"must be class indices 0, 1, \.\.\., got -1"),
+    ],
+)
+def test_labels_that_are_not_class_indices(tmp_path: Path, y: np.ndarray, message: str) -> None:
+    np.savez(tmp_path / "d.npz", x=X, y=y)
+    with pytest.raises(DataError, match=message):
+        load_array_file(tmp_path / "d.npz")
+
+
+def test_whole_float_labels_become_integers(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=X, y=np.array([1.0, 0.0]))
+    _, labels = load_array_file(tmp_path / "d.npz")
+    assert labels is not None and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, [1, 0])
+
+
+@pytest.mark.parametrize(("shape", "what"), [((0, 3), "rows"), ((2, 0), "columns")])
+def test_empty_arrays_are_refused(tmp_path: Path, shape: tuple[int, int], what: str) -> None:
+    np.save(tmp_path / "e.npy", np.zeros(shape))
+    with pytest.raises(DataError, match=rf"e\.npy holds no {what} \(shape \({shape[0]}, {shape[1]}\)\)"):
+        load_array_file(tmp_path / "e.npy")
