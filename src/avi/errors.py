@@ -6,7 +6,7 @@ users can catch ``ValueError`` and the CLI can turn it into a one-line message a
 
 from __future__ import annotations
 
-__all__ = ["AviError", "ConfigError", "DataError", "RunError"]
+__all__ = ["AviError", "ConfigError", "DataError", "RunError", "first_line"]
 
 
 class AviError(ValueError):
@@ -23,3 +23,10 @@ class DataError(AviError):
 
 class RunError(AviError):
     """A run directory that is missing, incomplete or from an incompatible configuration."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for errors
+    that report a library's or a user's exception in one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -9,12 +9,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import avi
-from avi.inference import Hook, StepInfo, TrainState
+from avi.errors import ConfigError
+from avi.inference import Diverged, Hook, StepInfo, TrainState, run
 from avi.runs.config import load_config
+from avi.runs.hooks import EarlyStopping, Validation
 from avi.runs.rundir import read_checkpoint
 
 from .conftest import small_job
@@ -124,3 +127,51 @@ def test_a_run_written_before_the_run_layer_loads_and_evaluates_the_same(tmp_pat
     resumed = run_avi("fit", "--resume", str(run_dir), "--epochs", "3")
     assert resumed.returncode == 0, resumed.stderr
     assert len(avi.load_run(run_dir).metrics) == 3
+
+
+def test_early_stopping_of_a_resumed_run_remembers_its_best_epoch(tmp_path: Path) -> None:
+    rows = [{"epoch": 1, "val_elbo": -3.0}, {"epoch": 2, "val_elbo": -2.0}, {"epoch": 3, "val_elbo": -2.5}]
+    stopping = EarlyStopping(2, tmp_path, Validation(None), rows)  # type: ignore[arg-type]
+    assert (stopping.best, stopping.best_epoch) == (-2.0, 2)
+
+
+def test_early_stopping_needs_a_validation_split(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="validation_fraction > 0"):
+        load_config(None, {"train": {"early_stop": 3}, "data": {"validation_fraction": 0}})
+
+
+def test_a_hooks_numpy_column_reaches_metrics_and_the_run_resumes(tmp_path: Path) -> None:
+    class NumpyColumn(Hook):
+        def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+            record["np_metric"] = np.float32(state.epoch) / 2
+            record["torch_metric"] = torch.tensor(float(state.epoch))
+            return False
+
+    run_dir = avi.run_fit(_config(tmp_path, epochs=1), tmp_path / "run", hooks=[NumpyColumn()])
+    avi.run_fit(run_dir=run_dir, resume=True, epochs=2, hooks=[NumpyColumn()])  # loads weights_only
+    rows = avi.load_run(run_dir).metrics
+    assert [r["np_metric"] for r in rows] == [0.5, 1.0] and [r["torch_metric"] for r in rows] == [1, 2]
+
+
+def test_hooks_end_also_when_an_epoch_raises() -> None:
+    class Ending(Hook):
+        ended = 0
+
+        def on_end(self, state: TrainState) -> None:
+            Ending.ended += 1
+
+    def diverging(state: TrainState, data: Any, hooks: Any) -> Any:
+        raise Diverged(state.epoch + 1, 3)
+
+    state = TrainState(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), [], torch.Generator())  # type: ignore[arg-type]
+    with pytest.raises(Diverged, match="epoch 1, step 3"):
+        run(state, None, diverging, epochs=2, hooks=[Ending()])  # type: ignore[arg-type]
+    assert Ending.ended == 1
+
+
+def test_aggressive_epochs_stop_on_a_non_finite_objective(tmp_path: Path) -> None:
+    config = _config(tmp_path, epochs=2, lr=1e3)
+    config.remedies.aggressive = True
+    with pytest.raises(Diverged, match="diverged"):
+        avi.run_fit(config, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"

@@ -71,9 +71,3 @@ class Posterior(nn.Module):
         """The posterior over the points whose lambda :meth:`infer_params` returned (indexed
         0..N-1); only posteriors that infer parameters have one."""
         raise NotImplementedError(f"{type(self).__name__} needs no per-point parameters")
-
-    def for_points(self, model: LatentVariableModel, x: Tensor, how: PointInference) -> Posterior:
-        """A posterior for the new points x (N, D), indexed 0..N-1: itself where it is amortized,
-        else one over the lambda inferred for x."""
-        params = self.infer_params(model, x, how)
-        return self if params is None else self.for_params(params)

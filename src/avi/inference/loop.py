@@ -36,12 +36,13 @@ __all__ = ["Diverged", "EpochFn", "EpochStats", "Hook", "Replicas", "StepInfo", 
 
 
 class Diverged(RunError):
-    """The objective became NaN or infinite: ``epoch`` and ``step`` (1-based within the epoch)
-    name the first non-finite step."""
+    """The objective became NaN or infinite: ``epoch`` and ``step`` (1-based within the epoch;
+    None where only the epoch's mean was checked) name the first non-finite step."""
 
-    def __init__(self, epoch: int, step: int) -> None:
+    def __init__(self, epoch: int, step: int | None) -> None:
+        where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
         super().__init__(
-            f"training diverged: the objective is not finite at epoch {epoch}, step {step} "
+            f"training diverged: the objective is not finite at {where} "
             "(lower the learning rate, or check the data and the model)"
         )
         self.epoch, self.step = epoch, step
@@ -239,18 +240,20 @@ def run(state: TrainState, data: Dataset, train: EpochFn, *, epochs: int, hooks:
     :func:`train_epoch` with its objective and batch size bound, or another, such as aggressive
     training), then ``state.epoch`` advances and every hook's ``on_epoch`` sees the epoch's
     record, in order (validation before the metrics table before the checkpoint). At the end,
-    every hook's ``on_end``."""
-    while state.epoch < epochs:
+    also when an epoch raises (:class:`Diverged`, an interrupt), every hook's ``on_end``."""
+    try:
+        while state.epoch < epochs:
+            for hook in hooks:
+                hook.on_epoch_start(state)
+            stats = train(state, data, hooks)
+            state.epoch += 1
+            record: dict[str, Any] = {"epoch": state.epoch, **_stats_columns(stats)}
+            stop = [hook.on_epoch(state, record) for hook in hooks]
+            if any(stop):
+                break
+    finally:
         for hook in hooks:
-            hook.on_epoch_start(state)
-        stats = train(state, data, hooks)
-        state.epoch += 1
-        record: dict[str, Any] = {"epoch": state.epoch, **_stats_columns(stats)}
-        stop = [hook.on_epoch(state, record) for hook in hooks]
-        if any(stop):
-            break
-    for hook in hooks:
-        hook.on_end(state)
+            hook.on_end(state)
     return state
 
 

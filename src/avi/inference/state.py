@@ -1,8 +1,10 @@
 """The training state: everything a step reads and writes, and everything a checkpoint holds.
 
 In the shape of ``numpyro.infer.svi.SVIState`` and BlackJAX's ``init``/``step`` states: the loop
-(:mod:`avi.inference.loop`) takes a state and returns it advanced; nothing it needs lives
-elsewhere, so saving the state and loading it continues the run exactly.
+(:mod:`avi.inference.loop`) takes a state and returns it advanced. What a step draws from
+torch's global generators (``rsample``) is the one input outside it: a run's checkpoint
+(:func:`avi.runs.hooks.checkpoint_of`) saves their states beside the state's, so a resumed run
+continues exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from avi.errors import RunError
+from avi.errors import RunError, first_line
 from avi.families.posterior import Posterior
 from avi.models.base import LatentVariableModel
 
@@ -99,15 +101,10 @@ class TrainState:
             self.epoch = int(state["epoch"])
             self.step = int(state.get("step", 0))
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise RunError(f"{where} does not match its config: {_first_line(err)}") from None
+            raise RunError(f"{where} does not match its config: {first_line(err)}") from None
 
 
 def _byte_tensor(value: Any) -> Tensor:
     if not isinstance(value, Tensor) or value.dtype != torch.uint8:
         raise TypeError("its generator state is not a byte tensor")
     return value
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -15,7 +15,7 @@ from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
 from avi.data.transforms import check_images, make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
-from avi.errors import ConfigError, DataError
+from avi.errors import ConfigError, DataError, first_line
 from avi.families import Family, make_family
 from avi.families.discrete import BernoulliFamily, CategoricalFamily
 from avi.families.flow import FLOW_KINDS, FlowFamily
@@ -84,8 +84,7 @@ def call_user(path: str, args: dict[str, Any], defaults: dict[str, Any], where: 
     try:
         return factory(**kwargs)
     except Exception as err:  # the user's constructor: any error, in one line
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot build {path} with {where} {args}: {type(err).__name__}: {message}") from None
+        raise ConfigError(f"cannot build {path} with {where} {args}: {type(err).__name__}: {first_line(err)}") from None
 
 
 def build_family(config: Config) -> Family:

@@ -350,6 +350,12 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_early_stop(self) -> Config:
+        if self.train.early_stop is not None and self.data.validation_fraction == 0:
+            raise ValueError("train.early_stop watches the validation ELBO: it needs data.validation_fraction > 0")
+        return self
+
+    @model_validator(mode="after")
     def _check_collapse(self) -> Config:
         check_collapse_options(self)
         return self

@@ -82,7 +82,11 @@ def init_from_env(device: torch.device, batch_size: int | None = None) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS))
+    try:
+        timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS))
+    except ValueError:
+        value = os.environ[TIMEOUT_VARIABLE]
+        raise ConfigError(f"{TIMEOUT_VARIABLE} must be a number of seconds, got {value!r}") from None
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     return True
 

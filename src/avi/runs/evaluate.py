@@ -235,8 +235,8 @@ def _representation(run: TrainedRun, x: Tensor, labels: Tensor | None) -> dict[s
     first ``PROBE_POINTS`` training points (one fixed binarisation), scored on x."""
     out: dict[str, Any] = {}
     for name in TRANSFORMS:
-        torch.manual_seed(run.config.train.seed + 1)
-        out[f"consistency_kl_{name}"] = consistency_kl(run.posterior, x, make_transform(name)).mean().item()
+        with seeded(run.config.train.seed + 1, run.device):
+            out[f"consistency_kl_{name}"] = consistency_kl(run.posterior, x, make_transform(name)).mean().item()
     train = run.splits.train
     out["probe_accuracy"] = None
     if labels is not None and train.labels is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -128,7 +129,9 @@ def checkpoint_of(state: TrainState, rows: list[dict[str, Any]], validation: Val
 @dataclass
 class EarlyStopping(Hook):
     """Stops when the validation bound has not improved for ``patience`` epochs, and keeps the
-    best epoch's checkpoint as ``best.pt`` (main process); ``best`` and ``best_epoch`` say where."""
+    best epoch's checkpoint as ``best.pt`` (main process); ``best`` and ``best_epoch`` say where.
+    It runs after :class:`RunFiles`, whose ``rows`` then end with the epoch's finished row; a
+    resumed run's best so far comes from its earlier rows."""
 
     patience: int
     run_dir: Path
@@ -137,13 +140,42 @@ class EarlyStopping(Hook):
     best: float = -math.inf
     best_epoch: int = 0
 
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            self._note(row)
+
+    def _note(self, row: dict[str, Any]) -> bool:
+        value = row.get("val_elbo")
+        if not (isinstance(value, float) and math.isfinite(value) and value > self.best):
+            return False
+        self.best, self.best_epoch = value, int(row["epoch"])
+        return True
+
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
-        value = record.get("val_elbo", math.nan)
-        if math.isfinite(value) and value > self.best:
-            self.best, self.best_epoch = value, state.epoch
-            if distributed.is_main():
-                write_checkpoint(self.run_dir / BEST, checkpoint_of(state, [*self.rows, record], self.validation))
+        if self._note(record) and distributed.is_main():
+            write_checkpoint(self.run_dir / BEST, checkpoint_of(state, self.rows, self.validation))
         return state.epoch - self.best_epoch >= self.patience
+
+
+#: the first columns of metrics.csv, in this order; other columns follow as the hooks added them
+COLUMNS = (
+    "epoch", "train_objective", "train_elbo", "train_reconstruction", "train_kl", "val_elbo", "val_reconstruction",
+    "val_kl", "epoch_seconds", "examples_per_second", "wall_seconds", "kl_weight", "aggressive", "encoder_steps",
+)  # fmt: skip
+
+
+def metrics_row(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's record as a row of metrics.csv and the checkpoint: :data:`COLUMNS` first, and
+    numpy or 0-d torch scalars (a hook's columns) as Python numbers, which a checkpoint loaded
+    with ``weights_only=True`` accepts."""
+    ordered = {key: record[key] for key in COLUMNS if key in record} | record
+    return {key: _number(value) for key, value in ordered.items()}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.dim() == 0):
+        return value.item()
+    return value
 
 
 @dataclass
@@ -168,7 +200,7 @@ class RunFiles(Hook):
 
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
         record["wall_seconds"] = self.wall_before + time.perf_counter() - self.started
-        self.rows.append(dict(record))
+        self.rows.append(metrics_row(record))
         if distributed.is_main():
             write_checkpoint(self.run_dir / CHECKPOINT, checkpoint_of(state, self.rows, self.validation))
             self.metrics.write(self.rows)

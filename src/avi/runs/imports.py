@@ -9,13 +9,14 @@ other processes rebuild the same objects.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
-from avi.errors import ConfigError
+from avi.errors import ConfigError, first_line
 
 __all__ = ["import_object", "is_import_path", "normalise_import_path"]
 
@@ -51,7 +52,7 @@ def _load_file(target: str) -> Any:
     path = Path(target).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"cannot import {target}: no such file")
-    key = f"avi_user_{abs(hash(str(path)))}_{path.stem}"
+    key = f"avi_user_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}_{path.stem}"
     if key in sys.modules:  # one module object per file and process
         return sys.modules[key]
     spec = importlib.util.spec_from_file_location(key, path)
@@ -76,9 +77,4 @@ def _execute(load: Any, target: str, key: str | None = None) -> Any:
     except Exception as err:  # the user's code: any error, reported in one line
         if key is not None:
             sys.modules.pop(key, None)
-        raise ConfigError(f"importing {target} failed: {type(err).__name__}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "(no message)"
+        raise ConfigError(f"importing {target} failed: {type(err).__name__}: {first_line(err)}") from None

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from avi.data.dataset import Splits
-from avi.errors import ConfigError, RunError
+from avi.errors import ConfigError, RunError, first_line
 from avi.families.posterior import PointInference, Posterior
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
@@ -130,7 +130,7 @@ def load_weights(run: TrainedRun, state: dict[str, Any], run_dir: Path) -> None:
         run.model.load_state_dict(state["model"])
         run.posterior.load_state_dict(state["posterior"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise RunError(f"checkpoint of {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
+        raise RunError(f"checkpoint of {run_dir} does not match its config: {first_line(err)}") from None
 
 
 def load_run(path: str | Path, device: str | torch.device | None = None) -> LoadedRun:

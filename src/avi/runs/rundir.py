@@ -5,7 +5,8 @@ Layout of a run directory::
     config.json      the resolved configuration
     metrics.csv      one row per finished epoch
     checkpoint.pt    model, posterior, optimiser and RNG states after the last finished epoch
-    summary.json     status ("running" or "finished") and final numbers
+    best.pt          with train.early_stop: the checkpoint of the best validation epoch
+    summary.json     status ("running", "finished" or "diverged") and final numbers
     evaluation.json  written by ``avi evaluate``
     .lock            locked (``flock``) by the ``avi fit`` writing the run, which wrote its pid in
 
@@ -184,7 +185,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     while the block runs; a run directory another process holds is a :class:`RunError`. The
     kernel releases the lock when the process ends, however it ends; the file stays (removing
     it would let a third process lock a new file while a second waits on the old one)."""
-    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT)
+    except OSError as err:
+        raise RunError(f"cannot lock run directory {run_dir}: {err.strerror}") from None
     locked = False
     try:
         try:

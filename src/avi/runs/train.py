@@ -8,6 +8,7 @@ and the caller's own.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from avi.data.dataset import Dataset
-from avi.errors import ConfigError
+from avi.errors import ConfigError, RunError, first_line
 from avi.inference.aggressive import aggressive_epoch
 from avi.inference.fit import compile_step
 from avi.inference.loop import Diverged, EpochStats, Hook, Replicas, StepInfo, run, train_epoch
@@ -130,16 +131,16 @@ class _Fit:
 
     def train(self, hooks: Sequence[Hook], edge: Sequence[Hook]) -> Path:
         """Run the loop with, in order: the learning rate, the run's columns, validation, the
-        caller's ``hooks``, early stopping, the run's files, and the command line's ``edge``."""
+        caller's ``hooks``, the run's files, early stopping, and the command line's ``edge``."""
         main = distributed.is_main()
         order: list[Hook] = [LearningRate(self.config.train), _EpochColumns(self), self.validation, *hooks]
+        trackers = open_trackers(self.config, self.run_dir, self.rows) if main else []
+        wall = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
+        order.append(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall))
         stopping = None
-        if self.config.train.early_stop is not None:
+        if self.config.train.early_stop is not None:  # after the run files: the row is complete
             stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
             order.append(stopping)
-        trackers = open_trackers(self.config, self.run_dir, self.rows) if main else []
-        wall = self.rows[-1]["wall_seconds"] if self.rows else 0.0
-        order.append(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall))
         try:
             run(self.state, self.train_data, self._epoch, epochs=self.last_epoch, hooks=[*order, *edge])
         except Diverged as err:
@@ -175,6 +176,8 @@ class _Fit:
         )  # fmt: skip
         self.columns.update(aggressive=1, encoder_steps=result.encoder_steps)
         state.step += len(range(0, len(data), self.config.train.batch_size))
+        if not math.isfinite(result.epoch.objective):  # checked once, on the epoch's mean
+            raise Diverged(epoch, None)
         return result.epoch
 
     def _summary(self, status: str, **extra: Any) -> dict[str, Any]:
@@ -244,14 +247,24 @@ def _start(
     if resume:
         _restore(held, fit, epochs)
     elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        held.enter_context(run_lock(run_dir))  # before config.json: a racing fit into run_dir stops here
-        require_new_run(run_dir)  # or here, where the racing fit finished before this one took the lock
+        _create(held, run_dir)
         write_json(run_dir / CONFIG, config.model_dump())
     fit.replicas = _replicas(fit, compile)
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": fit.state.epoch, "epochs": fit.last_epoch})
     return fit
+
+
+def _create(held: ExitStack, run_dir: Path) -> None:
+    """Make a new run's directory and take its lock (into ``held``) before anything is written:
+    a racing fit into it stops at the lock, or at the check after it where the racing fit
+    finished first."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create run directory {run_dir}: {first_line(err)}") from None
+    held.enter_context(run_lock(run_dir))
+    require_new_run(run_dir)
 
 
 def _new_state(run: TrainedRun) -> TrainState:
@@ -289,6 +302,8 @@ def _restore(held: ExitStack, fit: _Fit, epochs: int | None) -> None:
             f"run {fit.run_dir} has done {done} epochs: resuming it needs epochs >= {done}, got {fit.last_epoch}"
         )
     params = saved.get("validation_params")
+    if params is not None and not isinstance(params, Tensor):
+        raise RunError(f"checkpoint of {fit.run_dir} holds validation parameters that are not a tensor")
     fit.validation.params = None if params is None else params.to(fit.run.device)
 
 
