@@ -3,6 +3,8 @@ enumeration against pgmpy's variable elimination and junction tree; mean-field V
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -42,9 +44,17 @@ def test_enumeration_variable_elimination_and_junction_tree_agree_on_asia() -> N
     assert exact.names == ("smoke", "bronc", "lung", "tub", "either")
     assert exact.probs.sum().item() == pytest.approx(1.0)
     for method in ("variable-elimination", "junction-tree"):
+        # every free variable's exact marginal, and log p(e), without the joint table
         other = network_posterior(net, EVIDENCE, method=method)
         assert other.names == exact.names
-        torch.testing.assert_close(other.probs, exact.probs, rtol=1e-9, atol=1e-12)
+        for v in exact.names:
+            torch.testing.assert_close(other.marginal(v).probs, exact.marginal(v).probs, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(other.log_normalizer, exact.log_normalizer, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(other.mean, exact.mean, rtol=1e-9, atol=1e-12)
+        # its joint is the product of the marginals (which the posterior is not: smoke, bronc are dependent)
+        z = other.sample((5,))
+        product = sum(exact.marginal(v).probs.log()[z[:, i]] for i, v in enumerate(exact.names))
+        torch.testing.assert_close(other.log_prob(z), product)
     # Hand checks: p(lung | smoke) = 0.1; p(xray = yes) from the chain lung, tub -> either -> xray.
     assert network_posterior(net, {"asia": "no", "smoke": "yes"}).marginal("lung").probs[0].item() == pytest.approx(0.1)
     free = network_posterior(net, {"xray": 0})
@@ -102,3 +112,81 @@ def test_a_network_with_a_cycle_is_a_one_line_error() -> None:
 def test_bad_queries_are_one_line_errors(evidence, method, message) -> None:
     with pytest.raises(ConfigError, match=message):
         network_posterior(asia(), evidence, method=method)
+
+
+def two_chains() -> DiscreteBayesNet:
+    """a -> b and c -> d: the moral graph has two components."""
+    cpds = {
+        "a": ([], bern(0.3)[0]),
+        "b": (["a"], bern(0.9, 0.2)),
+        "c": ([], bern(0.6)[0]),
+        "d": (["c"], bern(0.5, 0.0)),
+    }
+    return DiscreteBayesNet(cpds, {v: YES_NO for v in cpds})
+
+
+@pytest.mark.parametrize("method", ["variable-elimination", "junction-tree"])
+def test_a_disconnected_network_is_solved_component_by_component(method: str) -> None:
+    pytest.importorskip("pgmpy")
+    posterior = network_posterior(two_chains(), {"b": "yes", "d": "yes"}, method=method)
+    assert posterior.names == ("a", "c")
+    # Bayes in each chain: p(a | b) = 0.3 * 0.9 / (0.3 * 0.9 + 0.7 * 0.2); p(c = yes | d = yes) = 1.
+    assert posterior.marginal("a").probs[0].item() == pytest.approx(0.27 / 0.41)
+    assert posterior.marginal("c").probs[0].item() == pytest.approx(1.0)
+    assert posterior.log_normalizer.exp().item() == pytest.approx(0.41 * 0.6 * 0.5)
+    # evidence on a whole component leaves the other's marginals at their prior
+    assert network_posterior(two_chains(), {"c": "no", "d": "no"}, method=method).marginal("b").probs[0].item() == (
+        pytest.approx(0.3 * 0.9 + 0.7 * 0.2)
+    )
+
+
+def _example(name: str):
+    """One of pgmpy's bundled example networks (read from its package, no download)."""
+    utils = pytest.importorskip("pgmpy.utils")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # get_example_model's deprecation notice
+        return utils.get_example_model(name)
+
+
+@pytest.mark.parametrize(
+    "name, evidence",
+    [
+        ("sachs", {"Erk": "HIGH", "PIP3": "LOW"}),  # its moral graph has several components
+        ("child", {"LowerBodyO2": "<5", "CO2Report": ">=7.5", "Disease": "TGA"}),
+        ("alarm", {"HRBP": "HIGH", "BP": "LOW", "VENTTUBE": "ZERO", "HYPOVOLEMIA": "TRUE"}),
+    ],
+)
+def test_real_networks_match_pgmpys_variable_elimination(name: str, evidence: dict[str, str]) -> None:
+    from pgmpy.inference import VariableElimination
+
+    model = _example(name)
+    net = DiscreteBayesNet.from_pgmpy(model)
+    reference = VariableElimination(model)
+    for method in ("variable-elimination", "junction-tree"):
+        posterior = network_posterior(net, evidence, method=method)
+        assert posterior.names == tuple(v for v in net.names if v not in evidence)
+        for v in posterior.names:
+            factor = reference.query([v], evidence=evidence, show_progress=False)
+            states = [str(s) for s in factor.state_names[v]]
+            expected = torch.as_tensor(factor.values, dtype=torch.float64)[[states.index(s) for s in net.states[v]]]
+            torch.testing.assert_close(posterior.marginal(v).probs, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["enumeration", "variable-elimination", "junction-tree"])
+def test_impossible_evidence_is_a_one_line_error(method: str) -> None:
+    pytest.importorskip("pgmpy")
+    # either = lung OR tub, so lung = yes with either = no never happens
+    with pytest.raises(AviError, match="zero probability under the"):
+        network_posterior(asia(), {"lung": "yes", "either": "no"}, method=method)
+    # nor does d = yes with c = no, in a component without free variables
+    with pytest.raises(AviError, match="zero probability under the"):
+        network_posterior(two_chains(), {"c": "no", "d": "yes"}, method=method)
+
+
+def test_child_is_too_large_to_enumerate_but_not_to_eliminate() -> None:
+    net = DiscreteBayesNet.from_pgmpy(_example("child"))
+    with pytest.raises(AviError, match="too large .*; use variable elimination or MCMC"):
+        network_posterior(net, {"Age": "0-3_days"})
+    posterior = network_posterior(net, {"Age": "0-3_days"}, method="variable-elimination")
+    assert len(posterior.names) == 19 and posterior.log_normalizer.item() < 0
+    assert all(p.sum().item() == pytest.approx(1.0) for p in posterior.marginals().values())

@@ -17,6 +17,7 @@ raising the ELBO sum_f E_q[log f] + sum_v H(q_v) <= log p(e).
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from functools import reduce
@@ -32,7 +33,14 @@ from avi.baselines.enumeration import CategoricalTable, enumerate_posterior
 from avi.baselines.targets import check_count
 from avi.errors import AviError, ConfigError
 
-__all__ = ["EXACT_METHODS", "DiscreteBayesNet", "MeanFieldCategorical", "mean_field", "network_posterior"]
+__all__ = [
+    "EXACT_METHODS",
+    "DiscreteBayesNet",
+    "MeanFieldCategorical",
+    "ProductCategorical",
+    "mean_field",
+    "network_posterior",
+]
 
 EXACT_METHODS = ("enumeration", "variable-elimination", "junction-tree")
 #: log-probabilities of impossible entries are floored here so that 0 * log 0 = 0 in CAVI
@@ -164,10 +172,13 @@ def _as_network(network: DiscreteBayesNet | Any) -> DiscreteBayesNet:
 
 def network_posterior(
     network: DiscreteBayesNet | Any, evidence: Mapping[str, str | int] | None = None, *, method: str = "enumeration"
-) -> CategoricalTable:
-    """The exact joint posterior p(free variables | evidence) as a :class:`CategoricalTable`
-    over the free variables in topological order, by ``method`` (see the module docstring).
-    ``network`` may also be a pgmpy model; evidence maps variables to state names or codes."""
+) -> CategoricalTable | ProductCategorical:
+    """The exact posterior of the free variables (in topological order) given the evidence, by
+    ``method`` (see the module docstring). ``network`` may also be a pgmpy model; evidence maps
+    variables to state names or codes. Enumeration gives the joint table (a
+    :class:`CategoricalTable`); variable elimination and the junction tree give every free
+    variable's exact marginal p(z_v | e) as a :class:`ProductCategorical`, whose joint is their
+    product, without ever building the joint table. Both carry log p(e) as ``log_normalizer``."""
     if method not in EXACT_METHODS:
         raise ConfigError(f"unknown exact method {method!r}; choose from {list(EXACT_METHODS)}")
     net = _as_network(network)
@@ -186,31 +197,99 @@ def network_posterior(
             return net.log_joint(z)
 
         return enumerate_posterior(log_joint, [net.cards[v] for v in free], free)
-    from pgmpy.inference import BeliefPropagation, VariableElimination
-
-    engine = (VariableElimination if method == "variable-elimination" else BeliefPropagation)(net.to_pgmpy())
-    named = {v: net.states[v][k] for v, k in coded.items()}
-    # belief propagation divides factors, 0 / 0 where a state has probability zero (as under asia's
-    # deterministic "either"), and pgmpy then sets those NaNs to 0: numpy's warning is noise
-    with np.errstate(invalid="ignore"):
-        factor = engine.query(variables=free, evidence=named, joint=True, show_progress=False)
-    values = torch.as_tensor(factor.values, dtype=torch.float64).permute([factor.variables.index(v) for v in free])
-    for axis, v in enumerate(free):  # pgmpy's state order may differ from ours
-        order = [list(factor.state_names[v]).index(s) for s in net.states[v]]
-        values = values.index_select(axis, torch.tensor(order))
-    return CategoricalTable(values / values.sum(), free)
+    components, log_evidence = _components(net.factors(coded))
+    probs: dict[str, Tensor] = {}
+    for factors in components:
+        marginals, log_z = _component_marginals(factors, method)
+        probs.update(marginals)
+        log_evidence += log_z
+    if not math.isfinite(log_evidence):
+        raise AviError("the evidence has zero probability under the network; the posterior is undefined")
+    return ProductCategorical(
+        {v: probs[v] for v in free}, log_normalizer=torch.tensor(log_evidence, dtype=torch.float64)
+    )
 
 
-class MeanFieldCategorical(Distribution):
-    """q(z) = prod_v Categorical(z_v; probs[v]) over named variables; ``elbo`` is the ELBO it reached."""
+Factor = tuple[tuple[str, ...], Tensor]
+
+
+def _components(factors: Sequence[Factor]) -> tuple[list[list[Factor]], float]:
+    """The evidence-reduced CPTs grouped by the connected components of the free variables
+    (variables sharing a factor are linked), and log of the product of the factors left without
+    a free variable. Given e, the components are independent: p(z | e) = prod_c p(z_c | e)."""
+    root: dict[str, str] = {}
+
+    def find(v: str) -> str:
+        while root[v] != v:
+            v = root[v]
+        return v
+
+    for scope, _ in factors:
+        for v in scope:
+            root.setdefault(v, v)
+        for v in scope[1:]:
+            root[find(v)] = find(scope[0])
+    groups: dict[str, list[Factor]] = {}
+    for scope, table in factors:
+        if scope:
+            groups.setdefault(find(scope[0]), []).append((scope, table))
+    constant = sum(float(table) for scope, table in factors if not scope)
+    return list(groups.values()), constant
+
+
+def _component_marginals(factors: Sequence[Factor], method: str) -> tuple[dict[str, Tensor], float]:
+    """Each variable's normalised marginal in one connected component of free variables, and
+    log Z = log sum_z prod_f f(z), by pgmpy on the component as a Markov network: one variable
+    elimination per variable, or one calibration of its junction tree."""
+    variables = sorted({v for scope, _ in factors for v in scope})
+    if len(variables) == 1:  # a lone variable: the product of its unary factors
+        unnormalised = {variables[0]: reduce(operator.mul, (table.exp() for _, table in factors))}
+    else:
+        from pgmpy.factors.discrete import DiscreteFactor
+        from pgmpy.inference import BeliefPropagation, VariableElimination
+        from pgmpy.models import DiscreteMarkovNetwork
+
+        model = DiscreteMarkovNetwork(
+            [(u, v) for scope, _ in factors for i, u in enumerate(scope) for v in scope[i + 1 :]]
+        )
+        model.add_factors(*[DiscreteFactor(list(scope), list(t.shape), t.exp().numpy()) for scope, t in factors])
+        # belief propagation divides factors, 0 / 0 where a state has probability zero (as under asia's
+        # deterministic "either"), and pgmpy then sets those NaNs to 0: numpy's warning is noise
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if method == "variable-elimination":
+                engine = VariableElimination(model)
+                found = {v: engine.query([v], joint=True, show_progress=False) for v in variables}
+            else:
+                found = _junction_tree_marginals(BeliefPropagation(model), variables)
+        unnormalised = {v: torch.as_tensor(f.values, dtype=torch.float64) for v, f in found.items()}
+    z = unnormalised[variables[0]].sum()
+    return {v: u / z for v, u in unnormalised.items()}, float(z.log())
+
+
+def _junction_tree_marginals(engine: Any, variables: Sequence[str]) -> dict[str, Any]:
+    """Calibrate the junction tree once; each variable's (unnormalised) marginal is then the sum
+    of the smallest clique belief that holds it over the clique's other variables."""
+    engine.calibrate()
+    beliefs = engine.get_clique_beliefs()
+    found = {}
+    for v in variables:
+        clique = min((c for c in beliefs if v in c), key=lambda c: math.prod(beliefs[c].cardinality))
+        found[v] = beliefs[clique].marginalize([u for u in clique if u != v], inplace=False)
+    return found
+
+
+class ProductCategorical(Distribution):
+    """p(z) = prod_v Categorical(z_v; probs[v]) over named variables: a mean-field q, or the
+    exact marginals of a posterior whose joint is not built. ``mean`` and ``variance`` are
+    those of the integer codes; ``log_normalizer`` is log p(e) where the marginals are exact."""
 
     arg_constraints: dict = {}
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
-    def __init__(self, probs: Mapping[str, Tensor], elbo: float = float("nan")) -> None:
+    def __init__(self, probs: Mapping[str, Tensor], log_normalizer: Tensor | None = None) -> None:
         self.names = tuple(probs)
         self.probs = dict(probs)
-        self.elbo = elbo
+        self.log_normalizer = log_normalizer
         super().__init__(torch.Size(), torch.Size([len(self.names)]), validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -226,6 +305,23 @@ class MeanFieldCategorical(Distribution):
 
     def marginals(self) -> dict[str, Tensor]:
         return dict(self.probs)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.stack([(p * torch.arange(p.numel(), dtype=p.dtype)).sum() for p in self.probs.values()])
+
+    @property
+    def variance(self) -> Tensor:
+        second = [(p * torch.arange(p.numel(), dtype=p.dtype) ** 2).sum() for p in self.probs.values()]
+        return torch.stack(second) - self.mean**2
+
+
+class MeanFieldCategorical(ProductCategorical):
+    """q(z) = prod_v Categorical(z_v; probs[v]) over named variables; ``elbo`` is the ELBO it reached."""
+
+    def __init__(self, probs: Mapping[str, Tensor], elbo: float = float("nan")) -> None:
+        super().__init__(probs)
+        self.elbo = elbo
 
 
 def mean_field(

@@ -8,8 +8,9 @@ sampled and compared exactly as a variational one is:
 - a :class:`~avi.models.LatentVariableModel` with an exact posterior (PPCA, factor analysis)
   and data x (B, D): p(z_i | x_i), batch (B,), event (K,);
 - a :class:`~avi.baselines.bayesnet.DiscreteBayesNet` or a pgmpy network with evidence:
-  the joint posterior of the free variables by enumeration, variable elimination or the
-  junction tree (:func:`~avi.baselines.bayesnet.network_posterior`).
+  the posterior of the free variables, its joint table by enumeration, or every variable's
+  exact marginal by variable elimination or the junction tree
+  (:func:`~avi.baselines.bayesnet.network_posterior`).
 """
 
 from __future__ import annotations
