@@ -23,6 +23,7 @@ from rich.table import Table
 
 from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, merge, overrides, parameters, parse_set
 from avi.errors import AviError, ConfigError
+from avi.runs.paths import check_output_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -348,6 +349,10 @@ def compare(
     or inference methods on one model (avi compare --model NAME: time against posterior accuracy)."""
     if runs and model:
         _fail("give run directories or --model, not both")
+    try:
+        check_output_dir(out or Path("runs"))  # before anything is computed
+    except AviError as err:
+        _fail(str(err))
     if runs:
         if methods:
             _fail("--methods picks the inference methods of --model; run directories are compared as they are")

@@ -41,6 +41,7 @@ from avi.runs.load import (
     load_trained,
     resolve_device,
 )
+from avi.runs.paths import check_output_dir
 from avi.runs.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -226,6 +227,7 @@ def _start(
     else:
         config = config or Config()
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        check_output_dir(run_dir)  # before any data is loaded
         require_new_run(run_dir)
     last_epoch = config.train.epochs if epochs is None else epochs
     if last_epoch < 0:
