@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from avi.baselines import bayesnet
 from avi.baselines.bayesnet import DiscreteBayesNet, mean_field, network_posterior
 from avi.errors import AviError, ConfigError
 
@@ -190,3 +191,11 @@ def test_child_is_too_large_to_enumerate_but_not_to_eliminate() -> None:
     posterior = network_posterior(net, {"Age": "0-3_days"}, method="variable-elimination")
     assert len(posterior.names) == 19 and posterior.log_normalizer.item() < 0
     assert all(p.sum().item() == pytest.approx(1.0) for p in posterior.marginals().values())
+
+
+@pytest.mark.parametrize("method", ["variable-elimination", "junction-tree"])
+def test_a_network_too_dense_for_its_tables_is_a_one_line_error(method: str, monkeypatch) -> None:
+    pytest.importorskip("pgmpy")
+    monkeypatch.setattr(bayesnet, "MAX_CLIQUE", 4)  # asia's cliques hold three binary variables
+    with pytest.raises(AviError, match=r"a table over 3 variables \(8 entries, limit 4\); the network is too dense"):
+        network_posterior(asia(), EVIDENCE, method=method)

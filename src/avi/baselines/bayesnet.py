@@ -6,9 +6,14 @@ table (CPT). With evidence e on some variables, the posterior over the others is
 
 - ``"enumeration"``: avi's :func:`~avi.baselines.enumeration.enumerate_posterior` over every
   configuration of the free variables (small networks only);
-- ``"variable-elimination"``: pgmpy's ``VariableElimination`` (Zhang and Poole 1994);
+- ``"variable-elimination"``: pgmpy's ``VariableElimination`` (Zhang and Poole 1994), one
+  query per free variable;
 - ``"junction-tree"``: pgmpy's ``BeliefPropagation``, message passing on a junction tree
-  (Lauritzen and Spiegelhalter 1988).
+  (Lauritzen and Spiegelhalter 1988) built here by min-fill triangulation, calibrated once.
+
+The last two give each free variable's marginal p(z_v | e) and never the joint table: they
+reduce the CPTs by the evidence and solve each connected component of the free variables on
+its own, as p(z | e) factorises over them.
 
 :func:`mean_field` fits q(z) = prod_v q_v(z_v) by coordinate ascent (CAVI; Bishop, PRML 10.1.1):
 log q_v(k) = sum over the CPTs f that contain v of E_{q_-v}[log f | z_v = k] + const, each sweep
@@ -43,6 +48,8 @@ __all__ = [
 ]
 
 EXACT_METHODS = ("enumeration", "variable-elimination", "junction-tree")
+#: variable elimination and the junction tree refuse a network that needs a larger table (512 MiB)
+MAX_CLIQUE = 2**26
 #: log-probabilities of impossible entries are floored here so that 0 * log 0 = 0 in CAVI
 _LOG_FLOOR = -1e3
 
@@ -239,31 +246,95 @@ def _components(factors: Sequence[Factor]) -> tuple[list[list[Factor]], float]:
 
 def _component_marginals(factors: Sequence[Factor], method: str) -> tuple[dict[str, Tensor], float]:
     """Each variable's normalised marginal in one connected component of free variables, and
-    log Z = log sum_z prod_f f(z), by pgmpy on the component as a Markov network: one variable
-    elimination per variable, or one calibration of its junction tree."""
+    log Z = log sum_z prod_f f(z)."""
     variables = sorted({v for scope, _ in factors for v in scope})
     if len(variables) == 1:  # a lone variable: the product of its unary factors
         unnormalised = {variables[0]: reduce(operator.mul, (table.exp() for _, table in factors))}
     else:
-        from pgmpy.factors.discrete import DiscreteFactor
-        from pgmpy.inference import BeliefPropagation, VariableElimination
-        from pgmpy.models import DiscreteMarkovNetwork
-
-        model = DiscreteMarkovNetwork(
-            [(u, v) for scope, _ in factors for i, u in enumerate(scope) for v in scope[i + 1 :]]
-        )
-        model.add_factors(*[DiscreteFactor(list(scope), list(t.shape), t.exp().numpy()) for scope, t in factors])
-        # belief propagation divides factors, 0 / 0 where a state has probability zero (as under asia's
-        # deterministic "either"), and pgmpy then sets those NaNs to 0: numpy's warning is noise
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if method == "variable-elimination":
-                engine = VariableElimination(model)
-                found = {v: engine.query([v], joint=True, show_progress=False) for v in variables}
-            else:
-                found = _junction_tree_marginals(BeliefPropagation(model), variables)
-        unnormalised = {v: torch.as_tensor(f.values, dtype=torch.float64) for v, f in found.items()}
+        unnormalised = _pgmpy_marginals(factors, variables, method)
     z = unnormalised[variables[0]].sum()
     return {v: u / z for v, u in unnormalised.items()}, float(z.log())
+
+
+def _pgmpy_marginals(factors: Sequence[Factor], variables: Sequence[str], method: str) -> dict[str, Tensor]:
+    """sum_{z_-v} prod_f f(z) for each variable v of a connected component, by pgmpy: one variable
+    elimination per variable on the component as a Markov network, or one calibration of its
+    junction tree."""
+    from pgmpy.factors.discrete import DiscreteFactor
+    from pgmpy.inference import BeliefPropagation, VariableElimination
+    from pgmpy.models import DiscreteMarkovNetwork
+
+    cards = {v: int(t.shape[i]) for scope, t in factors for i, v in enumerate(scope)}
+    cliques = _cliques([scope for scope, _ in factors], cards)
+    tables = [DiscreteFactor(list(scope), list(t.shape), t.exp().numpy()) for scope, t in factors]
+    # belief propagation divides factors, 0 / 0 where a state has probability zero (as under asia's
+    # deterministic "either"), and pgmpy then sets those NaNs to 0: numpy's warning is noise
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "variable-elimination":
+            model = DiscreteMarkovNetwork([(u, v) for c in cliques for i, u in enumerate(c) for v in c[i + 1 :]])
+            model.add_factors(*tables)
+            engine = VariableElimination(model)
+            found = {v: engine.query([v], joint=True, show_progress=False) for v in variables}
+        else:
+            found = _junction_tree_marginals(BeliefPropagation(_junction_tree(cliques, tables, cards)), variables)
+    return {v: torch.as_tensor(f.values, dtype=torch.float64) for v, f in found.items()}
+
+
+def _cliques(scopes: Sequence[tuple[str, ...]], cards: Mapping[str, int]) -> list[tuple[str, ...]]:
+    """The maximal cliques of the graph linking the variables of each scope, triangulated by
+    greedy min-fill elimination (each step removes the variable whose neighbours need the
+    fewest new edges to form a clique); a one-line :class:`AviError` when a clique's table
+    would exceed :data:`MAX_CLIQUE` entries."""
+    adjacent: dict[str, set[str]] = {v: set() for v in cards}
+    for scope in scopes:
+        for v in scope:
+            adjacent[v].update(u for u in scope if u != v)
+
+    def fill(v: str) -> int:
+        return sum(1 for a in adjacent[v] for b in adjacent[v] if a < b and b not in adjacent[a])
+
+    cliques: list[set[str]] = []
+    while adjacent:
+        v = min(adjacent, key=lambda u: (fill(u), math.prod(cards[w] for w in adjacent[u]), u))
+        clique = adjacent.pop(v) | {v}
+        size = math.prod(cards[u] for u in clique)
+        if size > MAX_CLIQUE:
+            raise AviError(
+                f"exact inference needs a table over {len(clique)} variables ({size:,} entries, limit "
+                f"{MAX_CLIQUE:,}); the network is too dense for it, use mean-field VI or MCMC"
+            )
+        if not any(clique <= c for c in cliques):  # a later clique never holds an earlier one's v
+            cliques.append(clique)
+        for u in clique - {v}:
+            adjacent[u] |= clique - {u, v}
+            adjacent[u].discard(v)
+    return [tuple(sorted(c)) for c in cliques]
+
+
+def _junction_tree(cliques: Sequence[tuple[str, ...]], tables: Sequence[Any], cards: Mapping[str, int]) -> Any:
+    """A pgmpy ``JunctionTree``: the cliques of a triangulated graph joined by a maximum spanning
+    tree, weighted by the size of the sepsets (which has the running intersection property), each
+    table multiplied into the first clique that holds its scope."""
+    from pgmpy.factors.discrete import DiscreteFactor
+    from pgmpy.models import JunctionTree
+
+    tree = JunctionTree()
+    tree.add_nodes_from(cliques)
+    # Prim's algorithm: link each clique outside the tree to its best neighbour inside it
+    link = {c: (len(set(c) & set(cliques[0])), cliques[0]) for c in cliques[1:]}
+    while link:
+        clique = max(link, key=lambda c: link[c][0])
+        tree.add_edge(link.pop(clique)[1], clique)
+        for c, (weight, _) in link.items():
+            if len(set(c) & set(clique)) > weight:
+                link[c] = (len(set(c) & set(clique)), clique)
+    potentials = {
+        c: DiscreteFactor(list(c), [cards[v] for v in c], np.ones(math.prod(cards[v] for v in c))) for c in cliques
+    }
+    for table in tables:
+        potentials[next(c for c in cliques if set(table.variables) <= set(c))].product(table, inplace=True)
+    tree.add_factors(*potentials.values())
+    return tree
 
 
 def _junction_tree_marginals(engine: Any, variables: Sequence[str]) -> dict[str, Any]:
