@@ -135,6 +135,11 @@ def test_a_disconnected_network_is_solved_component_by_component(method: str) ->
     assert posterior.marginal("a").probs[0].item() == pytest.approx(0.27 / 0.41)
     assert posterior.marginal("c").probs[0].item() == pytest.approx(1.0)
     assert posterior.log_normalizer.exp().item() == pytest.approx(0.41 * 0.6 * 0.5)
+    # c -> d stays a component of two free variables, for pgmpy: d = yes with probability 0.6 * 0.5
+    posterior = network_posterior(two_chains(), {"b": "yes"}, method=method)
+    assert posterior.names == ("a", "c", "d")
+    assert posterior.marginal("a").probs[0].item() == pytest.approx(0.27 / 0.41)
+    assert posterior.marginal("d").probs[0].item() == pytest.approx(0.3)
     # evidence on a whole component leaves the other's marginals at their prior
     assert network_posterior(two_chains(), {"c": "no", "d": "no"}, method=method).marginal("b").probs[0].item() == (
         pytest.approx(0.3 * 0.9 + 0.7 * 0.2)
