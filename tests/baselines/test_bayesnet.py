@@ -3,6 +3,7 @@ enumeration against pgmpy's variable elimination and junction tree; mean-field V
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -204,3 +205,18 @@ def test_a_network_too_dense_for_its_tables_is_a_one_line_error(method: str, mon
     monkeypatch.setattr(bayesnet, "MAX_CLIQUE", 4)  # asia's cliques hold three binary variables
     with pytest.raises(AviError, match=r"a table over 3 variables \(8 entries, limit 4\); the network is too dense"):
         network_posterior(asia(), EVIDENCE, method=method)
+
+
+@pytest.mark.parametrize("method", ["variable-elimination", "junction-tree"])
+def test_much_evidence_does_not_underflow(method: str) -> None:
+    pytest.importorskip("pgmpy")
+    # r -> s, and r -> c_i for 700 children observed at state 0: p(e) = (0.1**700 + 0.3**700) / 2 < 1e-366
+    n = 700
+    children = {f"c{i}": (["r"], torch.tensor([[0.1, 0.9], [0.3, 0.7]], dtype=torch.float64)) for i in range(n)}
+    net = DiscreteBayesNet(
+        {"r": ([], torch.tensor([0.5, 0.5], dtype=torch.float64)), "s": (["r"], bern(0.9, 0.2)), **children}
+    )
+    posterior = network_posterior(net, dict.fromkeys(children, 0), method=method)
+    log_p = math.log(0.5) + n * math.log(0.3) + math.log1p((1 / 3) ** n)
+    assert posterior.log_normalizer.item() == pytest.approx(log_p, rel=1e-12)
+    torch.testing.assert_close(posterior.marginal("s").probs, torch.tensor([0.2, 0.8], dtype=torch.float64))

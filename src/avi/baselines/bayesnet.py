@@ -246,14 +246,17 @@ def _components(factors: Sequence[Factor]) -> tuple[list[list[Factor]], float]:
 
 def _component_marginals(factors: Sequence[Factor], method: str) -> tuple[dict[str, Tensor], float]:
     """Each variable's normalised marginal in one connected component of free variables, and
-    log Z = log sum_z prod_f f(z)."""
+    log Z = log sum_z prod_f f(z). Each factor is scaled to a largest entry of 1 (log Z adds the
+    scales back), so that Z does not underflow under much evidence."""
     variables = sorted({v for scope, _ in factors for v in scope})
+    peaks = [max(float(table.max()), _LOG_FLOOR) for _, table in factors]
+    factors = [(scope, table - peak) for (scope, table), peak in zip(factors, peaks, strict=True)]
     if len(variables) == 1:  # a lone variable: the product of its unary factors
         unnormalised = {variables[0]: reduce(operator.mul, (table.exp() for _, table in factors))}
     else:
         unnormalised = _pgmpy_marginals(factors, variables, method)
     z = unnormalised[variables[0]].sum()
-    return {v: u / z for v, u in unnormalised.items()}, float(z.log())
+    return {v: u / z for v, u in unnormalised.items()}, float(z.log()) + sum(peaks)
 
 
 def _pgmpy_marginals(factors: Sequence[Factor], variables: Sequence[str], method: str) -> dict[str, Tensor]:
