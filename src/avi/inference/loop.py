@@ -8,8 +8,8 @@ checkpoints, trackers and early stopping live (:mod:`avi.runs.hooks`). ``avi.inf
 ``avi fit``, aggressive training and the benchmarks all train through it.
 
 A non-finite objective is caught: the epoch raises :class:`Diverged` naming the epoch and the
-first non-finite step, before any hook could save the non-finite weights. The check is kept
-on the device (no host synchronisation per step) and read once per epoch.
+first non-finite step, before any hook could save the non-finite weights. Each step's objective
+stays on the device (one copy per step, no host synchronisation) and is checked once per epoch.
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ SINGLE = Replicas()
 
 @dataclass
 class _Running:
-    """An epoch's sums on the device and the first non-finite step (-1: none)."""
+    """An epoch's sums on the device, and each step's objective sum (``values``: a non-finite
+    one names the step where training diverged; written by one copy per step, read at the end)."""
 
     sums: Tensor
-    first_bad: Tensor
+    values: Tensor
     examples: int = 0
     steps: int = 0
     hooks: Sequence[Hook] = field(default_factory=tuple)
@@ -179,19 +180,21 @@ def train_epoch(
     noise = state.generator
     if replicas.parallel:
         noise = torch.Generator().manual_seed(_seed_of(state.generator) + replicas.rank)
-    running = _Running(torch.zeros(3, device=device), torch.full((), -1, dtype=torch.int64, device=device), hooks=hooks)
     world = replicas.world_size
+    sizes = batch_sizes(len(data), batch_size, world)
+    running = _Running(torch.zeros(3, device=device), torch.zeros(len(sizes), device=device), hooks=hooks)
     batches = shard_batches(len(data), batch_size, state.generator, rank=replicas.rank, world_size=world)
-    for batch, index in zip(batch_sizes(len(data), batch_size, world), batches, strict=True):
+    for batch, index in zip(sizes, batches, strict=True):
         index = index.to(device)
         x = data.batch(index, noise if device.type == "cpu" else None)
         terms = train_step(state, x, index, objective, batch=batch, replicas=replicas)
         _account(state, running, terms, index.numel(), world, len(data))
+    first_bad = _first_non_finite(running.values)
     if replicas.parallel:
         dist.all_reduce(running.sums)
-        running.first_bad = _earliest(running.first_bad)
+        first_bad = _earliest(first_bad)
         running.examples = len(data)
-    _check_finite(running.first_bad, state.epoch + 1)
+    _check_finite(first_bad, state.epoch + 1)
     value, reconstruction, kl = (running.sums / max(running.examples, 1)).tolist()
     return EpochStats(value, reconstruction - kl, reconstruction, kl, time.perf_counter() - start, running.examples)
 
@@ -203,8 +206,7 @@ def _account(state: TrainState, running: _Running, terms: Terms, examples: int, 
     with torch.no_grad():
         step_sums = torch.stack([terms.value.sum(), terms.reconstruction.sum(), terms.kl.sum()])
         running.sums += step_sums
-        bad = ~torch.isfinite(step_sums[0]) & (running.first_bad < 0)
-        running.first_bad = torch.where(bad, running.steps + 1, running.first_bad)
+        running.values[running.steps] = step_sums[0]
     running.steps += 1
     running.examples += examples
     if running.hooks:
@@ -212,6 +214,13 @@ def _account(state: TrainState, running: _Running, terms: Terms, examples: int, 
         info = StepInfo(state.epoch + 1, running.examples * world, total, sums)
         for hook in running.hooks:
             hook.on_step(state, info)
+
+
+def _first_non_finite(values: Tensor) -> Tensor:
+    """The 1-based index of the first non-finite entry of ``values`` (-1: none), on the device."""
+    bad = ~torch.isfinite(values)
+    first = torch.argmax(bad.to(torch.int8)) + 1  # argmax: the first maximum
+    return torch.where(bad.any(), first, -1).to(torch.int64)
 
 
 def _earliest(first_bad: Tensor) -> Tensor:
