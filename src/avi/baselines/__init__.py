@@ -16,6 +16,7 @@ _SUBMODULE = {
     "enumerate_posterior": "enumeration",
     "DiscreteBayesNet": "bayesnet",
     "mean_field": "bayesnet",
+    "ProductCategorical": "bayesnet",
     "Target": "targets",
     "LocalTarget": "targets",
     "mh": "mcmc",
@@ -38,6 +39,7 @@ __all__ = [
     "DiscreteBayesNet",
     "LocalTarget",
     "NormalNormal",
+    "ProductCategorical",
     "Samples",
     "Target",
     "enumerate_posterior",
@@ -50,7 +52,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what static analysers and editors see; at run time __getattr__ loads on first use
-    from avi.baselines.bayesnet import DiscreteBayesNet, mean_field
+    from avi.baselines.bayesnet import DiscreteBayesNet, ProductCategorical, mean_field
     from avi.baselines.conjugate import BetaBernoulli, DirichletCategorical, NormalNormal
     from avi.baselines.enumeration import enumerate_posterior
     from avi.baselines.exact import exact_posterior
