@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
-from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count, rsample_with_log_prob
-from avi.objectives.objective import Objective
+from avi.objectives.objective import Stateless
 from avi.objectives.renyi import log_power_mean
 
 __all__ = ["CUBO", "check_order", "cubo", "cubo_terms"]
@@ -86,7 +85,7 @@ def cubo_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, n: flo
 
 
 @dataclass(frozen=True)
-class CUBO(Objective):
+class CUBO(Stateless):
     """The CHIVI training surrogate of order ``order`` = n > 1 with ``k`` samples per point
     (:func:`cubo_terms`): value -CUBO_n,k, q minimising the upper bound, the model on IWAE_k.
 
@@ -105,13 +104,5 @@ class CUBO(Objective):
         check_order(self.order)
         check_count("k", self.k)
 
-    def __call__(
-        self,
-        model: LatentVariableModel,
-        q: Distribution,
-        x: Tensor,
-        *,
-        state: nn.Module | None = None,
-        batch_mean: BatchMean = local_mean,
-    ) -> Terms:
+    def terms(self, model: LatentVariableModel, q: Distribution, x: Tensor) -> Terms:
         return cubo_terms(model, q, x, n=self.order, k=self.k)

@@ -7,21 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
-from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count, iwae_terms
 from avi.objectives.estimators import dreg_terms, vimco_terms
-from avi.objectives.objective import Objective
+from avi.objectives.objective import Stateless
 
 __all__ = ["IWAE"]
 
 
 @dataclass(frozen=True)
-class IWAE(Objective):
+class IWAE(Stateless):
     """L_k(x) = E[log (1/k) sum_i p(x, z_i) / q(z_i)] with ``k`` samples per point (vimco: k >= 2).
 
     Example:
@@ -41,15 +40,7 @@ class IWAE(Objective):
         if self.estimator == "vimco" and self.k < 2:
             raise ConfigError(f"vimco needs k >= 2 samples per point, got {self.k}")
 
-    def __call__(
-        self,
-        model: LatentVariableModel,
-        q: Distribution,
-        x: Tensor,
-        *,
-        state: nn.Module | None = None,
-        batch_mean: BatchMean = local_mean,
-    ) -> Terms:
+    def terms(self, model: LatentVariableModel, q: Distribution, x: Tensor) -> Terms:
         terms = {"reparam": iwae_terms, "vimco": vimco_terms, "dreg": dreg_terms}[self.estimator]
         return terms(model, q, x, k=self.k)
 

@@ -26,7 +26,7 @@ from avi.models.base import LatentVariableModel
 from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms
 
-__all__ = ["Objective", "Wrapper", "check_estimator"]
+__all__ = ["Objective", "Stateless", "Wrapper", "check_estimator"]
 
 
 def check_estimator(name: str, estimators: tuple[str, ...], estimator: str) -> None:
@@ -91,6 +91,26 @@ class Objective(ABC):
                 f"({getattr(self, 'estimator', 'reparam')!r}); use score, score-baseline, nvil or gumbel with the "
                 "elbo objective, vimco with iwae, or the rws objective"
             )
+
+
+class Stateless(Objective):
+    """An objective whose estimator has no state and reads no batch statistics: it defines
+    :meth:`terms`, and the call's ``state`` and ``batch_mean`` do not reach it."""
+
+    def __call__(
+        self,
+        model: LatentVariableModel,
+        q: Distribution,
+        x: Tensor,
+        *,
+        state: nn.Module | None = None,
+        batch_mean: BatchMean = local_mean,
+    ) -> Terms:
+        return self.terms(model, q, x)
+
+    @abstractmethod
+    def terms(self, model: LatentVariableModel, q: Distribution, x: Tensor) -> Terms:
+        """Per-point :class:`Terms` (B,) for x: (B, D) under q (batch (B,))."""
 
 
 @dataclass(frozen=True)

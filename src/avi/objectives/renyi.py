@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
-from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count, log_weights
-from avi.objectives.objective import Objective
+from avi.objectives.objective import Stateless
 
 __all__ = ["Renyi", "check_alpha", "log_power_mean", "renyi_bound", "renyi_terms"]
 
@@ -73,7 +72,7 @@ def renyi_bound(model: LatentVariableModel, q: Distribution, x: Tensor, *, alpha
 
 
 @dataclass(frozen=True)
-class Renyi(Objective):
+class Renyi(Stateless):
     """The VR bound L_alpha,k of order ``alpha`` with ``k`` samples per point (:func:`renyi_terms`).
 
     Example:
@@ -91,13 +90,5 @@ class Renyi(Objective):
         check_alpha(self.alpha)
         check_count("k", self.k)
 
-    def __call__(
-        self,
-        model: LatentVariableModel,
-        q: Distribution,
-        x: Tensor,
-        *,
-        state: nn.Module | None = None,
-        batch_mean: BatchMean = local_mean,
-    ) -> Terms:
+    def terms(self, model: LatentVariableModel, q: Distribution, x: Tensor) -> Terms:
         return renyi_terms(model, q, x, alpha=self.alpha, k=self.k)

@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.models.base import LatentVariableModel
-from avi.objectives.batch import BatchMean, local_mean
 from avi.objectives.bounds import Terms, check_count
-from avi.objectives.objective import Objective
+from avi.objectives.objective import Stateless
 
 __all__ = ["RWS", "rws_terms"]
 
@@ -60,7 +59,7 @@ def rws_terms(model: LatentVariableModel, q: Distribution, x: Tensor, *, k: int)
 
 
 @dataclass(frozen=True)
-class RWS(Objective):
+class RWS(Stateless):
     """Reweighted wake-sleep with ``k`` samples per point (:func:`rws_terms`): value the IWAE
     bound, q trained on the inclusive KL; z is never differentiated, so any family trains.
 
@@ -77,15 +76,7 @@ class RWS(Objective):
         super().__post_init__()
         check_count("k", self.k)
 
-    def __call__(
-        self,
-        model: LatentVariableModel,
-        q: Distribution,
-        x: Tensor,
-        *,
-        state: nn.Module | None = None,
-        batch_mean: BatchMean = local_mean,
-    ) -> Terms:
+    def terms(self, model: LatentVariableModel, q: Distribution, x: Tensor) -> Terms:
         return rws_terms(model, q, x, k=self.k)
 
     @property
