@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, merge, overrides, parameters, parse_set
+from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, overrides, parameters, parse_set
 from avi.errors import AviError, ConfigError
 from avi.runs.paths import check_output_dir
 
@@ -148,7 +148,7 @@ def _fit_config(
 ) -> tuple[Config | None, Path]:
     """The resolved config of a fresh run and its directory, or ``None`` and the run to resume,
     whose config only the resumable flags may touch."""
-    from avi.runs.config import load_config
+    from avi.runs.config import load_config, merge_tables
     from avi.runs.load import default_run_dir
     from avi.runs.rundir import read_config, require_run
 
@@ -163,7 +163,7 @@ def _fit_config(
             )
         _set_threads(flags["threads"] or read_config(require_run(resume)).train.threads)
         return None, resume
-    resolved = load_config(config, merge(overrides(FIT_FLAGS, flags), parse_set(settings)))
+    resolved = load_config(config, merge_tables(overrides(FIT_FLAGS, flags), parse_set(settings)))
     _set_threads(resolved.train.threads)
     return resolved, out if out is not None else default_run_dir(resolved)
 

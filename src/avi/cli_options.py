@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the tomllib parser as its backport, tomli
     import tomli as tomllib
 
-__all__ = ["FIT_FLAGS", "Flag", "changed_on_resume", "merge", "overrides", "parameters", "parse_set"]
+__all__ = ["FIT_FLAGS", "Flag", "changed_on_resume", "overrides", "parameters", "parse_set"]
 
 
 @dataclass(frozen=True)
@@ -175,18 +175,6 @@ def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:
             if not isinstance(table, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} was set to a value, not a table")
         table[path[-1]] = _toml_value(text.strip())
-    return result
-
-
-def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra`` key by key, tables merged recursively (``extra`` wins)."""
-    result = dict(base)
-    for key, value in extra.items():
-        current = result.get(key)
-        if isinstance(current, dict) and isinstance(value, Mapping):
-            result[key] = merge(current, value)
-        else:
-            result[key] = value
     return result
 
 

@@ -17,9 +17,9 @@ import pytest
 import typer
 
 from avi.cli import app
-from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, merge, overrides, parse_set
+from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, overrides, parse_set
 from avi.errors import ConfigError
-from avi.runs.config import Config, load_config
+from avi.runs.config import Config, load_config, merge_tables
 
 #: a value of each flag type, as typed and as parsed
 _SAMPLES: dict[type, tuple[str, Any]] = {int: ("3", 3), float: ("0.25", 0.25), str: ("some-name", "some-name")}
@@ -91,7 +91,7 @@ def test_set_reaches_nested_keys_and_reads_toml_values() -> None:
     }
     assert parse_set(["train.lr=1", "train.lr=2"]) == {"train": {"lr": 2}}  # the later wins
     flags = overrides(FIT_FLAGS, _fit_params("--latent-dim", "3", "--lr", "0.5"))
-    assert merge(flags, parse_set(["model.args.hidden=64", "train.lr=0.1"])) == {
+    assert merge_tables(flags, parse_set(["model.args.hidden=64", "train.lr=0.1"])) == {
         "model": {"latent_dim": 3, "args": {"hidden": 64}},
         "train": {"lr": 0.1},
     }
@@ -164,3 +164,11 @@ def test_interrupt_names_the_default_run_directory(small_config, tmp_path: Path)
     [run] = list((tmp_path / "runs").iterdir())
     assert proc.returncode == 130, stderr
     assert f"continue with avi fit --resume {Path('runs') / run.name}" in " ".join(stderr.split())
+
+
+def test_set_merges_into_a_config_files_model_args(tmp_path) -> None:
+    """``--set model.args.b=3`` changes that argument and keeps the file's other ``[model.args]``."""
+    path = tmp_path / "user.toml"
+    path.write_text('[model]\nname = "pkg.mod:Model"\n[model.args]\na = 1\nb = 2\n')
+    config = load_config(path, parse_set(["model.args.b=3"]))
+    assert config.model.args == {"a": 1, "b": 3}

@@ -9,7 +9,7 @@ setting given where it does not apply (``objective.k`` with the elbo objective,
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -47,6 +47,7 @@ __all__ = [
     "kl_schedule",
     "learning_rate",
     "load_config",
+    "merge_tables",
     "resolve_config",
     "weights_kl",
 ]
@@ -578,8 +579,21 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
         current = values.setdefault(section, {})
         if not isinstance(current, dict):
             raise ConfigError(f"config key {section!r} must be a table")
-        current.update({k: v for k, v in entries.items() if v is not None})
+        values[section] = merge_tables(current, {k: v for k, v in entries.items() if v is not None})
     return resolve_config(values, explicit=True)
+
+
+def merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra`` key by key, tables merged recursively (``extra`` wins): an
+    override of ``model.args.hidden`` keeps the file's other ``[model.args]``."""
+    result = dict(base)
+    for key, value in extra.items():
+        current = result.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            result[key] = merge_tables(current, value)
+        else:
+            result[key] = value
+    return result
 
 
 def learning_rate(train: TrainConfig, epoch: int) -> float:
