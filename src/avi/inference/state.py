@@ -9,6 +9,8 @@ continues exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from avi.errors import RunError, first_line
 from avi.families.posterior import Posterior
 from avi.models.base import LatentVariableModel
 
-__all__ = ["TrainState", "make_optimizers"]
+__all__ = ["TrainState", "checkpoint_mismatch", "load_weights", "make_optimizers"]
 
 
 def make_optimizers(
@@ -87,9 +89,8 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
         """Restore from :meth:`state_dict` (or a checkpoint of an earlier avi); a checkpoint that
         does not fit this state's modules is one :class:`RunError` line naming ``where``."""
-        try:
-            self.model.load_state_dict(state["model"])
-            self.posterior.load_state_dict(state["posterior"])
+        load_weights(self.model, self.posterior, state, where)
+        with checkpoint_mismatch(where):
             saved = state["optimizers"]
             if len(saved) != len(self.optimizers):
                 raise ValueError(f"it has {len(saved)} optimiser states, the run {len(self.optimizers)}")
@@ -100,8 +101,23 @@ class TrainState:
             self.generator.set_state(_byte_tensor(state["generator"]))
             self.epoch = int(state["epoch"])
             self.step = int(state.get("step", 0))
-        except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise RunError(f"{where} does not match its config: {first_line(err)}") from None
+
+
+@contextmanager
+def checkpoint_mismatch(where: str) -> Iterator[None]:
+    """A checkpoint's state that does not fit the modules it is loaded into: one
+    :class:`RunError` line naming ``where``, instead of torch's multi-line error."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{where} does not match its config: {first_line(err)}") from None
+
+
+def load_weights(model: nn.Module, posterior: nn.Module, state: dict[str, Any], where: str = "checkpoint") -> None:
+    """Load a checkpoint's model and posterior states (all that evaluation needs)."""
+    with checkpoint_mismatch(where):
+        model.load_state_dict(state["model"])
+        posterior.load_state_dict(state["posterior"])
 
 
 def _byte_tensor(value: Any) -> Tensor:

@@ -8,7 +8,6 @@ state as it was.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,13 +17,14 @@ import torch
 from torch import Tensor
 
 from avi.data.dataset import Splits
-from avi.errors import ConfigError, RunError, first_line
+from avi.errors import ConfigError
 from avi.families.posterior import PointInference, Posterior
+from avi.inference.state import load_weights
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
 from avi.runs.build import build_model, build_posterior, load_splits
 from avi.runs.config import Config
-from avi.runs.rundir import CHECKPOINT, METRICS, read_checkpoint, read_config, require_run
+from avi.runs.rundir import CHECKPOINT, read_checkpoint, read_config, read_metrics, require_run
 from avi.seeding import seeded
 
 __all__ = [
@@ -119,18 +119,9 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None) -> Tra
     config = read_config(run_dir)
     with seeded(config.train.seed):
         run = build_run(config, available_device(config.train.device) if device is None else device)
-    load_weights(run, read_checkpoint(run_dir / CHECKPOINT), run_dir)
+    load_weights(run.model, run.posterior, read_checkpoint(run_dir / CHECKPOINT), f"checkpoint of {run_dir}")
     run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run
-
-
-def load_weights(run: TrainedRun, state: dict[str, Any], run_dir: Path) -> None:
-    """Load a checkpoint's model and posterior states; a mismatch is one line."""
-    try:
-        run.model.load_state_dict(state["model"])
-        run.posterior.load_state_dict(state["posterior"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise RunError(f"checkpoint of {run_dir} does not match its config: {first_line(err)}") from None
 
 
 def load_run(path: str | Path, device: str | torch.device | None = None) -> LoadedRun:
@@ -139,27 +130,6 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> Load
     machine lacks it). The global random state is left as it was."""
     run = load_trained(path, None if device is None else torch.device(device))
     return LoadedRun(Path(path), run.config, run.model, run.posterior, read_metrics(Path(path)), run.splits)
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """``metrics.csv`` as one dict per epoch, numbers as floats (ints where whole); [] if absent."""
-    try:
-        with (run_dir / METRICS).open(newline="") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise RunError(f"cannot read {run_dir / METRICS}: {err}") from None
-
-
-def _number(text: str | None) -> Any:
-    if text is None or text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
 def infer_posterior(run: TrainedRun, x: Tensor) -> Posterior:

@@ -10,7 +10,6 @@ the gap decomposition (``avi gaps``) and evaluation results. Images are embedded
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import math
 from pathlib import Path
@@ -25,17 +24,12 @@ from avi.errors import RunError
 from avi.models.base import LatentVariableModel
 from avi.runs.config import Config
 from avi.runs.load import infer_posterior, load_trained
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, json_text, read_json, require_run
+from avi.runs.rundir import EVALUATION, SUMMARY, json_text, read_json, read_metrics, require_run
 
 __all__ = ["FIGURES", "run_report"]
 
 #: the figures a report can hold, by file name
 FIGURES = ("curves.png", "reconstructions.png", "samples.png", "latent.png", "gaps.png")
-
-
-def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with (run_dir / METRICS).open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
@@ -168,7 +162,7 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     Figures use the first ``points`` test points."""
     run_dir = _finished_run(run_dir)
     run = load_trained(run_dir)
-    rows = _read_metrics(run_dir)
+    rows = read_metrics(run_dir)
     plot_curves(rows, run_dir / "curves.png")
     sections = [("Training curves", _embed(run_dir / "curves.png"))]
     test = run.splits.test

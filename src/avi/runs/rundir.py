@@ -48,6 +48,7 @@ __all__ = [
     "read_checkpoint",
     "read_config",
     "read_json",
+    "read_metrics",
     "require_new_run",
     "require_run",
     "run_lock",
@@ -129,6 +130,27 @@ class MetricsTable:
         self._lines += [_csv_line([row.get(k, "") for k in self._fields]) for row in rows[len(self._lines) :]]
         header = _csv_line(self._fields) if rows else ""
         atomic_write_bytes(self.path, "".join([header, *self._lines]).encode())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """``metrics.csv`` as one dict per epoch, numbers as floats (ints where whole); [] if absent."""
+    try:
+        with (run_dir / METRICS).open(newline="") as f:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise RunError(f"cannot read {run_dir / METRICS}: {err}") from None
+
+
+def _number(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
 def _csv_line(values: list[Any]) -> str:
