@@ -1,0 +1,188 @@
+r"""Time to published quality: Burda et al.'s (2016) Table 1, one stochastic layer, with the fast
+presets, against the paper's-settings time per pass measured on the same host in the same call.
+
+Trains ``--preset burda-1l-fast`` (VAE, k = 1) or ``burda-1l-fast-iwae5`` (IWAE, k = 5): the
+paper's model (784-200-200-50 tanh, one stochastic layer, dynamic binarisation, all 60,000
+training images) under a recipe chosen for wall time (src/avi/runs/config.py ``PRESETS``). Between
+its chunks of epochs the script times single passes of the paper's settings (batch 20, lr 1e-3,
+Adam eps 1e-4, fp32, one thread, ``--compile`` as the reproduction ran) in a scratch run, so
+both see the same machine load; ``paper_settings_*_hours_same_host`` is their median times 3,280.
+Runs resume from their checkpoints across calls and sessions:
+
+    python benchmarks/time_to_nll.py --only vae_k1 --hours 2     # train for at most 2 h, then evaluate
+    python benchmarks/time_to_nll.py --quick                     # a smoke run of a few passes
+
+When a run has finished its epochs its test NLL is the k = 5000 bound on all 10,000 test images
+(one fixed binarisation, as in the reproduction); before that, an interim figure on
+``--eval-points`` images. With all 60,000 images in training there is no held-out split while it
+trains: the curve is the training bound per epoch, the recipe is fixed in advance, and the last
+epoch is the model reported (nothing is selected on the test set). State:
+``benchmarks/state/time_to_nll/``; results: ``benchmarks/results/time_to_nll.{json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from machine import cpu_name, folder_lock, write_report
+from reproduce_burda import PASSES, PUBLISHED, config_for, epochs_done, evaluate
+
+from avi.atomic import save_figure
+from avi.runs.config import load_config
+from avi.runs.rundir import CHECKPOINT, read_metrics
+from avi.runs.train import run_fit
+
+PRESET = {"vae_k1": "burda-1l-fast", "iwae_k5": "burda-1l-fast-iwae5"}
+LABEL = {"vae_k1": "VAE, k = 1", "iwae_k5": "IWAE, k = 5"}
+#: paper's-settings passes timed per call (each about 10 s for the VAE on one AMD thread)
+PAPER_PASSES_PER_CALL = 4
+
+
+def fast_config(name: str, *, threads: int, quick: bool):
+    """The preset's config; ``quick``: 2 epochs (and a 1-epoch KL warm-up where it has one)."""
+    values = {"model": {"preset": PRESET[name]}, "train": {"threads": threads}}
+    if quick:
+        values["train"]["epochs"] = 2
+        values |= {"remedies": {"kl_warmup": 1}} if name == "vae_k1" else {}
+    return load_config(None, values)
+
+
+def paper_pass_seconds(scratch: Path, name: str) -> float:
+    """Seconds of one more training pass of the paper's settings in ``scratch`` (its run's
+    epoch time, without building the run; the first pass of each process pays the compilation
+    and is run, not returned)."""
+    config = config_for(name, batch_size=20, lr=1e-3, threads=1, precision="fp32", compile=True)
+    for _ in range(2 if not (scratch / CHECKPOINT).exists() else 1):
+        done = epochs_done(scratch)
+        if done:
+            run_fit(run_dir=scratch, resume=True, epochs=done + 1, compile=True)
+        else:
+            run_fit(config, scratch, epochs=1)
+    return float(read_metrics(scratch)[-1]["epoch_seconds"])
+
+
+def train_interleaved(run_dir: Path, scratch: Path, config, *, deadline: float, timings: list[float]) -> None:
+    """Train ``run_dir`` in chunks of at most 100 epochs until its epochs are done or the deadline
+    passes, timing a paper's-settings pass before each of the first chunks (into ``timings``)."""
+    torch.set_num_threads(config.train.threads)
+    measured = 0
+    while time.monotonic() < deadline and epochs_done(run_dir) < config.train.epochs:
+        if measured < PAPER_PASSES_PER_CALL:
+            torch.set_num_threads(1)
+            timings.append(paper_pass_seconds(scratch, run_dir.name))
+            torch.set_num_threads(config.train.threads)
+            measured += 1
+        done = epochs_done(run_dir)
+        left = max(deadline - time.monotonic(), 0.0)
+        per_epoch = _seconds_per_epoch(run_dir) or 5.0
+        target = min(done + max(1, min(100, int(left / per_epoch))), config.train.epochs)
+        if (run_dir / CHECKPOINT).exists():
+            run_fit(run_dir=run_dir, resume=True, epochs=target)
+        else:
+            run_fit(config, run_dir, epochs=target)
+
+
+def _seconds_per_epoch(run_dir: Path) -> float | None:
+    rows = read_metrics(run_dir) if (run_dir / "metrics.csv").exists() else []
+    return statistics.median(float(r["epoch_seconds"]) for r in rows[-20:]) if rows else None
+
+
+def plot(state: Path, runs: dict, paper_hours: dict, out: Path) -> None:
+    """``out`` (PNG): each run's training bound (negated, nats) against its training wall hours,
+    its test NLL as a point, the published NLLs dashed and a fifth of the paper's-settings time
+    dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (name, label), color in zip(LABEL.items(), ("C0", "C1"), strict=True):
+        if (state / name / "metrics.csv").exists():
+            rows = read_metrics(state / name)
+            hours = [float(r["wall_seconds"]) / 3600 for r in rows]
+            ax.plot(hours, [-float(r["train_objective"]) for r in rows], color=color, lw=1,
+                    label=f"{label}: training bound ({PRESET[name]})")  # fmt: skip
+        if name in runs:
+            r = runs[name]
+            ax.plot([r["wall_hours"]], [r["test_nll"]], "o", color=color,
+                    label=f"{label}: test NLL {r['test_nll']:.2f} ({r['test_points']:,} points, k = {r['k']})")  # fmt: skip
+        ax.axhline(PUBLISHED[name]["nll"], color=color, ls="--", lw=0.8, label=f"{label}: Burda et al. {PUBLISHED[name]['nll']}")
+        if paper_hours.get(name):
+            ax.axvline(paper_hours[name] / 5, color=color, ls=":", lw=0.8,
+                       label=f"{label}: a fifth of the paper's settings ({paper_hours[name]:.1f} h)")  # fmt: skip
+    ax.set_ylim(84, 100)
+    ax.set_xlabel("training wall hours (one process)")
+    ax.set_ylabel("nats (lower is better)")
+    ax.set_title("Time to Burda et al.'s Table 1 (one stochastic layer)")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    save_figure(fig, out, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
+    parser.add_argument("--only", choices=sorted(PRESET), help="train and evaluate one of the two runs")
+    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the fast run")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples of the test NLL")
+    parser.add_argument("--eval-points", type=int, default=1000, help="test points of an unfinished run's NLL")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_nll.json"))
+    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/time_to_nll"))
+    args = parser.parse_args()
+    if args.quick:
+        args.state, args.out = args.state.with_name("time_to_nll-quick"), args.out.with_name("time_to_nll-quick.json")
+        args.k, args.eval_points = 50, 500
+    names = [args.only] if args.only else sorted(PRESET)
+    budget = args.hours * 3600 / len(names)
+    results, timings = {}, {}
+    for name in names:
+        config = fast_config(name, threads=args.threads, quick=args.quick)
+        run_dir, timings[name] = args.state / name, []
+        train_interleaved(run_dir, args.state / f"paper_{name}", config, deadline=time.monotonic() + budget,
+                          timings=timings[name])  # fmt: skip
+        finished = epochs_done(run_dir) >= config.train.epochs
+        r = evaluate(run_dir, k=args.k, points=None if finished else args.eval_points)
+        results[name] = r | {"finished": finished, "epochs_total": config.train.epochs, "preset": PRESET[name],
+                             "wall_hours": r["train_wall_seconds"] / 3600, "published_nll": PUBLISHED[name]["nll"]}  # fmt: skip
+    with folder_lock(args.out.parent):
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        runs = previous.get("runs", {}) | results
+        passes = previous.get("paper_pass_seconds", {})
+        passes = {name: passes.get(name, []) + timings.get(name, []) for name in PRESET}
+        paper_hours = {n: statistics.median(t) * PASSES / 3600 if t else None for n, t in passes.items()}
+        report = {
+            "benchmark": "time_to_nll",
+            "quick": args.quick,
+            **{f"{n}_test_nll": runs.get(n, {}).get("test_nll") for n in ("vae_k1", "iwae_k5")},
+            **{f"{n}_wall_hours": runs.get(n, {}).get("wall_hours") for n in ("vae_k1", "iwae_k5")},
+            "paper_settings_vae_hours_same_host": paper_hours["vae_k1"],
+            "paper_settings_iwae_hours_same_host": paper_hours["iwae_k5"],
+            "fraction_of_paper_time": {n: runs[n]["wall_hours"] / paper_hours[n] for n in runs if paper_hours.get(n)},
+            "paper_pass_seconds": passes,
+            "runs": runs,
+            "cpu": cpu_name(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+        }  # fmt: skip
+        write_report(args.out, report)
+        plot(args.state, runs, paper_hours, args.out.with_suffix(".png"))
+    for name, r in results.items():
+        hours = paper_hours[name]
+        share = f", {r['wall_hours'] / hours:.3f} of the paper's {hours:.2f} h" if hours else ""
+        print(f"{name}: {epochs_done(args.state / name)}/{r['epochs_total']} epochs, {r['wall_hours']:.2f} h{share}; "
+              f"test NLL {r['test_nll']:.2f} on {r['test_points']:,} points (published {r['published_nll']})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
