@@ -57,6 +57,15 @@ def test_compare_needs_runs_or_a_model(run_avi, tmp_path: Path) -> None:
     assert result.returncode == 2 and "--methods picks the inference methods of --model" in result.stderr
 
 
+def _gaps(family: str, approximation: float, amortization: float) -> dict:
+    """A decomposition as ``avi gaps`` saves it."""
+    return {
+        "family": family, "split": "test", "data": "test split", "n": 10, "log_likelihood": -9.0,
+        "elbo_optimal": -9.0 - approximation, "elbo_amortized": -9.0 - approximation - amortization,
+        "approximation_gap": approximation, "amortization_gap": amortization,
+    }  # fmt: skip
+
+
 def test_gaps_of_the_runs_own_family_and_no_nan_as_best(two_runs, tmp_path: Path) -> None:
     from avi.runs.compare import best_of, collect
 
@@ -68,8 +77,8 @@ def test_gaps_of_the_runs_own_family_and_no_nan_as_best(two_runs, tmp_path: Path
     family = json.loads((run / "config.json").read_text())["inference"]["family"]
     assert family == "mean-field"
     # `avi gaps RUN --family full-rank` also writes a file: alphabetically it comes first
-    (run / "gaps-full-rank-test.json").write_text(json.dumps({"approximation_gap": 9.0, "amortization_gap": 9.0}))
-    (run / "gaps-mean-field-test.json").write_text(json.dumps({"approximation_gap": 1.0, "amortization_gap": 2.0}))
+    (run / "gaps-full-rank-test.json").write_text(json.dumps(_gaps("full-rank", 9.0, 9.0)))
+    (run / "gaps-mean-field-test.json").write_text(json.dumps(_gaps("mean-field", 1.0, 2.0)))
     got = collect(run)
     assert (got["approximation_gap"], got["amortization_gap"]) == (1.0, 2.0)
     # a run without validation data has a NaN validation ELBO: never the best, wherever it stands

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from avi.runs.rundir import run_lock
+
 REPORT_JOB = """
 [model]
 latent_dim = 2
@@ -66,7 +68,8 @@ def test_report_errors_name_the_problem(run_avi, finished_run: Path, tmp_path: P
     running = tmp_path / "running"
     shutil.copytree(finished_run, running)
     (running / "summary.json").write_text(json.dumps({"status": "running", "epochs_done": 1, "epochs": 2}))
-    result = run_avi("report", str(running))
+    with run_lock(running):  # as the avi fit writing it holds it; without, the run was killed (interrupted)
+        result = run_avi("report", str(running))
     assert result.returncode == 2 and "still being written" in result.stderr
     for r in (result,):
         assert len(r.stderr.strip().splitlines()) == 1
@@ -78,7 +81,9 @@ def test_report_on_an_autoregressive_decoder_draws_samples(run_avi, tmp_path: Pa
     from avi.runs.train import run_fit
 
     config = tmp_path / "made.toml"
-    config.write_text(REPORT_JOB.replace("hidden = [16]", 'hidden = [16]\ndecoder = "made"').replace("epochs = 2", "epochs = 1"))
+    config.write_text(
+        REPORT_JOB.replace("hidden = [16]", 'hidden = [16]\ndecoder = "made"').replace("epochs = 2", "epochs = 1")
+    )
     run = run_fit(load_config(config), tmp_path / "made")
     result = run_avi("report", str(run))
     assert result.returncode == 0, result.stderr
@@ -90,7 +95,9 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
-def test_report_renders_in_headless_chromium_without_console_errors(run_avi, finished_run: Path, tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium_without_console_errors(
+    run_avi, finished_run: Path, tmp_path: Path
+) -> None:
     import numpy as np
     from PIL import Image
 

@@ -1,16 +1,23 @@
 """Run-directory files: the metrics table written epoch by epoch equals the table written at
-once; the checkpoint's metrics rows load back as written."""
+once and reads back checked; the checkpoint's metrics rows load back as written; a run's status
+is its lock, then its summary."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from avi.runs.rundir import MetricsTable, write_checkpoint
+from avi.errors import RunError
+from avi.runs.rundir import MetricsTable, read_metrics, run_lock, run_status, write_checkpoint, write_json
 
 
 def _at_once(rows: list[dict]) -> str:
@@ -34,7 +41,7 @@ def test_metrics_written_epoch_by_epoch_equal_the_whole_table(tmp_path: Path) ->
         {"epoch": 1, "train_elbo": -100.25, "val_elbo": math.nan},
         {"epoch": 2, "train_elbo": -99.0 / 7, "val_elbo": -98.5},
         {"epoch": 3, "train_elbo": 1e-300, "val_elbo": -97.0, "kl_dim_0": 0.5},
-        {"epoch": 4, "kl_dim_0": 0.25, "note": "a, quoted \"field\""},
+        {"epoch": 4, "kl_dim_0": 0.25, "note": 'a, quoted "field"'},
         {"epoch": 5, "train_elbo": -96.0, "val_elbo": -95.0, "kl_dim_0": 0.125},
     ]
     for row in arriving:
@@ -58,7 +65,7 @@ def test_checkpoint_metrics_load_back_as_the_rows(tmp_path: Path) -> None:
     assert type(state["metrics"]) is list and state["epoch"] == 3
     assert torch.equal(state["model"]["w"], torch.arange(3.0))
     assert len(state["metrics"]) == 3
-    for got, expected in zip(state["metrics"], rows):
+    for got, expected in zip(state["metrics"], rows, strict=True):
         assert got.keys() == expected.keys() and math.isnan(got.pop("val_elbo"))
         assert got == {k: v for k, v in expected.items() if k != "val_elbo"}
 
@@ -71,3 +78,57 @@ def test_checkpoint_loads_with_torch_load_defaults(tmp_path: Path) -> None:
     write_checkpoint(path, {"metrics": rows, "epoch": 3, "model": {"w": torch.arange(3.0)}})
     state = torch.load(path)
     assert state["epoch"] == 3 and [row["epoch"] for row in state["metrics"]] == [1, 2, 3]
+
+
+def test_metrics_read_back_as_written(tmp_path: Path) -> None:
+    """Integers, floats, NaN, a hook's text column, and a column the first row lacks (a run
+    resumed across versions) pass the checks and read back as written."""
+    base = {"train_elbo": -3.5, "train_kl": 0.25, "val_kl": 0.5, "wall_seconds": 1.5}
+    rows = [
+        {"epoch": 1, **base, "val_elbo": math.nan, "note": 'a, quoted "field"'},
+        {"epoch": 2, **base, "val_elbo": -3.0, "note": "", "active_units": 2},
+    ]
+    MetricsTable(tmp_path / "metrics.csv").write(rows)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")  # a run with epochs: its table must be there
+    got = read_metrics(tmp_path)
+    assert math.isnan(got[0].pop("val_elbo")) and rows[0].pop("val_elbo")
+    assert got == [{**rows[0], "active_units": None}, {**rows[1], "note": None}]
+
+
+def test_a_run_without_epochs_has_no_metrics_until_it_has_a_checkpoint(tmp_path: Path) -> None:
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "metrics.csv").write_text("")
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(RunError, match="metrics.csv is empty, though the run has a checkpoint"):
+        read_metrics(tmp_path)
+
+
+def test_run_status_is_the_lock_then_the_summary(tmp_path: Path) -> None:
+    write_json(tmp_path / "summary.json", {"status": "finished"})
+    assert run_status(tmp_path) == "finished"
+    write_json(tmp_path / "summary.json", {"status": "running"})
+    assert run_status(tmp_path) == "interrupted"  # no process holds the lock: the fit that wrote it died
+    with run_lock(tmp_path):
+        assert run_status(tmp_path) == "running"
+        (tmp_path / "summary.json").unlink()
+        assert run_status(tmp_path) == "running"  # a fit that has not written its summary yet
+    with pytest.raises(RunError, match="summary.json: No such file or directory"):
+        run_status(tmp_path)
+
+
+def test_a_fit_killed_with_sigkill_leaves_an_interrupted_run(tmp_path: Path) -> None:
+    """The kernel drops a dead process's flock: the "running" summary it left reads as interrupted."""
+    write_json(tmp_path / "summary.json", {"status": "running"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True); time.sleep(60)", str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"\n"  # it holds the lock
+        assert run_status(tmp_path) == "running"
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert run_status(tmp_path) == "interrupted"

@@ -2,12 +2,13 @@
 
 Each run contributes what it has: final training and validation ELBO from its metrics, test
 ELBO and log-likelihood from ``avi evaluate`` (evaluation.json), gaps from ``avi gaps``,
-active units where recorded, and training time. The best value of each row is marked.
+active units where recorded, and training time. The best value of each row is marked. Every
+file is checked as it is read (:mod:`avi.runs.rundir`): a damaged one is a one-line error, and a
+run that an ``avi fit`` is still writing is refused.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from avi.atomic import atomic_write_bytes, save_figure
-from avi.runs.rundir import EVALUATION, METRICS, SUMMARY, read_json, require_run
+from avi.runs.rundir import (
+    EVALUATION,
+    EVALUATION_SCHEMA,
+    GAPS_SCHEMA,
+    read_config,
+    read_json,
+    read_metrics,
+    require_run,
+    run_status,
+)
 
 __all__ = ["METRICS_COMPARED", "best_of", "collect", "to_markdown", "write_comparison"]
 
@@ -34,43 +44,35 @@ METRICS_COMPARED: tuple[tuple[str, str, str], ...] = (
 
 
 def collect(run_dir: str | Path) -> dict[str, Any]:
-    """The comparable numbers of one run (missing ones are absent)."""
-    run_dir = require_run(run_dir, checkpoint=False)
-    config = read_json(run_dir / "config.json")
+    """The comparable numbers of one run (missing ones are absent) and its status
+    (:func:`~avi.runs.rundir.run_status`: an interrupted run is compared as far as it got)."""
+    run_dir = require_run(run_dir, checkpoint=False, stopped=True)
+    config = read_config(run_dir)
     out: dict[str, Any] = {
         "run": str(run_dir),
-        "model": config["model"]["name"],
-        "strategy": config["inference"]["strategy"],
-        "family": config["inference"]["family"],
-        "objective": config["objective"]["name"],
+        "model": config.model.name,
+        "strategy": config.inference.strategy,
+        "family": config.inference.family,
+        "objective": config.objective.name,
+        "status": run_status(run_dir),
     }
-    if (run_dir / METRICS).exists():
-        with (run_dir / METRICS).open() as f:
-            rows = list(csv.DictReader(f))
-        if rows:
-            last = rows[-1]
-            out.update(
-                {
-                    "train_elbo": float(last["train_elbo"]),
-                    "val_elbo": float(last["val_elbo"]),
-                    "epochs": int(last["epoch"]),
-                }
-            )
-            out["train_seconds"] = float(last["wall_seconds"])
-            if "active_units" in last:
-                out["active_units"] = int(float(last["active_units"]))
+    rows = read_metrics(run_dir)
+    if rows:
+        last = rows[-1]
+        out.update(train_elbo=last["train_elbo"], val_elbo=last["val_elbo"], epochs=last["epoch"])
+        out["train_seconds"] = last["wall_seconds"]
+        if last.get("active_units") is not None:
+            out["active_units"] = last["active_units"]
     if (run_dir / EVALUATION).exists():
-        evaluation = read_json(run_dir / EVALUATION)
+        evaluation = read_json(run_dir / EVALUATION, EVALUATION_SCHEMA)
         out["test_elbo"] = evaluation["elbo"]
         out["test_log_likelihood"] = evaluation["log_likelihood"]
         if "active_units" in evaluation:
             out["active_units"] = evaluation["active_units"]
     gaps = run_dir / f"gaps-{out['family']}-test.json"  # the run's own family, not another q* family's
     if gaps.exists():
-        g = read_json(gaps)
+        g = read_json(gaps, GAPS_SCHEMA)
         out["approximation_gap"], out["amortization_gap"] = g["approximation_gap"], g["amortization_gap"]
-    if (run_dir / SUMMARY).exists():
-        out["status"] = read_json(run_dir / SUMMARY).get("status")
     return out
 
 
@@ -114,11 +116,9 @@ def write_comparison(runs: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     for r in runs:
-        path = Path(r["run"]) / METRICS
-        if path.exists():
-            with path.open() as f:
-                rows = list(csv.DictReader(f))
-            ax.plot([int(row["epoch"]) for row in rows], [float(row["val_elbo"]) for row in rows], marker="o",
+        rows = read_metrics(Path(r["run"]))  # checked by collect
+        if rows:
+            ax.plot([row["epoch"] for row in rows], [row["val_elbo"] for row in rows], marker="o",
                     label=f"{Path(r['run']).name} ({r['strategy']}, {r['family']})")  # fmt: skip
     ax.set(xlabel="epoch", ylabel="validation ELBO (nats per point)", title="Runs compared")
     ax.grid(alpha=0.3)

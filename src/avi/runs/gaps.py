@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +18,7 @@ from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
 from avi.runs.config import FAMILY_NAMES, FamilyName
 from avi.runs.load import TrainedRun, load_trained
-from avi.runs.rundir import write_json
+from avi.runs.rundir import GAPS_SCHEMA, read_gaps, read_json, require_run, write_json
 
 __all__ = ["plot_gaps", "run_gaps"]
 
@@ -49,14 +48,18 @@ def run_gaps(
 
     With a ``family`` other than the run's, a new amortized encoder of that family is first
     trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do).
-    Writes ``gaps-FAMILY-SPLIT.json`` and the figure ``gaps.png`` into the run directory.
+    Writes ``gaps-FAMILY-SPLIT.json`` and the figure ``gaps.png`` into the run directory. A run
+    that an ``avi fit`` is still writing is refused, as is one whose saved decompositions (which
+    the figure draws) are damaged.
     """
     _check_options(family, split, k, ais_steps, points)
-    run = load_trained(run_dir)
+    run = load_trained(require_run(run_dir, stopped=True))
     config = run.config
+    family = family or config.inference.family
+    saved = Path(run_dir) / f"gaps-{family}-{split if data is None else 'file'}.json"
+    _check_saved(Path(run_dir), saved)
     x, source = _points(run, data, split, points)
     check_decomposable(run.posterior, x)
-    family = family or config.inference.family
     started = time.perf_counter()
     for p in run.model.parameters():
         p.requires_grad_(False)
@@ -80,10 +83,17 @@ def run_gaps(
         "ais_steps": ais_steps,
         "seconds": time.perf_counter() - started,
     }
-    run_dir = Path(run_dir)
-    write_json(run_dir / f"gaps-{family}-{split if data is None else 'file'}.json", result)
-    plot_gaps(run_dir)
+    write_json(saved, result)
+    plot_gaps(Path(run_dir))
     return result
+
+
+def _check_saved(run_dir: Path, replaced: Path) -> None:
+    """Read every decomposition saved in the run directory but ``replaced`` (which this one
+    overwrites), so that a damaged one fails before the work rather than at the figure."""
+    for path in sorted(run_dir.glob("gaps-*.json")):
+        if path != replaced:
+            read_json(path, GAPS_SCHEMA)
 
 
 def _check_options(family: str | None, split: str, k: int | None, ais_steps: int, points: int | None) -> None:
@@ -131,7 +141,7 @@ def _new_encoder(run: TrainedRun, family: str, epochs: int) -> Posterior:
 
 def plot_gaps(run_dir: Path) -> Path:
     """A stacked bar per saved decomposition: approximation gap below, amortization gap above."""
-    results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("gaps-*.json"))]
+    results = read_gaps(run_dir)
     labels = [f"{r['family']}\n({r['split'] or 'file'})" for r in results]
     approx = [r["approximation_gap"] for r in results]
     amort = [r["amortization_gap"] for r in results]

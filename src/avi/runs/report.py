@@ -5,6 +5,10 @@ and samples from the prior (image data); a latent-space view (2-D latents direct
 PCA of posterior means, coloured by label where labels exist); and, where the run has them,
 the gap decomposition (``avi gaps``) and evaluation results. Images are embedded as base64 in
 ``report.html``, so the page opens offline with no external assets.
+
+A run that stopped early (interrupted, or a killed fit: :func:`~avi.runs.rundir.run_status`) or
+diverged is reported from its last checkpoint, and the page says so; a run that an ``avi fit``
+is still writing is refused.
 """
 
 from __future__ import annotations
@@ -20,11 +24,19 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from avi.atomic import atomic_write_bytes, save_figure
-from avi.errors import RunError
 from avi.models.base import LatentVariableModel
 from avi.runs.config import Config
 from avi.runs.load import infer_posterior, load_trained
-from avi.runs.rundir import EVALUATION, SUMMARY, json_text, read_json, read_metrics, require_run
+from avi.runs.rundir import (
+    EVALUATION,
+    EVALUATION_SCHEMA,
+    json_text,
+    read_gaps,
+    read_json,
+    read_metrics,
+    require_run,
+    run_status,
+)
 
 __all__ = ["FIGURES", "run_report"]
 
@@ -160,9 +172,12 @@ Section = tuple[str, str]
 def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     """Write the figures and ``report.html`` into the run directory; return the page's path.
     Figures use the first ``points`` test points."""
-    run_dir = _finished_run(run_dir)
+    run_dir = require_run(run_dir, stopped=True)
+    status = run_status(run_dir)
+    rows = read_metrics(run_dir)  # a damaged file fails before the slow parts
+    final = _final_metrics(rows, run_dir)
+    gaps = _gaps_sections(run_dir)
     run = load_trained(run_dir)
-    rows = read_metrics(run_dir)
     plot_curves(rows, run_dir / "curves.png")
     sections = [("Training curves", _embed(run_dir / "curves.png"))]
     test = run.splits.test
@@ -172,28 +187,26 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     labels = None if test.labels is None else test.labels[:points]
     method = plot_latent(means.flatten(1).cpu(), labels, run_dir / "latent.png")  # (B, N, C) one-hot means: flat
     sections.append((f"Latent space ({method})", _embed(run_dir / "latent.png")))
-    sections += _gaps_sections(run_dir)
+    sections += gaps
     sections += [("Collapse diagnostics", _embed(extra)) for extra in sorted(run_dir.glob("collapse*.png"))]
-    sections.append(("Final metrics", _table(_final_metrics(rows, run_dir))))
+    sections.append(("Final metrics", _table(final)))
     sections.append(("Configuration", f"<pre>{html.escape(json_text(run.config.model_dump(), indent=2))}</pre>"))
     path = run_dir / "report.html"
-    atomic_write_bytes(path, _page(run_dir, run.config, sections).encode())
+    atomic_write_bytes(path, _page(run_dir, run.config, sections, _status_note(run_dir, status, rows)).encode())
     return path
 
 
-def _finished_run(run_dir: str | Path) -> Path:
-    """``run_dir`` as a path; a :class:`RunError` unless it is a run with a checkpoint that has
-    finished training."""
-    run_dir = require_run(run_dir, checkpoint=False)
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise RunError(f"run {run_dir} has no checkpoint: nothing to report yet")
-    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).exists() else {}
-    if summary.get("status") != "finished":
-        raise RunError(
-            f"run {run_dir} is still being written (status {summary.get('status', 'unknown')!r}); "
-            "report it when it has finished"
+def _status_note(run_dir: Path, status: str, rows: list[dict[str, Any]]) -> str:
+    """What the page says about a run that did not finish: where it stopped and how to go on."""
+    epoch = rows[-1]["epoch"]  # a run with a checkpoint has a row (read_metrics)
+    if status == "interrupted":
+        return (
+            f"This run was interrupted at epoch {epoch}: the figures show its last checkpoint. "
+            f"Continue it with avi fit --resume {run_dir}."
         )
-    return run_dir
+    if status == "diverged":
+        return f"This run diverged after epoch {epoch}: the figures show its last finite checkpoint."
+    return ""
 
 
 def _image_sections(model: LatentVariableModel, x: Tensor, means: Tensor, run_dir: Path) -> list[Section]:
@@ -231,7 +244,7 @@ def _gaps_sections(run_dir: Path) -> list[Section]:
     """The gap figure and a table per decomposition saved by ``avi gaps``, where there are any."""
     if not (run_dir / "gaps.png").exists():
         return []
-    gap_rows = [read_json(p) for p in sorted(run_dir.glob("gaps-*.json"))]
+    gap_rows = read_gaps(run_dir)
     tables = "".join(_table({k: g[k] for k in GAP_COLUMNS}) for g in gap_rows)
     return [("Gap decomposition", _embed(run_dir / "gaps.png") + tables)]
 
@@ -240,19 +253,20 @@ def _final_metrics(rows: list[dict[str, float]], run_dir: Path) -> dict[str, Any
     """The last epoch's metrics and, where ``avi evaluate`` ran, its scalar results (``test_``)."""
     final: dict[str, Any] = dict(rows[-1]) if rows else {}
     if (run_dir / EVALUATION).exists():
-        evaluation = read_json(run_dir / EVALUATION)
+        evaluation = read_json(run_dir / EVALUATION, EVALUATION_SCHEMA)
         final.update({f"test_{k}": v for k, v in evaluation.items() if not isinstance(v, (list, dict))})
     return final
 
 
-def _page(run_dir: Path, config: Config, sections: list[Section]) -> str:
+def _page(run_dir: Path, config: Config, sections: list[Section], note: str = "") -> str:
     """The self-contained HTML page: a title naming the run and its model (a built-in name or a
-    user model's import path), then the sections."""
+    user model's import path), the ``note`` on how the run ended (where there is one), then the
+    sections."""
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
     about = f"model {config.model.name}, {config.inference.strategy} inference, {config.inference.family} family"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>avi report: {html.escape(run_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body><h1>avi report: {html.escape(str(run_dir))}</h1>"
-        f"<p>{html.escape(about)}</p>{body}</body></html>"
+        f"<p>{html.escape(about)}</p>{_note(note) if note else ''}{body}</body></html>"
     )
