@@ -39,7 +39,7 @@ HPARAM_METRICS = (
     "mutual_information",
 )  # fmt: skip
 
-#: at most about this many epochs of images per run (about 30 kB an epoch for MNIST): every epoch
+#: at most about this many epochs of images per run (about 50 kB an epoch for MNIST): every epoch
 #: up to 100 epochs, every ceil(epochs / 100)-th beyond
 IMAGE_EPOCHS = 100
 
