@@ -9,15 +9,31 @@ from torch.distributions import Distribution
 
 from avi.errors import ConfigError
 from avi.families import kl as _kl  # noqa: F401  (registers the analytic KLs)
+from avi.families.finite_flow import FiniteFlow
 from avi.families.gaussian import FullRankGaussian, MeanFieldGaussian, inverse_softplus
+from avi.families.planar import PlanarFamily
+from avi.families.radial import RadialFamily
+from avi.families.sylvester import SylvesterFamily
 
-__all__ = ["FAMILIES", "Family", "FullRankGaussian", "MeanFieldGaussian", "inverse_softplus", "make_family"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "FiniteFlow",
+    "FullRankGaussian",
+    "MeanFieldGaussian",
+    "PlanarFamily",
+    "RadialFamily",
+    "SylvesterFamily",
+    "inverse_softplus",
+    "make_family",
+]
 
 
 class Family(Protocol):
     """What a family offers: ``param_size`` P, lambda (B, P) -> q, and a starting lambda.
 
-    Gaussian families are plain functions of lambda; flow families are ``nn.Module``s whose
+    Gaussian families and the finite flows (planar, radial, Sylvester: every flow parameter in
+    lambda) are plain functions of lambda; zuko's flow families are ``nn.Module``s whose
     weights are shared by all points (a posterior that holds one registers them).
     """
 
@@ -30,7 +46,7 @@ class Family(Protocol):
     def initial_params(self, n: int, scale: float = 1.0) -> Tensor: ...
 
 
-FAMILIES = ("mean-field", "full-rank", "iaf", "nsf")
+FAMILIES = ("mean-field", "full-rank", "iaf", "nsf", "planar", "radial", "sylvester")
 
 
 def make_family(name: str, latent_dim: int) -> Family:
@@ -43,4 +59,10 @@ def make_family(name: str, latent_dim: int) -> Family:
         from avi.families.flow import FlowFamily
 
         return FlowFamily(latent_dim, name)
+    if name == "planar":
+        return PlanarFamily(latent_dim)
+    if name == "radial":
+        return RadialFamily(latent_dim)
+    if name == "sylvester":
+        return SylvesterFamily(latent_dim)
     raise ConfigError(f"unknown variational family {name!r}; choose from {list(FAMILIES)}")
