@@ -11,7 +11,7 @@ import inspect
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -99,9 +99,9 @@ FIT_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("train.batch_size", int, "Minibatch size."),
     Flag("train.lr", float, "Adam learning rate."),
-    Flag("train.seed", int, "Random seed."),
+    Flag("train.seed", int, "Random seed, 0 to 2^63 - 1."),
     Flag("data.subset", int, "Train on the first N training points only."),
-    Flag("train.device", str, "cpu, cuda or auto."),
+    Flag("train.device", str, "cpu, cuda, cuda:N (the GPU of index N) or auto."),
     Flag("train.precision", str, "fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),
     Flag(
         "train.compile",
@@ -111,7 +111,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
         negatable=True,
         resumable=True,
     ),
-    Flag("train.threads", int, "Intra-op threads of this process (with --resume: for this call).", resumable=True),
+    Flag(
+        "train.threads",
+        int,
+        "Intra-op threads of this process, 1 to 4096 (with --resume: for this call).",
+        resumable=True,
+    ),
     Flag("model.decoder", str, "VAE decoder: mlp or made (autoregressive)."),
     Flag("remedies.kl_warmup", int, "Collapse remedy: linear KL warm-up over the first EPOCHS epochs."),
     Flag("remedies.kl_cycles", int, "Collapse remedy: N cycles of cyclical KL annealing over the run."),
@@ -155,8 +160,33 @@ def overrides(flags: Iterable[Flag], values: Mapping[str, Any]) -> dict[str, dic
 
 
 def changed_on_resume(flags: Iterable[Flag], values: Mapping[str, Any]) -> list[str]:
-    """The flags given in ``values`` that ``--resume`` cannot take: all but the resumable ones."""
-    return [flag.option for flag in flags if not flag.resumable and _given(values[flag.param])]
+    """The flags given in ``values`` that ``--resume`` cannot take: all but the resumable ones.
+    The value of each resumable one given is checked against its config field (no config is
+    resolved on resume): :class:`ConfigError` for ``--threads 0``."""
+    changed = []
+    for flag in flags:
+        if not _given(values[flag.param]):
+            continue
+        if flag.resumable:
+            _check_value(flag, values[flag.param])
+        else:
+            changed.append(flag.option)
+    return changed
+
+
+def _check_value(flag: Flag, value: Any) -> None:
+    """``value`` validated alone against the config field ``flag.key``, as a config would."""
+    from pydantic import BaseModel, ValidationError
+
+    from avi.runs.config import Config
+
+    section, field = flag.key.split(".")
+    model = cast(type[BaseModel], Config.model_fields[section].annotation)
+    try:
+        model.__pydantic_validator__.validate_assignment(model.model_construct(), field, value)
+    except ValidationError as err:
+        message = err.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid value for {flag.option}: {message}, got {value!r}") from None
 
 
 def parse_set(items: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, overrides, parse_set
@@ -172,3 +173,37 @@ def test_set_merges_into_a_config_files_model_args(tmp_path) -> None:
     path.write_text('[model]\nname = "pkg.mod:Model"\n[model.args]\na = 1\nb = 2\n')
     config = load_config(path, parse_set(["model.args.b=3"]))
     assert config.model.args == {"a": 1, "b": 3}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--free-bits", "inf"], "invalid value for remedies.free_bits: Input should be a finite number, got inf"),
+    (["--lr", "nan"], "invalid value for train.lr: Input should be a finite number, got nan"),
+    (["--set", "train.adam_eps=inf"], "invalid value for train.adam_eps: Input should be a finite number, got inf"),
+    (["--set", "train.batch_size=true"], "train.batch_size: Input should be a valid integer, got true"),
+    (["--set", "model.hidden=[64, false]"], "invalid value for model.hidden.1: Input should be a valid integer"),
+    (["--seed", str(2**64)], "invalid value for train.seed: Input should be less than or equal to 9223372036854775807"),
+    (["--threads", str(2**62)], "invalid value for train.threads: Input should be less than or equal to 4096"),
+    (["--device", "meta"], "unknown device 'meta'; use cpu, cuda, cuda:N (N a GPU's index) or auto"),
+    (["--device", "cuda:x"], "unknown device 'cuda:x'"),
+    (["--resume", "RUN", "--threads", "0"], "invalid value for --threads: Input should be greater than or equal to 1"),
+    (["--resume", "RUN", "--epochs", "-1"], "invalid value for --epochs: Input should be greater than or equal to 0"),
+])  # fmt: skip
+def test_bad_values_of_flags_and_set_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "run"
+    args = [str(tmp_path) if arg == "RUN" else arg for arg in args]
+    result = CliRunner().invoke(app, ["fit", *args, *([] if "--resume" in args else ["--out", str(out)])])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, (result.stderr, result.exception)
+    assert message in lines[0] and not out.exists()
+
+
+def test_a_config_directory_is_named_as_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["fit", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: config file {tmp_path} is a directory; give a TOML file"
+
+
+def test_resume_checks_the_values_of_the_flags_it_takes() -> None:
+    assert changed_on_resume(FIT_FLAGS, _fit_params("--threads", "4096", "--epochs", "0")) == []
+    with pytest.raises(ConfigError, match=r"^invalid value for --threads: .* less than or equal to 4096, got 4097$"):
+        changed_on_resume(FIT_FLAGS, _fit_params("--threads", "4097"))

@@ -9,23 +9,23 @@ setting given where it does not apply (``objective.k`` with the elbo objective,
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from avi.errors import ConfigError
+from avi.errors import ConfigError, first_line
 from avi.families.discrete import DISCRETE_FAMILIES
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
@@ -39,11 +39,15 @@ else:  # Python 3.10: the tomllib parser as its backport, tomli
 
 __all__ = [
     "Config",
+    "DEVICE_FORMS",
+    "MAX_SEED",
+    "MAX_THREADS",
     "DISCRETE_MODELS",
     "FAMILY_NAMES",
     "PRESETS",
     "STRATEGY_NAMES",
     "check_collapse_options",
+    "check_device",
     "epoch_kl_weight",
     "kl_schedule",
     "learning_rate",
@@ -54,8 +58,32 @@ __all__ = [
 ]
 
 
+#: seeds: 63 bits, so that the offsets the runs add (``train.seed + 1``, ``+ epoch``) stay within
+#: the 64 bits of torch's generators (``manual_seed`` takes integers below 2^64)
+MAX_SEED = 2**63 - 1
+#: intra-op threads of a process: a fixed bound, so that a run's config reads back on any machine
+#: (more threads than cores only slows a run down; torch overflows on 2^31)
+MAX_THREADS = 4096
+#: the devices a run trains on, ``cuda:N`` with N >= 0 a GPU's index
+DEVICE_FORMS = ("cpu", "cuda", "cuda:N", "auto")
+_DEVICE = re.compile(r"cpu|cuda|auto|cuda:(0|[1-9][0-9]*)")
+#: a layer's width
+Width = Annotated[int, Field(gt=0)]
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is one of :data:`DEVICE_FORMS` (whether this machine has it is
+    :func:`avi.runs.load.resolve_device`'s question), else :class:`ConfigError`."""
+    if not _DEVICE.fullmatch(name):
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N (N a GPU's index) or auto")
+    return name
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Strict settings: a bool is not a number, a float is not an int (an int may stand for a
+    float), nothing is parsed from a string, and every float is finite."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -73,7 +101,7 @@ class ModelConfig(_Section):
     name: str = "vae"
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [400])
+    hidden: list[Width] = Field(default_factory=lambda: [400])
     activation: Literal["relu", "tanh", "elu", "softplus"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
@@ -116,7 +144,7 @@ class DataConfig(_Section):
     subset: int | None = Field(None, ge=1)
     synthetic_points: int = Field(10_000, ge=2)
     synthetic_dim: int = Field(784, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 StrategyName = Literal["amortized", "per-datapoint", "semi-amortized", "iterative"]
@@ -152,19 +180,12 @@ class InferenceConfig(_Section):
 
     strategy: StrategyName = "amortized"
     family: FamilyName = "mean-field"
-    encoder_hidden: list[PositiveInt] | None = None
+    encoder_hidden: list[Width] | None = None
     #: a user's encoder by import path (``file.py:factory`` or ``package.module:factory``), called
     #: as ``factory(data_dim, param_size, **encoder_args)``: a module x (B, D) -> lambda (B, P),
     #: or a :class:`~avi.families.posterior.Posterior` used as it is
     encoder: str | None = None
     encoder_args: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("encoder")
-    @classmethod
-    def _import_path(cls, encoder: str | None) -> str | None:
-        if encoder is not None and not is_import_path(encoder):
-            raise ValueError(f"encoder {encoder!r} must be 'path/to/file.py:factory' or 'package.module:factory'")
-        return None if encoder is None else normalise_import_path(encoder)
     local_lr: float = Field(0.1, gt=0)
     infer_steps: int = Field(500, ge=0)
     infer_block: int = Field(1000, ge=1)
@@ -174,11 +195,18 @@ class InferenceConfig(_Section):
     refine_backprop: bool = True
     iterations: int = Field(5, ge=1)
     flow_transforms: int = Field(2, ge=1)
-    flow_hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
-    denoise: float = Field(0.0, ge=0, allow_inf_nan=False)
+    flow_hidden: list[Width] = Field(default_factory=lambda: [64, 64])
+    denoise: float = Field(0.0, ge=0)
     weight_norm: bool = False
-    consistency: float = Field(0.0, ge=0, allow_inf_nan=False)
+    consistency: float = Field(0.0, ge=0)
     transform: Literal["translate", "rotate"] = "translate"
+
+    @field_validator("encoder")
+    @classmethod
+    def _import_path(cls, encoder: str | None) -> str | None:
+        if encoder is not None and not is_import_path(encoder):
+            raise ValueError(f"encoder {encoder!r} must be 'path/to/file.py:factory' or 'package.module:factory'")
+        return None if encoder is None else normalise_import_path(encoder)
 
 
 class ObjectiveConfig(_Section):
@@ -199,11 +227,11 @@ class ObjectiveConfig(_Section):
     num_samples: int = Field(1, ge=1)
     k: int = Field(5, ge=1)
     analytic_kl: bool = True
-    alpha: float = Field(0.5, allow_inf_nan=False)
-    cubo_order: float = Field(2.0, gt=1, allow_inf_nan=False)
+    alpha: float = 0.5
+    cubo_order: float = Field(2.0, gt=1)
     #: the gradient estimator (:mod:`avi.objectives.estimators`), one of the objective's ``estimators``
     estimator: Literal[ESTIMATORS] = "reparam"  # type: ignore[valid-type]
-    temperature: float = Field(1.0, allow_inf_nan=False)
+    temperature: float = Field(1.0, gt=0)
     straight_through: bool = False
 
     def value(self) -> Objective:
@@ -232,13 +260,18 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "burda", "cosine"] = "constant"
     lr_warmup: int = Field(0, ge=0)
     adam_eps: float = Field(1e-8, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "cpu"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     #: stop after this many epochs without a better validation ELBO, keeping the best as best.pt
     early_stop: int | None = Field(None, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        return check_device(device)
 
 
 class RemediesConfig(_Section):
@@ -457,12 +490,27 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
     ),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
     (("model.args",), "model.name", is_import_path, "a user's model (model.name = 'file.py:Class')", ""),
-    (("model.hidden", "model.activation", "model.likelihood", "model.decoder"), "model.name",
-     lambda name: not is_import_path(name), "the built-in models", "give a user's model its settings in [model.args]"),
-    (("inference.encoder_args",), "inference.encoder", lambda e: e is not None,
-     "a user's encoder (inference.encoder)", ""),
-    (("inference.encoder",), "inference.strategy", lambda s: s in ("amortized", "semi-amortized"),
-     "an encoder of x (the amortized and semi-amortized strategies)", ""),
+    (
+        ("model.hidden", "model.activation", "model.likelihood", "model.decoder"),
+        "model.name",
+        lambda name: not is_import_path(name),
+        "the built-in models",
+        "give a user's model its settings in [model.args]",
+    ),
+    (
+        ("inference.encoder_args",),
+        "inference.encoder",
+        lambda e: e is not None,
+        "a user's encoder (inference.encoder)",
+        "",
+    ),
+    (
+        ("inference.encoder",),
+        "inference.strategy",
+        lambda s: s in ("amortized", "semi-amortized"),
+        "an encoder of x (the amortized and semi-amortized strategies)",
+        "",
+    ),
     (
         ("remedies.kl_warmup_start", "remedies.kl_start_weight"),
         "remedies.kl_warmup",
@@ -547,9 +595,9 @@ PRESETS["burda-1l-fast-iwae5"] = {
 def _with_preset(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` over the settings of its ``model.preset`` (what ``values`` sets wins)."""
     model = values.get("model")
-    preset = model.get("preset") if isinstance(model, dict) else None
-    if preset is None:
+    if not isinstance(model, dict) or model.get("preset") is None:
         return values
+    preset = model["preset"]
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if model.get("name", "vae") != "vae":
@@ -566,9 +614,21 @@ def _one_line(err: ValidationError) -> str:
         return f"unknown config key {where!r}"
     if first["type"] == "literal_error":
         return f"invalid value {first['input']!r} for {where}: {first['msg'].lower()}"
+    message = first["msg"].removeprefix("Value error, ")
     if where == "config":
-        return first["msg"].removeprefix("Value error, ")
-    return f"invalid value for {where}: {first['msg']}"
+        return message
+    return f"invalid value for {where}: {message}" + ("" if first["type"] == "value_error" else _got(first["input"]))
+
+
+def _got(value: Any) -> str:
+    """``, got VALUE`` for a scalar value as TOML writes it (``true``, ``inf``), else nothing."""
+    if isinstance(value, bool):
+        return f", got {str(value).lower()}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f", got {value}"
+    if isinstance(value, int | float | str) and len(repr(value)) <= 40:
+        return f", got {value!r}"
+    return ""
 
 
 def resolve_config(values: dict[str, Any], *, explicit: bool = False) -> Config:
@@ -587,21 +647,29 @@ def resolve_config(values: dict[str, Any], *, explicit: bool = False) -> Config:
 
 def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read a TOML config (or start from defaults), apply ``overrides`` section by section, resolve."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"cannot parse config file {path}: {err}") from None
+    values = {} if path is None else _read_toml(Path(path))
     for section, entries in (overrides or {}).items():
         current = values.setdefault(section, {})
         if not isinstance(current, dict):
             raise ConfigError(f"config key {section!r} must be a table")
         values[section] = merge_tables(current, {k: v for k, v in entries.items() if v is not None})
     return resolve_config(values, explicit=True)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The tables of the TOML file ``path``; :class:`ConfigError` where it is not a readable TOML file."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a TOML file")
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or first_line(err)}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot parse config file {path}: {first_line(err)}") from None
 
 
 def merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

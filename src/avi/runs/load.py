@@ -23,7 +23,7 @@ from avi.inference.state import load_weights
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
 from avi.runs.build import build_model, build_posterior, load_splits
-from avi.runs.config import Config
+from avi.runs.config import Config, check_device
 from avi.runs.rundir import CHECKPOINT, read_checkpoint, read_config, read_metrics, require_run
 from avi.seeding import seeded
 
@@ -66,18 +66,16 @@ class LoadedRun:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda[:i]`` or ``auto`` (CUDA when available)."""
-    if name == "auto":
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available), where this machine has it;
+    any other name is a :class:`ConfigError` (:func:`~avi.runs.config.check_device`)."""
+    if check_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use 'cpu', 'cuda' or 'auto'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():  # before torch's 8-bit index
         raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
+    return torch.device(name)
 
 
 def available_device(name: str) -> torch.device:
