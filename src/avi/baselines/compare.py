@@ -10,8 +10,12 @@ the target has one, else a long NUTS run), all coordinates pooled:
 Each method leaves a trace of (seconds, mean_error, sd_error): VI every few optimiser steps,
 MCMC after n draws of every chain for n on a geometric grid (warm-up time included), so the
 time to reach an accuracy (both errors <= ``tolerance`` from then on) is read off the trace.
-:func:`write_figure` draws the traces (PNG); :func:`format_table` prints the summary;
-:func:`run_compare` is the body of ``avi compare``.
+:func:`write_figure` draws the traces (PNG), each method in its own colour and marker in every
+panel (:data:`METHOD_STYLE`) and exact inference, whose error against the exact reference is 0, as a
+vertical line at the time it takes; :func:`format_table` prints the summary; :func:`run_compare`
+is the body of ``avi compare``. A ``progress`` callback receives a :class:`Stage` when the
+reference and each method start and end (:func:`format_stage` makes it a plain line);
+:data:`QUICK` is the short setting of ``avi compare --quick``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torch import Tensor
 
 from avi.atomic import atomic_write_bytes, save_figure
@@ -43,17 +48,24 @@ from avi.runs.rundir import json_text
 
 __all__ = [
     "METHODS",
+    "METHOD_STYLE",
     "MODELS",
+    "QUICK",
     "Comparison",
     "MethodResult",
+    "Progress",
     "Settings",
+    "Stage",
     "compare",
+    "comparison_figure",
     "default_methods",
+    "format_stage",
     "format_table",
     "make_model",
     "posterior_errors",
     "reference_moments",
     "run_compare",
+    "stage_work",
     "write_figure",
 ]
 
@@ -79,6 +91,12 @@ class Settings:
     tolerance: float = 0.1
 
 
+#: ``avi compare --quick``: 2 chains, a quarter to a tenth of the draws and steps (each model
+#: under a minute on 2 cores; logistic regression also keeps only its first 5 features)
+QUICK = Settings(vi_steps=500, chains=2, mh_warmup=1000, mh_samples=3000, gibbs_warmup=50, gibbs_samples=1000,
+                 nuts_warmup=100, nuts_samples=200, reference_warmup=150, reference_samples=600)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class MethodResult:
     """One method's final accuracy, total seconds, trace and the time it first reached the
@@ -101,6 +119,7 @@ class Comparison:
     reference: str
     tolerance: float
     results: list[MethodResult]
+    settings: Settings = field(default_factory=Settings)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``methods`` maps each method to its figures and trace."""
@@ -108,6 +127,7 @@ class Comparison:
             "model": self.model,
             "reference": self.reference,
             "tolerance": self.tolerance,
+            "settings": asdict(self.settings),
             "methods": {r.method: {k: v for k, v in asdict(r).items() if k != "method"} for r in self.results},
         }
 
@@ -163,12 +183,8 @@ def _run_method(
             (float(s), *posterior_errors(m, d, *ref)) for s, m, d in zip(fit.seconds, fit.means, fit.sds, strict=True)
         ]
     else:
-        sampler = {"mh": (mh, settings.mh_warmup, settings.mh_samples),
-                   "gibbs": (gibbs, settings.gibbs_warmup, settings.gibbs_samples),
-                   "nuts": (nuts, settings.nuts_warmup, settings.nuts_samples)}[method]  # fmt: skip
-        samples = sampler[0](
-            target, warmup=sampler[1], num_samples=sampler[2], num_chains=settings.chains, generator=generator
-        )
+        sampler, warmup, draws = _SAMPLERS[method](settings)
+        samples = sampler(target, warmup=warmup, num_samples=draws, num_chains=settings.chains, generator=generator)
         trace = _mcmc_trace(samples, ref)
         diagnostics = samples.diagnostics()
         extra = {"accept_rate": samples.accept_rate, "divergences": samples.divergences,
@@ -179,26 +195,104 @@ def _run_method(
     )
 
 
-def compare(
-    target: Target, methods: Sequence[str], *, generator: torch.Generator, settings: Settings = Settings(),
-    reference: tuple[Tensor, Tensor, str] | None = None, model_name: str | None = None,
-) -> Comparison:  # fmt: skip
-    """Run ``methods`` (names from :data:`METHODS`) on ``target`` and score each against
-    ``reference`` = (mean, sd, name), computed by :func:`reference_moments` if not given."""
+#: each sampler with its warm-up and kept draws per chain under given settings
+_SAMPLERS: dict[str, Callable[[Settings], tuple[Callable[..., Samples], int, int]]] = {
+    "mh": lambda s: (mh, s.mh_warmup, s.mh_samples),
+    "gibbs": lambda s: (gibbs, s.gibbs_warmup, s.gibbs_samples),
+    "nuts": lambda s: (nuts, s.nuts_warmup, s.nuts_samples),
+}
+
+
+def stage_work(name: str, settings: Settings, *, exact_reference: bool = True) -> str:
+    """What stage ``name`` (a method, or "reference") runs under ``settings``, in a few words."""
+    if name == "reference":
+        if exact_reference:
+            return "exact posterior"
+        length = f"{settings.reference_warmup}+{settings.reference_samples}"
+        return f"long NUTS run, {settings.chains} chains x {length} draws"
+    if name == "exact":
+        return "closed form"
+    if name.endswith("-vi"):
+        return f"{settings.vi_steps} Adam steps x {settings.vi_samples} draws"
+    _, warmup, draws = _SAMPLERS[name](settings)
+    return f"{settings.chains} chains x {warmup}+{draws} draws"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The reference posterior or one method (``name``), stage ``index`` of ``total``, starting
+    (``seconds`` None) or finished after ``seconds`` of wall-clock time; ``work`` says what it
+    runs, ``result`` is a finished method's, ``reference`` a finished reference's kind."""
+
+    name: str
+    index: int
+    total: int
+    work: str
+    seconds: float | None = None
+    result: MethodResult | None = None
+    reference: str | None = None
+
+
+#: called with each :class:`Stage` as it starts and as it ends
+Progress = Callable[[Stage], None]
+
+
+def format_stage(stage: Stage) -> str:
+    """One plain line for a progress log: ``[2/6] mh: started (4 chains x 2000+10000 draws)``,
+    then ``[2/6] mh: done in 3.14 s, mean error 0.021, sd error 0.034``."""
+    head = f"[{stage.index}/{stage.total}] {stage.name}:"
+    if stage.seconds is None:
+        return f"{head} started ({stage.work})"
+    if stage.result is not None:
+        return (
+            f"{head} done in {stage.seconds:.3g} s, mean error {stage.result.mean_error:.3f}, "
+            f"sd error {stage.result.sd_error:.3f}"
+        )
+    return f"{head} done in {stage.seconds:.3g} s ({stage.reference or stage.work})"
+
+
+def _check_methods(methods: Sequence[str], target: Target, name: str) -> list[str]:
+    """The methods that apply to ``target``, after checking that ``methods`` are among them."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(
             f"unknown methods {unknown}; choose from {list(METHODS)}" if unknown else "no methods to compare"
         )
-    missing = [m for m in methods if m in ("exact", "gibbs") and m not in default_methods(target)]
+    applicable = default_methods(target)
+    missing = [m for m in methods if m in ("exact", "gibbs") and m not in applicable]
     if missing:
         raise AviError(
-            f"{', '.join(missing)} does not apply to {model_name or target.name}: "
+            f"{', '.join(missing)} does not apply to {name}: "
             "it has no closed-form posterior or conjugate full conditionals"
         )
-    ref = reference if reference is not None else reference_moments(target, settings, generator)
-    results = [_run_method(m, target, settings, ref[:2], generator) for m in methods]
-    return Comparison(model_name or target.name, ref[2], settings.tolerance, results)
+    return applicable
+
+
+def compare(
+    target: Target, methods: Sequence[str], *, generator: torch.Generator, settings: Settings = Settings(),
+    reference: tuple[Tensor, Tensor, str] | None = None, model_name: str | None = None,
+    progress: Progress | None = None,
+) -> Comparison:  # fmt: skip
+    """Run ``methods`` (names from :data:`METHODS`) on ``target`` and score each against
+    ``reference`` = (mean, sd, name), computed by :func:`reference_moments` if not given;
+    ``progress`` hears of the reference and each method, in that order, as it starts and ends."""
+    applicable = _check_methods(methods, target, model_name or target.name)
+    report = progress or (lambda _: None)
+    total = len(methods) + (reference is None)
+    if reference is None:
+        work = stage_work("reference", settings, exact_reference="exact" in applicable)
+        report(Stage("reference", 1, total, work))
+        start = time.perf_counter()
+        reference = reference_moments(target, settings, generator)
+        report(Stage("reference", 1, total, work, time.perf_counter() - start, reference=reference[2]))
+    results = []
+    for index, method in enumerate(methods, start=total - len(methods) + 1):
+        work = stage_work(method, settings)
+        report(Stage(method, index, total, work))
+        start = time.perf_counter()
+        results.append(_run_method(method, target, settings, reference[:2], generator))
+        report(Stage(method, index, total, work, time.perf_counter() - start, results[-1]))
+    return Comparison(model_name or target.name, reference[2], settings.tolerance, results, settings)
 
 
 def format_table(comparison: Comparison) -> str:
@@ -214,57 +308,97 @@ def format_table(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+#: each method's colour and marker, the same in every panel of every figure
+METHOD_STYLE: dict[str, tuple[str, str]] = {
+    "exact": ("black", "*"),
+    "mean-field-vi": ("tab:blue", "o"),
+    "full-rank-vi": ("tab:orange", "s"),
+    "mh": ("tab:green", "^"),
+    "gibbs": ("tab:red", "v"),
+    "nuts": ("tab:purple", "D"),
+}
+
+
+def _draw_panel(ax: Any, comparison: Comparison) -> None:
+    """Mean error (solid) and sd error (dashed) of each method against seconds, log-log. Exact
+    inference scored against itself has error 0, which a log axis cannot show: it is the vertical
+    line at the seconds it takes."""
+    for r in comparison.results:
+        color, marker = METHOD_STYLE[r.method]
+        if r.method == "exact" and r.mean_error == 0 and r.sd_error == 0:
+            ax.axvline(r.seconds, color=color, ls=":", lw=1.5, label="exact")
+            continue
+        seconds, mean_error, sd_error = (list(c) for c in zip(*r.trace, strict=True))
+        ax.plot(seconds, mean_error, "-", marker=marker, ms=3, color=color, label=f"{r.method} mean")
+        ax.plot(seconds, sd_error, "--", marker=marker, ms=3, mfc="none", color=color, label=f"{r.method} sd")
+    ax.axhline(comparison.tolerance, color="gray", lw=0.8, label="tolerance")
+    ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel=f"error vs {comparison.reference} posterior",
+           title=comparison.model)  # fmt: skip
+
+
+def comparison_figure(comparisons: Sequence[Comparison]) -> Figure:
+    """One panel per comparison (:func:`_draw_panel`) and one legend below them all: a colour and
+    marker per method, the line style per error, the tolerance."""
+    fig = Figure(figsize=(6 * len(comparisons), 5.2), layout="constrained")
+    for ax, comparison in zip(fig.subplots(1, len(comparisons), squeeze=False)[0], comparisons, strict=True):
+        _draw_panel(ax, comparison)
+    shown = {r.method for c in comparisons for r in c.results}
+    handles = [
+        Line2D([], [], color="black", ls=":", label="exact (error 0, at its time)")
+        if method == "exact"
+        else Line2D([], [], color=METHOD_STYLE[method][0], marker=METHOD_STYLE[method][1], ms=4, label=method)
+        for method in METHODS
+        if method in shown
+    ]
+    handles += [
+        Line2D([], [], color="gray", ls="-", label="error of the means (sds)"),
+        Line2D([], [], color="gray", ls="--", label="relative error of the sds"),
+        Line2D([], [], color="gray", lw=0.8, label="tolerance"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    return fig
+
+
 def write_figure(comparisons: Sequence[Comparison], path: Path) -> None:
-    """One panel per comparison: mean error (solid) and sd error (dashed) against seconds, log-log."""
-    fig = Figure(figsize=(6 * len(comparisons), 4.5))
-    axes = fig.subplots(1, len(comparisons), squeeze=False)
-    for ax, comparison in zip(axes[0], comparisons, strict=True):
-        for i, r in enumerate(comparison.results):
-            seconds, mean_error, sd_error = (list(c) for c in zip(*r.trace, strict=True))
-            color = f"C{i}"
-            floor = 1e-4  # exact results have zero error; show them on the floor of the log scale
-            ax.plot(seconds, [max(e, floor) for e in mean_error], "-o", ms=2, color=color, label=f"{r.method} mean")
-            ax.plot(seconds, [max(e, floor) for e in sd_error], "--", color=color, label=f"{r.method} sd")
-        ax.axhline(comparison.tolerance, color="gray", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel=f"error vs {comparison.reference} posterior",
-               title=comparison.model)  # fmt: skip
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    """:func:`comparison_figure` as a PNG at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, 110)
+    save_figure(comparison_figure(comparisons), path, 110)
 
 
-def _normal_normal(g: torch.Generator) -> Target:
+def _normal_normal(g: torch.Generator, quick: bool) -> Target:
     return NormalNormal(
         1.0 + torch.randn(50, generator=g, dtype=torch.float64), prior_mean=0.0, prior_sd=1.0, noise_sd=1.0
     )
 
 
-def _beta_bernoulli(g: torch.Generator) -> Target:
+def _beta_bernoulli(g: torch.Generator, quick: bool) -> Target:
     return BetaBernoulli((torch.rand(30, generator=g, dtype=torch.float64) < 0.3).double(), a=1.0, b=1.0)
 
 
-def _dirichlet_categorical(g: torch.Generator) -> Target:
+def _dirichlet_categorical(g: torch.Generator, quick: bool) -> Target:
     x = torch.multinomial(torch.tensor([0.2, 0.3, 0.5]), 50, replacement=True, generator=g)
     return DirichletCategorical(x, torch.ones(3, dtype=torch.float64))
 
 
-def _linear_regression(g: torch.Generator) -> Target:
+def _linear_regression(g: torch.Generator, quick: bool) -> Target:
     return BayesianLinearRegression(*synthetic_regression(200, 10, g, correlation=0.8))
 
 
-def _logistic_regression(g: torch.Generator) -> Target:
-    return BayesianLogisticRegression(*breast_cancer())
+def _logistic_regression(g: torch.Generator, quick: bool) -> Target:
+    X, y = breast_cancer()
+    return BayesianLogisticRegression(X[:, :6] if quick else X, y)
 
 
-#: models ``avi compare --model`` knows: name -> (description, builder from a seeded generator)
-MODELS: dict[str, tuple[str, Callable[[torch.Generator], Target]]] = {
+#: models ``avi compare --model`` knows: name -> (description, builder from a seeded generator
+#: and whether the run is quick)
+MODELS: dict[str, tuple[str, Callable[[torch.Generator, bool], Target]]] = {
     "linear-regression": (
         "Bayesian linear regression, 200 synthetic points, 10 correlated features (exact)",
         _linear_regression,
     ),
     "logistic-regression": (
-        "Bayesian logistic regression, breast-cancer data, 30 features + intercept (NUTS reference)",
+        "Bayesian logistic regression, breast-cancer data, 30 features + intercept (quick: the first 5) "
+        "(NUTS reference)",
         _logistic_regression,
     ),
     "normal-normal": ("Normal mean with known variance, 50 points (exact)", _normal_normal),
@@ -273,11 +407,12 @@ MODELS: dict[str, tuple[str, Callable[[torch.Generator], Target]]] = {
 }
 
 
-def make_model(name: str, generator: torch.Generator) -> Target:
-    """The target called ``name`` in :data:`MODELS`, its data drawn with ``generator``."""
+def make_model(name: str, generator: torch.Generator, *, quick: bool = False) -> Target:
+    """The target called ``name`` in :data:`MODELS`, its data drawn with ``generator`` (``quick``:
+    the smaller data of ``avi compare --quick``)."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-    return MODELS[name][1](generator)
+    return MODELS[name][1](generator, quick)
 
 
 def default_methods(target: Target) -> list[str]:
@@ -291,15 +426,18 @@ def default_methods(target: Target) -> list[str]:
 
 
 def run_compare(
-    model: str, methods: str | None, out: Path | None, *, seed: int = 0, settings: Settings = Settings()
-) -> tuple[Comparison, Path]:
+    model: str, methods: str | None, out: Path | None, *, seed: int = 0, quick: bool = False,
+    settings: Settings | None = None, progress: Progress | None = None,
+) -> tuple[Comparison, Path]:  # fmt: skip
     """``avi compare``: build the model, run the methods (comma-separated names, default all
     that apply), write ``comparison.json`` and ``comparison.png`` to ``out`` (default
-    runs/compare-MODEL); returns the comparison and the directory."""
+    runs/compare-MODEL); returns the comparison and the directory. ``quick`` picks the smaller
+    data and, unless ``settings`` are given, :data:`QUICK`; ``progress`` is passed to :func:`compare`."""
     generator = torch.Generator().manual_seed(seed)
-    target = make_model(model, generator)
+    target = make_model(model, generator, quick=quick)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else default_methods(target)
-    comparison = compare(target, chosen, generator=generator, settings=settings, model_name=model)
+    settings = settings or (QUICK if quick else Settings())
+    comparison = compare(target, chosen, generator=generator, settings=settings, model_name=model, progress=progress)
     out = Path(out) if out is not None else Path("runs") / f"compare-{model}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "comparison.json", (json_text(comparison.to_dict(), indent=1) + "\n").encode())
