@@ -327,6 +327,7 @@ def _draw_panel(ax: Any, comparison: Comparison) -> None:
         color, marker = METHOD_STYLE[r.method]
         if r.method == "exact" and r.mean_error == 0 and r.sd_error == 0:
             ax.axvline(r.seconds, color=color, ls=":", lw=1.5, label="exact")
+            ax.text(r.seconds, 0.98, " exact", transform=ax.get_xaxis_transform(), rotation=90, va="top", fontsize=8)
             continue
         seconds, mean_error, sd_error = (list(c) for c in zip(*r.trace, strict=True))
         ax.plot(seconds, mean_error, "-", marker=marker, ms=3, color=color, label=f"{r.method} mean")
@@ -351,11 +352,17 @@ def comparison_figure(comparisons: Sequence[Comparison]) -> Figure:
         if method in shown
     ]
     handles += [
-        Line2D([], [], color="gray", ls="-", label="error of the means (sds)"),
-        Line2D([], [], color="gray", ls="--", label="relative error of the sds"),
+        Line2D([], [], color="gray", ls="-", label="mean error (posterior sds)"),
+        Line2D([], [], color="gray", ls="--", label="sd error (relative)"),
         Line2D([], [], color="gray", lw=0.8, label="tolerance"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 1 + 2 * len(comparisons)),
+        fontsize=8,
+        frameon=False,
+    )
     return fig
 
 
