@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -199,3 +202,40 @@ def test_elbo_log_marginal_cubo_sandwich(ppca: LinearGaussian, ppca_x: Tensor) -
 def test_cubo_order_must_exceed_one(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     with pytest.raises(ConfigError, match="greater than 1"):
         cubo_per_point(ppca, _exact_posterior(ppca, ppca_x), ppca_x, n=1.0, k=5)
+
+
+def test_an_interrupt_stops_every_worker_within_a_chunk(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # Ctrl-C reaches the main thread, which waits for 2 workers of 25 points x 10^7 samples
+    # (minutes of work); both stop before their next chunk of 1,000 samples, so the interrupt
+    # propagates at once, no batch completes after it, no worker thread is left running, and
+    # the caller's intra-op thread count is restored. A worker's own error stops the others too.
+    posterior = _exact_posterior(ppca, ppca_x)
+    done: list[int] = []
+    before = threading.active_count()
+    timer = threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        log_likelihood(ppca, posterior, ppca_x, k=10**7, batch_size=1, chunk_size=1000, threads=2, on_batch=done.append)
+    assert time.perf_counter() - started < 5
+    timer.join()
+    assert threading.active_count() == before and done == []
+    assert torch.get_num_threads() == 1
+
+    class Failing(nn.Module):
+        """The posterior, failing for the second worker's points (25 to 49) at its first batch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = posterior
+
+        def forward(self, x: Tensor, index: Tensor) -> Distribution:
+            if index.min() >= 25:
+                raise RuntimeError("the second worker failed")
+            return self.inner(x, index)
+
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="second worker failed"):
+        log_likelihood(ppca, Failing(), ppca_x, k=10**7, batch_size=1, chunk_size=1000, threads=2)
+    assert time.perf_counter() - started < 5
+    assert threading.active_count() == before

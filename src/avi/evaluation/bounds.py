@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from functools import partial
 from typing import NamedTuple
 
@@ -185,7 +185,8 @@ def _log_power_mean(
     ``torch.get_num_threads()``) evaluated by as many Python threads, each running torch on one
     intra-op thread: independent workers never wait for each other, where intra-op parallelism
     synchronises every operation (about 3x slower on a 2-core machine shared with other jobs).
-    Each point's noise is its own, so the split changes nothing in the result."""
+    Each point's noise is its own, so the split changes nothing in the result. An interrupt (or
+    a worker's error) stops every worker after its current chunk of samples: see :func:`_in_parallel`."""
     _check_sampling(k, precision, threads)
     x = fixed_points(data)
     points = range(x.shape[0]) if points is None else points
@@ -199,8 +200,9 @@ def _log_power_mean(
     )  # fmt: skip
     if seed is None:
         seed = int(torch.randint(2**31, ()).item())
+    stop = threading.Event()
     batch = partial(_batch_power_mean, model, posterior, x, order, k=k, chunk_size=chunk_size, seed=seed,
-                    precision=precision)  # fmt: skip
+                    precision=precision, stop=stop)  # fmt: skip
     lock = threading.Lock()
 
     def estimate(part: range) -> tuple[Tensor, Tensor]:
@@ -217,7 +219,7 @@ def _log_power_mean(
         return torch.cat(values), torch.cat(stderrs)
 
     with eval_mode(posterior):
-        results = _in_parallel(estimate, points, workers)
+        results = _in_parallel(estimate, points, workers, stop)
     return LogLikelihood(torch.cat([v for v, _ in results]), torch.cat([e for _, e in results]), k)
 
 
@@ -241,15 +243,19 @@ def _batch_power_mean(
     chunk_size: int,
     seed: int,
     precision: str,
+    stop: threading.Event,
 ) -> tuple[Tensor, Tensor]:
     """(1/r) log (1/k) sum_i w_i^r and its standard error for the points ``index`` of x, from
-    running log-sum-exps of r log w and 2 r log w over chunks of ``chunk_size`` samples."""
+    running log-sum-exps of r log w and 2 r log w over chunks of ``chunk_size`` samples; raises
+    :class:`_Stopped` before a chunk once ``stop`` is set."""
     xb = x[index]
     q = posterior(xb, index)
     noise = NoiseStream(seed, index, model.latent_dim, x.dtype, x.device)
     lse = torch.full((index.numel(),), -math.inf, device=x.device, dtype=x.dtype)
     lse2 = lse.clone()
     for done in range(0, k, chunk_size):
+        if stop.is_set():
+            raise _Stopped
         lw = order * chunk_log_weights(model, q, xb, min(chunk_size, k - done), noise, precision=precision)
         lse = torch.logaddexp(lse, torch.logsumexp(lw, 1))
         lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * lw, 1))
@@ -258,10 +264,15 @@ def _batch_power_mean(
 
 
 def _in_parallel(
-    estimate: Callable[[range], tuple[Tensor, Tensor]], points: range, workers: int
+    estimate: Callable[[range], tuple[Tensor, Tensor]], points: range, workers: int, stop: threading.Event
 ) -> list[tuple[Tensor, Tensor]]:
     """``estimate`` of ``workers`` contiguous parts of ``points``, each in a Python thread running
-    torch on one intra-op thread (the intra-op thread count restored after), in point order."""
+    torch on one intra-op thread (the intra-op thread count restored after), in point order.
+
+    The calling thread waits until every part is done or one fails; whatever ends that wait sets
+    ``stop``, which ``estimate`` checks before every chunk of samples, so after Ctrl-C (whose
+    KeyboardInterrupt Python raises in the main thread alone) or a worker's error (raised here)
+    the other workers end within a chunk instead of running to the end of their parts."""
     if workers == 1:
         return [estimate(points)]
     n = len(points)
@@ -269,7 +280,19 @@ def _in_parallel(
     intra_op = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(estimate, parts))
+        with ThreadPoolExecutor(workers) as pool:  # its exit joins the workers, stopped or done
+            futures = [pool.submit(estimate, part) for part in parts]
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            finally:
+                stop.set()  # all done, else an interrupt or an error: the rest stop
+            for error in (future.exception() for future in done):
+                if error is not None:
+                    raise error
+            return [future.result() for future in futures]
     finally:
         torch.set_num_threads(intra_op)
+
+
+class _Stopped(Exception):
+    """Ends a worker of :func:`_in_parallel` whose results are no longer awaited."""
