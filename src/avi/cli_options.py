@@ -67,7 +67,8 @@ FIT_FLAGS: tuple[Flag, ...] = (
     Flag(
         "inference.family",
         str,
-        "mean-field, full-rank, iaf or nsf (discrete models: their own, categorical or bernoulli).",
+        "mean-field, full-rank, iaf, nsf, planar, radial or sylvester "
+        "(discrete models: their own, categorical or bernoulli).",
     ),
     Flag(
         "inference.encoder",

@@ -12,14 +12,17 @@ from torch import Tensor, nn
 
 from avi.data.dataset import Dataset, Splits
 from avi.data.files import load_array_file
-from avi.data.mnist import load_mnist
+from avi.data.mnist import load_mnist, static_mnist
 from avi.data.transforms import check_images, make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
 from avi.errors import ConfigError, DataError, first_line
 from avi.families import Family, make_family
 from avi.families.discrete import BernoulliFamily, CategoricalFamily
 from avi.families.flow import FLOW_KINDS, FlowFamily
+from avi.families.planar import PlanarFamily
 from avi.families.posterior import Posterior
+from avi.families.radial import RadialFamily
+from avi.families.sylvester import SylvesterFamily
 from avi.inference.local import LocalPosterior
 from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPosterior
 from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
@@ -96,6 +99,15 @@ def build_family(config: Config) -> Family:
         return BernoulliFamily(config.model.latent_dim)
     if inf.family in FLOW_KINDS:
         return FlowFamily(config.model.latent_dim, inf.family, transforms=inf.flow_transforms, hidden=inf.flow_hidden)
+    d = config.model.latent_dim
+    if inf.family == "planar":
+        return PlanarFamily(d, flows=inf.flow_length or 10)
+    if inf.family == "radial":
+        return RadialFamily(d, flows=inf.flow_length or 10)
+    if inf.family == "sylvester":
+        return SylvesterFamily(
+            d, flows=inf.flow_length or 4, variant=inf.sylvester_variant, reflections=inf.householder_reflections
+        )
     return make_family(inf.family, config.model.latent_dim)
 
 
@@ -176,16 +188,28 @@ def prepare_data(x: np.ndarray | torch.Tensor, config: Config, name: str = "data
     if not torch.isfinite(x).all():
         raise DataError(f"{name} contains NaN or infinite values")
     mode = config.data.binarize
-    if mode in ("dynamic", "static") and ((x < 0) | (x > 1)).any():
+    if mode != "none" and ((x < 0) | (x > 1)).any():
         raise DataError(f"{name} has values outside [0, 1], which cannot be binarised (scale it to [0, 1])")
     dataset = Dataset(x, dynamic=mode != "none")
-    return dataset.binarized(config.data.seed) if mode == "static" else dataset
+    return dataset.binarized(config.data.seed) if mode in ("static", "static-mnist") else dataset
 
 
 def _split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(n, generator=generator)
     held = int(round(n * fraction))
     return order[held:], order[:held]
+
+
+def _static_mnist_splits(subset: int | None) -> Splits:
+    """The static-MNIST protocol's fixed splits (:func:`avi.data.mnist.static_mnist`), the
+    first ``subset`` training images where given."""
+    data = static_mnist()
+
+    def split(name: str, count: int | None = None) -> Dataset:
+        x, y = data[name]
+        return Dataset(torch.from_numpy(x[:count]).float(), torch.from_numpy(y[:count]), dynamic=False)
+
+    return Splits(split("train", subset), split("validation"), split("test"))
 
 
 def load_splits(config: Config) -> Splits:
@@ -196,6 +220,8 @@ def load_splits(config: Config) -> Splits:
     training split would be empty; the validation split may be (``validation_fraction = 0``).
     """
     d = config.data
+    if d.binarize == "static-mnist":
+        return _static_mnist_splits(d.subset)
     generator = torch.Generator().manual_seed(d.seed)
     labels: Tensor | None = None
     y_test: Tensor | None

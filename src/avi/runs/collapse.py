@@ -15,6 +15,7 @@ from avi.atomic import save_figure
 from avi.errors import ConfigError
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.families.flow import FlowFamily
+from avi.families.sylvester import SylvesterFamily
 from avi.models.base import LatentVariableModel
 from avi.runs.config import Config
 from avi.seeding import seeded
@@ -53,8 +54,9 @@ def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
 
 def mi_settings(posterior: nn.Module) -> dict[str, int]:
     """The mutual-information batch of :func:`collapse_diagnostics` for ``posterior``: batches of
-    :data:`MI_BATCH_SIZE`, or one batch of :data:`FLOW_MI_BATCH_SIZE` for a flow family."""
-    if isinstance(getattr(posterior, "family", None), FlowFamily):
+    :data:`MI_BATCH_SIZE`, or one batch of :data:`FLOW_MI_BATCH_SIZE` for a flow family whose
+    density at another point's sample costs a pass per latent dimension (IAF, NSF, Sylvester)."""
+    if isinstance(getattr(posterior, "family", None), (FlowFamily, SylvesterFamily)):
         return {"batch_size": FLOW_MI_BATCH_SIZE, "mi_points": FLOW_MI_BATCH_SIZE}
     return {"batch_size": MI_BATCH_SIZE}
 

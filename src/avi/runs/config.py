@@ -132,13 +132,16 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where data comes from: ``mnist`` (bundled), ``synthetic`` (the model's sampler) or a file path.
 
-    ``binarize`` applies to Bernoulli models only (default ``dynamic``). MNIST keeps its 10,000
+    ``binarize`` applies to Bernoulli models only (default ``dynamic``). ``static-mnist`` is the
+    static protocol of MNIST (:func:`avi.data.mnist.static_mnist`): one fixed binarisation of
+    the 50,000/10,000/10,000 train/validation/test split, the same on every machine, in place
+    of ``validation_fraction``. MNIST keeps its 10,000
     test images; other sources hold out ``test_fraction``. ``validation_fraction`` of the rest
     is held out for validation.
     """
 
     source: str = "mnist"
-    binarize: Literal["dynamic", "static", "none"] | None = None
+    binarize: Literal["dynamic", "static", "static-mnist", "none"] | None = None
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
     subset: int | None = Field(None, ge=1)
@@ -148,7 +151,9 @@ class DataConfig(_Section):
 
 
 StrategyName = Literal["amortized", "per-datapoint", "semi-amortized", "iterative"]
-FamilyName = Literal["mean-field", "full-rank", "iaf", "nsf", "categorical", "bernoulli"]
+FamilyName = Literal[
+    "mean-field", "full-rank", "iaf", "nsf", "planar", "radial", "sylvester", "categorical", "bernoulli"
+]
 STRATEGY_NAMES = get_args(StrategyName)
 FAMILY_NAMES = get_args(FamilyName)
 
@@ -169,6 +174,10 @@ class InferenceConfig(_Section):
     A model with discrete latents takes the matching discrete family (``categorical`` for the
     discrete-vae, ``bernoulli`` for the sbn; the default for those models) and the amortized
     strategy. Flow families (``iaf``, ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
+    The flows of Rezende and Mohamed (2015), ``planar`` and ``radial``, and van den Berg et al.'s
+    (2018) ``sylvester`` take all their parameters from the encoder (or the per-point table):
+    ``flow_length`` layers (default 10, 10 and 4), Sylvester's ``sylvester_variant``
+    (``householder``, with ``householder_reflections`` reflections per layer, or ``triangular``).
 
     Amortized inference regularisation (Shu et al. 2018) of an encoder of x (``amortized`` and
     ``semi-amortized``): ``denoise`` = sigma > 0 adds N(0, sigma^2 I) noise to the encoder's input
@@ -196,6 +205,9 @@ class InferenceConfig(_Section):
     iterations: int = Field(5, ge=1)
     flow_transforms: int = Field(2, ge=1)
     flow_hidden: list[Width] = Field(default_factory=lambda: [64, 64])
+    flow_length: int | None = Field(None, ge=1, le=1000)
+    sylvester_variant: Literal["householder", "triangular"] = "householder"
+    householder_reflections: int = Field(8, ge=1, le=1000)
     denoise: float = Field(0.0, ge=0)
     weight_norm: bool = False
     consistency: float = Field(0.0, ge=0)
@@ -333,6 +345,9 @@ class Config(_Section):
             self.data.binarize = "dynamic" if bernoulli else "none"
         elif self.data.binarize != "none" and not bernoulli and not self.model.custom:
             raise ValueError(f"data.binarize={self.data.binarize!r} needs a Bernoulli likelihood; use 'none'")
+        if self.data.binarize == "static-mnist" and self.data.source != "mnist":
+            source = self.data.source
+            raise ValueError(f"data.binarize='static-mnist' is a protocol of MNIST, not of data.source {source!r}")
         return self
 
     @model_validator(mode="after")
@@ -487,6 +502,27 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
         lambda w: w > 0,
         "consistency regularisation (consistency > 0)",
         "",
+    ),
+    (
+        ("inference.flow_length",),
+        "inference.family",
+        lambda f: f in ("planar", "radial", "sylvester"),
+        "the planar, radial and sylvester families",
+        "iaf and nsf take flow_transforms",
+    ),
+    (
+        ("inference.sylvester_variant", "inference.householder_reflections"),
+        "inference.family",
+        lambda f: f == "sylvester",
+        "the sylvester family",
+        "",
+    ),
+    (
+        ("data.validation_fraction",),
+        "data.binarize",
+        lambda b: b != "static-mnist",
+        "a split of the training data",
+        "static-mnist has its own validation split",
     ),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
     (("model.args",), "model.name", is_import_path, "a user's model (model.name = 'file.py:Class')", ""),

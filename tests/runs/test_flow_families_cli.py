@@ -1,0 +1,53 @@
+"""The flows of Rezende and Mohamed (2015) and van den Berg et al. (2018) as run settings: fit,
+evaluate (an IWAE bound, which may not exceed the model's exact log p(x)) and their options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from avi.errors import ConfigError
+from avi.evaluation import log_likelihood
+from avi.families import PlanarFamily, RadialFamily, SylvesterFamily
+from avi.runs.build import build_family
+from avi.runs.config import load_config
+from avi.runs.load import load_trained
+from avi.runs.train import run_fit
+
+from .conftest import small_job
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind", "layers"),
+    [
+        ({"family": "planar"}, PlanarFamily, 10),
+        ({"family": "radial", "flow_length": 3}, RadialFamily, 3),
+        ({"family": "sylvester", "sylvester_variant": "triangular"}, SylvesterFamily, 4),
+    ],
+)
+def test_each_flow_family_is_built_with_its_length(settings: dict, kind: type, layers: int) -> None:
+    family = build_family(load_config(None, {"inference": settings, "model": {"latent_dim": 3}}))
+    assert isinstance(family, kind)
+    assert family.flows == layers
+
+
+@pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
+def test_a_ppca_run_with_a_planar_posterior_bounds_the_exact_log_likelihood(tmp_path: Path, strategy: str) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text(small_job(2, points=300, name="ppca"))
+    config = load_config(path, {"inference": {"family": "planar", "strategy": strategy, "flow_length": 2}})
+    run = load_trained(run_fit(config, tmp_path / "run"))
+    x = run.splits.test.x
+    bound = log_likelihood(run.model, run.posterior, x, k=50).value
+    exact = run.model.exact_log_marginal(x)
+    assert torch.isfinite(bound).all()
+    assert bound.mean() <= exact.mean() + 3 * bound.std() / len(x) ** 0.5
+
+
+def test_flow_options_are_refused_where_they_do_not_apply() -> None:
+    with pytest.raises(ConfigError, match="flow_length applies to the planar, radial and sylvester"):
+        load_config(None, {"inference": {"family": "iaf", "flow_length": 3}})
+    with pytest.raises(ConfigError, match="applies to the sylvester family"):
+        load_config(None, {"inference": {"family": "radial", "householder_reflections": 2}})
