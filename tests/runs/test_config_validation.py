@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from avi.cli import app
 from avi.errors import ConfigError, DataError
 from avi.runs.build import build_model, load_splits
 from avi.runs.config import MAX_SEED, MAX_THREADS, Config, load_config, resolve_config
@@ -423,3 +425,14 @@ def test_only_allocation_failures_become_size_errors() -> None:
             raise MemoryError
     sizes = settings_of(load_config(None, {"objective": {"name": "iwae", "k": 7}}), TRAINING_SIZES + EVALUATION_SIZES)
     assert sizes == {"train.batch_size": 100, "objective.k": 7, "evaluate.k": 5000}
+
+
+def test_avi_fit_with_a_model_too_large_for_memory_is_one_line(tmp_path: Path) -> None:
+    """build_run sizes the model inside sized_by: fit, evaluate, gaps and load_run all get it."""
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).random((40, 6)))
+    args = ["fit", "--data", str(data), "--latent-dim", str(2**40), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not enough memory" in lines[0] and f"model.latent_dim = {2**40}" in lines[0]

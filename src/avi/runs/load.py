@@ -24,6 +24,7 @@ from avi.models.base import LatentVariableModel
 from avi.runs import distributed
 from avi.runs.build import build_model, build_posterior, load_splits
 from avi.runs.config import Config, check_device
+from avi.runs.memory import MODEL_SIZES, settings_of, sized_by
 from avi.runs.rundir import CHECKPOINT, read_checkpoint, read_config, read_metrics, require_run
 from avi.seeding import seeded
 
@@ -100,12 +101,13 @@ def build_run(config: Config, device: torch.device | None = None) -> TrainedRun:
     :func:`~avi.seeding.seeded`, leaving it untouched)."""
     device = resolve_device(config.train.device) if device is None else device
     splits = load_splits(config)
-    model = build_model(config, splits.train.dim)
-    for name, split in zip(("training", "validation", "test"), splits, strict=True):
-        if len(split) and not split.dynamic:
-            model.check_data(split.x, f"{name} data")
-    posterior = build_posterior(config, model, len(splits.train))
-    return TrainedRun(config, model.to(device), posterior.to(device), splits, device)
+    with sized_by(settings_of(config, MODEL_SIZES)):
+        model = build_model(config, splits.train.dim)
+        for name, split in zip(("training", "validation", "test"), splits, strict=True):
+            if len(split) and not split.dynamic:
+                model.check_data(split.x, f"{name} data")
+        posterior = build_posterior(config, model, len(splits.train))
+        return TrainedRun(config, model.to(device), posterior.to(device), splits, device)
 
 
 def load_trained(run_dir: str | Path, device: torch.device | None = None) -> TrainedRun:

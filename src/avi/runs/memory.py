@@ -31,6 +31,8 @@ MODEL_SIZES = (
     "inference.encoder_hidden",
     "inference.flow_transforms",
     "inference.flow_hidden",
+    "inference.flow_length",
+    "inference.householder_reflections",
 )
 TRAINING_SIZES = ("train.batch_size", "objective.num_samples", "objective.k")
 EVALUATION_SIZES = ("evaluate.k", "evaluate.batch_size", "evaluate.chunk_size", "evaluate.memory_budget")
@@ -62,6 +64,7 @@ _READ: dict[str, Callable[[Config], bool]] = {
     "model.num_classes": lambda c: c.model.name == "discrete-vae",
     "inference.flow_transforms": lambda c: c.inference.family in ("iaf", "nsf"),
     "inference.flow_hidden": lambda c: c.inference.family in ("iaf", "nsf"),
+    "inference.householder_reflections": lambda c: c.inference.family == "sylvester",
     "objective.num_samples": lambda c: takes(c.objective.name, "num_samples"),
     "objective.k": lambda c: takes(c.objective.name, "k"),
 }
