@@ -1,10 +1,14 @@
 """The ``avi`` command: a thin layer over :mod:`avi.runs`.
 
-Every input error is printed as one line on standard error with exit code 2.
+Every input error is printed as one line on standard error with exit code 2; Ctrl-C, as one
+line saying what was kept, with exit code 130.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import importlib.metadata
 import inspect
 import os
@@ -14,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -35,6 +38,9 @@ __all__ = ["app", "main"]
 app = typer.Typer(add_completion=False)
 console = Console(stderr=True)
 
+#: the exit code of Ctrl-C: 128 + SIGINT, as shells give
+INTERRUPTED = 130
+
 
 #: the ``--json`` switch of the commands that print a result
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on standard output.")]
@@ -54,6 +60,30 @@ def _print_error(message: str) -> None:
 def _fail(message: str) -> NoReturn:
     _print_error(message)
     raise typer.Exit(2)
+
+
+def _interrupted(kept: str) -> typer.Exit:
+    """Ctrl-C: one line saying what was ``kept``; the exit, code :data:`INTERRUPTED`, to raise."""
+    console.print(f"interrupted; {escape(kept)}", highlight=False, soft_wrap=True)
+    return typer.Exit(INTERRUPTED)
+
+
+def _interruptible(kept: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Make Ctrl-C anywhere in a command :func:`_interrupted` with ``kept``: typer's own handling
+    exits 130 without a word. Every file avi writes is written whole or not at all
+    (:mod:`avi.atomic`), so an interrupt leaves each one as it was or as it was to be."""
+
+    def declare(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)  # the signature (flags included) stays the command's
+        def interruptible(*args: Any, **kwargs: Any) -> None:
+            try:
+                command(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise _interrupted(kept) from None
+
+        return interruptible
+
+    return declare
 
 
 @app.callback(invoke_without_command=True)
@@ -87,6 +117,7 @@ def _with_flags(flags: tuple[Flag, ...]) -> Callable[[Callable[..., None]], Call
 
 
 @app.command()
+@_interruptible("no run was started")
 @_with_flags(FIT_FLAGS)
 def fit(
     config: Annotated[Path | None, typer.Argument(help="TOML config file; flags override it.")] = None,
@@ -128,13 +159,11 @@ def fit(
     except AviError as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        console.print(
-            "interrupted: the last finished epoch is saved; continue with "
-            f"[bold]avi fit --resume {escape(str(run_dir))}[/]",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
+        from avi.runs.rundir import CONFIG
+
+        if not (run_dir / CONFIG).is_file():  # stopped before the run directory was written
+            raise _interrupted("no run was started") from None
+        raise _interrupted(f"{run_dir} keeps its finished epochs: continue with avi fit --resume {run_dir}") from None
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
     console.print(
@@ -161,7 +190,8 @@ def _fit_config(
             raise ConfigError(
                 f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only {allowed})"
             )
-        _set_threads(flags["threads"] or read_config(require_run(resume)).train.threads)
+        # a run stopped before its first checkpoint resumes too (from epoch 0)
+        _set_threads(flags["threads"] or read_config(require_run(resume, checkpoint=False)).train.threads)
         return None, resume
     resolved = load_config(config, merge_tables(overrides(FIT_FLAGS, flags), parse_set(settings)))
     _set_threads(resolved.train.threads)
@@ -170,6 +200,8 @@ def _fit_config(
 
 def _set_threads(threads: int | None) -> None:
     """torch's intra-op threads for this process (``train.threads``; unset: torch's default)."""
+    import torch
+
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -222,6 +254,7 @@ class _TrainingProgress:
 
 
 @app.command()
+@_interruptible("evaluation.json is as it was")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by avi fit.")],
     data: Annotated[
@@ -283,7 +316,8 @@ def evaluate(
 
 
 def _evaluation_progress() -> Progress:
-    """A bar of the points done, on rank 0 alone under torchrun."""
+    """A bar of the points done, on a terminal (elsewhere the closing bar leaves an empty line)
+    and on rank 0 alone under torchrun."""
     return Progress(
         TextColumn("importance sampling"),
         BarColumn(),
@@ -293,7 +327,7 @@ def _evaluation_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=os.environ.get("RANK", "0") != "0",
+        disable=not console.is_terminal or os.environ.get("RANK", "0") != "0",
     )
 
 
@@ -326,6 +360,7 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
 
 
 @app.command()
+@_interruptible("no file was left half-written")
 def compare(
     runs: Annotated[list[Path] | None, typer.Argument(help="Run directories to compare side by side.")] = None,
     model: Annotated[
@@ -404,6 +439,7 @@ def _compare_runs(runs: list[Path], out: Path, as_json: bool) -> None:
 
 
 @app.command()
+@_interruptible("no file was left half-written")
 def gaps(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of an amortized run.")],
     data: Annotated[Path | None, typer.Option(help="Decompose on this .npy/.npz/.csv file instead.")] = None,
@@ -449,6 +485,7 @@ def gaps(
 
 
 @app.command()
+@_interruptible("no file was left half-written")
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by avi fit.")],
 ) -> None:
@@ -465,21 +502,37 @@ def report(
 
 def main() -> None:
     """Entry point of the ``avi`` script: a usage error (an unknown flag, ``--lr abc``) is one line
-    with exit code 2, like every other bad input."""
+    with exit code 2, like every other bad input; Ctrl-C exits at once (:func:`_exit_now`)."""
     from avi.runs.distributed import shutdown
 
-    command = typer.main.get_command(app)
+    code: Any = None
     try:
-        code = command.main(prog_name="avi", standalone_mode=False)
+        code = typer.main.get_command(app).main(prog_name="avi", standalone_mode=False)
     except typer.TyperException as err:
         _print_error(err.format_message())
         code = err.exit_code
     except typer.Abort:
         console.print("aborted", highlight=False)
         code = 1
+    except KeyboardInterrupt:  # while the command line was being built, before any command ran
+        code = _interrupted("nothing was done").exit_code
     finally:
-        shutdown()  # under torchrun: leave the process group (a barrier first), here at the edge
+        if code != INTERRUPTED:  # every rank is stopping: a barrier could wait for one gone
+            shutdown()  # under torchrun: leave the process group (a barrier first), here at the edge
+    if code == INTERRUPTED:
+        _exit_now(code)
     sys.exit(code or 0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` after the atexit handlers and a flush of the output, skipping the
+    interpreter's teardown of its modules: torch's alone takes up to 2 s on a busy machine,
+    too long for Ctrl-C. Nothing is lost: every file avi writes is complete when written."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ and the caller's own.
 from __future__ import annotations
 
 import math
+import signal
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +86,12 @@ def run_fit(
     """Train as ``config`` says into ``run_dir``, checkpointing after every epoch.
 
     With ``resume=True`` the config is read from ``run_dir`` and training continues after the
-    last checkpointed epoch. ``epochs`` stops training after that many epochs in all, instead of
-    ``config.train.epochs`` (a run can be extended, or trained in parts; fewer than a resumed
-    run has done is an error, and without it a run extended earlier stays so); ``compile`` sets
-    ``config.train.compile`` for this call (a resumed run may train compiled or not; Inductor
-    draws its own noise, so the two do not follow the same path sample for sample).
+    last checkpointed epoch (from epoch 0 where a fit was stopped before its first checkpoint).
+    ``epochs`` stops training after that many epochs in all, instead of ``config.train.epochs``
+    (a run can be extended, or trained in parts; fewer than a resumed run has done is an error,
+    and without it a run extended earlier stays so); ``compile`` sets ``config.train.compile``
+    for this call (a resumed run may train compiled or not; Inductor draws its own noise, so the
+    two do not follow the same path sample for sample).
 
     ``hooks`` (:class:`~avi.inference.loop.Hook`) run every step and epoch, after validation and
     before the run's files are written: columns a hook adds to the epoch's record land in
@@ -101,7 +104,9 @@ def run_fit(
     or resumed, fails with a :class:`~avi.errors.RunError` instead of overwriting it. A
     non-finite objective stops the fit with :class:`~avi.inference.loop.Diverged` (one line
     naming the epoch and step); the last finite checkpoint stays and summary.json says
-    ``"status": "diverged"``.
+    ``"status": "diverged"``. A KeyboardInterrupt (Ctrl-C) stops it between two operations: the
+    finished epochs' files stay, summary.json says ``"status": "interrupted"`` with the epochs
+    saved, and the interrupt propagates.
     """
     with ExitStack() as held:
         fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile)
@@ -125,6 +130,8 @@ class _Fit:
     precision: str
     #: the columns of the epoch in progress that the run adds to its record
     columns: dict[str, Any] = field(default_factory=dict)
+    #: epochs whose checkpoint is written: what a resume continues from
+    saved: int = 0
 
     @property
     def config(self) -> Config:
@@ -137,7 +144,7 @@ class _Fit:
         order: list[Hook] = [LearningRate(self.config.train), _EpochColumns(self), self.validation, *hooks]
         trackers = open_trackers(self.config, self.run_dir, self.rows) if main else []
         wall = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
-        order.append(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall))
+        order.append(_Saved(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall), self))
         stopping = None
         if self.config.train.early_stop is not None:  # after the run files: the row is complete
             stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
@@ -149,6 +156,10 @@ class _Fit:
                 write_json(
                     self.run_dir / SUMMARY, self._summary("diverged", diverged={"epoch": err.epoch, "step": err.step})
                 )
+            raise
+        except KeyboardInterrupt:
+            if main:
+                write_json(self.run_dir / SUMMARY, self._summary("interrupted"))
             raise
         if main:
             if self.rows and "kl_dim_0" in self.rows[-1]:
@@ -166,6 +177,7 @@ class _Fit:
         if not aggressive_next(self.config, self.rows):
             batch = self.config.train.batch_size
             return train_epoch(state, data, objective, batch_size=batch, replicas=self.replicas, hooks=hooks)
+
         def progress(done: int, sums: Tensor) -> None:
             for hook in hooks:
                 hook.on_step(state, StepInfo(epoch, done, len(data), sums))
@@ -182,10 +194,12 @@ class _Fit:
         return result.epoch
 
     def _summary(self, status: str, **extra: Any) -> dict[str, Any]:
-        final = self.rows[-1] if self.rows else {}
+        """summary.json: ``status`` and the numbers of the last saved epoch (an interrupt may come
+        after an epoch's row is made and before its files are written: that row does not count)."""
+        final = self.rows[self.saved - 1] if self.saved else {}
         return {
             "status": status,
-            "epochs_done": len(self.rows),
+            "epochs_done": self.saved,
             "epochs": self.last_epoch,
             "train_elbo": final.get("train_elbo"),
             "val_elbo": final.get("val_elbo"),
@@ -195,6 +209,44 @@ class _Fit:
             + sum(p.numel() for p in self.run.posterior.parameters()),
             **extra,
         }
+
+
+@dataclass
+class _Saved(Hook):
+    """The run's ``files`` (:class:`~avi.runs.hooks.RunFiles`: checkpoint, metrics, summary,
+    trackers) written with Ctrl-C held off, so that an interrupt lands before or after an
+    epoch's files, never among them; then the epoch counts as saved (``fit.saved``)."""
+
+    files: RunFiles
+    fit: _Fit
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        with _interrupts_held():
+            stop = self.files.on_epoch(state, record)
+            self.fit.saved = state.epoch
+        return stop
+
+    def on_end(self, state: TrainState) -> None:
+        self.files.on_end(state)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block ends, then deliver it to the handler it had. Only
+    the main thread receives signals; elsewhere, or where the handler was not set from Python
+    (so cannot be restored), the block runs as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
 
 
 @dataclass
@@ -222,7 +274,7 @@ def _start(
     if resume:
         if run_dir is None:
             raise ConfigError("resuming needs the run directory")
-        run_dir = require_run(run_dir)
+        run_dir = require_run(run_dir, checkpoint=False)  # a fit stopped before its first epoch starts over
         config = read_config(run_dir)
     else:
         config = config or Config()
@@ -286,9 +338,13 @@ def _new_state(run: TrainedRun) -> TrainState:
 
 def _restore(held: ExitStack, fit: _Fit, epochs: int | None) -> None:
     """Load the checkpoint of a resumed run into ``fit`` (under the run's lock): its state, its
-    metrics, the validation points' parameters and the global random states."""
+    metrics, the validation points' parameters and the global random states. A run without a
+    checkpoint (stopped before its first epoch ended) keeps the fresh state that its config's
+    seed built, so it trains as a new run with that config would."""
     if distributed.is_main():
         held.enter_context(run_lock(fit.run_dir))
+    if not (fit.run_dir / CHECKPOINT).is_file():
+        return
     saved = read_checkpoint(fit.run_dir / CHECKPOINT)
     fit.state.load_state_dict(saved, f"checkpoint of {fit.run_dir}")
     if isinstance(saved.get("torch_rng"), Tensor):  # checkpoints of avi fit always have it
@@ -296,7 +352,7 @@ def _restore(held: ExitStack, fit: _Fit, epochs: int | None) -> None:
     if fit.run.device.type == "cuda" and saved.get("cuda_rng") is not None:  # the GPU's draws continue too
         torch.cuda.set_rng_state(saved["cuda_rng"], fit.run.device)
     fit.rows[:] = saved["metrics"]
-    done = fit.state.epoch
+    done = fit.saved = fit.state.epoch
     if epochs is None:  # a run extended by an earlier --epochs is not cut back to its config's
         fit.last_epoch = max(fit.last_epoch, done)
     elif fit.last_epoch < done:
