@@ -1,11 +1,12 @@
 """Run-directory files: the metrics table written epoch by epoch equals the table written at
 once and reads back checked; the checkpoint's metrics rows load back as written; a run's status
-is its lock, then its summary."""
+is its lock, then its summary; evaluations are kept per k and data, the most careful read first."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import signal
@@ -17,7 +18,20 @@ import pytest
 import torch
 
 from avi.errors import RunError
-from avi.runs.rundir import MetricsTable, read_metrics, run_lock, run_status, write_checkpoint, write_json
+from avi.runs.rundir import (
+    TEST_SPLIT,
+    MetricsTable,
+    best_evaluation,
+    evaluation_path,
+    read_evaluations,
+    read_metrics,
+    run_lock,
+    run_status,
+    write_checkpoint,
+    write_json,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _at_once(rows: list[dict]) -> str:
@@ -132,3 +146,49 @@ def test_a_fit_killed_with_sigkill_leaves_an_interrupted_run(tmp_path: Path) -> 
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     assert run_status(tmp_path) == "interrupted"
+
+
+def _evaluation(k: int, data: str = TEST_SPLIT) -> dict:
+    """The numbers an ``avi evaluate`` with k samples on ``data`` saves (the larger k, the higher)."""
+    return {"n": 30, "data": data, "k": k, "elbo": -9.0, "log_likelihood": -8.0 - 1 / k, "active_units": 1}
+
+
+def test_a_quick_evaluation_never_replaces_a_careful_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A careful k=5000, then a quick k=10, then a k=100000 one on a data file: three files, and
+    the careful one on the run's own test split is the best, whatever came later."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    for k, data in ((5000, None), (10, None), (100_000, "points.npy")):
+        write_json(evaluation_path(tmp_path, k, data), _evaluation(k, data or TEST_SPLIT))
+    assert len(list(tmp_path.glob("evaluation-*.json"))) == 3
+    assert [(e["k"], e["data"]) for e in read_evaluations(tmp_path)] == [
+        (5000, TEST_SPLIT), (10, TEST_SPLIT), (100_000, "points.npy")
+    ]  # fmt: skip
+    best = best_evaluation(tmp_path)
+    assert best is not None and best["k"] == 5000 and best["log_likelihood"] == -8.0 - 1 / 5000
+    # a data file is named by its absolute path: one file however it is written, two of one stem differ
+    assert evaluation_path(tmp_path, 10, "points.npy") == evaluation_path(tmp_path, 10, tmp_path / "points.npy")
+    assert evaluation_path(tmp_path, 10, "points.npy") != evaluation_path(tmp_path, 10, "elsewhere/points.npy")
+    assert evaluation_path(tmp_path, 10, "points.npy").name.startswith("evaluation-points-")
+    assert best_evaluation(tmp_path / "elsewhere") is None
+
+
+def test_an_old_runs_evaluation_json_reads_at_its_recorded_k(tmp_path: Path) -> None:
+    """evaluation.json of a run evaluated before evaluations were kept per k (k = 50) is one of
+    the run's evaluations: best beside a quicker one, not beside a more careful one; one written
+    without its data is of the test split, the only data its writer saved."""
+    old = json.loads((FIXTURES / "old_run_evaluation.json").read_text())
+    write_json(tmp_path / "evaluation.json", {key: value for key, value in old.items() if key != "data"})
+    write_json(evaluation_path(tmp_path, 20), _evaluation(20))
+    assert [e["k"] for e in read_evaluations(tmp_path)] == [50, 20]
+    best = best_evaluation(tmp_path)
+    assert best is not None and best["data"] == TEST_SPLIT and best["log_likelihood"] == old["log_likelihood"]
+    write_json(evaluation_path(tmp_path, 500), _evaluation(500))
+    assert [e["k"] for e in read_evaluations(tmp_path)] == [500, 50, 20]
+
+
+def test_a_damaged_evaluation_is_one_line_naming_its_file(tmp_path: Path) -> None:
+    write_json(evaluation_path(tmp_path, 5000), _evaluation(5000))
+    write_json(evaluation_path(tmp_path, 10), {**_evaluation(10), "k": 10.5})
+    with pytest.raises(RunError, match=r"evaluation-k10\.json: 'k' is a number, not an integer"):
+        best_evaluation(tmp_path)

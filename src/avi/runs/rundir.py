@@ -7,7 +7,8 @@ Layout of a run directory::
     checkpoint.pt    model, posterior, optimiser and RNG states after the last finished epoch
     best.pt          with train.early_stop: the checkpoint of the best validation epoch
     summary.json     status ("running", "finished", "diverged" or "interrupted") and final numbers
-    evaluation.json  written by ``avi evaluate``
+    evaluation-*.json  written by ``avi evaluate``, one per k and data (:func:`evaluation_path`);
+                     evaluation.json in runs evaluated before evaluations were kept per k
     gaps-*.json      written by ``avi gaps``, one per family and split
     .lock            locked (``flock``) by the ``avi fit`` writing the run, which wrote its pid in
 
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import math
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -50,11 +53,15 @@ __all__ = [
     "STATUSES",
     "SUMMARY",
     "SUMMARY_SCHEMA",
+    "TEST_SPLIT",
     "Field",
     "MetricsTable",
+    "best_evaluation",
+    "evaluation_path",
     "json_text",
     "read_checkpoint",
     "read_config",
+    "read_evaluations",
     "read_gaps",
     "read_json",
     "read_metrics",
@@ -73,6 +80,8 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY, EVALUATION = (
     "summary.json",
     "evaluation.json",
 )
+#: the data of an evaluation of the run's own test split, as ``avi evaluate`` records it
+TEST_SPLIT = "test split"
 #: the checkpoint of the best validation epoch, kept by early stopping
 BEST = "best.pt"
 LOCK = ".lock"
@@ -108,6 +117,10 @@ SUMMARY_SCHEMA: dict[str, Field] = {"status": _TEXT}
 EVALUATION_SCHEMA: dict[str, Field] = {
     "elbo": _NUMBER,
     "log_likelihood": _NUMBER,
+    "log_likelihood_stderr": _NUMBER._replace(required=False),
+    "kl": _NUMBER._replace(required=False),
+    "k": Field(int, "an integer", required=False),
+    "data": _TEXT._replace(required=False),
     "active_units": Field(int, "an integer", required=False),
 }
 GAPS_SCHEMA: dict[str, Field] = {
@@ -284,6 +297,39 @@ def read_gaps(run_dir: Path) -> list[dict[str, Any]]:
     """Every gap decomposition saved in the run directory by ``avi gaps`` (gaps-*.json, in name
     order), each checked against :data:`GAPS_SCHEMA`."""
     return [read_json(path, GAPS_SCHEMA) for path in sorted(run_dir.glob("gaps-*.json"))]
+
+
+def evaluation_path(run_dir: Path, k: int, data: str | Path | None = None) -> Path:
+    """Where ``avi evaluate`` keeps its evaluation with ``k`` samples of the run's test split
+    (``evaluation-k{k}.json``) or of the file ``data`` (``evaluation-{stem}-{hash}-k{k}.json``,
+    the hash the first 8 hex digits of SHA-256 of the file's absolute path, so that two files
+    of one name differ): one file per (k, data), so a quick evaluation never replaces a careful one."""
+    if data is None:
+        return Path(run_dir) / f"evaluation-k{k}.json"
+    absolute = Path(data).resolve()
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", absolute.stem)[:40]
+    return Path(run_dir) / f"evaluation-{stem}-{digest}-k{k}.json"
+
+
+def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    """Every evaluation saved in the run directory, each checked against
+    :data:`EVALUATION_SCHEMA`, the most careful first: those of the run's own test split before
+    those of other data, then the largest k first (an evaluation without k last), then in name
+    order. The evaluation.json of an older run is read as one at its recorded k; it lacks
+    ``data`` only where its writer saved test-split evaluations alone, so ``data`` defaults to
+    :data:`TEST_SPLIT`."""
+    paths = sorted(Path(run_dir).glob("evaluation-*.json"))
+    if (Path(run_dir) / EVALUATION).is_file():
+        paths.append(Path(run_dir) / EVALUATION)
+    evaluations = [{"data": TEST_SPLIT, **read_json(path, EVALUATION_SCHEMA)} for path in paths]
+    return sorted(evaluations, key=lambda e: (e["data"] == TEST_SPLIT, e.get("k", 0)), reverse=True)
+
+
+def best_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The most careful evaluation of the run (:func:`read_evaluations`: the largest k on its
+    own test split, else the largest k on any data), or None where it has none."""
+    return next(iter(read_evaluations(run_dir)), None)
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
