@@ -44,13 +44,19 @@ def test_report_writes_every_figure_and_an_html_page_with_only_embedded_images(r
     assert result.returncode == 0, result.stderr
     page = Path(result.stdout.strip())
     assert page == finished_run / "report.html"
-    for name in ("curves.png", "reconstructions.png", "samples.png", "latent.png", "collapse.png"):
+    figures = ("curves.png", "reconstructions.png", "samples.png", "latent.png", "kl-per-dimension.png", "collapse.png")
+    for name in figures:
         assert (finished_run / name).stat().st_size > 1000, name  # 16 = 4 x 4 image data
     text = page.read_text()
     sources = re.findall(r'src="([^"]*)"', text)
-    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "href=" not in text and "<script" not in text  # nothing to fetch, nothing to run
-    assert "Final metrics" in text and "latent_dim" in text
+    assert "Metrics by split" in text and "latent_dim" in text
+    # what was not computed or drawn, and why: no evaluation, no gaps, no labels
+    assert f"log p(x) not computed: run avi evaluate {finished_run}" in _words(text)
+    assert f"not drawn: no gaps computed; run avi gaps {finished_run}" in text
+    assert "points not coloured by class: the test split has no labels" in text
+    assert not (finished_run / "inference-gaps.png").exists()
 
 
 def test_report_errors_name_the_problem(run_avi, finished_run: Path, tmp_path: Path) -> None:
@@ -90,25 +96,52 @@ def test_report_on_an_autoregressive_decoder_draws_samples(run_avi, tmp_path: Pa
     assert (run / "reconstructions.png").exists() and (run / "samples.png").exists()
 
 
+def _words(page: str) -> str:
+    """The text of an HTML fragment, tags as single spaces: a table row reads "label value"."""
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+#: an evaluation.json as ``avi evaluate --k 50`` writes it, with Pareto k-hat entries
+EVALUATION = {
+    "n": 40, "data": "test split", "elbo": -11.4545, "reconstruction": -11.1188, "kl": 0.3357,
+    "kl_per_dim": [0.2373, 0.0984], "active_units": 1, "mutual_information": 0.12,
+    "log_likelihood": -11.1703, "log_likelihood_stderr": 0.0289, "k": 50,
+    "khat_median": 0.52, "khat_share_over": 0.08, "strategy": "amortized", "seconds": 0.1,
+}  # fmt: skip
+#: a gaps-*.json as ``avi gaps`` writes it
+GAPS = {
+    "family": "mean-field", "split": "test", "data": "test split", "n": 40, "log_likelihood": -11.0917,
+    "elbo_optimal": -11.1049, "elbo_amortized": -11.4655, "approximation_gap": 0.0132, "amortization_gap": 0.3606,
+    "approximation_gap_stderr": 0.0072, "amortization_gap_stderr": 0.0256,
+}  # fmt: skip
 
 
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs Debian's chromium)")
 def test_report_renders_in_headless_chromium_without_console_errors(
     run_avi, finished_run: Path, tmp_path: Path
 ) -> None:
+    """The page renders offline, opens with the summary of the headline numbers (the
+    log-likelihood with k, standard error and k-hat; the ELBO's terms; active units with the
+    collapse warning; the gaps), and references nothing outside itself."""
     import numpy as np
     from PIL import Image
 
-    assert run_avi("report", str(finished_run)).returncode == 0
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "evaluation.json").write_text(json.dumps(EVALUATION))
+    (run / "gaps-mean-field-test.json").write_text(json.dumps(GAPS))
+    assert run_avi("report", str(run)).returncode == 0
     shot = tmp_path / "shot.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]  # fmt: skip
-    url = (finished_run / "report.html").resolve().as_uri()
+    url = (run / "report.html").resolve().as_uri()
     result = subprocess.run(
-        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", url],
+        [_chromium(), *flags, f"--screenshot={shot}", "--dump-dom", "--window-size=1200,2400", url],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert shot.exists(), result.stderr[-2000:]
@@ -116,6 +149,23 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     assert not console_errors, console_errors
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert len(np.unique(pixels)) > 20  # text, plots and images, not a blank page
+
+    dom = result.stdout  # the page as Chromium parsed it
+    summary = _words(dom[dom.index('<div id="summary">') : dom.index("<h2>Training curves</h2>")])
+    assert dom.index("<h2>Summary</h2>") < dom.index("<h2>Training curves</h2>")  # the page opens with it
+    for headline in (
+        "log p(x), IWAE k=50 (test split, 40 points) -11.17 ± 0.029",
+        "median 0.52; 8.0% of points over 0.7",  # k-hat, and its warning
+        "the importance weights are too heavy-tailed",
+        "ELBO (test) -11.45", "reconstruction E_q[log p(x|z)] -11.12", "KL(q(z|x) || p(z)) 0.34",
+        "active units (test) 1 of 2", "Partial collapse: 1 of 2 latent dimensions are inactive",
+        "approximation 0.013 ± 0.0072, amortization 0.361 ± 0.026",
+    ):  # fmt: skip
+        assert headline in summary, headline
+    for page in (dom, (run / "report.html").read_text()):
+        assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
+        assert "url(" not in page and "@import" not in page
+    assert (run / "inference-gaps.png").is_file()
 
 
 def test_a_model_that_cannot_draw_images_gets_notes_instead_of_figures(finished_run: Path, monkeypatch) -> None:
@@ -163,5 +213,6 @@ def test_report_of_a_user_posterior_on_non_image_data(flat_run: Path, monkeypatc
     assert posterior.calls > 0
     assert "model vae, amortized inference, mean-field family" in text
     assert "Reconstructions" not in text and "Samples from the prior" not in text
+    assert "not drawn: reconstructions and samples need square images; the data are 12-dimensional" in text
     assert not (flat_run / "reconstructions.png").exists() and (flat_run / "latent.png").is_file()
-    assert len(re.findall(r'src="data:image/png;base64,', text)) == 3  # curves, latent space, collapse
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 4  # curves, latent space, KL per dim, collapse

@@ -1,0 +1,303 @@
+"""The tables of ``avi report``: the summary the page opens with, the metrics grouped by split,
+the inference gaps and the config by section; each built as plain rows from a run's files, then
+written as HTML by :func:`table_html`.
+
+The summary reads whatever ``evaluation.json`` holds: the IWAE-k log-likelihood, its standard
+error and k, and Pareto k-hat entries under any key starting with ``khat`` or ``pareto_k``
+(their median and share over :data:`~avi.evaluation.psis.KHAT_THRESHOLD` where it can tell
+them apart); what is missing reads "not computed".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, NamedTuple
+
+from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_warning
+from avi.runs.rundir import json_text
+
+__all__ = [
+    "EVALUATION_SETTINGS",
+    "SPLITS",
+    "Summary",
+    "collapse_warning",
+    "config_sections",
+    "gaps_table",
+    "khat_entries",
+    "kl_series",
+    "metrics_by_split",
+    "metrics_table",
+    "summary",
+    "table_html",
+]
+
+SPLITS = ("train", "validation", "test")
+#: keys of evaluation.json that say how it ran rather than what it measured
+EVALUATION_SETTINGS = (
+    "n", "data", "k", "strategy", "precision", "processes", "inference_seconds", "sampling_seconds", "seconds",
+)  # fmt: skip
+#: the first rows of the metrics table, in this order; the others follow as the files list them
+FIRST_METRICS = ("elbo", "reconstruction", "kl", "objective", "log_likelihood", "log_likelihood_stderr")
+#: Cov_x(E_q[z_k | x]) above which latent dimension k is active (Burda et al. 2016)
+ACTIVE_THRESHOLD = 0.01
+#: a table's rows: a heading and its cells
+Rows = list[tuple[str, list[str]]]
+
+
+class Summary(NamedTuple):
+    """The page's opening table, (label, value) rows, and the warnings shown above it."""
+
+    rows: list[tuple[str, str]]
+    warnings: list[str]
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A cell: a float in ``spec``, "not finite" for JSON null, anything else as it is."""
+    if value is None:
+        return "not finite"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def summary(
+    rows: list[dict[str, Any]],
+    evaluation: dict[str, Any],
+    gaps: list[dict[str, Any]],
+    *,
+    run: str,
+    status: str,
+    latent_dim: int,
+) -> Summary:
+    """The headline numbers of a run (``run`` names it in the hints): how training ended, the test
+    log-likelihood with k, its standard error and k-hat, the ELBO with its reconstruction and KL
+    terms (test, else the last epoch's validation), active units and the inference gaps."""
+    last = rows[-1]
+    out = [("training", f"{status} after {last['epoch']} epochs, {fmt(last['wall_seconds'], '.0f')} s")]
+    warnings: list[str] = []
+    if "log_likelihood" in evaluation:
+        se = evaluation.get("log_likelihood_stderr")
+        stderr = f" ± {fmt(se, '.2g')}" if _number(se) else " (standard error not computed)"
+        label = f"log p(x), IWAE k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}"
+        label += f", {evaluation['n']} points)" if "n" in evaluation else ")"
+        out.append((label, fmt(evaluation["log_likelihood"], ".2f") + stderr))
+    else:
+        out.append(("log p(x)", f"not computed: run avi evaluate {run}"))
+    khat, warning = _khat(evaluation)
+    out.append(("Pareto k-hat of the importance weights", khat))
+    out += _bound_rows(last, evaluation)
+    units, warning_au = _active_units(last, evaluation, latent_dim)
+    out.append(units)
+    out += _gap_rows(gaps, run)
+    warnings += [w for w in (warning, warning_au) if w]
+    return Summary(out, warnings)
+
+
+def khat_entries(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """evaluation.json's Pareto k-hat entries, whatever their names: keys starting with ``khat``,
+    ``k_hat`` or ``pareto_k``, a dict among them flattened one level (``pareto_k: {median: m}``
+    -> ``pareto_k_median``); per-point lists left out."""
+    found: dict[str, Any] = {}
+    for key, value in evaluation.items():
+        if not key.lower().startswith(("khat", "k_hat", "pareto_k")):
+            continue
+        if isinstance(value, dict):
+            found.update({f"{key}_{k}": v for k, v in value.items() if not isinstance(v, (list, dict))})
+        elif not isinstance(value, list):
+            found[key] = value
+    return found
+
+
+def _khat(evaluation: dict[str, Any]) -> tuple[str, str | None]:
+    """The k-hat cell of the summary, and a warning (one saved with the evaluation, or
+    :func:`~avi.evaluation.psis.khat_warning`'s from the median and share)."""
+    entries = khat_entries(evaluation)
+    numbers = {k: v for k, v in entries.items() if _number(v)}
+    warning = next((v for v in entries.values() if isinstance(v, str)), None)
+    median, share = _named(numbers, ("median",)), _named(numbers, ("share", "frac"))
+    if median is None or share is None:
+        return ", ".join(f"{k} {fmt(v)}" for k, v in numbers.items()) or "not computed", warning
+    text = f"median {median:.2f}; {100 * share:.1f}% of points over {KHAT_THRESHOLD}"
+    return text, warning or khat_warning(KhatSummary(median, share, 0))
+
+
+def _named(numbers: dict[str, float], words: tuple[str, ...]) -> float | None:
+    """The first of ``numbers`` whose key holds one of ``words``."""
+    return next((v for k, v in numbers.items() if any(w in k for w in words)), None)
+
+
+def _bound_rows(last: dict[str, Any], evaluation: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ELBO and its reconstruction and KL terms: evaluation's (test), else the last epoch's
+    validation values."""
+    terms = ("elbo", "reconstruction", "kl")
+    if "elbo" in evaluation:
+        source, values = "test", [evaluation.get(k, "not computed") for k in terms]
+    else:
+        source, values = f"validation, epoch {last['epoch']}", [last.get(f"val_{k}", "not computed") for k in terms]
+    names = (f"ELBO ({source})", "reconstruction E_q[log p(x|z)]", "KL(q(z|x) || p(z))")
+    return [(name, fmt(value, ".2f")) for name, value in zip(names, values, strict=True)]
+
+
+def collapse_warning(active: int, dims: int) -> str | None:
+    """A warning where some of ``dims`` latent dimensions are inactive (``active`` are active)."""
+    if active >= dims:
+        return None
+    if active == 0:
+        return (
+            f"Posterior collapse: none of the {dims} latent dimensions is active (Cov_x E_q[z_k|x] > "
+            f"{ACTIVE_THRESHOLD} for none): q(z|x) ignores x. The collapse remedies ([remedies]) may help."
+        )
+    return (
+        f"Partial collapse: {dims - active} of {dims} latent dimensions are inactive (Cov_x E_q[z_k|x] <= "
+        f"{ACTIVE_THRESHOLD}): they carry no information about x."
+    )
+
+
+def _active_units(
+    last: dict[str, Any], evaluation: dict[str, Any], latent_dim: int
+) -> tuple[tuple[str, str], str | None]:
+    """The active-units row (test, else the last epoch's validation points) and its collapse warning."""
+    if _number(evaluation.get("active_units")):
+        active, source = int(evaluation["active_units"]), "test"
+        dims = len(evaluation.get("kl_per_dim") or []) or latent_dim
+    elif _number(last.get("active_units")):
+        active, source = int(last["active_units"]), f"validation, epoch {last['epoch']}"
+        dims = sum(key.startswith("kl_dim_") for key in last) or latent_dim
+    else:
+        return ("active units", "not computed: the run recorded no collapse diagnostics"), None
+    return (f"active units ({source})", f"{active} of {dims}"), collapse_warning(active, dims)
+
+
+def _gap_rows(gaps: list[dict[str, Any]], run: str) -> list[tuple[str, str]]:
+    """One row per saved gap decomposition, or one saying how to compute them."""
+    if not gaps:
+        return [("inference gaps", f"not computed: run avi gaps {run}")]
+    return [
+        (
+            f"inference gaps, {g['family']} ({g['split'] or g['data']}, n={g['n']})",
+            f"approximation {_with_stderr(g, 'approximation_gap')}, amortization {_with_stderr(g, 'amortization_gap')}",
+        )
+        for g in gaps
+    ]
+
+
+def _with_stderr(row: dict[str, Any], key: str) -> str:
+    se = row.get(f"{key}_stderr")
+    return fmt(row[key], ".3f") + (f" ± {fmt(se, '.2g')}" if _number(se) else "")
+
+
+def metrics_by_split(last: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The last epoch's metrics and evaluation.json's numbers, grouped: ``train_`` and ``val_``
+    columns under train and validation without their prefix, with the collapse diagnostics of the
+    validation points (active units, mutual information); evaluation's measurements under test;
+    the rest (epoch, timings, evaluation settings as ``evaluation_<key>``) under run. KL per
+    dimension is left out: its figure shows it."""
+    groups: dict[str, dict[str, Any]] = {name: {} for name in (*SPLITS, "run")}
+    for key, value in last.items():
+        if key.startswith("kl_dim_"):
+            continue
+        if key.startswith("train_"):
+            groups["train"][key.removeprefix("train_")] = value
+        elif key.startswith("val_"):
+            groups["validation"][key.removeprefix("val_")] = value
+        elif key in ("active_units", "mutual_information"):
+            groups["validation"][key] = value
+        else:
+            groups["run"][key] = value
+    for key, value in evaluation.items():
+        if isinstance(value, (list, dict)):
+            continue
+        if key in EVALUATION_SETTINGS:
+            groups["run"][f"evaluation_{key}"] = value
+        else:
+            groups["test"][key] = value
+    return groups
+
+
+def metrics_table(groups: dict[str, dict[str, Any]]) -> tuple[list[str], Rows]:
+    """The header and rows of the metrics table: one row per metric, one column per split that
+    has any (the rows of :data:`FIRST_METRICS` first)."""
+    splits = [s for s in SPLITS if groups[s]]
+    names = list(dict.fromkeys(name for s in splits for name in groups[s]))
+    names.sort(key=lambda n: FIRST_METRICS.index(n) if n in FIRST_METRICS else len(FIRST_METRICS))
+    rows = [(name, [fmt(groups[s][name]) if name in groups[s] else "" for s in splits]) for name in names]
+    return ["metric", *splits], rows
+
+
+def kl_series(last: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, list[float]]:
+    """KL per latent dimension: the last epoch's validation (``kl_dim_k`` columns) and the test
+    split's (evaluation's ``kl_per_dim``), where the run has them; NaN where a value was not finite."""
+    dims = sorted((k for k in last if k.startswith("kl_dim_")), key=lambda k: int(k.removeprefix("kl_dim_")))
+    series: dict[str, list[float]] = {}
+    if dims:
+        series[f"validation, epoch {last['epoch']}"] = [math.nan if last[k] is None else float(last[k]) for k in dims]
+    if isinstance(evaluation.get("kl_per_dim"), list) and evaluation["kl_per_dim"]:
+        series["test"] = [math.nan if v is None else float(v) for v in evaluation["kl_per_dim"]]
+    return series
+
+
+def gaps_table(gaps: list[dict[str, Any]]) -> tuple[list[str], Rows]:
+    """One row per gap decomposition: its data, log p(x), both ELBOs and both gaps (with their
+    standard errors where saved), in nats per point."""
+    header = ["family", "data", "points", "log p(x)", "ELBO of q*", "ELBO of the encoder"]
+    header += ["approximation gap", "amortization gap"]
+    rows = [
+        (
+            str(g["family"]),
+            [str(g["split"] or g["data"]), str(g["n"])]
+            + [fmt(g[key], ".3f") for key in ("log_likelihood", "elbo_optimal", "elbo_amortized")]
+            + [_with_stderr(g, "approximation_gap"), _with_stderr(g, "amortization_gap")],
+        )
+        for g in gaps
+    ]
+    return header, rows
+
+
+def config_sections(config: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, bool]]]]:
+    """Each table of a config (``model``, ``data``, ...) as rows (key, value as TOML writes it,
+    whether it differs from ``defaults``); top-level values that are not tables under ``run``."""
+    tables = {name: value for name, value in config.items() if isinstance(value, dict)}
+    loose = {name: value for name, value in config.items() if not isinstance(value, dict)}
+    sections = [(name, _config_rows(values, defaults.get(name, {}))) for name, values in tables.items()]
+    return sections + ([("run", _config_rows(loose, defaults))] if loose else [])
+
+
+def _config_rows(values: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    return [(key, _toml(value), key not in defaults or defaults[key] != value) for key, value in values.items()]
+
+
+def _toml(value: Any) -> str:
+    """A config value as a TOML file would write it; unset (None) as "unset"."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, dict)):
+        return json_text(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table_html(header: list[str] | None, rows: Rows, *, caption: str = "", bold: set[str] | None = None) -> str:
+    """An HTML table: a header row where given, each row a heading cell then its cells (numbers
+    right-aligned), the rows named in ``bold`` emphasised."""
+    head = "" if header is None else "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    changed = ' class="changed"'
+    body = "".join(
+        f"<tr{changed if bold and name in bold else ''}><th>{html.escape(name)}</th>"
+        + "".join(f"<td{_align(cell)}>{html.escape(cell)}</td>" for cell in cells)
+        + "</tr>"
+        for name, cells in rows
+    )
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{title}{head}{body}</table>"
+
+
+def _align(cell: str) -> str:
+    try:
+        float(cell.split(" ± ")[0])
+    except ValueError:
+        return ""
+    return ' class="num"'
