@@ -87,13 +87,20 @@ def mean_with_stderr(values: Tensor, stderrs: Tensor) -> tuple[float, float]:
 
 def _log_mean_and_gaps(lw: Tensor) -> tuple[Tensor, Tensor]:
     """L_k = log (S / k) for lw (..., k), and d_i = log(1 - w_i / S) = L_(i) - L_k + log(k / (k-1)),
-    (..., k): the leave-one-out estimates without their cancellation. The largest weight's d_i
-    is the log-sum-exp of the others less log S, exact even where it holds nearly all of S."""
-    lse = torch.logsumexp(lw, -1, keepdim=True)
-    gaps = torch.log1p(-torch.exp(lw - lse).clamp(max=0.5))  # exact for all but the largest
+    (..., k): the leave-one-out estimates without their cancellation."""
+    others, total = _log_sum_others(lw)
+    return total - math.log(lw.shape[-1]), others - total.unsqueeze(-1)
+
+
+def _log_sum_others(lw: Tensor) -> tuple[Tensor, Tensor]:
+    """log sum_{j != i} w_j for each i of lw (..., m), and log sum_j w_j (...). log(1 - w_i / S)
+    is exact for all but the largest weight (w_i <= S / 2); the largest one's is the log-sum-exp
+    of the others, exact even where it holds nearly all of S."""
+    total = torch.logsumexp(lw, -1, keepdim=True)
+    others = total + torch.log1p(-torch.exp(lw - total).clamp(max=0.5))
     top = lw.argmax(-1, keepdim=True)
     rest = torch.logsumexp(lw.scatter(-1, top, -math.inf), -1, keepdim=True)
-    return lse.squeeze(-1) - math.log(lw.shape[-1]), gaps.scatter(-1, top, rest - lse)
+    return others.scatter(-1, top, rest), total.squeeze(-1)
 
 
 def _grouped_debiased(group_lse: Tensor, sizes: Tensor) -> Tensor:
@@ -101,14 +108,13 @@ def _grouped_debiased(group_lse: Tensor, sizes: Tensor) -> Tensor:
     sums of A groups (..., A) of ``sizes`` (broadcastable to it) samples, n in all: L_(a) is L
     without group a, and c = (1/n) / (mean_a 1/(n - m_a) - 1/n) (A - 1 for equal groups) cancels
     a bias b/n exactly. NaN for A < 2."""
-    a = group_lse.shape[-1]
-    if a < 2:
+    if group_lse.shape[-1] < 2:
         return torch.full(group_lse.shape[:-1], math.nan, dtype=group_lse.dtype, device=group_lse.device)
     n = sizes.sum(-1)
     rest = n.unsqueeze(-1) - sizes  # samples left without each group
-    bound = torch.logsumexp(group_lse, -1) - n.log()
-    own = torch.eye(a, dtype=torch.bool, device=group_lse.device)
-    deleted = torch.logsumexp(group_lse.unsqueeze(-2).masked_fill(own, -math.inf), -1) - rest.log()
+    others, total = _log_sum_others(group_lse)
+    bound = total - n.log()
+    deleted = others - rest.log()
     c = (1 / n) / ((1 / rest).mean(-1) - 1 / n)
     return bound + c * (bound - deleted.mean(-1))
 
