@@ -125,14 +125,17 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     run_avi, finished_run: Path, tmp_path: Path
 ) -> None:
     """The page renders offline, opens with the summary of the headline numbers (the
-    log-likelihood with k, standard error and k-hat; the ELBO's terms; active units with the
-    collapse warning; the gaps), and references nothing outside itself."""
+    log-likelihood of the most careful evaluation with k, standard error and k-hat; the ELBO's
+    terms; active units with the collapse warning; the gaps), and references nothing outside
+    itself."""
     import numpy as np
     from PIL import Image
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    (run / "evaluation.json").write_text(json.dumps(EVALUATION))
+    (run / "evaluation-k50.json").write_text(json.dumps(EVALUATION))
+    quick = {**EVALUATION, "k": 10, "log_likelihood": -11.3, "log_likelihood_stderr": 0.1}
+    (run / "evaluation-k10.json").write_text(json.dumps(quick))  # a quick one: not the headline
     (run / "gaps-mean-field-test.json").write_text(json.dumps(GAPS))
     assert run_avi("report", str(run)).returncode == 0
     shot = tmp_path / "shot.png"
@@ -155,6 +158,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     assert dom.index("<h2>Summary</h2>") < dom.index("<h2>Training curves</h2>")  # the page opens with it
     for headline in (
         "log p(x), IWAE k=50 (test split, 40 points) -11.17 ± 0.029",
+        "other evaluations k=10 (test split, 40 points): -11.30 ± 0.1",
         "median 0.52; 8.0% of points over 0.7",  # k-hat, and its warning
         "the importance weights are too heavy-tailed",
         "ELBO (test) -11.45", "reconstruction E_q[log p(x|z)] -11.12", "KL(q(z|x) || p(z)) 0.34",
@@ -216,3 +220,116 @@ def test_report_of_a_user_posterior_on_non_image_data(flat_run: Path, monkeypatc
     assert "not drawn: reconstructions and samples need square images; the data are 12-dimensional" in text
     assert not (flat_run / "reconstructions.png").exists() and (flat_run / "latent.png").is_file()
     assert len(re.findall(r'src="data:image/png;base64,', text)) == 4  # curves, latent space, KL per dim, collapse
+
+
+def test_metrics_are_grouped_by_split_with_the_headline_rows_first() -> None:
+    from avi.runs.report_tables import metrics_by_split, metrics_table
+
+    last = {"epoch": 3, "train_objective": -9.0, "train_elbo": -9.1, "train_kl": 1.0, "val_elbo": -9.2,
+            "val_kl": 1.1, "wall_seconds": 2.5, "kl_dim_0": 0.7, "kl_dim_1": 0.3, "active_units": 2,
+            "mutual_information": 0.4}  # fmt: skip
+    evaluation = {"n": 40, "k": 50, "elbo": -9.3, "log_likelihood": -9.0, "kl_per_dim": [0.6, 0.4], "khat_median": 0.3}
+    groups = metrics_by_split(last, evaluation)
+    assert groups["train"] == {"objective": -9.0, "elbo": -9.1, "kl": 1.0}
+    assert groups["validation"] == {"elbo": -9.2, "kl": 1.1, "active_units": 2, "mutual_information": 0.4}
+    assert groups["test"] == {"elbo": -9.3, "log_likelihood": -9.0, "khat_median": 0.3}
+    assert groups["run"] == {"epoch": 3, "wall_seconds": 2.5, "evaluation_n": 40, "evaluation_k": 50}
+    header, rows = metrics_table(groups)
+    assert header == ["metric", "train", "validation", "test"]
+    assert [name for name, _ in rows] == [
+        "elbo", "kl", "objective", "log_likelihood", "active_units", "mutual_information", "khat_median",
+    ]  # fmt: skip
+    assert rows[3] == ("log_likelihood", ["", "", "-9"])
+    assert metrics_table(metrics_by_split(last, {}))[0] == ["metric", "train", "validation"]  # no empty test column
+
+
+def test_config_is_shown_as_a_table_per_section_marking_what_differs_from_the_defaults() -> None:
+    from avi.runs.config import Config
+    from avi.runs.report_tables import config_sections, table_html
+
+    config = Config.model_validate({"model": {"latent_dim": 2, "hidden": [16]}, "train": {"lr": 0.01}})
+    sections = dict(config_sections(config.model_dump(), Config().model_dump()))
+    assert list(sections) == list(Config.model_fields)  # model, data, inference, ...
+    model = {key: (value, changed) for key, value, changed in sections["model"]}
+    assert model["latent_dim"] == ("2", True) and model["hidden"] == ("[16]", True)
+    assert model["activation"] == ("relu", False) and model["preset"] == ("unset", False)
+    assert ("lr", "0.01", True) in sections["train"] and ("compile", "false", False) in sections["train"]
+    page = table_html(None, [("latent_dim", ["2"]), ("activation", ["relu"])], caption="model", bold={"latent_dim"})
+    assert '<caption>model</caption><tr class="changed"><th>latent_dim</th><td class="num">2</td>' in page
+    assert "<tr><th>activation</th><td>relu</td></tr>" in page
+
+
+@pytest.mark.parametrize(
+    ("entries", "shown", "warned"),
+    [
+        ({}, "not computed", False),
+        ({"khat_median": 0.4, "khat_share_over": 0.01}, "median 0.40; 1.0% of points over 0.7", False),
+        ({"pareto_k": {"median": 0.9, "fraction_over": 0.6, "points": 40}}, "median 0.90; 60.0% of points over", True),
+        ({"pareto_k_max": 1.2}, "pareto_k_max 1.2", False),  # a summary it cannot read: shown as it is
+    ],
+)
+def test_summary_reads_whatever_khat_entries_the_evaluation_has(entries: dict, shown: str, warned: bool) -> None:
+    from avi.runs.report_tables import summary
+
+    rows = [{"epoch": 2, "wall_seconds": 1.0, "val_elbo": -9.0, "val_reconstruction": -8.0, "val_kl": 1.0}]
+    evaluation = {"elbo": -9.2, "log_likelihood": -9.0, **entries}  # no standard error: an older evaluation
+    head = summary(rows, [evaluation], [], run="runs/x", status="finished", latent_dim=2)
+    cells = dict(head.rows)
+    assert cells["Pareto k-hat of the importance weights"].startswith(shown)
+    assert any("too heavy-tailed" in w for w in head.warnings) == warned
+    assert cells["log p(x), IWAE k=? (test split)"] == "-9.00 (standard error not computed)"
+    assert cells["inference gaps"] == "not computed: run avi gaps runs/x"
+    assert cells["active units"] == "not computed: the run recorded no collapse diagnostics"
+
+
+def test_summary_without_an_evaluation_uses_validation_and_warns_of_collapse() -> None:
+    from avi.runs.report_tables import summary
+
+    rows = [{"epoch": 4, "wall_seconds": 12.0, "val_elbo": -90.0, "val_reconstruction": -89.9, "val_kl": 0.1,
+             "kl_dim_0": 0.05, "kl_dim_1": 0.05, "kl_dim_2": 0.0, "active_units": 0}]  # fmt: skip
+    head = summary(rows, [], [], run="runs/x", status="interrupted", latent_dim=3)
+    cells = dict(head.rows)
+    assert cells["training"] == "interrupted after 4 epochs, 12 s"
+    assert cells["log p(x)"] == "not computed: run avi evaluate runs/x"
+    assert cells["Pareto k-hat of the importance weights"] == "not computed"
+    assert cells["ELBO (validation, epoch 4)"] == "-90.00" and cells["KL(q(z|x) || p(z))"] == "0.10"
+    assert cells["active units (validation, epoch 4)"] == "0 of 3"
+    assert len(head.warnings) == 1 and head.warnings[0].startswith("Posterior collapse: none of the 3 latent")
+
+
+def test_latent_plot_has_a_legend_per_class_outside_the_axes_and_labelled_axes() -> None:
+    import torch
+
+    from avi.runs.report_figures import latent_figure
+
+    means = torch.randn(300, 5, generator=torch.Generator().manual_seed(0)) * torch.tensor([3.0, 2.0, 1, 1, 1])
+    fig, method = latent_figure(means, torch.arange(300) % 10)
+    assert method == "PCA of posterior means" and len(fig.axes) == 1  # no colour bar
+    ax = fig.axes[0]
+    shares = [
+        float(re.search(r"\((\d+\.\d)% of variance\)", label).group(1)) for label in (ax.get_xlabel(), ax.get_ylabel())
+    ]
+    assert shares[0] >= shares[1] > 0 and sum(shares) < 100
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [str(c) for c in range(10)]
+    assert len({tuple(c.get_facecolor()[0]) for c in ax.collections}) == 10  # a colour per class
+    fig.canvas.draw()
+    inside = ax.get_window_extent()
+    assert legend.get_window_extent().x0 >= inside.x1  # right of the axes: it covers no point
+
+    fig, _ = latent_figure(means[:, :2], torch.linspace(0, 1, 300))  # 300 values: continuous
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("E_q[z_1]", "E_q[z_2]") and len(fig.axes) == 2
+
+
+def test_gaps_figure_draws_95_percent_intervals() -> None:
+    from matplotlib.container import BarContainer
+
+    from avi.runs.report_figures import gaps_figure
+
+    old = {**GAPS, "family": "full-rank"}
+    del old["approximation_gap_stderr"], old["amortization_gap_stderr"]  # saved before gaps had standard errors
+    ax = gaps_figure([GAPS, old]).axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    approximation, amortization = (c.errorbar.lines[2][0].get_segments() for c in bars)
+    assert [s[1, 1] - s[0, 1] for s in approximation] == pytest.approx([2 * 1.96 * 0.0072, 0])
+    assert [s[1, 1] - s[0, 1] for s in amortization] == pytest.approx([2 * 1.96 * 0.0256, 0])

@@ -1,14 +1,15 @@
 """``avi report``: PNG figures and one self-contained HTML page for a run.
 
 The page opens with a summary: the test log-likelihood with its k, standard error and Pareto
-k-hat (where ``avi evaluate`` ran), the ELBO with its reconstruction and KL terms, active units
-with a warning where some latent dimensions collapsed, and the inference gaps (where ``avi gaps``
-ran). Then the figures: training curves; test reconstructions and samples from the prior (image
-data); the latent space (posterior means of 2-D latents, else their principal components), one
-colour per class where the data have labels; KL per latent dimension; the collapse diagnostics;
-the inference gaps with 95% intervals. Then the metrics grouped by split and the config by
-section. Where a figure is not drawn, the page says why. Images are embedded as base64 in
-``report.html``, so the page opens offline with no external assets.
+k-hat (of the most careful evaluation where ``avi evaluate`` ran; the others listed), the ELBO
+with its reconstruction and KL terms, active units with a warning where some latent dimensions
+collapsed, and the inference gaps (where ``avi gaps`` ran). Then the figures: training curves;
+test reconstructions and samples from the prior (image data); the latent space (posterior means
+of 2-D latents, else their principal components), one colour per class where the data have
+labels; KL per latent dimension; the collapse diagnostics; the inference gaps with 95%
+intervals. Then the metrics grouped by split and the config by section. Where a figure is not
+drawn, the page says why. Images are embedded as base64 in ``report.html``, so the page opens
+offline with no external assets.
 
 A run that stopped early (interrupted, or a killed fit: :func:`~avi.runs.rundir.run_status`) or
 diverged is reported from its last checkpoint, and the page says so; a run that an ``avi fit``
@@ -41,7 +42,7 @@ from avi.runs.report_tables import (
     summary,
     table_html,
 )
-from avi.runs.rundir import EVALUATION, EVALUATION_SCHEMA, read_gaps, read_json, read_metrics, require_run, run_status
+from avi.runs.rundir import read_evaluations, read_gaps, read_metrics, require_run, run_status
 
 __all__ = ["FIGURES", "run_report"]
 
@@ -57,7 +58,7 @@ th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:to
 td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left;font-weight:600;padding:.2em 0}
 tr.changed td{font-weight:600}.tables{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
 .warning{background:#fff4e5;border-left:4px solid #e69500;padding:.5em .8em}
-#summary table{font-size:1em}#summary td{font-variant-numeric:tabular-nums}"""
+#summary table{font-size:1em}#summary td{text-align:left;font-variant-numeric:tabular-nums}"""
 
 Section = tuple[str, str]
 
@@ -68,10 +69,11 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     run_dir = require_run(run_dir, stopped=True)
     status = run_status(run_dir)
     rows = read_metrics(run_dir)  # a damaged file fails before the slow parts
-    evaluation = read_json(run_dir / EVALUATION, EVALUATION_SCHEMA) if (run_dir / EVALUATION).exists() else {}
+    evaluations = read_evaluations(run_dir)  # the most careful first
+    evaluation = evaluations[0] if evaluations else {}
     gaps = read_gaps(run_dir)
     run = load_trained(run_dir)
-    head = summary(rows, evaluation, gaps, run=str(run_dir), status=status, latent_dim=run.config.model.latent_dim)
+    head = summary(rows, evaluations, gaps, run=str(run_dir), status=status, latent_dim=run.config.model.latent_dim)
     plot_curves(rows, run_dir / "curves.png")
     sections = [("Summary", _summary_html(head)), ("Training curves", _embed(run_dir / "curves.png"))]
     sections += _data_sections(run, run_dir, points)

@@ -132,8 +132,8 @@ def _class_name(value: float) -> str:
 def kl_figure(series: dict[str, list[float]]) -> Figure:
     """KL(q(z_k|x) || p(z_k)) per latent dimension k, one bar per dimension and ``series`` entry
     (a split: its mean over points), the legend above the axes."""
-    fig = Figure(figsize=(max(5.0, 0.3 * max(len(v) for v in series.values()) * len(series) + 2), 3.6))
-    fig.set_layout_engine("constrained")
+    bars = max(len(v) for v in series.values()) * len(series)
+    fig = Figure(figsize=(min(10.0, max(5.0, 0.25 * bars + 2)), 3.6), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):

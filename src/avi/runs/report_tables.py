@@ -65,35 +65,46 @@ def _number(value: Any) -> bool:
 
 def summary(
     rows: list[dict[str, Any]],
-    evaluation: dict[str, Any],
+    evaluations: list[dict[str, Any]],
     gaps: list[dict[str, Any]],
     *,
     run: str,
     status: str,
     latent_dim: int,
 ) -> Summary:
-    """The headline numbers of a run (``run`` names it in the hints): how training ended, the test
-    log-likelihood with k, its standard error and k-hat, the ELBO with its reconstruction and KL
-    terms (test, else the last epoch's validation), active units and the inference gaps."""
+    """The headline numbers of a run (``run`` names it in the hints): how training ended; of the
+    first of ``evaluations`` (the most careful), the log-likelihood with k, its standard error and
+    k-hat, with a line for the others; the ELBO with its reconstruction and KL terms (evaluated,
+    else the last epoch's validation values); active units; and the inference gaps."""
     last = rows[-1]
+    evaluation = evaluations[0] if evaluations else {}
     out = [("training", f"{status} after {last['epoch']} epochs, {fmt(last['wall_seconds'], '.0f')} s")]
-    warnings: list[str] = []
-    if "log_likelihood" in evaluation:
-        se = evaluation.get("log_likelihood_stderr")
-        stderr = f" ± {fmt(se, '.2g')}" if _number(se) else " (standard error not computed)"
-        label = f"log p(x), IWAE k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}"
-        label += f", {evaluation['n']} points)" if "n" in evaluation else ")"
-        out.append((label, fmt(evaluation["log_likelihood"], ".2f") + stderr))
+    if evaluations:
+        out.append((f"log p(x), IWAE {_evaluated_on(evaluation)}", _log_likelihood(evaluation)))
     else:
         out.append(("log p(x)", f"not computed: run avi evaluate {run}"))
-    khat, warning = _khat(evaluation)
+    if len(evaluations) > 1:
+        others = "; ".join(f"{_evaluated_on(e)}: {_log_likelihood(e)}" for e in evaluations[1:])
+        out.append(("other evaluations", others))
+    khat, khat_warned = _khat(evaluation)
     out.append(("Pareto k-hat of the importance weights", khat))
     out += _bound_rows(last, evaluation)
-    units, warning_au = _active_units(last, evaluation, latent_dim)
+    units, collapsed = _active_units(last, evaluation, latent_dim)
     out.append(units)
     out += _gap_rows(gaps, run)
-    warnings += [w for w in (warning, warning_au) if w]
-    return Summary(out, warnings)
+    return Summary(out, [w for w in (khat_warned, collapsed) if w])
+
+
+def _evaluated_on(evaluation: dict[str, Any]) -> str:
+    """ "k=50 (test split, 40 points)": the samples and data of an evaluation."""
+    points = f", {evaluation['n']} points" if "n" in evaluation else ""
+    return f"k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}{points})"
+
+
+def _log_likelihood(evaluation: dict[str, Any]) -> str:
+    se = evaluation.get("log_likelihood_stderr")
+    stderr = f" ± {fmt(se, '.2g')}" if _number(se) else " (standard error not computed)"
+    return fmt(evaluation["log_likelihood"], ".2f") + stderr
 
 
 def khat_entries(evaluation: dict[str, Any]) -> dict[str, Any]:
