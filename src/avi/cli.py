@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, overrides, parameters, parse_set
 from avi.errors import AviError, ConfigError
+from avi.interrupts import sigint_handled
 from avi.runs.paths import check_output_dir
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ console = Console(stderr=True)
 
 #: the exit code of Ctrl-C: 128 + SIGINT, as shells give
 INTERRUPTED = 130
+
+#: the lines :func:`_interrupted` printed (typer ends a Ctrl-C while it parses with no word)
+_interrupt_lines: list[str] = []
 
 
 #: the ``--json`` switch of the commands that print a result
@@ -64,19 +69,23 @@ def _fail(message: str) -> NoReturn:
 
 def _interrupted(kept: str) -> typer.Exit:
     """Ctrl-C: one line saying what was ``kept``; the exit, code :data:`INTERRUPTED`, to raise."""
-    console.print(f"interrupted; {escape(kept)}", highlight=False, soft_wrap=True)
+    _interrupt_lines.append(f"interrupted; {kept}")
+    console.print(escape(_interrupt_lines[-1]), highlight=False, soft_wrap=True)
     return typer.Exit(INTERRUPTED)
 
 
 def _interruptible(kept: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Make Ctrl-C anywhere in a command :func:`_interrupted` with ``kept``: typer's own handling
     exits 130 without a word. Every file avi writes is written whole or not at all
-    (:mod:`avi.atomic`), so an interrupt leaves each one as it was or as it was to be."""
+    (:mod:`avi.atomic`), so an interrupt leaves each one as it was or as it was to be. torch,
+    which every command uses, is imported first, Ctrl-C ending it at once (:func:`_quit`)."""
 
     def declare(command: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(command)  # the signature (flags included) stays the command's
         def interruptible(*args: Any, **kwargs: Any) -> None:
             try:
+                with sigint_handled(_quit):
+                    import torch  # noqa: F401
                 command(*args, **kwargs)
             except KeyboardInterrupt:
                 raise _interrupted(kept) from None
@@ -84,6 +93,15 @@ def _interruptible(kept: str) -> Callable[[Callable[..., None]], Callable[..., N
         return interruptible
 
     return declare
+
+
+def _quit(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C while torch is imported, before the command has done anything: exit at once. A
+    KeyboardInterrupt raised within torch's C++ start-up would abort the process or be lost."""
+    _interrupted("nothing was done")
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(INTERRUPTED)
 
 
 @app.callback(invoke_without_command=True)
@@ -409,31 +427,25 @@ def compare(
 
 
 def _compare_runs(runs: list[Path], out: Path, as_json: bool) -> None:
-    from avi.runs.compare import METRICS_COMPARED, best_of, collect, write_comparison
+    from avi.runs.compare import collect, comparison, table_cells, write_comparison
 
     try:
         collected = [collect(run) for run in runs]
     except AviError as err:
         _fail(str(err))
     markdown, figure = write_comparison(collected, out)
-    best = {key: collected[i]["run"] for key, _, d in METRICS_COMPARED if (i := best_of(collected, key, d)) is not None}
+    result = comparison(collected)
     if as_json:
-        _print_json({"runs": collected, "best": best})
+        _print_json(result)
         return
-    table = Table(title="runs compared (* marks the best value of each row)")
+    for warning in result["warnings"]:
+        console.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)
+    table = Table(title="runs compared (* marks the best value of each row and every run tied with it)")
     table.add_column("metric")
     for r in collected:
         table.add_column(escape(f"{Path(r['run']).name}\n{r['strategy']}, {r['family']}"), justify="right")
-    for key, label, direction in METRICS_COMPARED:
-        if all(r.get(key) is None for r in collected):
-            continue
-        winner = best_of(collected, key, direction)
-        cells = []
-        for i, r in enumerate(collected):
-            value = r.get(key)
-            text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
-            cells.append(f"[bold green]{text} *[/]" if i == winner else text)
-        table.add_row(label, *cells)
+    for label, cells in table_cells(collected):
+        table.add_row(label, *(f"[bold green]{escape(text)} *[/]" if best else escape(text) for text, best in cells))
     Console().print(table)
     console.print(f"Markdown: {markdown}  figure: {figure}", highlight=False)
 
@@ -503,8 +515,6 @@ def report(
 def main() -> None:
     """Entry point of the ``avi`` script: a usage error (an unknown flag, ``--lr abc``) is one line
     with exit code 2, like every other bad input; Ctrl-C exits at once (:func:`_exit_now`)."""
-    from avi.runs.distributed import shutdown
-
     code: Any = None
     try:
         code = typer.main.get_command(app).main(prog_name="avi", standalone_mode=False)
@@ -515,11 +525,17 @@ def main() -> None:
         console.print("aborted", highlight=False)
         code = 1
     except KeyboardInterrupt:  # while the command line was being built, before any command ran
-        code = _interrupted("nothing was done").exit_code
+        code = INTERRUPTED
     finally:
-        if code != INTERRUPTED:  # every rank is stopping: a barrier could wait for one gone
-            shutdown()  # under torchrun: leave the process group (a barrier first), here at the edge
+        # under torchrun: leave the process group (a barrier first), here at the edge; not after
+        # Ctrl-C, where every rank is stopping and the barrier could wait for one gone. A command
+        # that never imported the module (nor torch) has no process group.
+        distributed = sys.modules.get("avi.runs.distributed")
+        if distributed is not None and code != INTERRUPTED:
+            distributed.shutdown()
     if code == INTERRUPTED:
+        if not _interrupt_lines:  # before a command ran
+            _interrupted("nothing was done")
         _exit_now(code)
     sys.exit(code or 0)
 

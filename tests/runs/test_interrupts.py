@@ -21,6 +21,7 @@ import avi.runs.hooks
 from avi.cli import app
 from avi.inference.loop import Hook, StepInfo
 from avi.inference.state import TrainState
+from avi.interrupts import interrupts_held
 from avi.runs.config import load_config
 from avi.runs.evaluate import run_evaluate
 from avi.runs.rundir import read_checkpoint, read_json, read_metrics, write_json
@@ -177,3 +178,16 @@ def test_ctrl_c_while_an_epoch_is_saved_lands_after_its_files(job: Path, tmp_pat
     assert summary["status"] == "interrupted" and summary["epochs_done"] == 1 and summary["epochs"] == 300
     assert summary["train_elbo"] == pytest.approx(row["train_elbo"])
     assert read_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+
+
+def test_a_held_interrupt_is_raised_as_the_block_ends() -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    steps: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("the block went on")
+    assert steps == ["the block went on"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    with interrupts_held():
+        steps.append("nothing held, nothing raised")

@@ -9,11 +9,9 @@ and the caller's own.
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from avi.inference.fit import compile_step
 from avi.inference.loop import Diverged, EpochStats, Hook, Replicas, StepInfo, run, train_epoch
 from avi.inference.parallel import ShardStep, data_parallel
 from avi.inference.state import TrainState, make_optimizers
+from avi.interrupts import interrupts_held
 from avi.precision import resolve_precision, set_precision
 from avi.runs import distributed
 from avi.runs.build import build_objective
@@ -221,32 +220,13 @@ class _Saved(Hook):
     fit: _Fit
 
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
-        with _interrupts_held():
+        with interrupts_held():
             stop = self.files.on_epoch(state, record)
             self.fit.saved = state.epoch
         return stop
 
     def on_end(self, state: TrainState) -> None:
         self.files.on_end(state)
-
-
-@contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Hold SIGINT (Ctrl-C) until the block ends, then deliver it to the handler it had. Only
-    the main thread receives signals; elsewhere, or where the handler was not set from Python
-    (so cannot be restored), the block runs as it is."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
-        return
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if held:
-            signal.raise_signal(signal.SIGINT)
 
 
 @dataclass
