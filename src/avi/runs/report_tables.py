@@ -97,7 +97,7 @@ def summary(
 
 def _evaluated_on(evaluation: dict[str, Any]) -> str:
     """ "k=50 (test split, 40 points)": the samples and data of an evaluation."""
-    points = f", {evaluation['n']} points" if "n" in evaluation else ""
+    points = f", {evaluation['n']:,} points" if _number(evaluation.get("n")) else ""
     return f"k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}{points})"
 
 
