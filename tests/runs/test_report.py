@@ -266,6 +266,7 @@ def test_config_is_shown_as_a_table_per_section_marking_what_differs_from_the_de
         ({"khat_median": 0.4, "khat_share_over": 0.01}, "median 0.40; 1.0% of points over 0.7", False),
         ({"pareto_k": {"median": 0.9, "fraction_over": 0.6, "points": 40}}, "median 0.90; 60.0% of points over", True),
         ({"pareto_k_max": 1.2}, "pareto_k_max 1.2", False),  # a summary it cannot read: shown as it is
+        ({"khat": [0.1, 0.9, None, 0.3, 0.2]}, "median 0.25; 25.0% of points over 0.7", True),  # per point
     ],
 )
 def test_summary_reads_whatever_khat_entries_the_evaluation_has(entries: dict, shown: str, warned: bool) -> None:

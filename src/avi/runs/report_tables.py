@@ -2,8 +2,8 @@
 the inference gaps and the config by section; each built as plain rows from a run's files, then
 written as HTML by :func:`table_html`.
 
-The summary reads whatever ``evaluation.json`` holds: the IWAE-k log-likelihood, its standard
-error and k, and Pareto k-hat entries under any key starting with ``khat`` or ``pareto_k``
+The summary reads whatever an evaluation holds: the IWAE-k log-likelihood, its standard error
+and k, and Pareto k-hat entries under any key holding ``khat`` or ``pareto_k``
 (their median and share over :data:`~avi.evaluation.psis.KHAT_THRESHOLD` where it can tell
 them apart); what is missing reads "not computed".
 """
@@ -14,7 +14,9 @@ import html
 import math
 from typing import Any, NamedTuple
 
-from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_warning
+import torch
+
+from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_summary, khat_warning
 from avi.runs.rundir import json_text
 
 __all__ = [
@@ -108,15 +110,20 @@ def _log_likelihood(evaluation: dict[str, Any]) -> str:
 
 
 def khat_entries(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """evaluation.json's Pareto k-hat entries, whatever their names: keys starting with ``khat``,
+    """evaluation.json's Pareto k-hat entries, whatever their names: keys holding ``khat``,
     ``k_hat`` or ``pareto_k``, a dict among them flattened one level (``pareto_k: {median: m}``
-    -> ``pareto_k_median``); per-point lists left out."""
+    -> ``pareto_k_median``), and a list of per-point values (NaN or null where a point has none)
+    summarised as ``<key>_median`` and ``<key>_share`` over the threshold
+    (:func:`~avi.evaluation.psis.khat_summary`)."""
     found: dict[str, Any] = {}
     for key, value in evaluation.items():
-        if not key.lower().startswith(("khat", "k_hat", "pareto_k")):
+        if not any(name in key.lower() for name in ("khat", "k_hat", "pareto_k")):
             continue
         if isinstance(value, dict):
             found.update({f"{key}_{k}": v for k, v in value.items() if not isinstance(v, (list, dict))})
+        elif isinstance(value, list) and value and all(v is None or _number(v) for v in value):
+            points = khat_summary(torch.tensor([math.nan if v is None else float(v) for v in value]))
+            found.update({f"{key}_median": points.median, f"{key}_share": points.share_over})
         elif not isinstance(value, list):
             found[key] = value
     return found
