@@ -117,16 +117,21 @@ def khat_entries(evaluation: dict[str, Any]) -> dict[str, Any]:
     (:func:`~avi.evaluation.psis.khat_summary`)."""
     found: dict[str, Any] = {}
     for key, value in evaluation.items():
-        if not any(name in key.lower() for name in ("khat", "k_hat", "pareto_k")):
-            continue
-        if isinstance(value, dict):
-            found.update({f"{key}_{k}": v for k, v in value.items() if not isinstance(v, (list, dict))})
-        elif isinstance(value, list) and value and all(v is None or _number(v) for v in value):
-            points = khat_summary(torch.tensor([math.nan if v is None else float(v) for v in value]))
-            found.update({f"{key}_median": points.median, f"{key}_share": points.share_over})
-        elif not isinstance(value, list):
-            found[key] = value
+        if any(name in key.lower() for name in ("khat", "k_hat", "pareto_k")):
+            found.update(_khat_entry(key, value))
     return found
+
+
+def _khat_entry(key: str, value: Any) -> dict[str, Any]:
+    """One k-hat entry of an evaluation as flat scalars (see :func:`khat_entries`)."""
+    if isinstance(value, dict):
+        return {f"{key}_{k}": v for k, v in value.items() if not isinstance(v, (list, dict))}
+    if not isinstance(value, list):
+        return {key: value}
+    if not value or not all(v is None or _number(v) for v in value):
+        return {}
+    points = khat_summary(torch.tensor([math.nan if v is None else float(v) for v in value]))
+    return {f"{key}_median": points.median, f"{key}_share": points.share_over}
 
 
 def _khat(evaluation: dict[str, Any]) -> tuple[str, str | None]:
