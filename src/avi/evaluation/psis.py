@@ -29,8 +29,10 @@ __all__ = [
 #: k-hat above which a point's importance-sampled estimate is unreliable (Vehtari et al. 2024)
 KHAT_THRESHOLD = 0.7
 
-#: share of points over :data:`KHAT_THRESHOLD` from which a mean over points is called unreliable
-UNRELIABLE_SHARE = 0.05
+#: share of points over :data:`KHAT_THRESHOLD` above which a mean over points is called unreliable:
+#: in benchmarks/stderr_coverage.py (k = 50) the 95% intervals held with 5% and 9.5% of points
+#: over 0.7 and fell to 0.92, 0.86, 0.83 and 0.07 with 13.5%, 16%, 16% and 27%
+UNRELIABLE_SHARE = 0.1
 
 
 class KhatSummary(NamedTuple):
