@@ -20,8 +20,8 @@ For one point's k weights w_i = p(x, z_i) / q(z_i | x), S = sum_i w_i, split int
 J ± 1.96 se is the nominal 95% interval for log p(x) (for a mean over points, with the standard
 error of :func:`mean_with_stderr`); L_k ± 1.96 se covers E[L_k], a bound below log p(x). Both
 need tame tails, which :mod:`avi.evaluation.psis` checks: the coverage measured in
-tests/evaluation/test_stderr_coverage.py holds while at most 10% of points have k-hat over 0.7. Everything but the delete-1 pass works on the G
-groups' log sums, so the cost is a few passes over the weights.
+tests/evaluation/test_stderr_coverage.py holds while at most 10% of points have k-hat over 0.7.
+Everything but the delete-1 pass works on the G groups' log sums: a few passes over the weights.
 """
 
 from __future__ import annotations
