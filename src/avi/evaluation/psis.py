@@ -5,7 +5,7 @@ fits a generalized Pareto distribution to the largest M = min(k/5, 3 sqrt(k)) of
 importance weights; its shape k-hat estimates the tail index: the weights have finite variance
 for k-hat < 0.5, and for k-hat > 0.7 the estimate of E[w], so of log p(x), is unreliable at any
 practical k. The fit is ArviZ's (:func:`arviz.psislw`, Zhang and Stephens' empirical Bayes
-estimate, one point at a time: about 1 ms per point at k = 5000).
+estimate, one point at a time: 1 to 2 ms per point at k = 5000).
 """
 
 from __future__ import annotations
