@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the tomllib parser as its backport, tomli
     import tomli as tomllib
 
-__all__ = ["FIT_FLAGS", "Flag", "changed_on_resume", "overrides", "parameters", "parse_set"]
+__all__ = ["FIT_FLAGS", "Flag", "changed_on_resume", "overrides", "parameters", "parse_set", "widths"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class Flag:
     """One option of ``avi fit``: the config key ``section.field`` it sets, its value's type, its
     help. The flag is ``--field`` with dashes unless ``name`` says otherwise; a boolean flag only
     switches its setting on, unless ``negatable`` adds ``--no-NAME``; ``resumable`` flags may be
-    given with ``--resume``."""
+    given with ``--resume``. A flag with ``parse`` takes text, which ``parse(text, option)`` turns
+    into the value (a list of widths from ``256,128``)."""
 
     key: str
     type: type
@@ -38,6 +39,8 @@ class Flag:
     name: str = ""
     negatable: bool = False
     resumable: bool = False
+    #: how the flag's text becomes the setting's value, where the value is not one token of ``type``
+    parse: Callable[[str, str], Any] | None = None
 
     @property
     def option(self) -> str:
@@ -48,6 +51,15 @@ class Flag:
     def param(self) -> str:
         """The command function's parameter: ``latent_dim``."""
         return self.option.removeprefix("--").replace("-", "_")
+
+
+def widths(text: str, option: str) -> list[int]:
+    """Layer widths from comma-separated integers, ``256,128`` -> [256, 128] (an empty text: no
+    layer); the config checks that they are positive. :class:`ConfigError` naming ``option`` else."""
+    try:
+        return [int(width) for width in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated layer widths such as 256,128, not {text!r}") from None
 
 
 FIT_FLAGS: tuple[Flag, ...] = (
@@ -61,7 +73,21 @@ FIT_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("model.preset", str, "Architecture preset: kingma-welling or burda-1l."),
     Flag("data.source", str, "mnist, synthetic, or a .npy/.npz/.csv file.", name="--data"),
+    Flag(
+        "data.standardize", bool, "Standardise each dimension by the training split's mean and sd (not binarised data)."
+    ),
     Flag("model.latent_dim", int, "Latent dimension K (discrete-vae: categorical variables; sbn: binary units)."),
+    Flag(
+        "model.likelihood",
+        str,
+        "VAE likelihood: bernoulli (binary data, or data in [0, 1] binarised) or gaussian (real-valued data).",
+    ),
+    Flag(
+        "model.hidden",
+        list,
+        "Decoder widths, comma-separated: 256,128 (default one layer of min(400, max(32, 4 x data dimension))).",
+        parse=widths,
+    ),
     Flag("model.num_classes", int, "Classes of each categorical latent of the discrete-vae (default 10)."),
     Flag("inference.strategy", str, "amortized, per-datapoint, semi-amortized or iterative."),
     Flag(
@@ -69,6 +95,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
         str,
         "mean-field, full-rank, iaf, nsf, planar, radial or sylvester "
         "(discrete models: their own, categorical or bernoulli).",
+    ),
+    Flag(
+        "inference.encoder_hidden",
+        list,
+        "Encoder widths, comma-separated (default the decoder's, mirrored).",
+        parse=widths,
     ),
     Flag(
         "inference.encoder",
@@ -135,7 +167,7 @@ def parameters(flags: Iterable[Flag]) -> list[inspect.Parameter]:
             inspect.Parameter.KEYWORD_ONLY,
             default=None,
             annotation=Annotated[
-                flag.type | None,
+                (str if flag.parse else flag.type) | None,
                 typer.Option(
                     f"{flag.option}/--no-{flag.option[2:]}" if flag.negatable else flag.option, help=flag.help
                 ),
@@ -154,9 +186,10 @@ def overrides(flags: Iterable[Flag], values: Mapping[str, Any]) -> dict[str, dic
     """Config overrides ``{section: {field: value}}`` of the flags given in ``values`` (by parameter name)."""
     result: dict[str, dict[str, Any]] = {}
     for flag in flags:
-        if _given(values[flag.param]):
+        value = values[flag.param]
+        if _given(value):
             section, field = flag.key.split(".")
-            result.setdefault(section, {})[field] = values[flag.param]
+            result.setdefault(section, {})[field] = value if flag.parse is None else flag.parse(value, flag.option)
     return result
 
 

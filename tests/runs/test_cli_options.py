@@ -23,7 +23,12 @@ from avi.errors import ConfigError
 from avi.runs.config import Config, load_config, merge_tables
 
 #: a value of each flag type, as typed and as parsed
-_SAMPLES: dict[type, tuple[str, Any]] = {int: ("3", 3), float: ("0.25", 0.25), str: ("some-name", "some-name")}
+_SAMPLES: dict[type, tuple[str, Any]] = {
+    int: ("3", 3),
+    float: ("0.25", 0.25),
+    str: ("some-name", "some-name"),
+    list: ("256,128", [256, 128]),
+}
 
 
 def _fit_params(*argv: str) -> dict[str, Any]:
@@ -54,8 +59,8 @@ def test_every_flag_names_a_config_field_of_its_type(flag: Flag) -> None:
     annotation = fields[field].annotation
     if typing.get_origin(annotation) is typing.Literal:
         assert {type(choice) for choice in typing.get_args(annotation)} == {flag.type}
-    else:
-        assert flag.type in (annotation, *typing.get_args(annotation))
+    else:  # list[Width] | None: the flag's type is list
+        assert flag.type in {typing.get_origin(a) or a for a in (annotation, *typing.get_args(annotation))}
 
 
 def test_flags_are_unique_and_resume_takes_epochs_compile_and_threads_only() -> None:
@@ -185,6 +190,10 @@ def test_set_merges_into_a_config_files_model_args(tmp_path) -> None:
     (["--threads", str(2**62)], "invalid value for train.threads: Input should be less than or equal to 4096"),
     (["--device", "meta"], "unknown device 'meta'; use cpu, cuda, cuda:N (N a GPU's index) or auto"),
     (["--device", "cuda:x"], "unknown device 'cuda:x'"),
+    (["--hidden", "64,x"], "--hidden takes comma-separated layer widths such as 256,128, not '64,x'"),
+    (["--encoder-hidden", "64,0"], "invalid value for inference.encoder_hidden.1: Input should be greater than 0"),
+    (["--likelihood", "poisson"], "invalid value 'poisson' for model.likelihood: input should be 'bernoulli' or"),
+    (["--standardize"], "data.standardize applies to data that are not binarised (data.binarize = 'none'), not"),
     (["--resume", "RUN", "--threads", "0"], "invalid value for --threads: Input should be greater than or equal to 1"),
     (["--resume", "RUN", "--epochs", "-1"], "invalid value for --epochs: Input should be greater than or equal to 0"),
 ])  # fmt: skip

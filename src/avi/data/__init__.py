@@ -10,6 +10,7 @@ from avi.data.dataset import (
 )
 from avi.data.files import load_array_file
 from avi.data.mnist import load_mnist
+from avi.data.standardize import moments, standardize
 
 __all__ = [
     "BINARIZATIONS",
@@ -19,5 +20,7 @@ __all__ = [
     "bernoulli_draw",
     "load_array_file",
     "load_mnist",
+    "moments",
     "shard_batches",
+    "standardize",
 ]

@@ -91,7 +91,11 @@ class ModelConfig(_Section):
     discrete latents (Bernoulli likelihood, :mod:`avi.models.discrete`): ``discrete-vae``,
     ``latent_dim`` categorical variables of ``num_classes`` classes each under a uniform prior,
     or ``sbn``, a sigmoid belief net of ``latent_dim`` binary units (``hidden = []``: one layer).
-    ``hidden`` (like the other layer sizes of a config) is a list of positive widths.
+    ``hidden`` (like the other layer sizes of a config) is a list of positive widths; unset, the
+    model gets one layer sized by the data's dimension (:func:`avi.runs.build.default_hidden`:
+    400 units for MNIST), recorded in the run's config.json when the model is built.
+    ``likelihood``: ``bernoulli`` (binary data, or data in [0, 1] binarised) or ``gaussian``
+    (real-valued data; it starts at the training data's mean and standard deviation).
 
     Or a user's own model by import path, ``path/to/file.py:Class`` or ``package.module:Class``
     (docs/custom-models.md): built as ``Class(**args)``, with ``data_dim`` (the data's) and
@@ -101,7 +105,7 @@ class ModelConfig(_Section):
     name: str = "vae"
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
-    hidden: list[Width] = Field(default_factory=lambda: [400])
+    hidden: list[Width] | None = None
     activation: Literal["relu", "tanh", "elu", "softplus"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
@@ -138,6 +142,10 @@ class DataConfig(_Section):
     of ``validation_fraction``. MNIST keeps its 10,000
     test images; other sources hold out ``test_fraction``. ``validation_fraction`` of the rest
     is held out for validation.
+
+    ``standardize`` (data that are not binarised): every split, and data given to ``avi evaluate
+    --data``, becomes (x - mean) / sd per dimension, mean and sd the training split's (after
+    ``subset``), recorded as ``mean`` and ``sd``; log-likelihoods are then of the standardised data.
     """
 
     source: str = "mnist"
@@ -148,6 +156,12 @@ class DataConfig(_Section):
     synthetic_points: int = Field(10_000, ge=2)
     synthetic_dim: int = Field(784, ge=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    #: standardise each dimension, (x - mean) / sd, by the training split's statistics
+    standardize: bool = False
+    #: the statistics standardisation uses: the training split's (recorded when the data load;
+    #: sd 1 for a constant dimension), reused for the other splits and ``avi evaluate --data``
+    mean: list[float] | None = None
+    sd: list[Annotated[float, Field(gt=0)]] | None = None
 
 
 StrategyName = Literal["amortized", "per-datapoint", "semi-amortized", "iterative"]
@@ -524,6 +538,14 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
         "a split of the training data",
         "static-mnist has its own validation split",
     ),
+    (
+        ("data.standardize",),
+        "data.binarize",
+        lambda b: b == "none",
+        "data that are not binarised (data.binarize = 'none')",
+        "a Bernoulli likelihood needs data in [0, 1]; use --likelihood gaussian",
+    ),
+    (("data.mean", "data.sd"), "data.standardize", lambda on: on, "standardised data (standardize = true)", ""),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
     (("model.args",), "model.name", is_import_path, "a user's model (model.name = 'file.py:Class')", ""),
     (
