@@ -129,7 +129,8 @@ def test_compare_lists_both_runs(runs: dict[str, Path], tmp_path: Path) -> None:
     assert [Path(r["run"]) for r in result["runs"]] == [runs["file"], runs["module"]]
     assert [r["model"] for r in result["runs"]] == [f"{ROOT / POISSON}:PoissonVAE", MODULE_MODEL]
     assert [r["epochs"] for r in result["runs"]] == [3, 2]
-    assert result["best"]["val_elbo"] in {str(runs["file"]), str(runs["module"])}
+    best = result["best"]["val_elbo"]  # every run tied for best
+    assert best and set(best) <= {str(runs["file"]), str(runs["module"])}
     assert list(out.iterdir())
 
 

@@ -102,7 +102,7 @@ def build_run(config: Config, device: torch.device | None = None) -> TrainedRun:
     device = resolve_device(config.train.device) if device is None else device
     splits = load_splits(config)
     with sized_by(settings_of(config, MODEL_SIZES)):
-        model = build_model(config, splits.train.dim)
+        model = build_model(config, splits.train.dim, splits.train.x)
         for name, split in zip(("training", "validation", "test"), splits, strict=True):
             if len(split) and not split.dynamic:
                 model.check_data(split.x, f"{name} data")
