@@ -65,8 +65,10 @@ def run_avi(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_avi_compare_writes_json_and_figure(tmp_path: Path) -> None:
     args = ["--model", "normal-normal", "--methods", "exact,mean-field-vi,gibbs"]
-    done = run_avi("compare", *args, "--out", str(tmp_path), "--json")
+    done = run_avi("compare", *args, "--quick", "--out", str(tmp_path), "--json")
     assert done.returncode == 0, done.stderr
+    started = [line for line in done.stderr.splitlines() if ": started" in line]
+    assert len(started) == 4 and started[-1].startswith("[4/4] gibbs: started")  # the reference, then each method
     printed = json.loads(done.stdout)
     assert set(printed["methods"]) == {"exact", "mean-field-vi", "gibbs"}
     for figures in printed["methods"].values():

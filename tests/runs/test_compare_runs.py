@@ -74,7 +74,7 @@ def test_compare_needs_runs_or_a_model(tmp_path: Path) -> None:
     result = _avi("compare", str(tmp_path))
     assert result.exit_code == 2 and "not a run directory" in result.stderr
     result = _avi("compare", str(tmp_path), "--methods", "mh")
-    assert result.exit_code == 2 and "--methods picks the inference methods of --model" in result.stderr
+    assert result.exit_code == 2 and "--methods and --quick apply to --model" in result.stderr
 
 
 def _gaps(family: str, approximation: float, amortization: float) -> dict:

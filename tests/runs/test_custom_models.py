@@ -100,7 +100,7 @@ def test_evaluate_scores_counts_with_a_probability_mass_function(runs: dict[str,
     assert result["log_likelihood"] < 0
     assert result["log_likelihood"] >= result["elbo"] - 1.0
     assert result["elbo"] == pytest.approx(result["reconstruction"] - result["kl"], abs=1e-3)
-    stored = json.loads((runs[which] / "evaluation.json").read_text())
+    stored = json.loads((runs[which] / "evaluation-k50.json").read_text())
     assert stored["log_likelihood"] == pytest.approx(result["log_likelihood"])
 
 

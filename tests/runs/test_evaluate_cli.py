@@ -42,7 +42,7 @@ def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strateg
     single = run_avi("evaluate", str(run), "--k", "300", "--cubo", "--json")
     assert single.returncode == 0, single.stderr
     expected = json.loads(single.stdout)
-    (run / "evaluation.json").unlink()
+    (run / "evaluation-k300.json").unlink()
     ranks = run_ranks(["-m", "avi", "evaluate", str(run), "--k", "300", "--cubo", "--json"])
     for result in ranks:
         assert result.returncode == 0, result.stderr
@@ -51,7 +51,7 @@ def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strateg
     assert got["processes"] == 2 and expected["processes"] == 1
     for key in ("log_likelihood", "log_likelihood_stderr", "cubo", "cubo_stderr", "elbo", "kl"):
         assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-6), key
-    written = json.loads((run / "evaluation.json").read_text())
+    written = json.loads((run / "evaluation-k300.json").read_text())
     assert written["log_likelihood"] == got["log_likelihood"]
 
 

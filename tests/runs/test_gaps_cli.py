@@ -72,7 +72,7 @@ def test_gaps_of_a_ppca_run_and_of_a_new_full_rank_encoder(run_avi, tmp_path: Pa
         assert (run / name).is_file(), name
 
     _one_line_error(
-        run_avi("gaps", str(run), "--family", "planar"), "unknown variational family 'planar'"
+        run_avi("gaps", str(run), "--family", "spline"), "unknown variational family 'spline'"
     )
 
 

@@ -53,7 +53,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(job: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of one epoch with an evaluation.json (k = 20)."""
+    """A run of one epoch with an evaluation-k20.json."""
     run = run_fit(load_config(job), tmp_path_factory.mktemp("runs") / "evaluated", epochs=1)
     run_evaluate(run)
     return run
@@ -86,7 +86,7 @@ def _same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def test_ctrl_c_stops_evaluate_within_two_seconds_keeping_evaluation_json(evaluated: Path) -> None:
     # 60 points x 10^7 samples on 2 worker threads: minutes of work, stopped within a chunk
-    before = (evaluated / "evaluation.json").read_bytes()
+    before = (evaluated / "evaluation-k20.json").read_bytes()
     proc = subprocess.Popen(
         [sys.executable, "-c", ANNOUNCED_EVALUATE, str(evaluated), "--k", "10000000"],
         stdout=subprocess.PIPE,
@@ -100,9 +100,9 @@ def test_ctrl_c_stops_evaluate_within_two_seconds_keeping_evaluation_json(evalua
     seconds, stderr = _interrupt(proc)
     assert proc.returncode == 130, stderr
     assert seconds < 2
-    assert _lines(stderr) == ["interrupted; evaluation.json is as it was"]
-    assert (evaluated / "evaluation.json").read_bytes() == before
-    assert not list(evaluated.glob(".*.tmp"))
+    assert _lines(stderr) == ["interrupted; saved evaluations are as they were"]
+    assert (evaluated / "evaluation-k20.json").read_bytes() == before
+    assert not list(evaluated.glob(".*.tmp")) and not (evaluated / "evaluation-k10000000.json").exists()
 
 
 def test_ctrl_c_marks_a_fit_interrupted_and_resume_continues_it(job: Path, tmp_path: Path, monkeypatch) -> None:

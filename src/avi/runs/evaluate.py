@@ -8,7 +8,7 @@ autocast; where the device has no native bf16 or the model no fast path it runs 
 ``precision`` in the result says which ran. Under torchrun each process evaluates a contiguous
 shard of the points and the per-point estimates are gathered, so the result equals a single
 process's (for Gaussian posteriors exactly; flows draw from each process's global generator);
-only rank 0 writes ``evaluation.json``.
+only rank 0 writes the evaluation file (``evaluation-k{k}.json``, :func:`avi.runs.rundir.evaluation_path`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from avi.runs.build import prepare_data
 from avi.runs.collapse import mi_settings
 from avi.runs.hooks import DIAGNOSTIC_POINTS
 from avi.runs.load import TrainedRun, available_device, infer_posterior, load_trained, resolve_device
-from avi.runs.rundir import EVALUATION, read_config, require_run, write_json
+from avi.runs.memory import sized_by
+from avi.runs.rundir import evaluation_path, read_config, require_run, write_json
 from avi.seeding import seeded
 
 __all__ = ["run_evaluate"]
@@ -76,7 +77,7 @@ def run_evaluate(
     MiB (see the module); ``on_batch(done, total)`` reports sampling progress.
     """
     _check_options(precision, k)
-    run = load_trained(require_run(run_dir), _device(run_dir, device))
+    run = load_trained(require_run(run_dir, stopped=True), _device(run_dir, device))
     if consistency and not run.posterior.amortized:
         raise ConfigError("consistency metrics need an encoder of x; this run's posterior is not amortized")
     sampling = _sampling(run, k, precision, memory_budget)
@@ -90,7 +91,8 @@ def run_evaluate(
     with seeded(run.config.train.seed, x.device):
         result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x)}
     sampling_started = time.perf_counter()
-    ll, upper = _importance_sampled(run, posterior, x, sampling, cubo, _progress(on_batch, len(shard) * (1 + cubo)))
+    with sized_by({f"evaluate.{key}": sampling[key] for key in ("k", "batch_size", "chunk_size") if key in sampling}):
+        ll, upper = _importance_sampled(run, posterior, x, sampling, cubo, _progress(on_batch, len(shard) * (1 + cubo)))
     result.update(
         **ll,
         k=sampling["k"],
@@ -104,8 +106,8 @@ def run_evaluate(
     )
     if consistency:
         result.update(_representation(run, x, test.labels))
-    if data is None and distributed.is_main():
-        write_json(Path(run_dir) / EVALUATION, result)
+    if distributed.is_main():  # one file per k and data: a quick evaluation never replaces a careful one
+        write_json(evaluation_path(Path(run_dir), result["k"], data), result)
     return result
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +49,60 @@ DIAGNOSTIC_POINTS = 1000
 
 @dataclass
 class LearningRate(Hook):
-    """Sets each epoch's learning rate of the dense optimisers from ``train.lr_schedule``
-    (a per-point table keeps its own ``local_lr``)."""
+    """Sets each epoch's learning rate of the dense optimisers (a per-point table keeps its own
+    ``local_lr``): :func:`~avi.runs.config.learning_rate` of ``train``, halved once per plateau
+    under the plateau schedule, and adds it to the epoch's record as ``lr``.
+
+    Plateau (``train.lr_schedule = "plateau"``, after any warm-up): epoch e's training objective
+    L_e (its mean over the epoch, all processes') improves on the best so far B when
+    L_e > B + lr_tolerance |B|; after ``lr_patience`` epochs in a row without improvement the rate
+    halves and the count starts again; the ``lr_reductions``-th plateau ends the run, its epoch
+    then ``converged``. The training objective, not the validation bound: the question is
+    whether the optimiser has converged, and the mean over all training points is the less noisy
+    of the two (overfitting is ``train.early_stop``'s). The state follows from the objectives
+    alone: a resumed run replays its ``rows``, so that it continues as if never stopped; resumed
+    with another ``train.lr``, it continues from the same halvings of the new rate."""
 
     train: TrainConfig
+    rows: Sequence[Mapping[str, Any]] = ()
+    best: float = -math.inf
+    wait: int = 0
+    reductions: int = 0
+    converged: int | None = None
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            self._note(int(row["epoch"]), float(row["train_objective"]))
+
+    def rate(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (1-based) after the plateaus so far."""
+        return learning_rate(self.train, epoch) * 0.5**self.reductions
 
     def on_epoch_start(self, state: TrainState) -> None:
         for opt in state.dense_optimizers:
             for group in opt.param_groups:
-                group["lr"] = learning_rate(self.train, state.epoch + 1)
+                group["lr"] = self.rate(state.epoch + 1)
+
+    def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
+        record["lr"] = self.rate(state.epoch)
+        return self._note(state.epoch, record["train_objective"])
+
+    def _note(self, epoch: int, objective: float) -> bool:
+        """Take in epoch ``epoch``'s training objective; whether the run has converged."""
+        train = self.train
+        if train.lr_schedule != "plateau" or epoch <= train.lr_warmup:
+            return False
+        if self.best == -math.inf or objective > self.best + train.lr_tolerance * abs(self.best):
+            self.best, self.wait = objective, 0
+            return False
+        self.wait += 1
+        if self.wait < train.lr_patience:
+            return False
+        self.reductions, self.wait = self.reductions + 1, 0
+        if self.reductions < train.lr_reductions:
+            return False
+        self.converged = epoch
+        return True
 
 
 @dataclass
@@ -160,7 +205,7 @@ class EarlyStopping(Hook):
 #: the first columns of metrics.csv, in this order; other columns follow as the hooks added them
 COLUMNS = (
     "epoch", "train_objective", "train_elbo", "train_reconstruction", "train_kl", "val_elbo", "val_reconstruction",
-    "val_kl", "epoch_seconds", "examples_per_second", "wall_seconds", "kl_weight", "aggressive", "encoder_steps",
+    "val_kl", "epoch_seconds", "examples_per_second", "wall_seconds", "lr", "kl_weight", "aggressive", "encoder_steps",
 )  # fmt: skip
 
 

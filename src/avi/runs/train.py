@@ -42,6 +42,7 @@ from avi.runs.load import (
     load_trained,
     resolve_device,
 )
+from avi.runs.memory import TRAINING_SIZES, settings_of, sized_by
 from avi.runs.paths import check_output_dir
 from avi.runs.rundir import (
     CHECKPOINT,
@@ -141,7 +142,8 @@ class _Fit:
         caller's ``hooks``, the run's files, early stopping, and the command line's ``edge``."""
         main = distributed.is_main()
         order: list[Hook] = [LearningRate(self.config.train), _EpochColumns(self), self.validation, *hooks]
-        trackers = open_trackers(self.config, self.run_dir, self.rows) if main else []
+        trackers = open_trackers(self.config, self.run_dir, self.rows, self.run) if main else []
+        order += trackers  # their step-level records (TensorBoard's step scalars)
         wall = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
         order.append(_Saved(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall), self))
         stopping = None
@@ -149,7 +151,8 @@ class _Fit:
             stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
             order.append(stopping)
         try:
-            run(self.state, self.train_data, self._epoch, epochs=self.last_epoch, hooks=[*order, *edge])
+            with sized_by(settings_of(self.config, TRAINING_SIZES)):
+                run(self.state, self.train_data, self._epoch, epochs=self.last_epoch, hooks=[*order, *edge])
         except Diverged as err:
             if main:
                 write_json(
