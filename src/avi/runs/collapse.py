@@ -111,7 +111,9 @@ def plot_collapse(run_dir: Path) -> Path:
         right.plot(epochs, [float(r["kl_weight"]) for r in rows], ":", color="gray", label="KL weight")
     right.set_ylabel("nats (MI) / KL weight")
     lines = bottom.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    bottom.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
+    # below the axes, so that it never covers the curves
+    bottom.legend(lines, [line.get_label() for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.3),
+                  ncols=len(lines), fontsize="small", frameon=False)  # fmt: skip
     fig.tight_layout()
     path = run_dir / COLLAPSE_FIGURE
     save_figure(fig, path, 110)

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from avi.atomic import save_figure
@@ -18,6 +17,7 @@ from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
 from avi.runs.config import FAMILY_NAMES, FamilyName
 from avi.runs.load import TrainedRun, load_trained
+from avi.runs.report_figures import gaps_figure
 from avi.runs.rundir import GAPS_SCHEMA, read_gaps, read_json, require_run, write_json
 
 __all__ = ["plot_gaps", "run_gaps"]
@@ -140,19 +140,8 @@ def _new_encoder(run: TrainedRun, family: str, epochs: int) -> Posterior:
 
 
 def plot_gaps(run_dir: Path) -> Path:
-    """A stacked bar per saved decomposition: approximation gap below, amortization gap above."""
-    results = read_gaps(run_dir)
-    labels = [f"{r['family']}\n({r['split'] or 'file'})" for r in results]
-    approx = [r["approximation_gap"] for r in results]
-    amort = [r["amortization_gap"] for r in results]
-    fig = Figure(figsize=(1.6 * len(results) + 2, 4))
-    ax = fig.subplots()
-    ax.bar(labels, approx, label="approximation gap", color="#4C72B0")
-    ax.bar(labels, amort, bottom=approx, label="amortization gap", color="#DD8452")
-    ax.set_ylabel("nats per data point")
-    ax.set_title("Inference gap: log p(x) - L[q]")
-    ax.legend()
-    fig.tight_layout()
+    """gaps.png: the approximation and amortization gaps of every saved decomposition, each with
+    its 95% interval (the report's figure, :func:`avi.runs.report_figures.gaps_figure`)."""
     path = run_dir / "gaps.png"
-    save_figure(fig, path, 120)
+    save_figure(gaps_figure(read_gaps(run_dir)), path, 120)
     return path
