@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import signal
 import sys
 import traceback
@@ -254,10 +255,21 @@ def _tiny(config: Config) -> bool:
     return small and steps and plain and config.data.source == "synthetic" and t.device in ("cpu", "auto")
 
 
-def run_avi(argv: list[str], *, train_tiny: bool = False) -> Outcome:
-    """``avi ARGV`` through :func:`avi.cli.main` in this process, its output captured. ``avi
-    fit`` stops (:class:`_Validated`) once it has built the run where that is cheap
-    (:func:`_buildable`), else before; with ``train_tiny`` it trains where the config is
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run in ``path``: the paths a command makes by default (``runs/``, ``--out ""``) land there."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def run_avi(argv: list[str], cwd: Path, *, train_tiny: bool = False) -> Outcome:
+    """``avi ARGV`` through :func:`avi.cli.main` in this process, in the directory ``cwd``, its
+    output captured. ``avi fit`` stops (:class:`_Validated`) once it has built the run where that
+    is cheap (:func:`_buildable`), else before; with ``train_tiny`` it trains where the config is
     :func:`_tiny`. The process's threads and random state are kept."""
     real_build = train.build_run
 
@@ -276,6 +288,7 @@ def run_avi(argv: list[str], *, train_tiny: bool = False) -> Outcome:
         mock.patch.object(torch, "set_num_threads", lambda threads: None),
         mock.patch.object(train, "build_run", build_run),
         torch.random.fork_rng(),
+        working_directory(cwd),
     ):
         try:
             with time_limit(TIME_LIMIT):
@@ -430,7 +443,7 @@ def fit_argv(draw: st.DrawFn, places: Places) -> list[str]:
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fit_flags_end_in_exit_0_or_one_line(places: Places, data: st.DataObject) -> None:
-    run_avi(data.draw(fit_argv(places))).check()
+    run_avi(data.draw(fit_argv(places)), places.root).check()
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -438,7 +451,7 @@ def test_fit_flags_end_in_exit_0_or_one_line(places: Places, data: st.DataObject
 def test_tiny_fits_with_a_good_flag_train_or_refuse_in_one_line(places: Places, data: st.DataObject) -> None:
     flag = data.draw(st.sampled_from(FIT_FLAGS))
     argv = _flag_argv(data.draw, flag, st.just(True))
-    run_avi(["fit", str(places.config), *argv, "--out", places.path("new")], train_tiny=True).check()
+    run_avi(["fit", str(places.config), *argv, "--out", places.path("new")], places.root, train_tiny=True).check()
 
 
 # --- evaluate, gaps, report, compare -------------------------------------------------------------
@@ -511,4 +524,4 @@ def _compare_argv(draw: st.DrawFn, places: Places) -> list[str]:
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_evaluate_gaps_report_compare_options_end_in_exit_0_or_one_line(places: Places, data: st.DataObject) -> None:
-    run_avi(data.draw(command_argv(places))).check()
+    run_avi(data.draw(command_argv(places)), places.root).check()
