@@ -22,14 +22,10 @@ from avi.models import LinearGaussian
 from tests.closed_forms import linear_gaussian_elbo, prior_kl
 
 
-def _imperfect_posterior(
-    ppca: LinearGaussian, x: Tensor, shift: float = 0.5, stretch: float = 1.3
-) -> LocalPosterior:
+def _imperfect_posterior(ppca: LinearGaussian, x: Tensor, shift: float = 0.5, stretch: float = 1.3) -> LocalPosterior:
     """A per-point full-rank q with its mean off by ``shift`` sds and its scale ``stretch``-ed."""
     post = ppca.exact_posterior(x)
-    q = MultivariateNormal(
-        post.mean + shift * post.stddev, covariance_matrix=post.covariance_matrix * stretch**2
-    )
+    q = MultivariateNormal(post.mean + shift * post.stddev, covariance_matrix=post.covariance_matrix * stretch**2)
     family = make_family("full-rank", 2)
     return LocalPosterior(x.shape[0], family, initial=family.params_of(q))
 
@@ -39,13 +35,12 @@ def _exact_posterior(ppca: LinearGaussian, x: Tensor) -> LocalPosterior:
 
 
 @pytest.mark.statistical
-def test_iwae_5000_is_within_three_standard_errors_of_log_marginal(
-    ppca: LinearGaussian, ppca_x: Tensor
-) -> None:
-    # log_likelihood returns per-point estimates and delta-method standard errors
-    # sqrt(Var(w) / (k E[w]^2)). The estimate log mean(w) is biased low by about se^2 / 2,
-    # negligible here (se about 0.03, bias 5e-4). Per point we allow 4 se (50 points:
-    # false-alarm rate about 50 * 6.3e-5); the mean over points, whose errors are independent,
+def test_iwae_5000_is_within_three_standard_errors_of_log_marginal(ppca: LinearGaussian, ppca_x: Tensor) -> None:
+    # log_likelihood returns per-point estimates and jackknife standard errors (with weights
+    # this tame, close to the delta method's sqrt(Var(w) / (k E[w]^2))). The estimate
+    # log mean(w) is biased low by about se^2 / 2, negligible here (se about 0.03, bias 5e-4).
+    # Per point we allow 4 se (50 points: false-alarm rate about 50 * 6.3e-5); the mean over
+    # points, whose errors are independent,
     # has standard error sqrt(sum se_i^2) / N and must be within 3 of those.
     posterior = _imperfect_posterior(ppca, ppca_x)
     ll = log_likelihood(ppca, posterior, ppca_x, k=5000, batch_size=16, chunk_size=700)
@@ -60,36 +55,40 @@ def test_iwae_5000_is_within_three_standard_errors_of_log_marginal(
 
 
 @pytest.mark.statistical
-def test_standard_error_and_bias_match_repeated_estimates(
-    ppca: LinearGaussian, ppca_x: Tensor
-) -> None:
+def test_standard_error_and_bias_match_repeated_estimates(ppca: LinearGaussian, ppca_x: Tensor) -> None:
     # R = 2000 independent k = 500 estimates for one point (the point repeated R times).
     # - Their sample variance has relative standard error sqrt(2 / (R - 1)) = 3.2% for
-    #   near-Gaussian estimates; the mean reported se^2 is the delta-method variance, accurate
-    #   to O(1/k) (at k = 50 it underestimates by about 14% here, at k = 500 it is within the
-    #   noise). A ratio within 15% is about 5 standard errors.
+    #   near-Gaussian estimates; the mean reported se^2 is the delete-1 jackknife variance,
+    #   accurate to O(1/k) for weights this tame (measured 0.96). A ratio within 15% is about 5
+    #   standard errors. The same holds for the debiased estimate and its delete-a-group
+    #   jackknife variance (measured 0.96).
     # - The bias of log mean(w) is -Var(w) / (2 k E[w]^2) + O(1/k^2) = -se^2 / 2 (Burda et al.
     #   2016, from the delta method); the mean of the R estimates has standard error
     #   sd / sqrt(R), and the measured bias must be within 3 of those of se^2 / 2 (it is
-    #   below log p(x) in any case: a bias of the wrong sign would fail).
+    #   below log p(x) in any case: a bias of the wrong sign would fail). The debiased estimate's
+    #   bias is O(1/k^2): its mean must be within 3 standard errors of log p(x) itself.
     r, x = 2000, ppca_x[:1].expand(2000, -1).contiguous()
     posterior = _imperfect_posterior(ppca, x)
     ll = log_likelihood(ppca, posterior, x, k=500, batch_size=500, chunk_size=250)
-    ratio = ll.stderr.pow(2).mean() / ll.value.var()
-    assert 0.85 < ratio < 1.15, ratio.item()
-    bias = ppca.exact_log_marginal(ppca_x[:1])[0] - ll.value.mean()
+    assert ll.debiased is not None and ll.debiased_stderr is not None
+    for value, stderr in ((ll.value, ll.stderr), (ll.debiased, ll.debiased_stderr)):
+        ratio = stderr.pow(2).mean() / value.var()
+        assert 0.85 < ratio < 1.15, ratio.item()
+    exact = ppca.exact_log_marginal(ppca_x[:1])[0]
     predicted = ll.stderr.pow(2).mean() / 2
-    assert abs(bias - predicted) < 3 * ll.value.std() / math.sqrt(r)
+    assert abs(exact - ll.value.mean() - predicted) < 3 * ll.value.std() / math.sqrt(r)
+    assert abs(exact - ll.debiased.mean()) < 3 * ll.debiased.std() / math.sqrt(r)
 
 
-@pytest.mark.parametrize(
-    ("k", "batch_size", "chunk_size"), [(1, 100, 500), (7, 4, 3), (10, 50, 10), (23, 7, 5)]
-)
+@pytest.mark.parametrize(("k", "batch_size", "chunk_size"), [(1, 100, 500), (7, 4, 3), (10, 50, 10), (23, 7, 5)])
 def test_exact_proposal_gives_log_marginal_with_zero_error(
     ppca: LinearGaussian, ppca_x: Tensor, k: int, batch_size: int, chunk_size: int
 ) -> None:
     # q = p(z|x): every weight equals p(x), so any k, batch or chunk split must return log p(x)
-    # exactly (this checks the running log-sum-exp and the final -log k).
+    # exactly (this checks the chunks' concatenation and the final -log k), and so must the
+    # debiased estimate; the spreads are zero where the jackknife has them (the delete-1 one from
+    # k = 2, the delete-a-group one from k = 3: 3 groups) and undefined (NaN) below, and all k
+    # samples are effective.
     seen: list[int] = []
     ll = log_likelihood(
         ppca,
@@ -100,8 +99,15 @@ def test_exact_proposal_gives_log_marginal_with_zero_error(
         chunk_size=chunk_size,
         on_batch=seen.append,
     )
-    torch.testing.assert_close(ll.value, ppca.exact_log_marginal(ppca_x), rtol=1e-10, atol=1e-10)
-    assert (ll.stderr < 1e-6).all()
+    exact = ppca.exact_log_marginal(ppca_x)
+    torch.testing.assert_close(ll.value, exact, rtol=1e-10, atol=1e-10)
+    assert ll.debiased is not None and ll.debiased_stderr is not None and ll.ess is not None
+    assert ll.pareto_k is not None and ll.pareto_k.shape == (50,)
+    assert (ll.stderr < 1e-6).all() if k >= 2 else ll.stderr.isnan().all()
+    assert (ll.debiased_stderr < 1e-6).all() if k >= 3 else ll.debiased_stderr.isnan().all()
+    if k >= 2:
+        torch.testing.assert_close(ll.debiased, exact, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ll.ess, torch.full_like(exact, k))
     assert sum(seen) == 50 and len(seen) == math.ceil(50 / batch_size)
 
 
