@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from avi.data.dataset import Dataset
@@ -79,6 +80,7 @@ def run_fit(
     resume: bool = False,
     epochs: int | None = None,
     compile: bool | None = None,
+    lr: float | None = None,
     progress: ProgressHook | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: Sequence[Hook] = (),
@@ -91,7 +93,9 @@ def run_fit(
     (a run can be extended, or trained in parts; fewer than a resumed run has done is an error,
     and without it a run extended earlier stays so); ``compile`` sets ``config.train.compile``
     for this call (a resumed run may train compiled or not; Inductor draws its own noise, so the
-    two do not follow the same path sample for sample).
+    two do not follow the same path sample for sample). ``lr`` gives a resumed run a new
+    ``train.lr``, recorded in its config.json: the schedule goes on from its epoch (and its
+    plateaus) at the new rate; each epoch's rate is the ``lr`` column of metrics.csv.
 
     ``hooks`` (:class:`~avi.inference.loop.Hook`) run every step and epoch, after validation and
     before the run's files are written: columns a hook adds to the epoch's record land in
@@ -109,7 +113,7 @@ def run_fit(
     saved, and the interrupt propagates.
     """
     with ExitStack() as held:
-        fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile)
+        fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile, lr=lr)
         edge: list[Hook] = [Progress(progress)] if progress is not None else []
         edge += [Callback(on_epoch)] if on_epoch is not None else []
         return fit.train(hooks, edge)
@@ -141,7 +145,8 @@ class _Fit:
         """Run the loop with, in order: the learning rate, the run's columns, validation, the
         caller's ``hooks``, the run's files, early stopping, and the command line's ``edge``."""
         main = distributed.is_main()
-        order: list[Hook] = [LearningRate(self.config.train), _EpochColumns(self), self.validation, *hooks]
+        schedule = LearningRate(self.config.train, self.rows)  # a resumed run's plateaus from its rows
+        order: list[Hook] = [schedule, _EpochColumns(self), self.validation, *hooks]
         trackers = open_trackers(self.config, self.run_dir, self.rows, self.run) if main else []
         order += trackers  # their step-level records (TensorBoard's step scalars)
         wall = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
@@ -166,7 +171,11 @@ class _Fit:
         if main:
             if self.rows and "kl_dim_0" in self.rows[-1]:
                 plot_collapse(self.run_dir)
-            best = {} if stopping is None else {"best_epoch": stopping.best_epoch, "best_val_elbo": stopping.best}
+            best: dict[str, Any] = {}
+            if stopping is not None:
+                best |= {"best_epoch": stopping.best_epoch, "best_val_elbo": stopping.best}
+            if self.config.train.lr_schedule == "plateau":  # whether the plateaus ended it, and when
+                best |= {"converged": schedule.converged is not None, "converged_epoch": schedule.converged}
             write_json(self.run_dir / SUMMARY, self._summary("finished", **best))
         return self.run_dir
 
@@ -251,6 +260,7 @@ def _start(
     resume: bool,
     epochs: int | None,
     compile: bool | None,
+    lr: float | None = None,
 ) -> _Fit:
     """Read or check the run directory, take its lock (main process, into ``held``), build the
     run and its state, restore a resumed one, and write config.json and a "running" summary."""
@@ -258,7 +268,7 @@ def _start(
         if run_dir is None:
             raise ConfigError("resuming needs the run directory")
         run_dir = require_run(run_dir, checkpoint=False)  # a fit stopped before its first epoch starts over
-        config = read_config(run_dir)
+        config = _resumed_config(run_dir, lr)
     else:
         config = config or Config()
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -282,7 +292,7 @@ def _start(
         run_dir, run, state, run.splits.train.to(run.device), Replicas(), Validation(run), [], last_epoch, precision
     )
     if resume:
-        _restore(held, fit, epochs)
+        _restore(held, fit, epochs, new_lr=lr is not None)
     elif main:
         _create(held, run_dir)
         write_json(run_dir / CONFIG, config.model_dump())
@@ -290,6 +300,17 @@ def _start(
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": fit.state.epoch, "epochs": fit.last_epoch})
     return fit
+
+
+def _resumed_config(run_dir: Path, lr: float | None) -> Config:
+    """The config of the run in ``run_dir``, with ``train.lr`` = ``lr`` where given."""
+    config = read_config(run_dir)
+    if lr is not None:
+        try:
+            config.train.lr = lr
+        except ValidationError:
+            raise ConfigError(f"the learning rate must be a positive finite number, got {lr!r}") from None
+    return config
 
 
 def _create(held: ExitStack, run_dir: Path) -> None:
@@ -319,13 +340,16 @@ def _new_state(run: TrainedRun) -> TrainState:
     return TrainState(run.model, run.posterior, optimizers, generator, estimator)
 
 
-def _restore(held: ExitStack, fit: _Fit, epochs: int | None) -> None:
+def _restore(held: ExitStack, fit: _Fit, epochs: int | None, *, new_lr: bool = False) -> None:
     """Load the checkpoint of a resumed run into ``fit`` (under the run's lock): its state, its
     metrics, the validation points' parameters and the global random states. A run without a
     checkpoint (stopped before its first epoch ended) keeps the fresh state that its config's
-    seed built, so it trains as a new run with that config would."""
+    seed built, so it trains as a new run with that config would. ``new_lr``: the config's
+    ``train.lr`` is this call's, which config.json then records."""
     if distributed.is_main():
         held.enter_context(run_lock(fit.run_dir))
+        if new_lr:  # the new rate recorded, under the lock
+            write_json(fit.run_dir / CONFIG, fit.config.model_dump())
     if not (fit.run_dir / CHECKPOINT).is_file():
         return
     saved = read_checkpoint(fit.run_dir / CHECKPOINT)
