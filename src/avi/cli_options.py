@@ -147,7 +147,8 @@ FIT_FLAGS: tuple[Flag, ...] = (
     Flag(
         "train.threads",
         int,
-        "Intra-op threads of this process, 1 to 4096 (with --resume: for this call).",
+        "Intra-op threads of this process, 1 to 4096 (default: the cores that other processes leave free; "
+        "with --resume: for this call).",
         resumable=True,
     ),
     Flag("model.decoder", str, "VAE decoder: mlp or made (autoregressive)."),
