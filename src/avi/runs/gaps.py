@@ -26,6 +26,8 @@ __all__ = ["plot_gaps", "run_gaps"]
 #: keeps every chain's activations for its gradient, and 100 points of 5,000 chains of the
 #: 784-400-20 VAE would take 18 GiB
 MEMORY_BUDGET = 1024.0
+#: the largest count of samples, steps or points: the largest integer of torch's 64-bit sizes
+MAX_COUNT = 2**63 - 1
 
 
 def run_gaps(
@@ -52,7 +54,13 @@ def run_gaps(
     that an ``avi fit`` is still writing is refused, as is one whose saved decompositions (which
     the figure draws) are damaged.
     """
-    _check_options(family, split, k, ais_steps, points)
+    _check_options(family, split, {
+        "k": (k, 1, "a positive integer"),
+        "AIS steps": (ais_steps, 0, "non-negative (0 uses the IWAE bound)"),
+        "points": (points, 1, "a positive integer"),
+        "steps": (steps, 0, "non-negative"),
+        "encoder epochs": (encoder_epochs, 0, "non-negative"),
+    })  # fmt: skip
     run = load_trained(require_run(run_dir, stopped=True))
     config = run.config
     family = family or config.inference.family
@@ -96,18 +104,19 @@ def _check_saved(run_dir: Path, replaced: Path) -> None:
             read_json(path, GAPS_SCHEMA)
 
 
-def _check_options(family: str | None, split: str, k: int | None, ais_steps: int, points: int | None) -> None:
-    """Raise :class:`ConfigError` for an option outside its range, before anything loads."""
+def _check_options(family: str | None, split: str, counts: dict[str, tuple[int | None, int, str]]) -> None:
+    """Raise :class:`ConfigError` for an option outside its range, before anything loads:
+    ``counts`` maps a name to (value, its least value, what the least means), each at most
+    :data:`MAX_COUNT`."""
     if family is not None and family not in FAMILY_NAMES:
         raise ConfigError(f"unknown variational family {family!r}; choose from {list(FAMILY_NAMES)}")
     if split not in ("train", "test"):
         raise ConfigError(f"unknown split {split!r}; choose 'train' or 'test'")
-    if k is not None and k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k}")
-    if ais_steps < 0:
-        raise ConfigError(f"AIS steps must be non-negative (0 uses the IWAE bound), got {ais_steps}")
-    if points is not None and points < 1:
-        raise ConfigError(f"points must be a positive integer, got {points}")
+    for name, (value, least, meaning) in counts.items():
+        if value is not None and value < least:
+            raise ConfigError(f"{name} must be {meaning}, got {value}")
+        if value is not None and value > MAX_COUNT:
+            raise ConfigError(f"{name} must be at most 2^63 - 1 (a count torch can hold), got {value}")
 
 
 def _points(run: TrainedRun, data: str | Path | None, split: str, points: int | None) -> tuple[Tensor, str]:
