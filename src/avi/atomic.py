@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from avi.errors import RunError
+
 __all__ = ["atomic_write_bytes", "save_figure"]
 
 
@@ -61,9 +63,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     ``path``: readers see the old file or the new one, never a part. The file gets the
     permissions a plain write would give it (umask). The temporary's name holds the writer's
     pid; temporaries that an earlier, killed write of the same file left behind are removed
-    first, those of writers still running are not."""
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    first, those of writers still running are not. A write the system refuses (a directory in
+    the file's place, a full disk, no permission) is a one-line :class:`~avi.errors.RunError`."""
+    try:
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as err:
+        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -71,8 +77,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RunError(f"cannot write {path}: {err.strerror or err}") from None
         raise
 
 

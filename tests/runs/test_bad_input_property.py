@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import math
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -333,6 +334,7 @@ class Places:
             "link-loop": lambda: self.root / "loop" / "run",
             "long-name": lambda: self.root / ("x" * 300),
             "long-new-name": lambda: self.root / "new" / ("y" * 300),
+            "blocked-run": lambda: self.root / "blocked-run",
         }
         return str(made[kind]()) if kind in made else kind
 
@@ -354,6 +356,9 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> Places:
     (root / "loop").symlink_to(root / "loop")
     with mock.patch.object(torch, "set_num_threads", lambda threads: None), torch.random.fork_rng():
         run = run_fit(load_config(root / "base.toml"), root / "run")
+    shutil.copytree(run, root / "blocked-run")  # a directory where gaps.png and report.html go
+    for blocked in ("gaps.png", "report.html"):
+        (root / "blocked-run" / blocked).mkdir()
     return Places(root, root / "base.toml", run, itertools.count())
 
 
@@ -548,12 +553,15 @@ def test_evaluate_gaps_report_compare_options_end_in_exit_0_or_one_line(places: 
         (["fit", "config", "--out", "long-name"], "cannot be used: File name too long"),
         (["compare", "run", "--out", "long-new-name"], "has a name longer than the file system's 255 bytes"),
         (["fit", "config", "--out", "link-loop"], "cannot be used"),
+        (["gaps", "blocked-run", "--steps", "1"], "blocked-run/gaps.png: Is a directory"),
+        (["report", "blocked-run"], "blocked-run/report.html: Is a directory"),
     ],
 )
 def test_inputs_the_audit_benchmark_found_are_one_line(places: Places, argv: list[str], message: str) -> None:
     """Found by benchmarks/bad_inputs.py: counts past 64 bits given to ``avi gaps`` (tracebacks
     in AIS and importance sampling, or a run without end), and output paths that cannot be made
-    (tracebacks from mkdir after the check had passed them)."""
+    (tracebacks from mkdir after the check had passed them), or a directory where a file is to be
+    written."""
     outcome = run_avi([arg if arg.startswith("-") or arg.isdigit() else places.path(arg) for arg in argv], places.root)
     outcome.check()
     assert outcome.code == 2 and message in outcome.stderr, outcome.stderr
