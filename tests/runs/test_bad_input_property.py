@@ -269,17 +269,18 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def run_avi(argv: list[str], cwd: Path, *, train_tiny: bool = False) -> Outcome:
+def run_avi(argv: list[str], cwd: Path, *, train_tiny: bool = False, build_all: bool = False) -> Outcome:
     """``avi ARGV`` through :func:`avi.cli.main` in this process, in the directory ``cwd``, its
     output captured. ``avi fit`` stops (:class:`_Validated`) once it has built the run where that
-    is cheap (:func:`_buildable`), else before; with ``train_tiny`` it trains where the config is
-    :func:`_tiny`. The process's threads and random state are kept."""
+    is cheap (:func:`_buildable`) or ``build_all`` says so (for sizes that must fail at once),
+    else before; with ``train_tiny`` it trains where the config is :func:`_tiny`. The process's
+    threads and random state are kept."""
     real_build = train.build_run
 
     def build_run(config: Config) -> Any:
         if train_tiny and _tiny(config):
             return real_build(config)
-        if _buildable(config):
+        if build_all or _buildable(config):
             real_build(config)
         raise _Validated
 
@@ -555,13 +556,23 @@ def test_evaluate_gaps_report_compare_options_end_in_exit_0_or_one_line(places: 
         (["fit", "config", "--out", "link-loop"], "cannot be used"),
         (["gaps", "blocked-run", "--steps", "1"], "blocked-run/gaps.png: Is a directory"),
         (["report", "blocked-run"], "blocked-run/report.html: Is a directory"),
+        (
+            ["fit", "config", "--set", "inference.family='iaf'", "--set", f"inference.flow_transforms={2**40}"],
+            "invalid value for inference.flow_transforms: Input should be less than or equal to 1000",
+        ),
+        (
+            ["fit", "config", "--set", "inference.family='iaf'", "--set", f"inference.flow_hidden=[{2**64}]"],
+            "a tensor size past 64 bits for",
+        ),
     ],
 )
 def test_inputs_the_audit_benchmark_found_are_one_line(places: Places, argv: list[str], message: str) -> None:
     """Found by benchmarks/bad_inputs.py: counts past 64 bits given to ``avi gaps`` (tracebacks
-    in AIS and importance sampling, or a run without end), and output paths that cannot be made
-    (tracebacks from mkdir after the check had passed them), or a directory where a file is to be
-    written."""
-    outcome = run_avi([arg if arg.startswith("-") or arg.isdigit() else places.path(arg) for arg in argv], places.root)
+    in AIS and importance sampling, or a run without end), output paths that cannot be made
+    (tracebacks from mkdir after the check had passed them), a directory where a file is to be
+    written, and flow sizes (2^40 transforms built one by one; widths past 64 bits, an
+    OverflowError in zuko)."""
+    argv = [arg if arg.startswith("-") or arg.isdigit() else places.path(arg) for arg in argv]
+    outcome = run_avi(argv, places.root, build_all=True)
     outcome.check()
     assert outcome.code == 2 and message in outcome.stderr, outcome.stderr

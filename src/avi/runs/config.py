@@ -219,7 +219,7 @@ class InferenceConfig(_Section):
     refine_lr: float = Field(0.02, gt=0)
     refine_backprop: bool = True
     iterations: int = Field(5, ge=1)
-    flow_transforms: int = Field(2, ge=1)
+    flow_transforms: int = Field(2, ge=1, le=1000)
     flow_hidden: list[Width] = Field(default_factory=lambda: [64, 64])
     flow_length: int | None = Field(None, ge=1, le=1000)
     sylvester_variant: Literal["householder", "triangular"] = "householder"

@@ -53,7 +53,9 @@ def allocation_failure(err: BaseException) -> str | None:
         if found is None:
             return "not enough memory"
         return f"not enough memory (tried to allocate {f'{int(found[1]) / 1e9:.1f} GB' if found[1] else found[2]})"
-    if isinstance(err, RuntimeError | TypeError | ValueError) and any(o in text.lower() for o in _OVERFLOWS):
+    if isinstance(err, OverflowError) or (
+        isinstance(err, RuntimeError | TypeError | ValueError) and any(o in text.lower() for o in _OVERFLOWS)
+    ):
         return "a tensor size past 64 bits"
     return None
 
@@ -85,7 +87,7 @@ def sized_by(settings: Mapping[str, Any]) -> Iterator[None]:
     naming ``settings``, the values that sized it; other errors pass."""
     try:
         yield
-    except (MemoryError, RuntimeError, TypeError, ValueError) as err:
+    except (MemoryError, OverflowError, RuntimeError, TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         what = allocation_failure(err)
