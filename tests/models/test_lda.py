@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor
-from torch.distributions import Dirichlet
+from torch.distributions import Dirichlet, Multinomial
 
 from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
@@ -122,9 +122,12 @@ def test_elbo_matches_a_monte_carlo_estimate_of_its_definition() -> None:
     q_beta, q_theta = Dirichlet(lam), Dirichlet(gamma)
     beta, theta = q_beta.sample((S,)), q_theta.sample((S,))  # (S, K, V), (S, D, K)
     # token assignments: for word w of document d, the n_dw topics are a Multinomial(n_dw, phi_dw) draw
-    m = torch.stack([torch.distributions.Multinomial(int(n), phi[d, w]).sample((S,)) if n > 0 else torch.zeros(S, 2, dtype=torch.float64)
+    none = torch.zeros(S, 2, dtype=torch.float64)
+    m = torch.stack([torch.distributions.Multinomial(int(n), phi[d, w]).sample((S,)) if n > 0 else none
                      for d in range(3) for w in range(4) for n in [counts[d, w]]], 1).reshape(S, 3, 4, 2)  # fmt: skip
-    log_z = (m * (theta.log()[:, :, None, :] + beta.log().transpose(1, 2)[:, None, :, :] - phi.log()[None])).sum((1, 2, 3))
+    log_z = (m * (theta.log()[:, :, None, :] + beta.log().transpose(1, 2)[:, None, :, :] - phi.log()[None])).sum(
+        (1, 2, 3)
+    )
     log_theta = (Dirichlet(torch.full_like(gamma, model.alpha)).log_prob(theta) - q_theta.log_prob(theta)).sum(-1)
     log_beta = (Dirichlet(torch.full_like(lam, model.eta)).log_prob(beta) - q_beta.log_prob(beta)).sum(-1)
     draws = log_z + log_theta + log_beta
@@ -155,7 +158,9 @@ def test_laplace_prior_of_a_dirichlet() -> None:
     torch.testing.assert_close(loc, torch.zeros(5, dtype=torch.float64))
     torch.testing.assert_close(scale**2, torch.full((5,), (1 - 2 / 5) / 0.5 + 1 / (5 * 0.5), dtype=torch.float64))
     loc, _ = laplace_dirichlet_prior(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))
-    torch.testing.assert_close(loc, torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64).log() - torch.tensor(8.0).log() / 3)
+    torch.testing.assert_close(
+        loc, torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64).log() - torch.tensor(8.0).log() / 3
+    )
 
 
 def test_decoders() -> None:
@@ -172,7 +177,9 @@ def test_decoders() -> None:
     torch.testing.assert_close(mixture.likelihood(z).log_prob(counts), log_coef + (counts * probs.log()).sum(-1))
     pure = torch.tensor([[40.0, 0.0, 0.0]])  # softmax(z) = e_1 to within e^-40
     for model in (product, mixture):
-        torch.testing.assert_close(model.likelihood(pure).probs[0], model.topics()[0])
+        likelihood = model.likelihood(pure)
+        assert isinstance(likelihood, Multinomial)
+        torch.testing.assert_close(likelihood.probs[0], model.topics()[0])
 
 
 def test_match_topics_finds_the_permutation() -> None:
@@ -212,7 +219,9 @@ def test_avitm_recovers_the_topics(corpus: Corpus, decoder: str) -> None:
     model = AVITM(100, 5, alpha=0.5, decoder=decoder)
     family = MeanFieldGaussian(5)
     posterior = AmortizedPosterior(mlp_encoder(100, (100,), family.param_size, activation="softplus"), family)
-    history = fit(model, posterior, Dataset(x), epochs=150, batch_size=50, lr=1e-2, generator=torch.Generator().manual_seed(0))
+    history = fit(
+        model, posterior, Dataset(x), epochs=150, batch_size=50, lr=1e-2, generator=torch.Generator().manual_seed(0)
+    )
     assert history.train[-1].elbo > history.train[0].elbo + 50
     match = match_topics(model.topics(), corpus.topics)
     assert match.mean_tv < AVITM_BOUNDS[decoder], match.tv
