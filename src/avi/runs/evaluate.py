@@ -8,12 +8,20 @@ autocast; where the device has no native bf16 or the model no fast path it runs 
 ``precision`` in the result says which ran. Under torchrun each process evaluates a contiguous
 shard of the points and the per-point estimates are gathered, so the result equals a single
 process's (for Gaussian posteriors exactly; flows draw from each process's global generator);
-only rank 0 writes the evaluation file (``evaluation-k{k}.json``, :func:`avi.runs.rundir.evaluation_path`).
+only rank 0 writes the evaluation file (``evaluation-k{k}.json``, :func:`avi.runs.rundir.evaluation_path`)
+and the per-point estimates beside it (``evaluation-k{k}-points.csv``).
+
+The log-likelihood is reported three ways (:mod:`avi.evaluation.jackknife`): the IWAE bound with
+its jackknife standard error (which, unlike the delta method's, holds for heavy-tailed weights);
+the jackknife-debiased estimate with its standard error; and the nominal 95% interval for
+log p(x), debiased ± 1.96 se, whose coverage holds while at most 10% of the points have a Pareto
+k-hat over 0.7 (:mod:`avi.evaluation.psis`): beyond that ``pareto_k_warning`` says so.
 """
 
 from __future__ import annotations
 
-import math
+import csv
+import io
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +31,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from avi.atomic import atomic_write_bytes
 from avi.data.dataset import Dataset
 from avi.data.files import load_array_file
 from avi.data.transforms import TRANSFORMS, make_transform
@@ -31,6 +40,8 @@ from avi.evaluation.bounds import LogLikelihood, chunk_sizes, cubo_per_point, el
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.evaluation.consistency import consistency_kl, linear_probe_accuracy, posterior_means
 from avi.evaluation.importance import fast_path
+from avi.evaluation.jackknife import mean_with_stderr
+from avi.evaluation.psis import KHAT_THRESHOLD, khat_summary, khat_warning
 from avi.models.base import LatentVariableModel
 from avi.precision import PRECISIONS, bf16_supported
 from avi.runs import distributed
@@ -47,6 +58,15 @@ __all__ = ["run_evaluate"]
 #: training points whose posterior means fit the linear probe
 PROBE_POINTS = 10_000
 
+#: the 97.5% quantile of the standard normal: half-width of a 95% interval in standard errors
+Z95 = 1.959964
+
+#: the columns of the per-point file, in :class:`~avi.evaluation.bounds.LogLikelihood`'s order
+POINT_COLUMNS = (
+    "log_likelihood", "log_likelihood_stderr", "log_likelihood_debiased", "log_likelihood_debiased_stderr",
+    "pareto_k", "ess",
+)  # fmt: skip
+
 
 def run_evaluate(
     run_dir: str | Path,
@@ -60,9 +80,10 @@ def run_evaluate(
     memory_budget: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run on its test split (or the file ``data``): mean ELBO, reconstruction, KL
-    and IWAE-k log p(x) in nats, and the collapse diagnostics (their draws seeded by
-    ``train.seed``); a posterior that is not amortized is first inferred (``infer_posterior``).
+    """Evaluate a run on its test split (or the file ``data``): mean ELBO, reconstruction, KL and
+    IWAE-k log p(x) in nats with the estimates and diagnostics of the module's docstring, the exact
+    log p(x) where the model has one (``log_likelihood_exact``), and the collapse diagnostics (their
+    draws seeded by ``train.seed``); a posterior that is not amortized is first inferred.
 
     With ``cubo`` it also holds ``cubo``, the chi upper bound CUBO_n (n = ``objective.cubo_order``)
     with the same k, and its standard error: ELBO <= log p(x) <= CUBO (the k-sample CUBO is
@@ -83,31 +104,29 @@ def run_evaluate(
     sampling = _sampling(run, k, precision, memory_budget)
     test, source = _evaluation_data(run, data)
     x = test.x.to(run.device)
-    shard = distributed.shard(x.shape[0])
-    _check_budget(run, sampling, len(shard))
+    _check_budget(run, sampling, len(distributed.shard(x.shape[0])))
     started = time.perf_counter()
     posterior = infer_posterior(run, x)
     inference_seconds = time.perf_counter() - started
     with seeded(run.config.train.seed, x.device):
-        result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x)}
-    sampling_started = time.perf_counter()
-    with sized_by({f"evaluate.{key}": sampling[key] for key in ("k", "batch_size", "chunk_size") if key in sampling}):
-        ll, upper = _importance_sampled(run, posterior, x, sampling, cubo, _progress(on_batch, len(shard) * (1 + cubo)))
+        result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x), **_exact(run.model, x)}
+    points, estimates = _importance_sampled(run, posterior, x, sampling, cubo, on_batch)
+    path = evaluation_path(Path(run_dir), sampling["k"], data)
     result.update(
-        **ll,
+        **estimates,
+        per_point_file=_points_path(path).name,
         k=sampling["k"],
         strategy=run.config.inference.strategy,
         inference_seconds=inference_seconds,
-        sampling_seconds=time.perf_counter() - sampling_started,
         seconds=time.perf_counter() - started,
         precision=sampling["precision"],
         processes=distributed.world_size(),
-        **upper,
     )
     if consistency:
         result.update(_representation(run, x, test.labels))
     if distributed.is_main():  # one file per k and data: a quick evaluation never replaces a careful one
-        write_json(evaluation_path(Path(run_dir), result["k"], data), result)
+        _write_points(_points_path(path), points)
+        write_json(path, result)
     return result
 
 
@@ -176,19 +195,71 @@ def _importance_sampled(
     x: Tensor,
     sampling: dict[str, Any],
     cubo: bool,
-    on_batch: Callable[[int], None],
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The IWAE-k estimate of mean log p(x) and its standard error, and where ``cubo`` the
-    CUBO_n estimate (n = ``objective.cubo_order``) and its standard error, each over this
-    process's shard of x gathered from every process."""
-    n, order = x.shape[0], run.config.objective.cubo_order
-    common = {**sampling, "points": distributed.shard(n), "on_batch": on_batch}
-    ll = _gathered(log_likelihood(run.model, posterior, x, **common), n)
-    lower = {"log_likelihood": ll.value.mean().item(), "log_likelihood_stderr": _stderr_of_mean(ll)}
-    if not cubo:
-        return lower, {}
-    upper = _gathered(cubo_per_point(run.model, posterior, x, n=order, **common), n)
-    return lower, {"cubo": upper.value.mean().item(), "cubo_stderr": _stderr_of_mean(upper), "cubo_order": order}
+    on_batch: Callable[[int, int], None] | None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """The per-point IWAE-k estimates of log p(x) (N, 6: :data:`POINT_COLUMNS`), each over this
+    process's shard of x gathered from every process; and their summary
+    (:func:`_log_likelihood_summary`), with, where ``cubo``, the CUBO_n estimate (n =
+    ``objective.cubo_order``) and its jackknife standard error, and the seconds it took;
+    ``on_batch(done, total)`` reports the points done."""
+    started, n, order = time.perf_counter(), x.shape[0], run.config.objective.cubo_order
+    shard = distributed.shard(n)
+    common = {**sampling, "points": shard, "on_batch": _progress(on_batch, len(shard) * (1 + cubo))}
+    upper: dict[str, Any] = {}
+    with sized_by({f"evaluate.{key}": sampling[key] for key in ("k", "batch_size", "chunk_size") if key in sampling}):
+        points = _gathered(log_likelihood(run.model, posterior, x, **common), n)
+        if cubo:
+            value, stderr = _gathered(cubo_per_point(run.model, posterior, x, n=order, **common), n).T[:2]
+            upper = dict(zip(("cubo", "cubo_stderr"), mean_with_stderr(value, stderr), strict=True), cubo_order=order)
+    return points, {**_log_likelihood_summary(points), **upper, "sampling_seconds": time.perf_counter() - started}
+
+
+def _log_likelihood_summary(points: Tensor) -> dict[str, Any]:
+    """The means over points (N, 6: :data:`POINT_COLUMNS`) of the IWAE bound and of the
+    debiased estimate with their standard errors, the 95% interval for mean log p(x) (debiased ±
+    :data:`Z95` se), k-hat's median, share of points over the threshold and points with a k-hat,
+    a warning where that share is too large, and the effective sample size's median and minimum.
+    NaN (null in JSON) where undefined: standard errors for k < 3, k-hat for k < 21."""
+    value, stderr, debiased, debiased_stderr, khat, ess = points.T
+    mean, se = mean_with_stderr(value, stderr)
+    centre, half = mean_with_stderr(debiased, debiased_stderr)
+    tails = khat_summary(khat)
+    return {
+        "log_likelihood": mean,
+        "log_likelihood_stderr": se,
+        "log_likelihood_debiased": centre,
+        "log_likelihood_debiased_stderr": half,
+        "log_likelihood_interval": [centre - Z95 * half, centre + Z95 * half],
+        "stderr_method": "jackknife",
+        "pareto_k": {"median": tails.median, f"share_over_{KHAT_THRESHOLD}": tails.share_over, "points": tails.points},
+        "pareto_k_warning": khat_warning(tails),
+        "ess": {"median": ess.median().item(), "min": ess.min().item()},
+    }
+
+
+def _exact(model: LatentVariableModel, x: Tensor) -> dict[str, float]:
+    """The exact mean log p(x) as ``log_likelihood_exact``, where the model has one (PPCA,
+    factor analysis, Gaussian mixtures), else nothing."""
+    exact = getattr(model, "exact_log_marginal", None)
+    if exact is None:
+        return {}
+    with torch.no_grad():
+        return {"log_likelihood_exact": exact(x).mean().item()}
+
+
+def _points_path(evaluation: Path) -> Path:
+    """The per-point file beside an evaluation file: ``evaluation-k5000.json`` -> ``evaluation-k5000-points.csv``."""
+    return evaluation.with_name(f"{evaluation.stem}-points.csv")
+
+
+def _write_points(path: Path, points: Tensor) -> None:
+    """The per-point estimates (N, 6) as CSV, one row per point (``point`` its index in the data,
+    then :data:`POINT_COLUMNS`; ``nan`` where undefined), atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("point", *POINT_COLUMNS))
+    writer.writerows((i, *(f"{v:.9g}" for v in row)) for i, row in enumerate(points.double().cpu().tolist()))
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def _point_means(model: LatentVariableModel, posterior: nn.Module, x: Tensor) -> dict[str, Any]:
@@ -220,15 +291,11 @@ def _progress(on_batch: Callable[[int, int], None] | None, total: int) -> Callab
     return report
 
 
-def _stderr_of_mean(estimate: LogLikelihood) -> float:
-    """The standard error of the mean of N independent per-point estimates: sqrt(sum se_i^2) / N."""
-    return math.sqrt(estimate.stderr.pow(2).sum().item()) / estimate.value.numel()
-
-
-def _gathered(local: LogLikelihood, n: int) -> LogLikelihood:
-    """The per-point estimates of every process's shard, in point order, on every process."""
-    value, stderr = distributed.gather_shards(torch.stack([local.value, local.stderr], dim=1), n).T
-    return LogLikelihood(value, stderr, local.k)
+def _gathered(local: LogLikelihood, n: int) -> Tensor:
+    """The per-point estimates of every process's shard as columns (N, 6), in
+    :class:`~avi.evaluation.bounds.LogLikelihood`'s order (:data:`POINT_COLUMNS`), in point
+    order, on every process."""
+    return distributed.gather_shards(torch.stack([v for v in local if isinstance(v, Tensor)], 1), n)
 
 
 def _representation(run: TrainedRun, x: Tensor, labels: Tensor | None) -> dict[str, Any]:
