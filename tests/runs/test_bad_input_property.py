@@ -564,14 +564,16 @@ def test_evaluate_gaps_report_compare_options_end_in_exit_0_or_one_line(places: 
             ["fit", "config", "--set", "inference.family='iaf'", "--set", f"inference.flow_hidden=[{2**64}]"],
             "a tensor size past 64 bits for",
         ),
+        (["fit", "config", "--latent-dim", str(2**64)], "a tensor size past 64 bits for model.latent_dim"),
+        (["fit", "config", "--set", f"data.synthetic_points={2**40}"], "data.synthetic_points = 1099511627776"),
     ],
 )
 def test_inputs_the_audit_benchmark_found_are_one_line(places: Places, argv: list[str], message: str) -> None:
     """Found by benchmarks/bad_inputs.py: counts past 64 bits given to ``avi gaps`` (tracebacks
     in AIS and importance sampling, or a run without end), output paths that cannot be made
     (tracebacks from mkdir after the check had passed them), a directory where a file is to be
-    written, and flow sizes (2^40 transforms built one by one; widths past 64 bits, an
-    OverflowError in zuko)."""
+    written, flow sizes (2^40 transforms built one by one; widths past 64 bits, an
+    OverflowError in zuko), and sizes of the synthetic data's model and sample."""
     argv = [arg if arg.startswith("-") or arg.isdigit() else places.path(arg) for arg in argv]
     outcome = run_avi(argv, places.root, build_all=True)
     outcome.check()

@@ -35,6 +35,7 @@ from avi.objectives.select import Objective
 from avi.objectives.weighted import WeightedKL
 from avi.runs.config import Config, epoch_kl_weight, weights_kl
 from avi.runs.imports import import_object
+from avi.runs.memory import MODEL_SIZES, settings_of, sized_by
 
 __all__ = [
     "build_family",
@@ -282,9 +283,10 @@ def load_splits(config: Config) -> Splits:
         x_test = torch.from_numpy(mnist["test"][0]).float() / 255
         y_test = torch.from_numpy(mnist["test"][1])
     else:
-        if d.source == "synthetic":
-            truth = build_model(config, d.synthetic_dim)
-            x_all = truth.sample(d.synthetic_points, generator)[0]
+        if d.source == "synthetic":  # sampled from the model itself, sized by the same settings and the data's
+            with sized_by(settings_of(config, (*MODEL_SIZES, "data.synthetic_points", "data.synthetic_dim"))):
+                truth = build_model(config, d.synthetic_dim)
+                x_all = truth.sample(d.synthetic_points, generator)[0]
         else:
             x_np, y_np = load_array_file(d.source)
             x_all = torch.as_tensor(x_np, dtype=torch.float32)
