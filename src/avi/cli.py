@@ -13,7 +13,6 @@ import importlib.metadata
 import inspect
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -22,13 +21,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, overrides, parameters, parse_set
 from avi.errors import AviError, ConfigError
 from avi.interrupts import sigint_handled
 from avi.runs.paths import check_output_dir
+from avi.runs.progress import reporter
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -185,7 +184,9 @@ def fit(
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
     console.print(
-        f"run directory: [bold]{escape(str(run_dir))}[/]  (next: avi evaluate {escape(str(run_dir))})", highlight=False
+        f"run directory: [bold]{escape(str(run_dir))}[/]  (next: avi evaluate {escape(str(run_dir))})",
+        highlight=False,
+        soft_wrap=True,
     )
     print(run_dir)
 
@@ -217,58 +218,63 @@ def _fit_config(
 
 
 def _set_threads(threads: int | None) -> None:
-    """torch's intra-op threads for this process (``train.threads``; unset: torch's default)."""
+    """torch's intra-op threads for this process: ``threads`` (``train.threads``, ``--threads``),
+    else the cores other processes leave free (:func:`avi.cli_threads.choose_threads`); one line
+    of warning when the threads given oversubscribe the machine."""
     import torch
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    from avi.cli_threads import choose_threads
+
+    chosen, warning = choose_threads(threads, torch.get_num_threads())
+    torch.set_num_threads(chosen)
+    if warning is not None:
+        console.out(warning, highlight=False)
+
+
+#: the ``--threads`` option of the commands other than fit, bounded as ``train.threads`` is
+ThreadsFlag = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=4096,
+        help="Intra-op threads of this process, 1 to 4096 (default: the cores that other processes leave free).",
+    ),
+]
 
 
 class _TrainingProgress:
-    """A rich progress bar per epoch: step, running objective, examples per second."""
+    """Each epoch's progress (examples, running objective, examples per second; on a terminal a
+    live bar, elsewhere a plain line only every 30 s) and its summary, one line."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("objective {task.fields[objective]:>9}"),
-            TextColumn("{task.fields[rate]:>8} ex/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.task: Any = None
+        self.reporter = reporter(console, "examples", parts=None)
         self.epoch = 0
-        self.last = 0.0
-        self.started = 0.0
 
     def __enter__(self) -> _TrainingProgress:
-        self.progress.__enter__()
+        self.reporter.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+    def __exit__(self, *exc: object) -> None:
+        self.reporter.__exit__(*exc)
 
     def update(self, epoch: int, done: int, total: int, sums: Tensor) -> None:
-        now = time.perf_counter()
         if epoch != self.epoch:
-            self.epoch, self.started = epoch, now
-            self.task = self.progress.add_task("", total=total, epoch=epoch, objective="", rate="")
-        elif now - self.last < 0.2 and done < total:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        # one host read per refresh, not per step
-        self.progress.update(self.task, completed=done, objective=f"{sums[0].item() / done:.2f}", rate=f"{rate:,.0f}")
+            self.epoch = epoch
+            self.reporter.start(f"epoch {epoch}", total)
+        # one host read per refresh shown, not per step
+        self.reporter.update(done, total, lambda: f"objective {sums[0].item() / done:9.2f}")
 
     def epoch_done(self, row: dict[str, Any]) -> None:
-        self.progress.console.print(
-            f"epoch {row['epoch']:>3}  train ELBO {row['train_elbo']:9.2f}  KL {row['train_kl']:7.2f}  "
-            f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s"
-            + (f"  AU {row['active_units']}  MI {row['mutual_information']:.2f}" if "active_units" in row else ""),
-            highlight=False,
-        )
+        self.reporter.line(_epoch_line(row))
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    """An epoch's summary: its bounds, seconds and, where measured, active units and mutual information."""
+    return (
+        f"epoch {row['epoch']:>3}  train ELBO {row['train_elbo']:9.2f}  KL {row['train_kl']:7.2f}  "
+        f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s"
+        + (f"  AU {row['active_units']}  MI {row['mutual_information']:.2f}" if "active_units" in row else "")
+    )
 
 
 @app.command()
@@ -298,6 +304,7 @@ def evaluate(
         float | None,
         typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks."),
     ] = None,
+    threads: ThreadsFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Test ELBO and importance-sampled log-likelihood (IWAE bound with k samples) of a run.
@@ -306,9 +313,11 @@ def evaluate(
     from avi.runs.distributed import is_main
     from avi.runs.evaluate import run_evaluate
 
+    _set_threads(threads)
     try:
-        with _evaluation_progress() as progress:
-            task = progress.add_task("", total=None)
+        # a bar of the points done on a terminal, else lines; rank 0 alone under torchrun
+        with reporter(console, "points", transient=True, enabled=os.environ.get("RANK", "0") == "0") as progress:
+            progress.start("importance sampling")
             result = run_evaluate(
                 run_dir,
                 data=data,
@@ -318,7 +327,7 @@ def evaluate(
                 device=device,
                 precision=precision,
                 memory_budget=memory_budget,
-                on_batch=lambda done, total: progress.update(task, completed=done, total=total),
+                on_batch=progress.update,
             )
     except AviError as err:
         _fail(str(err))
@@ -327,45 +336,47 @@ def evaluate(
     if precision != result["precision"]:
         note = f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}"
         console.print(note, highlight=False, soft_wrap=True)
+    if result["pareto_k_warning"] is not None:
+        console.print(f"warning: {escape(result['pareto_k_warning'])}", highlight=False, soft_wrap=True)
     if as_json:
         _print_json(result)
         return
     Console().print(_evaluation_table(run_dir, result))
 
 
-def _evaluation_progress() -> Progress:
-    """A bar of the points done, on a terminal (elsewhere the closing bar leaves an empty line)
-    and on rank 0 alone under torchrun."""
-    return Progress(
-        TextColumn("importance sampling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("points"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal or os.environ.get("RANK", "0") != "0",
-    )
-
-
 def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
-    """The rows of ``avi evaluate``: the bounds, then the consistency and collapse diagnostics."""
+    """The rows of ``avi evaluate``: the bounds with their jackknife standard errors, the 95%
+    interval for log p(x) and Pareto k-hat, then the consistency and collapse diagnostics;
+    undefined standard errors (NaN: k < 3) left out."""
+    import math
+
+    from avi.evaluation.psis import KHAT_THRESHOLD
+
+    def estimate(key: str) -> str:
+        value, stderr = result[key], result[f"{key}_stderr"]
+        return f"{value:.2f}" + (f" ± {stderr:.2g}" if math.isfinite(stderr) else "")
+
     title = f"{run_dir} on {result['data']} ({result['n']} points)"
-    table = Table(title=title, caption="± Monte Carlo standard error", show_header=True)
+    table = Table(title=title, caption="± jackknife standard error", show_header=True)
     table.add_column("metric")
     table.add_column("nats per point", justify="right")
     table.add_row("ELBO", f"{result['elbo']:.2f}")
     table.add_row("  reconstruction", f"{result['reconstruction']:.2f}")
     table.add_row("  KL", f"{result['kl']:.2f}")
+    table.add_row(f"log p(x) ≥ (IWAE k={result['k']})", estimate("log_likelihood"))
+    low, high = result["log_likelihood_interval"]
+    interval = f" (95%: {low:.2f} to {high:.2f})" if math.isfinite(low) and math.isfinite(high) else ""
+    table.add_row("log p(x), jackknife-debiased", estimate("log_likelihood_debiased") + interval)
+    if "log_likelihood_exact" in result:
+        table.add_row("log p(x), exact", f"{result['log_likelihood_exact']:.2f}")
+    khat = result["pareto_k"]
+    share = khat[f"share_over_{KHAT_THRESHOLD}"]
     table.add_row(
-        f"log p(x), IWAE k={result['k']}", f"{result['log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2g}"
+        "Pareto k-hat",
+        f"{khat['median']:.2f}; {100 * share:.1f}% > {KHAT_THRESHOLD}" if khat["points"] else "not computed (k < 21)",
     )
     if "cubo" in result:
-        table.add_row(
-            f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)",
-            f"{result['cubo']:.2f} ± {result['cubo_stderr']:.2g}",
-        )
+        table.add_row(f"CUBO_{result['cubo_order']:g} k={result['k']} (upper bound)", estimate("cubo"))
     for name in ("translate", "rotate"):
         if f"consistency_kl_{name}" in result:
             table.add_row(f"consistency KL ({name})", f"{result[f'consistency_kl_{name}']:.3f}")
@@ -482,13 +493,16 @@ def gaps(
     ais_steps: Annotated[
         int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")
     ] = 0,
+    threads: ThreadsFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Split the inference gap into approximation and amortization gaps (Cremer et al. 2018)."""
     from avi.runs.gaps import run_gaps
 
+    _set_threads(threads)
     try:
-        with console.status("optimising per-datapoint posteriors and estimating log p(x)"):
+        with reporter(console, "points", transient=True) as progress:
+            progress.start("gap decomposition (q* per point, then log p(x))")
             result = run_gaps(
                 run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps, ais_steps=ais_steps
             )
@@ -506,7 +520,7 @@ def gaps(
     table.add_row("approximation gap", f"{result['approximation_gap']:.3f} ± {result['approximation_gap_stderr']:.3f}")
     table.add_row("amortization gap", f"{result['amortization_gap']:.3f} ± {result['amortization_gap_stderr']:.3f}")
     Console().print(table)
-    console.print(f"figure: {Path(run_dir) / 'gaps.png'}", highlight=False)
+    console.print(f"figure: {Path(run_dir) / 'gaps.png'}", highlight=False, soft_wrap=True)
 
 
 @app.command()

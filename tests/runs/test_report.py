@@ -110,7 +110,7 @@ EVALUATION = {
     "n": 40, "data": "test split", "elbo": -11.4545, "reconstruction": -11.1188, "kl": 0.3357,
     "kl_per_dim": [0.2373, 0.0984], "active_units": 1, "mutual_information": 0.12,
     "log_likelihood": -11.1703, "log_likelihood_stderr": 0.0289, "k": 50,
-    "khat_median": 0.52, "khat_share_over": 0.08, "strategy": "amortized", "seconds": 0.1,
+    "khat_median": 0.52, "khat_share_over": 0.12, "strategy": "amortized", "seconds": 0.1,
 }  # fmt: skip
 #: a gaps-*.json as ``avi gaps`` writes it
 GAPS = {
@@ -159,7 +159,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     for headline in (
         "log p(x), IWAE k=50 (test split, 40 points) -11.17 ± 0.029",
         "other evaluations k=10 (test split, 40 points): -11.30 ± 0.1",
-        "median 0.52; 8.0% of points over 0.7",  # k-hat, and its warning
+        "median 0.52; 12.0% of points over 0.7",  # k-hat, and its warning
         "the importance weights are too heavy-tailed",
         "ELBO (test) -11.45", "reconstruction E_q[log p(x|z)] -11.12", "KL(q(z|x) || p(z)) 0.34",
         "active units (test) 1 of 2", "Partial collapse: 1 of 2 latent dimensions are inactive",
