@@ -101,22 +101,25 @@ def _literals(annotation: Any) -> list[Any]:
 def _admits(annotation: Any, value: Any) -> bool:
     """Whether ``value`` is of the annotation's type, strictly: a bool is not a number, a float
     not an int, every float finite, nothing parsed from text."""
-    origin = get_origin(annotation)
-    if annotation is Any:
-        return True
+    origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
-        return _admits(get_args(annotation)[0], value)
+        return _admits(args[0], value)
     if origin in (Union, types.UnionType):
-        return any(_admits(arg, value) for arg in get_args(annotation))
+        return any(_admits(arg, value) for arg in args)
     if origin is Literal:
-        return any(type(value) is type(choice) and value == choice for choice in get_args(annotation))
+        return any(type(value) is type(choice) and value == choice for choice in args)
     if origin is list:
-        return type(value) is list and all(_admits(get_args(annotation)[0], item) for item in value)
-    if origin is dict:
-        return type(value) is dict
-    if annotation is float:
+        return type(value) is list and all(_admits(args[0], item) for item in value)
+    return _admits_scalar(annotation if origin is None else origin, value)
+
+
+def _admits_scalar(kind: Any, value: Any) -> bool:
+    """Whether ``value`` is of the plain type ``kind`` (``dict`` for any table, ``Any`` for anything)."""
+    if kind is Any:
+        return True
+    if kind is float:
         return type(value) in (int, float) and math.isfinite(value)
-    return type(value) is annotation or (annotation is type(None) and value is None)
+    return type(value) is kind or (kind is type(None) and value is None)
 
 
 def _floats(value: Any) -> Iterator[float]:
