@@ -19,7 +19,8 @@ through :func:`avi.cli.main` (the ``avi`` script itself, usage errors included),
 working directory, with torch on one thread; a FIFO runs in a subprocess, as it could block.
 ``avi fit`` trains a one-epoch VAE on 60 synthetic points of 12 dimensions; a setting that
 makes training last as long as the user asked (a huge ``train.epochs``) is checked without
-training (the fit stops where it would build the model).
+training (the fit stops where it would build the model). Run as root, a read-only directory is
+writable, so the benchmark has no such case.
 
 Usage: ``python benchmarks/bad_inputs.py [--quick] [--out PATH] [--work DIR]``; writes
 ``benchmarks/results/bad_inputs.json`` (the table and every case that was not clean) and prints
@@ -758,6 +759,7 @@ def _other_lines(run: str, config: str) -> list[CommandLine]:
         ("fit --latent-dims 3 (a typo)", ["fit", config, "--latent-dims", "3"], REFUSE, ("--latent-dims",)),
         ("fit --lr=abc", ["fit", config, "--lr=abc"], REFUSE, ("--lr",)),
         ("fit --lr 0.1 --lr 0.01", ["fit", config, "--lr", "0.1", "--lr", "0.01", "--out", out], EITHER, ()),
+        *((f"fit --lr {v}", ["fit", config, "--lr", v, "--out", out], EITHER, ()) for v in ["1e30", "1e300"]),
         ("fit two configs", ["fit", config, config, "--out", out], REFUSE, ()),
         *((f"fit --set {v}", ["fit", config, "--set", v, "--out", out], REFUSE, ()) for v in
           ["x", "a=1", "model.=1", ".=", "model.latent_dim", "model.latent_dim=", "model.latent_dim==3",
