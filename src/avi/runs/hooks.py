@@ -53,20 +53,25 @@ class LearningRate(Hook):
     ``local_lr``): :func:`~avi.runs.config.learning_rate` of ``train``, halved once per plateau
     under the plateau schedule, and adds it to the epoch's record as ``lr``.
 
-    Plateau (``train.lr_schedule = "plateau"``, after any warm-up): epoch e's training objective
-    L_e (its mean over the epoch, all processes') improves on the best so far B when
-    L_e > B + lr_tolerance |B|; after ``lr_patience`` epochs in a row without improvement the rate
-    halves and the count starts again; the ``lr_reductions``-th plateau ends the run, its epoch
-    then ``converged``. The training objective, not the validation bound: the question is
-    whether the optimiser has converged, and the mean over all training points is the less noisy
-    of the two (overfitting is ``train.early_stop``'s). The state follows from the objectives
-    alone: a resumed run replays its ``rows``, so that it continues as if never stopped; resumed
-    with another ``train.lr``, it continues from the same halvings of the new rate."""
+    Plateau (``train.lr_schedule = "plateau"``, after any warm-up), with P = ``lr_patience``:
+    the mean training objective of the last P epochs, A, is compared with that of the P epochs
+    before, B; where A <= B + lr_tolerance |B|, a plateau, the rate halves, and the next
+    comparison waits P epochs. The ``lr_reductions``-th plateau ends the run, its epoch then
+    ``converged``. Means over windows, not the best epoch so far: an epoch's objective is a noisy
+    estimate (one sample per point), and a best-so-far rule counts the luckiest epoch as the
+    level to beat, which halves the rate while the objective still climbs slowly. The training
+    objective, not the validation bound: the question is whether the optimiser has converged,
+    and the mean over all training points is the less noisy of the two (overfitting is
+    ``train.early_stop``'s). The state follows from the objectives alone: a resumed run replays
+    its ``rows`` and continues as if never stopped; resumed with another ``train.lr``, it goes on
+    from the same halvings of the new rate."""
 
     train: TrainConfig
     rows: Sequence[Mapping[str, Any]] = ()
-    best: float = -math.inf
-    wait: int = 0
+    #: the training objectives of the last 2P epochs after the warm-up
+    objectives: list[float] = field(default_factory=list)
+    #: epochs since the last plateau (or the warm-up)
+    since: int = 0
     reductions: int = 0
     converged: int | None = None
 
@@ -89,16 +94,17 @@ class LearningRate(Hook):
 
     def _note(self, epoch: int, objective: float) -> bool:
         """Take in epoch ``epoch``'s training objective; whether the run has converged."""
-        train = self.train
+        train, window = self.train, self.train.lr_patience
         if train.lr_schedule != "plateau" or epoch <= train.lr_warmup:
             return False
-        if self.best == -math.inf or objective > self.best + train.lr_tolerance * abs(self.best):
-            self.best, self.wait = objective, 0
+        self.objectives = [*self.objectives[1 - 2 * window :], objective]
+        self.since += 1
+        if self.since < window or len(self.objectives) < 2 * window:
             return False
-        self.wait += 1
-        if self.wait < train.lr_patience:
+        before, recent = np.mean(self.objectives[:window]), np.mean(self.objectives[window:])
+        if recent > before + train.lr_tolerance * abs(before):
             return False
-        self.reductions, self.wait = self.reductions + 1, 0
+        self.reductions, self.since = self.reductions + 1, 0
         if self.reductions < train.lr_reductions:
             return False
         self.converged = epoch
