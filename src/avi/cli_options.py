@@ -131,7 +131,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "train.epochs", int, "Passes over the training data (with --resume: in all, extending the run).", resumable=True
     ),
     Flag("train.batch_size", int, "Minibatch size."),
-    Flag("train.lr", float, "Adam learning rate."),
+    Flag(
+        "train.lr",
+        float,
+        "Adam learning rate (with --resume: the new rate from here on, kept in the run's config.json).",
+        resumable=True,
+    ),
     Flag("train.seed", int, "Random seed, 0 to 2^63 - 1."),
     Flag("data.subset", int, "Train on the first N training points only."),
     Flag("train.device", str, "cpu, cuda, cuda:N (the GPU of index N) or auto."),
