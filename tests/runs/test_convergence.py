@@ -132,3 +132,15 @@ def test_a_resumed_plateau_continues_from_its_rows_also_at_a_new_rate() -> None:
     assert _feed(resumed, objectives[7:], first=8) == expected[7:]
     faster = LearningRate(PLATEAU.model_copy(update={"lr": 0.04}), rows)
     assert faster.rate(8) == pytest.approx(0.04 * 0.5**first.reductions)
+
+
+def test_resume_with_a_new_lr_continues_at_it_and_records_it(tmp_path: Path) -> None:
+    from avi.runs.rundir import CONFIG, read_metrics
+    from avi.runs.train import run_fit
+
+    data = {"source": "synthetic", "synthetic_dim": 5, "synthetic_points": 200}
+    config = load_config(None, {"model": {"name": "ppca", "latent_dim": 2}, "data": data, "train": {"epochs": 2}})
+    run = run_fit(config, tmp_path / "run")
+    run_fit(None, run, resume=True, epochs=3, lr=0.05)
+    assert read_json(run / CONFIG, {})["train"]["lr"] == 0.05
+    assert [row["lr"] for row in read_metrics(run)] == [0.01, 0.01, 0.05]
