@@ -36,7 +36,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch PPCA run with an evaluation and a gap decomposition (and its figure)."""
     root = tmp_path_factory.mktemp("corrupt")
     (root / "job.toml").write_text(small_job(epochs=2, points=200, name="ppca"))
-    run = run_fit(load_config(root / "job.toml"), root / "run")
+    config = load_config(root / "job.toml", {"inference": {"family": "mean-field"}})  # PPCA's default is full-rank
+    run = run_fit(config, root / "run")
     (run / "evaluation.json").write_text(json.dumps(EVALUATION))
     (run / "gaps-mean-field-test.json").write_text(json.dumps(GAPS))
     plot_gaps(run)
