@@ -20,6 +20,8 @@ latent_dim = 2
 source = "synthetic"
 synthetic_dim = 6
 synthetic_points = 400
+[inference]
+family = "mean-field"  # PPCA's default is full-rank
 [train]
 epochs = 3
 batch_size = 50
