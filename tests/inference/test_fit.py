@@ -13,7 +13,7 @@ from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.families import make_family
 from avi.families.discrete import BernoulliFamily
-from avi.inference import LocalPosterior, TrainState, fit, make_optimizers, train_epoch
+from avi.inference import Diverged, EpochStats, Hook, LocalPosterior, TrainState, fit, make_optimizers, run, train_epoch
 from avi.models import LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
 from avi.objectives import ELBO, IWAE
 from avi.objectives.estimators import NVILBaseline
@@ -158,3 +158,28 @@ def test_fit_trains_the_nvil_baseline_network() -> None:
     objective = ELBO(estimator="nvil")
     fit(model, posterior, Dataset(x), epochs=2, batch_size=16, objective=objective, baseline=baseline)
     assert all(not torch.equal(a, p) for a, p in zip(before, baseline.parameters()))
+
+
+def test_a_parameter_left_non_finite_by_an_epoch_stops_the_run_before_any_hook(ppca_x: Tensor) -> None:
+    """The epoch's objectives were finite, its last update was not: the loop raises Diverged
+    and no hook sees the epoch (none could diagnose or save the weights)."""
+    family = make_family("mean-field", 2)
+    posterior = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
+    state = TrainState(make_ppca(), posterior, make_optimizers(make_ppca(), posterior), torch.Generator())
+    seen: list[int] = []
+
+    class Record(Hook):
+        def on_epoch(self, state: TrainState, record: dict[str, object]) -> bool:
+            seen.append(state.epoch)
+            return False
+
+    def epoch(state: TrainState, data: Dataset, hooks: object) -> EpochStats:
+        stats = train_epoch(state, data, ELBO(), batch_size=50)
+        if state.epoch == 1:  # the second epoch's last update overflows
+            with torch.no_grad():
+                posterior.encoder[0].weight[0, 0] = math.inf
+        return stats
+
+    with pytest.raises(Diverged, match="a parameter is not finite at epoch 2 "):
+        run(state, Dataset(ppca_x), epoch, epochs=3, hooks=[Record()])
+    assert seen == [1] and state.epoch == 1

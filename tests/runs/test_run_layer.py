@@ -175,3 +175,27 @@ def test_aggressive_epochs_stop_on_a_non_finite_objective(tmp_path: Path) -> Non
     with pytest.raises(Diverged, match="diverged"):
         avi.run_fit(config, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize(
+    ("flags", "what"),
+    [
+        (["--lr", "1e30"], "the validation ELBO"),  # finite weights whose q on new points is not
+        (["--lr", "1e300"], "a parameter"),  # the epoch's last update overflowed
+        (["--strategy", "per-datapoint", "--set", "inference.local_lr=1099511627776.0"], "the validation ELBO"),
+    ],
+)
+def test_a_step_that_overflows_after_the_last_finite_objective_is_divergence(
+    tmp_path: Path, run_avi, flags: list[str], what: str
+) -> None:
+    """Caught before the epoch's diagnostics or files see the non-finite weights."""
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[model]\nname = "vae"\nlatent_dim = 2\nhidden = [16]\n'
+        '[data]\nsource = "synthetic"\nsynthetic_dim = 12\nsynthetic_points = 60\n'
+        "[train]\nepochs = 2\nbatch_size = 50\nthreads = 1\n"
+    )
+    result = run_avi("fit", str(job), *flags, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: training diverged: {what} is not finite at epoch 1 ")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"

@@ -8,7 +8,8 @@ checkpoints, trackers and early stopping live (:mod:`avi.runs.hooks`). ``avi.inf
 ``avi fit``, aggressive training and the benchmarks all train through it.
 
 A non-finite objective is caught: the epoch raises :class:`Diverged` naming the epoch and the
-first non-finite step, before any hook could save the non-finite weights. Each step's objective
+first non-finite step, before any hook could save the non-finite weights; so does a parameter
+left non-finite by an epoch's last update. Each step's objective
 stays on the device (one copy per step, no host synchronisation) and is checked once per epoch.
 """
 
@@ -36,13 +37,14 @@ __all__ = ["Diverged", "EpochFn", "EpochStats", "Hook", "Replicas", "StepInfo", 
 
 
 class Diverged(RunError):
-    """The objective became NaN or infinite: ``epoch`` and ``step`` (1-based within the epoch;
-    None where only the epoch's mean was checked) name the first non-finite step."""
+    """The objective or, after an epoch's last step, a parameter became NaN or infinite:
+    ``epoch`` and ``step`` (1-based within the epoch; None where only the epoch's mean or its
+    parameters were checked) name where."""
 
-    def __init__(self, epoch: int, step: int | None) -> None:
+    def __init__(self, epoch: int, step: int | None, *, what: str = "the objective") -> None:
         where = f"epoch {epoch}" + ("" if step is None else f", step {step}")
         super().__init__(
-            f"training diverged: the objective is not finite at {where} "
+            f"training diverged: {what} is not finite at {where} "
             "(lower the learning rate, or check the data and the model)"
         )
         self.epoch, self.step = epoch, step
@@ -237,6 +239,15 @@ def _check_finite(first_bad: Tensor, epoch: int) -> None:
         raise Diverged(epoch, step)
 
 
+def _check_parameters(state: TrainState) -> None:
+    """Raise :class:`Diverged` when the epoch's last step left a parameter non-finite (its
+    objective, computed before that update, was finite): no hook sees or saves such weights.
+    Every process holds the same parameters, so all raise together."""
+    params = [p.detach() for module in (state.model, state.posterior) for p in module.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise Diverged(state.epoch + 1, None, what="a parameter")
+
+
 def _seed_of(generator: torch.Generator) -> int:
     """A seed that changes with the state of ``generator``, without drawing from it."""
     return int.from_bytes(hashlib.sha256(generator.get_state().numpy().tobytes()).digest()[:7], "little")
@@ -255,6 +266,7 @@ def run(state: TrainState, data: Dataset, train: EpochFn, *, epochs: int, hooks:
             for hook in hooks:
                 hook.on_epoch_start(state)
             stats = train(state, data, hooks)
+            _check_parameters(state)
             state.epoch += 1
             record: dict[str, Any] = {"epoch": state.epoch, **_stats_columns(stats)}
             stop = [hook.on_epoch(state, record) for hook in hooks]

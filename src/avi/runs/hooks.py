@@ -22,7 +22,7 @@ from torch import Tensor
 
 from avi.evaluation.bounds import elbo_per_point
 from avi.families.posterior import PointInference
-from avi.inference.loop import Hook, StepInfo
+from avi.inference.loop import Diverged, Hook, StepInfo
 from avi.inference.state import TrainState
 from avi.precision import full_precision
 from avi.runs import distributed
@@ -117,7 +117,7 @@ class Validation(Hook):
     the validation points, the sums all-reduced) and, on the main process, the collapse
     diagnostics, all in fp32. A posterior with per-point parameters first refines those of the
     validation points (``inference.validation_steps`` steps, warm-started from the last epoch's:
-    ``params``, checkpointed with the run)."""
+    ``params``, checkpointed with the run). A non-finite validation ELBO is divergence."""
 
     run: TrainedRun
     params: Tensor | None = None
@@ -125,6 +125,8 @@ class Validation(Hook):
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
         with full_precision(self.run.model, self.run.posterior):
             record.update(self._validate())
+            if len(self.run.splits.validation) and not math.isfinite(record["val_elbo"]):
+                raise Diverged(state.epoch, None, what="the validation ELBO")  # before its q is diagnosed
             if distributed.is_main():  # rank 0 writes them
                 record.update(self._diagnostics())
         return False
