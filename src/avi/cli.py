@@ -456,9 +456,9 @@ def _compare_runs(runs: list[Path], out: Path, as_json: bool) -> None:
 
     try:
         collected = [collect(run) for run in runs]
+        markdown, figure = write_comparison(collected, out)
     except AviError as err:
         _fail(str(err))
-    markdown, figure = write_comparison(collected, out)
     result = comparison(collected)
     if as_json:
         _print_json(result)

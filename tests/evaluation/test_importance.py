@@ -13,7 +13,7 @@ from torch import Tensor
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import cubo_per_point, log_likelihood
-from avi.evaluation.bounds import RESERVE_MIB, TARGET_ROWS, chunk_sizes
+from avi.evaluation.bounds import MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
 from avi.evaluation.importance import SAMPLE_BLOCK, NoiseStream, chunk_log_weights, row_bytes
 from avi.precision import bf16_supported
 from avi.families import make_family
@@ -137,6 +137,10 @@ def test_chunk_sizes_follow_the_budget() -> None:
     assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2) == (1, 2**20 // row)
     with pytest.raises(ConfigError, match="below one sample"):
         chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.001)
+    assert chunk_sizes(model, 5000, memory_budget=MAX_BUDGET_MIB, workers=4096) == (1, TARGET_ROWS)
+    for typo in (math.inf, 1e308, MAX_BUDGET_MIB * 2):  # 1e308 MiB in bytes overflows a float
+        with pytest.raises(ConfigError, match="positive number of MiB up to 2\\^40"):
+            chunk_sizes(model, 5000, memory_budget=typo)
     with pytest.raises(ConfigError, match="over the memory budget"):
         chunk_sizes(model, 5000, memory_budget=3.0, batch_size=10, chunk_size=500)
     assert row_bytes(model, torch.float32, "bf16") == row + 2 * (400 + 784)

@@ -95,3 +95,16 @@ def test_compare_model_out_under_a_file_is_refused_before_computing(tmp_path: Pa
     result = CliRunner().invoke(app, ["compare", "--model", "normal-normal", "--out", str(tmp_path / "file" / "c")])
     assert result.exit_code == 2, result.output
     assert "lies under the file" in result.output and not (tmp_path / "file").is_dir()
+
+
+@pytest.mark.parametrize("taken", ["comparison.md", "comparison.png"])
+def test_compare_whose_output_file_is_a_directory_is_one_line(tmp_path: Path, taken: str) -> None:
+    config = resolve_config(
+        {"data": {"source": "synthetic", "synthetic_dim": 6, "synthetic_points": 40}, "train": {"epochs": 1}}
+    )
+    run = run_fit(config, tmp_path / "run")
+    (tmp_path / "out" / taken).mkdir(parents=True)
+    result = CliRunner().invoke(app, ["compare", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot write {tmp_path / 'out' / taken}: Is a directory" in lines[0], result.output

@@ -24,6 +24,7 @@ from avi.objectives.cubo import check_order
 from avi.objectives.scoring import elbo_per_point, fixed_points, mean_elbo
 
 __all__ = [
+    "MAX_BUDGET_MIB",
     "RESERVE_MIB",
     "TARGET_ROWS",
     "LogLikelihood",
@@ -40,6 +41,9 @@ TARGET_ROWS = 1024
 #: MiB of a memory budget kept per worker thread for what is not a row: the point batch's
 #: encoder output and noise block, BLAS/oneDNN scratch, the allocator's slack
 RESERVE_MIB = 2.0
+
+#: the largest memory budget, in MiB (2^40 MiB = 1 EiB): larger "budgets" are typos
+MAX_BUDGET_MIB = 2.0**40
 
 #: per-point estimates of :class:`LogLikelihood`: value, stderr, debiased, debiased_stderr, pareto_k, ess
 ESTIMATES = 6
@@ -168,8 +172,8 @@ def chunk_sizes(
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value}")
-    if memory_budget is not None and not memory_budget > 0:
-        raise ConfigError(f"the memory budget must be a positive number of MiB, got {memory_budget}")
+    if memory_budget is not None and not 0 < memory_budget <= MAX_BUDGET_MIB:
+        raise ConfigError(f"the memory budget must be a positive number of MiB up to 2^40, got {memory_budget}")
     row = row_bytes(model, dtype, precision)
     rows = TARGET_ROWS
     if memory_budget is not None:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from avi.errors import ConfigError, first_line
+from avi.evaluation.bounds import MAX_BUDGET_MIB
 from avi.families.discrete import DISCRETE_FAMILIES
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
@@ -345,7 +346,7 @@ class EvaluateConfig(_Section):
     k: int = Field(5000, ge=1)
     batch_size: int | None = Field(None, ge=1)
     chunk_size: int | None = Field(None, ge=1)
-    memory_budget: float | None = Field(None, gt=0)
+    memory_budget: float | None = Field(None, gt=0, le=MAX_BUDGET_MIB)
 
 
 class TrackingConfig(_Section):
