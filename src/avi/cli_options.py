@@ -138,6 +138,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
         resumable=True,
     ),
     Flag("train.seed", int, "Random seed, 0 to 2^63 - 1."),
+    Flag(
+        "train.early_stop",
+        int,
+        "Stop after PATIENCE epochs without a better validation ELBO, keeping the best epoch as best.pt "
+        "(avi evaluate --checkpoint best scores it); needs a validation split.",
+    ),
     Flag("data.subset", int, "Train on the first N training points only."),
     Flag("train.device", str, "cpu, cuda, cuda:N (the GPU of index N) or auto."),
     Flag("train.precision", str, "fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),
