@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.errors import DataError
-from avi.models import VAEModel
+from avi.models import LinearGaussian, VAEModel
 from avi.runs.build import build_model, build_posterior, default_hidden, load_splits, prepare_data
 from avi.runs.config import load_config, resolve_config
 from avi.runs.load import load_run
@@ -96,6 +96,29 @@ def test_the_gaussian_likelihood_starts_at_the_datas_moments() -> None:
     assert torch.equal(again.raw_scale, model.raw_scale) and torch.equal(_output_bias(again), _output_bias(model))
     bernoulli = build_model(load_config(None, {"model": {"hidden": [8]}}), 5, x)
     assert not hasattr(bernoulli, "raw_scale")
+
+
+@pytest.mark.parametrize("name", ["ppca", "factor-analysis"])
+def test_linear_gaussian_models_start_at_the_datas_moments(name: str) -> None:
+    """mu at the mean; W's rows and Psi share each dimension's variance: the start's marginal
+    variances diag(W W^T + Psi) are the data's up to W's random row norms (K = 400 rows of
+    N(0, 1/K) entries: norms within a few 1/sqrt(K) of 1), and its exact log-likelihood of data
+    far from the origin is far above the default start's."""
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.tensor([1.0, 2.0, 0.5, 0.1, 3.0], dtype=torch.float64)
+    x = 100 + torch.randn(500, 5, generator=gen, dtype=torch.float64) * scale
+    config = load_config(None, {"model": {"name": name, "latent_dim": 400}})
+    model = build_model(config, 5, x).double()
+    assert isinstance(model, LinearGaussian)
+    var, mean = torch.var_mean(x, dim=0, correction=0)
+    torch.testing.assert_close(model.mu, mean)
+    noise = var / 2 if name == "factor-analysis" else (var / 2).mean().expand(5)
+    torch.testing.assert_close(model.noise_var, noise)
+    row_norms = (model.W**2).sum(1) / (var / 2)
+    assert ((row_norms - 1).abs() < 6 * (2 / 400) ** 0.5).all()  # chi^2_K / K: sd sqrt(2/K)
+    default = build_model(config, 5).double()
+    with torch.no_grad():
+        assert model.exact_log_marginal(x).mean() > default.exact_log_marginal(x).mean() + 100
 
 
 def _output_bias(model: VAEModel) -> torch.Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "build_posterior",
     "default_hidden",
     "gaussian_start",
+    "linear_gaussian_start",
     "load_splits",
     "prepare_data",
 ]
@@ -66,12 +67,14 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
     """The model named in ``config.model`` over data of dimension ``data_dim``; unset widths
     ``model.hidden`` are :func:`default_hidden`'s, recorded in ``config`` (and so in the run's
     config.json). Given the training data ``train`` (N, D), a Gaussian likelihood starts at
-    their moments (:func:`gaussian_start`)."""
+    their moments (:func:`gaussian_start`), PPCA and factor analysis too
+    (:func:`linear_gaussian_start`)."""
     m = config.model
     if m.custom:
         return _user_model(config, data_dim)
     if m.name in ("ppca", "factor-analysis"):
-        return LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")
+        linear = LinearGaussian(data_dim, m.latent_dim, "isotropic" if m.name == "ppca" else "diagonal")
+        return linear if train is None else linear_gaussian_start(linear, train)
     if m.hidden is None:
         m.hidden = default_hidden(data_dim)
     if m.name == "vae" and m.decoder == "made":
@@ -82,6 +85,23 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
     if m.name == "discrete-vae":
         return CategoricalVAE(data_dim, m.latent_dim, m.num_classes, m.hidden, m.activation)
     return SigmoidBeliefNet(data_dim, m.latent_dim, m.hidden, m.activation)
+
+
+def linear_gaussian_start(model: LinearGaussian, x: Tensor) -> LinearGaussian:
+    """Start PPCA or factor analysis at the training data x (N, D), in place: mu at their mean,
+    and W's rows and Psi scaled so that each dimension's model variance ||W_d||^2 + Psi_d is
+    about its sample variance v_d, half from each (in expectation over W's random start, whose
+    rows have squared norm about 1): W_d <- W_d sqrt(v_d / 2), Psi_d = v_d / 2 (PPCA: their mean).
+    Constant dimensions keep the default start."""
+    var, mean = torch.var_mean(x.double(), dim=0, correction=0)
+    if not bool((var > 0).all()):
+        return model
+    noise = var / 2 if model.noise == "diagonal" else (var / 2).mean().reshape(1)
+    with torch.no_grad():
+        model.mu.copy_(mean)
+        model.W.mul_((var / 2).sqrt()[:, None].to(model.W.dtype))
+        model.raw_noise.copy_(noise + torch.log(-torch.expm1(-noise)))  # softplus^-1
+    return model
 
 
 def gaussian_start(x: Tensor) -> dict[str, Tensor]:
