@@ -105,12 +105,21 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-#: an evaluation.json as ``avi evaluate --k 50`` writes it, with Pareto k-hat entries
+KHAT_WARNING = (
+    "Pareto k-hat is over 0.7 for 12% of points (median 0.52): the importance weights are too heavy-tailed for a "
+    "reliable log p(x); the IWAE value is a lower bound, its debiased value and interval are not to be trusted"
+)
+#: an evaluation-k50.json as ``avi evaluate --k 50`` writes it: debiased estimate, interval, k-hat and its warning
 EVALUATION = {
     "n": 40, "data": "test split", "elbo": -11.4545, "reconstruction": -11.1188, "kl": 0.3357,
     "kl_per_dim": [0.2373, 0.0984], "active_units": 1, "mutual_information": 0.12,
-    "log_likelihood": -11.1703, "log_likelihood_stderr": 0.0289, "k": 50,
-    "khat_median": 0.52, "khat_share_over": 0.12, "strategy": "amortized", "seconds": 0.1,
+    "checkpoint": "last", "checkpoint_epoch": 2,
+    "log_likelihood": -11.1703, "log_likelihood_stderr": 0.0289, "log_likelihood_debiased": -11.1612,
+    "log_likelihood_debiased_stderr": 0.0311, "log_likelihood_interval": [-11.2222, -11.1002],
+    "stderr_method": "jackknife", "pareto_k": {"median": 0.52, "share_over_0.7": 0.12, "points": 40},
+    "pareto_k_warning": KHAT_WARNING, "ess": {"median": 12.5, "min": 1.2}, "sampling_seconds": 0.1,
+    "per_point_file": "evaluation-k50-points.csv", "k": 50, "strategy": "amortized", "inference_seconds": 0.01,
+    "seconds": 0.1, "precision": "fp32", "processes": 1,
 }  # fmt: skip
 #: a gaps-*.json as ``avi gaps`` writes it
 GAPS = {
@@ -158,9 +167,10 @@ def test_report_renders_in_headless_chromium_without_console_errors(
     assert dom.index("<h2>Summary</h2>") < dom.index("<h2>Training curves</h2>")  # the page opens with it
     for headline in (
         "log p(x), IWAE k=50 (test split, 40 points) -11.17 ± 0.029",
+        "log p(x), jackknife-debiased -11.16 ± 0.031; 95% interval -11.22 to -11.10 (unreliable: see the k-hat",
         "other evaluations k=10 (test split, 40 points): -11.30 ± 0.1",
-        "median 0.52; 12.0% of points over 0.7",  # k-hat, and its warning
-        "the importance weights are too heavy-tailed",
+        "Pareto k-hat of the importance weights median 0.52; 12.0% of points over 0.7",  # and its warning
+        KHAT_WARNING,
         "ELBO (test) -11.45", "reconstruction E_q[log p(x|z)] -11.12", "KL(q(z|x) || p(z)) 0.34",
         "active units (test) 1 of 2", "Partial collapse: 1 of 2 latent dimensions are inactive",
         "approximation 0.013 ± 0.0072, amortization 0.361 ± 0.026",
@@ -170,6 +180,13 @@ def test_report_renders_in_headless_chromium_without_console_errors(
         assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
         assert "url(" not in page and "@import" not in page
     assert (run / "inference-gaps.png").is_file()
+    # the metrics tables hold numbers: the evaluation's strings are settings, its warning a note
+    metrics = dom[dom.index("<h2>Metrics by split</h2>") : dom.index("<h2>Configuration</h2>")]
+    table = _words(metrics[: metrics.index("</table>")])
+    assert "pareto_k_median 0.52" in table and "log_likelihood_interval_low -11.22" in table
+    for setting in ("stderr_method", "pareto_k_warning", "per_point_file", "strategy", "precision"):
+        assert setting not in table, setting
+    assert "stderr_method jackknife" in _words(metrics) and f"test: {KHAT_WARNING}" in _words(metrics)
 
 
 def test_a_model_that_cannot_draw_images_gets_notes_instead_of_figures(finished_run: Path, monkeypatch) -> None:
@@ -233,7 +250,8 @@ def test_metrics_are_grouped_by_split_with_the_headline_rows_first() -> None:
     assert groups["train"] == {"objective": -9.0, "elbo": -9.1, "kl": 1.0}
     assert groups["validation"] == {"elbo": -9.2, "kl": 1.1, "active_units": 2, "mutual_information": 0.4}
     assert groups["test"] == {"elbo": -9.3, "log_likelihood": -9.0, "khat_median": 0.3}
-    assert groups["run"] == {"epoch": 3, "wall_seconds": 2.5, "evaluation_n": 40, "evaluation_k": 50}
+    assert groups["run"] == {"epoch": 3, "wall_seconds": 2.5}
+    assert groups["evaluation"] == {"n": 40, "k": 50} and groups["notes"] == {}
     header, rows = metrics_table(groups)
     assert header == ["metric", "train", "validation", "test"]
     assert [name for name, _ in rows] == [
@@ -241,6 +259,18 @@ def test_metrics_are_grouped_by_split_with_the_headline_rows_first() -> None:
     ]  # fmt: skip
     assert rows[3] == ("log_likelihood", ["", "", "-9"])
     assert metrics_table(metrics_by_split(last, {}))[0] == ["metric", "train", "validation"]  # no empty test column
+
+    real = metrics_by_split(last, EVALUATION)  # as avi evaluate writes it: strings, a dict, an interval
+    assert real["notes"] == {"pareto_k_warning": KHAT_WARNING}
+    assert all(isinstance(v, (int, float)) for v in real["test"].values()), real["test"]
+    assert {"stderr_method": "jackknife", "per_point_file": "evaluation-k50-points.csv"}.items() <= real[
+        "evaluation"
+    ].items()
+    assert {"log_likelihood_interval_low": -11.2222, "log_likelihood_interval_high": -11.1002, "pareto_k_median": 0.52,
+            "pareto_k_share_over_0.7": 0.12, "ess_min": 1.2}.items() <= real["test"].items()  # fmt: skip
+    assert "checkpoint_epoch" in real["evaluation"] and not any(k.startswith("kl_per_dim") for k in real["test"])
+    quiet = metrics_by_split(last, {**EVALUATION, "pareto_k_warning": None})
+    assert quiet["notes"] == {} and "pareto_k_warning" not in quiet["evaluation"]
 
 
 def test_config_is_shown_as_a_table_per_section_marking_what_differs_from_the_defaults() -> None:
@@ -267,6 +297,11 @@ def test_config_is_shown_as_a_table_per_section_marking_what_differs_from_the_de
         ({"pareto_k": {"median": 0.9, "fraction_over": 0.6, "points": 40}}, "median 0.90; 60.0% of points over", True),
         ({"pareto_k_max": 1.2}, "pareto_k_max 1.2", False),  # a summary it cannot read: shown as it is
         ({"khat": [0.1, 0.9, None, 0.3, 0.2]}, "median 0.25; 25.0% of points over 0.7", True),  # per point
+        (  # k < 21: no point has a tail to fit
+            {"pareto_k": {"median": None, "share_over_0.7": 0.0, "points": 0}, "pareto_k_warning": None},
+            "not computed: no point had weights enough to fit a tail (k < 21)",
+            False,
+        ),
     ],
 )
 def test_summary_reads_whatever_khat_entries_the_evaluation_has(entries: dict, shown: str, warned: bool) -> None:
@@ -281,6 +316,31 @@ def test_summary_reads_whatever_khat_entries_the_evaluation_has(entries: dict, s
     assert cells["log p(x), IWAE k=? (test split)"] == "-9.00 (standard error not computed)"
     assert cells["inference gaps"] == "not computed: run avi gaps runs/x"
     assert cells["active units"] == "not computed: the run recorded no collapse diagnostics"
+
+
+def test_summary_shows_the_debiased_estimate_with_its_interval_marked_unreliable_where_khat_warns() -> None:
+    from avi.runs.report_tables import summary
+
+    rows = [{"epoch": 2, "wall_seconds": 1.0, "val_elbo": -9.0, "val_reconstruction": -8.0, "val_kl": 1.0}]
+    head = summary(rows, [EVALUATION], [], run="runs/x", status="finished", latent_dim=2)
+    cells = dict(head.rows)
+    assert cells["log p(x), IWAE k=50 (test split, 40 points)"] == "-11.17 ± 0.029"
+    debiased = "-11.16 ± 0.031; 95% interval -11.22 to -11.10"
+    assert cells["log p(x), jackknife-debiased"] == debiased + " (unreliable: see the k-hat warning)"
+    assert cells["Pareto k-hat of the importance weights"] == "median 0.52; 12.0% of points over 0.7"
+    assert KHAT_WARNING in head.warnings
+    reliable = {**EVALUATION, "pareto_k": {"median": 0.3, "share_over_0.7": 0.02, "points": 40}}
+    reliable["pareto_k_warning"] = None
+    head = summary(rows, [reliable], [], run="runs/x", status="finished", latent_dim=2)
+    assert dict(head.rows)["log p(x), jackknife-debiased"] == debiased and head.warnings == [
+        "Partial collapse: 1 of 2 latent dimensions are inactive (Cov_x E_q[z_k|x] <= 0.01): they carry no "
+        "information about x."
+    ]
+    tiny = {**reliable, "log_likelihood_debiased_stderr": None, "log_likelihood_interval": [None, None]}  # k < 3
+    assert (
+        dict(summary(rows, [tiny], [], run="x", status="finished", latent_dim=2).rows)["log p(x), jackknife-debiased"]
+        == "-11.16 (standard error not computed)"
+    )
 
 
 def test_summary_without_an_evaluation_uses_validation_and_warns_of_collapse() -> None:

@@ -1,13 +1,15 @@
 """``avi report``: PNG figures and one self-contained HTML page for a run.
 
-The page opens with a summary: the test log-likelihood with its k, standard error and Pareto
-k-hat (of the most careful evaluation where ``avi evaluate`` ran; the others listed), the ELBO
+The page opens with a summary: the test log-likelihood with its k and standard error, the
+debiased estimate's 95% interval and Pareto k-hat (of the most careful evaluation where
+``avi evaluate`` ran; the others listed), the ELBO
 with its reconstruction and KL terms, active units with a warning where some latent dimensions
 collapsed, and the inference gaps (where ``avi gaps`` ran). Then the figures: training curves;
 test reconstructions and samples from the prior (image data); the latent space (posterior means
 of 2-D latents, else their principal components), one colour per class where the data have
 labels; KL per latent dimension; the collapse diagnostics; the inference gaps with 95%
-intervals. Then the metrics grouped by split and the config by section. Where a figure is not
+intervals. Then the metrics grouped by split (with the evaluation's settings and warnings apart
+from them) and the config by section. Where a figure is not
 drawn, the page says why. Images are embedded as base64 in ``report.html``, so the page opens
 offline with no external assets.
 
@@ -35,6 +37,7 @@ from avi.runs.report_figures import gaps_figure, kl_figure, latent_figure, plot_
 from avi.runs.report_tables import (
     Summary,
     config_sections,
+    fmt,
     gaps_table,
     kl_series,
     metrics_by_split,
@@ -183,17 +186,20 @@ def _gaps_section(gaps: list[dict[str, Any]], run_dir: Path) -> Section:
 
 
 def _metrics_html(last: dict[str, Any], evaluation: dict[str, Any], run_dir: Path) -> str:
-    """The last epoch's metrics and the evaluation's, one column per split, then the rest."""
+    """The last epoch's metrics and the evaluation's, one column per split, with the evaluation's
+    warnings as notes; then the rest of the epoch's row and the evaluation's settings."""
     groups = metrics_by_split(last, evaluation)
     content = table_html(*metrics_table(groups))
     if not groups["test"]:
         content += _note(f"no test metrics: run avi evaluate {run_dir}")
-    run_rows = [(name, [_cell(value)]) for name, value in groups["run"].items()]
-    return content + table_html(None, run_rows, caption="run")
-
-
-def _cell(value: Any) -> str:
-    return "not finite" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+    content += "".join(_note(f"test: {warning}") for warning in groups["notes"].values())
+    tables = [("run", "training, last epoch"), ("evaluation", "evaluation settings")]
+    settings = "".join(
+        table_html(None, [(name, [fmt(value)]) for name, value in groups[group].items()], caption=caption)
+        for group, caption in tables
+        if groups[group]
+    )
+    return f'{content}<div class="tables">{settings}</div>'
 
 
 def _config_section(config: Config) -> Section:

@@ -3,9 +3,11 @@ the inference gaps and the config by section; each built as plain rows from a ru
 written as HTML by :func:`table_html`.
 
 The summary reads whatever an evaluation holds: the IWAE-k log-likelihood, its standard error
-and k, and Pareto k-hat entries under any key holding ``khat`` or ``pareto_k``
-(their median and share over :data:`~avi.evaluation.psis.KHAT_THRESHOLD` where it can tell
-them apart); what is missing reads "not computed".
+and k, the jackknife-debiased estimate with its 95% interval, and Pareto k-hat entries under any
+key holding ``khat`` or ``pareto_k`` (their median and share over
+:data:`~avi.evaluation.psis.KHAT_THRESHOLD` where it can tell them apart); what is missing reads
+"not computed". The metrics tables hold measurements only: how an evaluation ran (k, points,
+strings such as ``stderr_method``) goes to a table of settings, its warnings to notes.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ SPLITS = ("train", "validation", "test")
 #: keys of evaluation.json that say how it ran rather than what it measured
 EVALUATION_SETTINGS = (
     "n", "data", "k", "strategy", "precision", "processes", "inference_seconds", "sampling_seconds", "seconds",
+    "cubo_order", "checkpoint_epoch",
 )  # fmt: skip
 #: the first rows of the metrics table, in this order; the others follow as the files list them
-FIRST_METRICS = ("elbo", "reconstruction", "kl", "objective", "log_likelihood", "log_likelihood_stderr")
+FIRST_METRICS = (
+    "elbo", "reconstruction", "kl", "objective", "log_likelihood", "log_likelihood_stderr", "log_likelihood_debiased",
+    "log_likelihood_debiased_stderr", "log_likelihood_interval_low", "log_likelihood_interval_high",
+    "pareto_k_median", f"pareto_k_share_over_{KHAT_THRESHOLD}",
+)  # fmt: skip
 #: Cov_x(E_q[z_k | x]) above which latent dimension k is active (Burda et al. 2016)
 ACTIVE_THRESHOLD = 0.01
 #: a table's rows: a heading and its cells
@@ -75,20 +82,22 @@ def summary(
     latent_dim: int,
 ) -> Summary:
     """The headline numbers of a run (``run`` names it in the hints): how training ended; of the
-    first of ``evaluations`` (the most careful), the log-likelihood with k, its standard error and
-    k-hat, with a line for the others; the ELBO with its reconstruction and KL terms (evaluated,
-    else the last epoch's validation values); active units; and the inference gaps."""
+    first of ``evaluations`` (the most careful), the log-likelihood with k and its standard error,
+    the debiased estimate with its 95% interval (marked unreliable where k-hat is warned about)
+    and k-hat, with a line for the others; the ELBO with its reconstruction and KL terms
+    (evaluated, else the last epoch's validation values); active units; and the inference gaps."""
     last = rows[-1]
     evaluation = evaluations[0] if evaluations else {}
     out = [("training", f"{status} after {last['epoch']} epochs, {fmt(last['wall_seconds'], '.0f')} s")]
+    khat, khat_warned = _khat(evaluation)
     if evaluations:
-        out.append((f"log p(x), IWAE {_evaluated_on(evaluation)}", _log_likelihood(evaluation)))
+        out.append((f"log p(x), IWAE {_evaluated_on(evaluation)}", _estimate(evaluation, "log_likelihood")))
+        out += _debiased_rows(evaluation, unreliable=khat_warned is not None)
     else:
         out.append(("log p(x)", f"not computed: run avi evaluate {run}"))
     if len(evaluations) > 1:
-        others = "; ".join(f"{_evaluated_on(e)}: {_log_likelihood(e)}" for e in evaluations[1:])
+        others = "; ".join(f"{_evaluated_on(e)}: {_estimate(e, 'log_likelihood')}" for e in evaluations[1:])
         out.append(("other evaluations", others))
-    khat, khat_warned = _khat(evaluation)
     out.append(("Pareto k-hat of the importance weights", khat))
     out += _bound_rows(last, evaluation)
     units, collapsed = _active_units(last, evaluation, latent_dim)
@@ -103,10 +112,25 @@ def _evaluated_on(evaluation: dict[str, Any]) -> str:
     return f"k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}{points})"
 
 
-def _log_likelihood(evaluation: dict[str, Any]) -> str:
-    se = evaluation.get("log_likelihood_stderr")
+def _estimate(evaluation: dict[str, Any], key: str) -> str:
+    """ "-97.54 ± 0.0053": an evaluation's ``key`` with its standard error ``<key>_stderr``."""
+    se = evaluation.get(f"{key}_stderr")
     stderr = f" ± {fmt(se, '.2g')}" if _number(se) else " (standard error not computed)"
-    return fmt(evaluation["log_likelihood"], ".2f") + stderr
+    return fmt(evaluation[key], ".2f") + stderr
+
+
+def _debiased_rows(evaluation: dict[str, Any], *, unreliable: bool) -> list[tuple[str, str]]:
+    """The jackknife-debiased log-likelihood with its standard error and the 95% interval for
+    log p(x) (debiased ± 1.96 se), where the evaluation saved them; ``unreliable`` marks it so."""
+    if "log_likelihood_debiased" not in evaluation:
+        return []
+    text = _estimate(evaluation, "log_likelihood_debiased")
+    interval = evaluation.get("log_likelihood_interval")
+    if isinstance(interval, list) and len(interval) == 2 and all(_number(v) for v in interval):
+        text += f"; 95% interval {interval[0]:.2f} to {interval[1]:.2f}"
+    if unreliable:
+        text += " (unreliable: see the k-hat warning)"
+    return [("log p(x), jackknife-debiased", text)]
 
 
 def khat_entries(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +164,8 @@ def _khat(evaluation: dict[str, Any]) -> tuple[str, str | None]:
     entries = khat_entries(evaluation)
     numbers = {k: v for k, v in entries.items() if _number(v)}
     warning = next((v for v in entries.values() if isinstance(v, str)), None)
+    if _named(numbers, ("points",)) == 0:
+        return "not computed: no point had weights enough to fit a tail (k < 21)", warning
     median, share = _named(numbers, ("median",)), _named(numbers, ("share", "frac"))
     if median is None or share is None:
         return ", ".join(f"{k} {fmt(v)}" for k, v in numbers.items()) or "not computed", warning
@@ -213,31 +239,53 @@ def _with_stderr(row: dict[str, Any], key: str) -> str:
 
 
 def metrics_by_split(last: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The last epoch's metrics and evaluation.json's numbers, grouped: ``train_`` and ``val_``
-    columns under train and validation without their prefix, with the collapse diagnostics of the
-    validation points (active units, mutual information); evaluation's measurements under test;
-    the rest (epoch, timings, evaluation settings as ``evaluation_<key>``) under run. KL per
-    dimension is left out: its figure shows it."""
-    groups: dict[str, dict[str, Any]] = {name: {} for name in (*SPLITS, "run")}
+    """The last epoch's metrics and evaluation.json's, grouped: ``train_`` and ``val_`` columns
+    under train and validation without their prefix, with the collapse diagnostics of the
+    validation points (active units, mutual information); the rest of the epoch's row (epoch,
+    timings, learning rate) under run. Of the evaluation (:func:`_flat`): its measurements under
+    test; how it ran (:data:`EVALUATION_SETTINGS`, and any string or flag) under evaluation; its
+    warnings, where it raised any, under notes. KL per dimension is left out: its figure shows it."""
+    groups: dict[str, dict[str, Any]] = {name: {} for name in (*SPLITS, "run", "evaluation", "notes")}
     for key, value in last.items():
-        if key.startswith("kl_dim_"):
-            continue
-        if key.startswith("train_"):
-            groups["train"][key.removeprefix("train_")] = value
-        elif key.startswith("val_"):
-            groups["validation"][key.removeprefix("val_")] = value
-        elif key in ("active_units", "mutual_information"):
-            groups["validation"][key] = value
-        else:
-            groups["run"][key] = value
-    for key, value in evaluation.items():
-        if isinstance(value, (list, dict)):
-            continue
-        if key in EVALUATION_SETTINGS:
-            groups["run"][f"evaluation_{key}"] = value
+        if not key.startswith("kl_dim_"):
+            group, name = _epoch_group(key)
+            groups[group][name] = value
+    for key, value in _flat(evaluation).items():
+        if key.endswith("_warning"):
+            groups["notes"].update({key: value} if value else {})
+        elif key in EVALUATION_SETTINGS or isinstance(value, (str, bool)):
+            groups["evaluation"][key] = value
         else:
             groups["test"][key] = value
     return groups
+
+
+def _epoch_group(key: str) -> tuple[str, str]:
+    """The group of a metrics.csv column and its name there (see :func:`metrics_by_split`)."""
+    if key.startswith("train_"):
+        return "train", key.removeprefix("train_")
+    if key.startswith("val_"):
+        return "validation", key.removeprefix("val_")
+    return ("validation" if key in ("active_units", "mutual_information") else "run"), key
+
+
+def _flat(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's entries as scalars: a dict's scalars as ``<key>_<name>`` (``pareto_k:
+    {median: m}`` -> ``pareto_k_median``), an interval [low, high] as ``<key>_low`` and
+    ``<key>_high``; other lists (KL per dimension) left out."""
+    flat: dict[str, Any] = {}
+    for key, value in evaluation.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}_{k}": v for k, v in value.items() if not isinstance(v, (list, dict))})
+        elif isinstance(value, list):
+            flat.update(dict(zip((f"{key}_low", f"{key}_high"), value, strict=True)) if _interval(key, value) else {})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _interval(key: str, value: list[Any]) -> bool:
+    return key.endswith("_interval") and len(value) == 2 and all(v is None or _number(v) for v in value)
 
 
 def metrics_table(groups: dict[str, dict[str, Any]]) -> tuple[list[str], Rows]:
