@@ -305,6 +305,13 @@ def evaluate(
         float | None,
         typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks."),
     ] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="Which checkpoint to score: last (checkpoint.pt, the last epoch) or best (best.pt, the best "
+            "validation epoch, kept by avi fit --early-stop); each keeps its own evaluation files."
+        ),
+    ] = "last",
     threads: ThreadsFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -328,6 +335,7 @@ def evaluate(
                 device=device,
                 precision=precision,
                 memory_budget=memory_budget,
+                checkpoint=checkpoint,
                 on_batch=progress.update,
             )
     except AviError as err:
@@ -357,7 +365,8 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
         value, stderr = result[key], result[f"{key}_stderr"]
         return f"{value:.2f}" + (f" ± {stderr:.2g}" if math.isfinite(stderr) else "")
 
-    title = f"{run_dir} on {result['data']} ({result['n']} points)"
+    scored = f"{result['checkpoint']} checkpoint, epoch {result['checkpoint_epoch']}"
+    title = f"{run_dir} ({scored}) on {result['data']} ({result['n']} points)"
     table = Table(title=title, caption="± jackknife standard error", show_header=True)
     table.add_column("metric")
     table.add_column("nats per point", justify="right")

@@ -160,9 +160,7 @@ def test_a_user_posterior_is_evaluated_through_the_interface(fitted, monkeypatch
     trained_elbo = run_evaluate(run, k=20)["elbo"]
     trained = load_trained(run)
     posterior = UserPosterior(12, 2)
-    monkeypatch.setattr(
-        evaluate_module, "load_trained", lambda run_dir, device: dataclasses.replace(trained, posterior=posterior)
-    )
+    monkeypatch.setattr(evaluate_module, "load_trained", lambda *_: dataclasses.replace(trained, posterior=posterior))
     result = run_evaluate(run, k=20)
     assert posterior.calls > 0 and result["n"] == 60
     # the untrained user encoder's q, not the run's, is scored: a different ELBO; IWAE-20 still
@@ -171,7 +169,7 @@ def test_a_user_posterior_is_evaluated_through_the_interface(fitted, monkeypatch
     assert result["log_likelihood"] >= result["elbo"] - 0.5
 
     local = dataclasses.replace(trained, posterior=UserPosterior(12, 2, amortized=False))
-    monkeypatch.setattr(evaluate_module, "load_trained", lambda run_dir, device: local)
+    monkeypatch.setattr(evaluate_module, "load_trained", lambda *_: local)
     monkeypatch.setattr(evaluate_module, "infer_posterior", lambda *args: pytest.fail("inferred before refusing"))
     with pytest.raises(ConfigError, match="not amortized"):
         run_evaluate(run, k=20, consistency=True)

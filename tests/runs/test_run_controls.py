@@ -12,7 +12,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from avi.cli import app
-from avi.runs.rundir import read_checkpoint
+from avi.runs.rundir import best_evaluation, read_checkpoint
 
 from .conftest import small_job
 
@@ -46,3 +46,36 @@ def test_early_stop_flag_keeps_the_best_checkpoint_and_needs_a_validation_split(
     assert "train.early_stop watches the validation ELBO: it needs data.validation_fraction > 0" in _one_line(no_split)
     assert "invalid value for train.early_stop" in _one_line(_avi("fit", "--early-stop", "0", "--out", other))
     assert not Path(other).exists()
+
+
+def _evaluated(run: Path, *args: str) -> dict[str, Any]:
+    result = _avi("evaluate", str(run), "--k", "5", "--json", *args)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return json.loads(result.stdout)
+
+
+def test_evaluate_scores_the_checkpoint_asked_for_and_keeps_each_ones_files(tmp_path: Path) -> None:
+    # 30 training points at a large rate: the validation bound peaks early and the run stops
+    run = tmp_path / "run"
+    args = ["--early-stop", "2", "--subset", "30", "--lr", "0.05", "--out", str(run)]
+    assert _avi("fit", _job(tmp_path, epochs=60), *args).exit_code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] < summary["epochs_done"] < 60
+    best = _evaluated(run, "--checkpoint", "best")
+    last = _evaluated(run)
+    assert (best["checkpoint"], best["checkpoint_epoch"]) == ("best", summary["best_epoch"])
+    assert (last["checkpoint"], last["checkpoint_epoch"]) == ("last", summary["epochs_done"])
+    assert best["elbo"] != last["elbo"]  # other weights
+    saved = {name: json.loads((run / name).read_text()) for name in ("evaluation-k5.json", "evaluation-best-k5.json")}
+    assert saved == {"evaluation-k5.json": last, "evaluation-best-k5.json": best}
+    assert (run / "evaluation-best-k5-points.csv").is_file() and (run / "evaluation-k5-points.csv").is_file()
+    assert best_evaluation(run) == last  # at equal k the run as it ended comes first
+    table = _avi("evaluate", str(run), "--k", "5", "--checkpoint", "best")
+    assert f"best checkpoint, epoch {summary['best_epoch']}" in " ".join(table.stdout.split())
+    unknown = _one_line(_avi("evaluate", str(run), "--checkpoint", "first"))
+    assert unknown == "error: unknown checkpoint 'first'; choose last or best"
+    (run / "best.pt").unlink()
+    missing = _one_line(_avi("evaluate", str(run), "--checkpoint", "best"))
+    assert missing.endswith(
+        f"run {run} has no best.pt: a run keeps its best checkpoint when trained with --early-stop PATIENCE"
+    )

@@ -8,8 +8,9 @@ autocast; where the device has no native bf16 or the model no fast path it runs 
 ``precision`` in the result says which ran. Under torchrun each process evaluates a contiguous
 shard of the points and the per-point estimates are gathered, so the result equals a single
 process's (for Gaussian posteriors exactly; flows draw from each process's global generator);
-only rank 0 writes the evaluation file (``evaluation-k{k}.json``, :func:`avi.runs.rundir.evaluation_path`)
-and the per-point estimates beside it (``evaluation-k{k}-points.csv``).
+only rank 0 writes the evaluation file (``evaluation-k{k}.json``, :func:`avi.runs.rundir.evaluation_path`;
+``evaluation-best-k{k}.json`` for the best checkpoint) and the per-point estimates beside it
+(``evaluation-k{k}-points.csv``).
 
 The log-likelihood is reported three ways (:mod:`avi.evaluation.jackknife`): the IWAE bound with
 its jackknife standard error (which, unlike the delta method's, holds for heavy-tailed weights);
@@ -78,6 +79,7 @@ def run_evaluate(
     device: str | None = None,
     precision: str = "fp32",
     memory_budget: float | None = None,
+    checkpoint: str = "last",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split (or the file ``data``): mean ELBO, reconstruction, KL and
@@ -94,11 +96,15 @@ def run_evaluate(
     q(z|t(x))) for a random transform t, and ``probe_accuracy`` of a linear classifier on
     posterior means (None without labels).
 
+    Scores the run's ``checkpoint``: "last" (checkpoint.pt) or "best" (best.pt, the best
+    validation epoch's, which ``train.early_stop`` keeps); the result names it in ``checkpoint``
+    and its epoch in ``checkpoint_epoch``, and each checkpoint has its own evaluation files.
+
     Runs on ``device`` (cpu, cuda, auto; default the run's) in ``precision`` within ``memory_budget``
     MiB (see the module); ``on_batch(done, total)`` reports sampling progress.
     """
     _check_options(precision, k)
-    run = load_trained(require_run(run_dir, stopped=True), _device(run_dir, device))
+    run = load_trained(require_run(run_dir, stopped=True), _device(run_dir, device), checkpoint)
     if consistency and not run.posterior.amortized:
         raise ConfigError("consistency metrics need an encoder of x; this run's posterior is not amortized")
     sampling = _sampling(run, k, precision, memory_budget)
@@ -111,8 +117,10 @@ def run_evaluate(
     with seeded(run.config.train.seed, x.device):
         result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x), **_exact(run.model, x)}
     points, estimates = _importance_sampled(run, posterior, x, sampling, cubo, on_batch)
-    path = evaluation_path(Path(run_dir), sampling["k"], data)
+    path = evaluation_path(Path(run_dir), sampling["k"], data, checkpoint)
     result.update(
+        checkpoint=checkpoint,
+        checkpoint_epoch=run.epoch,
         **estimates,
         per_point_file=_points_path(path).name,
         k=sampling["k"],
@@ -124,7 +132,7 @@ def run_evaluate(
     )
     if consistency:
         result.update(_representation(run, x, test.labels))
-    if distributed.is_main():  # one file per k and data: a quick evaluation never replaces a careful one
+    if distributed.is_main():  # one file per k, data and checkpoint: a quick one never replaces a careful one
         _write_points(_points_path(path), points)
         write_json(path, result)
     return result

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from avi.data.dataset import Splits
-from avi.errors import ConfigError
+from avi.errors import ConfigError, RunError
 from avi.families.posterior import PointInference, Posterior
 from avi.inference.state import load_weights
 from avi.models.base import LatentVariableModel
@@ -25,10 +25,11 @@ from avi.runs import distributed
 from avi.runs.build import build_model, build_posterior, load_splits
 from avi.runs.config import Config, check_device
 from avi.runs.memory import MODEL_SIZES, settings_of, sized_by
-from avi.runs.rundir import CHECKPOINT, read_checkpoint, read_config, read_metrics, require_run
+from avi.runs.rundir import BEST, CHECKPOINT, read_checkpoint, read_config, read_metrics, require_run
 from avi.seeding import seeded
 
 __all__ = [
+    "CHECKPOINTS",
     "LoadedRun",
     "TrainedRun",
     "available_device",
@@ -40,16 +41,21 @@ __all__ = [
     "resolve_device",
 ]
 
+#: the checkpoints of a run by name: the last epoch's, and the best validation epoch's (early stopping)
+CHECKPOINTS = {"last": CHECKPOINT, "best": BEST}
+
 
 @dataclass
 class TrainedRun:
-    """A run's objects, as built from its config (and restored from its checkpoint)."""
+    """A run's objects, as built from its config (and restored from its checkpoint, of epoch
+    ``epoch``; None where built fresh)."""
 
     config: Config
     model: LatentVariableModel
     posterior: Posterior
     splits: Splits
     device: torch.device
+    epoch: int | None = None
 
 
 @dataclass
@@ -110,18 +116,34 @@ def build_run(config: Config, device: torch.device | None = None) -> TrainedRun:
         return TrainedRun(config, model.to(device), posterior.to(device), splits, device)
 
 
-def load_trained(run_dir: str | Path, device: torch.device | None = None) -> TrainedRun:
-    """Rebuild a run's model and posterior on ``device`` and load the weights of its last
-    checkpoint; by default on the device it trained on, or the CPU where this machine lacks it
-    (a run trained on a GPU can be evaluated and reported on a machine without one). The
-    global random state is left as it was."""
+def load_trained(run_dir: str | Path, device: torch.device | None = None, checkpoint: str = "last") -> TrainedRun:
+    """Rebuild a run's model and posterior on ``device`` and load the weights of its
+    ``checkpoint`` (:data:`CHECKPOINTS`: "last", checkpoint.pt, or "best", the best validation
+    epoch's best.pt that early stopping keeps), its epoch in ``epoch``; by default on the device
+    it trained on, or the CPU where this machine lacks it (a run trained on a GPU can be
+    evaluated and reported on a machine without one). The global random state is left as it was."""
     run_dir = require_run(run_dir)
+    path = run_dir / _checkpoint_file(run_dir, checkpoint)
     config = read_config(run_dir)
     with seeded(config.train.seed):
         run = build_run(config, available_device(config.train.device) if device is None else device)
-    load_weights(run.model, run.posterior, read_checkpoint(run_dir / CHECKPOINT), f"checkpoint of {run_dir}")
+    saved = read_checkpoint(path)
+    load_weights(run.model, run.posterior, saved, f"checkpoint {path}")
+    run.epoch = saved["epoch"]
     run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run
+
+
+def _checkpoint_file(run_dir: Path, checkpoint: str) -> str:
+    """The file of the checkpoint named ``checkpoint``; one line where the name is unknown or
+    the run has no best checkpoint."""
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose last or best")
+    if checkpoint == "best" and not (run_dir / BEST).is_file():
+        raise RunError(
+            f"run {run_dir} has no {BEST}: a run keeps its best checkpoint when trained with --early-stop PATIENCE"
+        )
+    return CHECKPOINTS[checkpoint]
 
 
 def load_run(path: str | Path, device: str | torch.device | None = None) -> LoadedRun:

@@ -7,7 +7,7 @@ Layout of a run directory::
     checkpoint.pt    model, posterior, optimiser and RNG states after the last finished epoch
     best.pt          with train.early_stop: the checkpoint of the best validation epoch
     summary.json     status ("running", "finished", "diverged" or "interrupted") and final numbers
-    evaluation-*.json  written by ``avi evaluate``, one per k and data (:func:`evaluation_path`);
+    evaluation-*.json  written by ``avi evaluate``, one per k, data and checkpoint (:func:`evaluation_path`);
                      evaluation.json in runs evaluated before evaluations were kept per k
     gaps-*.json      written by ``avi gaps``, one per family and split
     .lock            locked (``flock``) by the ``avi fit`` writing the run, which wrote its pid in
@@ -122,6 +122,8 @@ EVALUATION_SCHEMA: dict[str, Field] = {
     "k": Field(int, "an integer", required=False),
     "data": _TEXT._replace(required=False),
     "active_units": Field(int, "an integer", required=False),
+    "checkpoint": _TEXT._replace(required=False),
+    "checkpoint_epoch": Field(int, "an integer", required=False),
 }
 GAPS_SCHEMA: dict[str, Field] = {
     "family": _TEXT,
@@ -299,36 +301,45 @@ def read_gaps(run_dir: Path) -> list[dict[str, Any]]:
     return [read_json(path, GAPS_SCHEMA) for path in sorted(run_dir.glob("gaps-*.json"))]
 
 
-def evaluation_path(run_dir: Path, k: int, data: str | Path | None = None) -> Path:
+def evaluation_path(run_dir: Path, k: int, data: str | Path | None = None, checkpoint: str = "last") -> Path:
     """Where ``avi evaluate`` keeps its evaluation with ``k`` samples of the run's test split
     (``evaluation-k{k}.json``) or of the file ``data`` (``evaluation-{stem}-{hash}-k{k}.json``,
     the hash the first 8 hex digits of SHA-256 of the file's absolute path, so that two files
-    of one name differ): one file per (k, data), so a quick evaluation never replaces a careful one."""
+    of one name differ), of the last checkpoint; of the best (``checkpoint="best"``, best.pt)
+    ``evaluation-best-...``: one file per (k, data, checkpoint), so a quick evaluation never
+    replaces a careful one, nor the best checkpoint's the last one's."""
+    prefix = "evaluation-" if checkpoint == "last" else f"evaluation-{checkpoint}-"
     if data is None:
-        return Path(run_dir) / f"evaluation-k{k}.json"
+        return Path(run_dir) / f"{prefix}k{k}.json"
     absolute = Path(data).resolve()
     digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:8]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", absolute.stem)[:40]
-    return Path(run_dir) / f"evaluation-{stem}-{digest}-k{k}.json"
+    return Path(run_dir) / f"{prefix}{stem}-{digest}-k{k}.json"
 
 
 def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
     """Every evaluation saved in the run directory, each checked against
     :data:`EVALUATION_SCHEMA`, the most careful first: those of the run's own test split before
-    those of other data, then the largest k first (an evaluation without k last), then in name
-    order. The evaluation.json of an older run is read as one at its recorded k; it lacks
+    those of other data, then the largest k first (an evaluation without k last), then the last
+    checkpoint's before the best's (the run as it ended, as :func:`~avi.runs.load.load_run`
+    gives it), then in name order. The evaluation.json of an older run is read as one at its recorded k; it lacks
     ``data`` only where its writer saved test-split evaluations alone, so ``data`` defaults to
     :data:`TEST_SPLIT`."""
     paths = sorted(Path(run_dir).glob("evaluation-*.json"))
     if (Path(run_dir) / EVALUATION).is_file():
         paths.append(Path(run_dir) / EVALUATION)
     evaluations = [{"data": TEST_SPLIT, **read_json(path, EVALUATION_SCHEMA)} for path in paths]
-    return sorted(evaluations, key=lambda e: (e["data"] == TEST_SPLIT, e.get("k", 0)), reverse=True)
+    return sorted(
+        evaluations,
+        key=lambda e: (e["data"] == TEST_SPLIT, e.get("k", 0), e.get("checkpoint", "last") == "last"),
+        reverse=True,
+    )
 
 
 def best_evaluation(run_dir: Path) -> dict[str, Any] | None:
     """The most careful evaluation of the run (:func:`read_evaluations`: the largest k on its
-    own test split, else the largest k on any data), or None where it has none."""
+    own test split, else the largest k on any data; the last checkpoint's before the best's at
+    equal k), or None where it has none."""
     return next(iter(read_evaluations(run_dir)), None)
 
 
