@@ -6,7 +6,10 @@ For a model p and an amortized posterior q(z|x) of family Q:
                         approximation gap      amortization gap
 
 where q* is the best member of Q for each point, found by per-datapoint VI started from the
-encoder's output and run to convergence with the model fixed.
+encoder's output and run to convergence with the model fixed. Whether it converged is checked:
+on the first :data:`CHECK_POINTS` points q* is found again with half the steps, and the
+steps count as enough when the second half of them raised L[q*] by at most
+:data:`CONVERGED_GAIN` nats per point (beyond twice the standard error of that gain).
 """
 
 from __future__ import annotations
@@ -28,8 +31,18 @@ from avi.inference.refine import refine_params
 from avi.models.base import LatentVariableModel
 from avi.nn import eval_mode
 from avi.objectives.elbo_objective import ELBO
+from avi.seeding import seeded
 
-__all__ = ["GapDecomposition", "check_decomposable", "gap_decomposition"]
+__all__ = ["CHECK_POINTS", "CONVERGED_GAIN", "GapDecomposition", "Progress", "check_decomposable", "gap_decomposition"]
+
+#: points on which q* is found again with half the steps, to check that the steps were enough
+CHECK_POINTS = 100
+#: nats per point that the second half of the steps may add to L[q*] for q* to count as converged
+CONVERGED_GAIN = 0.01
+#: told (what is being done, units done, units in all) as the decomposition goes on
+Progress = Callable[[str, int, int], None]
+#: the seed of the paired ELBO estimates of the convergence check (the generator is restored after)
+_CHECK_SEED = 0x6A9
 
 
 class GapDecomposition(NamedTuple):
@@ -44,6 +57,12 @@ class GapDecomposition(NamedTuple):
     #: standard errors of the two mean gaps (paired over points: Monte Carlo and data variation)
     approximation_gap_stderr: float
     amortization_gap_stderr: float
+    #: L[q*] after ``steps`` less L[q*] after ``steps // 2``, on the first CHECK_POINTS points,
+    #: and its standard error (NaN with 0 steps: q* is then the encoder's output)
+    refine_gain: float = math.nan
+    refine_gain_stderr: float = math.nan
+    #: whether refine_gain is at most CONVERGED_GAIN beyond twice its standard error
+    q_star_converged: bool = True
 
 
 def _stderr(values: Tensor) -> float:
@@ -82,6 +101,7 @@ def gap_decomposition(
     ais_steps: int = 0,
     batch_size: int = 1000,
     memory_budget: float | None = None,
+    on_progress: Progress | None = None,
 ) -> GapDecomposition:
     """Decompose the inference gap of ``posterior`` (amortized, with ``params(x)`` and a
     ``family``: :func:`check_decomposable`) on the points x (N, D).
@@ -89,36 +109,81 @@ def gap_decomposition(
     L[q] and L[q*] are ELBOs estimated with ``elbo_samples`` samples per point (analytic KL
     where torch has it). q* comes from ``steps`` Adam steps on each point's lambda (gradients
     from ``refine_samples`` samples), started at the encoder's output; for a flow family only
-    the context lambda is optimised, the flow's shared weights stay as trained. log p(x) is
-    exact where the model has ``exact_log_marginal``, and otherwise the IWAE bound with k samples
-    drawn from q* (a lower bound, so the approximation gap is then a lower bound on the true one
-    too); with ``ais_steps`` > 0 it is annealed importance sampling from q* instead
+    the context lambda is optimised, the flow's shared weights stay as trained. Its convergence
+    is checked against ``steps // 2`` steps on the first :data:`CHECK_POINTS` points
+    (``refine_gain``, ``q_star_converged``). log p(x) is exact where the model has
+    ``exact_log_marginal``, and otherwise the IWAE bound with k samples drawn from q* (a lower
+    bound, so the approximation gap is then a lower bound on the true one too); with
+    ``ais_steps`` > 0 it is annealed importance sampling from q* instead
     (:func:`ais_log_likelihood`, k chains), a tighter estimate at the cost of ``ais_steps`` HMC
     steps per chain. ``memory_budget`` (MiB) sizes the chunks of either estimate
-    (:func:`log_likelihood`, :func:`ais_log_likelihood`).
+    (:func:`log_likelihood`, :func:`ais_log_likelihood`). ``on_progress`` hears of the
+    refinement's steps and of the points whose log p(x) is done.
     """
     check_decomposable(posterior, x)
+    tell = on_progress or (lambda what, done, total: None)
     family, params = cast(Family, posterior.family), cast(Callable[[Tensor], Tensor], posterior.params)
     with torch.no_grad(), eval_mode(posterior):
         initial = torch.cat([params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
-    refined = refine_params(
-        model, family, x, initial, steps=steps, lr=lr,
-        objective=ELBO(num_samples=refine_samples), batch_size=batch_size,
-    )  # fmt: skip
+    objective, m = ELBO(num_samples=refine_samples), min(CHECK_POINTS, x.shape[0])
+    full, half = steps * -(-x.shape[0] // batch_size), steps // 2 * -(-m // batch_size)
+
+    def refine(points: int, count: int, before: int) -> Tensor:
+        return refine_params(
+            model, family, x[:points], initial[:points], steps=count, lr=lr, objective=objective,
+            batch_size=batch_size, on_step=lambda done: tell("refining q*", before + done, full + half),
+        )  # fmt: skip
+
+    refined = refine(x.shape[0], steps, 0)
+    gain, gain_stderr = _gain(model, family, x[:m], refined[:m], refine(m, steps // 2, full), elbo_samples)
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
     optimal = LocalPosterior(x.shape[0], family, initial=refined)
     elbo_a = elbo_per_point(model, amortized, x, num_samples=elbo_samples, batch_size=batch_size)[0]
     elbo_o = elbo_per_point(model, optimal, x, num_samples=elbo_samples, batch_size=batch_size)[0]
-    log_px, method = _log_marginal(model, optimal, x, k=k, ais_steps=ais_steps, memory_budget=memory_budget)
+    done = [0]
+
+    def points_done(count: int) -> None:
+        done[0] += count
+        tell("log p(x)", done[0], x.shape[0])
+
+    log_px, method = _log_marginal(
+        model, optimal, x, k=k, ais_steps=ais_steps, memory_budget=memory_budget, on_batch=points_done
+    )
     ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))
-    return GapDecomposition(ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a))
+    converged = steps > 0 and gain - 2 * gain_stderr <= CONVERGED_GAIN
+    return GapDecomposition(
+        ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a),
+        gain if steps > 0 else math.nan, gain_stderr if steps > 0 else math.nan, converged,
+    )  # fmt: skip
+
+
+def _gain(
+    model: LatentVariableModel, family: Family, x: Tensor, longer: Tensor, shorter: Tensor, samples: int
+) -> tuple[float, float]:
+    """The mean and standard error over x of L[q_longer] - L[q_shorter], both ELBOs estimated
+    from the same noise (paired: the difference's noise is that of the two q's difference)."""
+    elbos = []
+    for params in (longer, shorter):
+        with seeded(_CHECK_SEED, x.device):
+            q = LocalPosterior(x.shape[0], family, initial=params)
+            elbos.append(elbo_per_point(model, q, x, num_samples=samples)[0])
+    diff = elbos[0] - elbos[1]
+    return diff.mean().item(), _stderr(diff)
 
 
 def _log_marginal(
-    model: LatentVariableModel, optimal: Posterior, x: Tensor, *, k: int, ais_steps: int, memory_budget: float | None
+    model: LatentVariableModel,
+    optimal: Posterior,
+    x: Tensor,
+    *,
+    k: int,
+    ais_steps: int,
+    memory_budget: float | None,
+    on_batch: Callable[[int], None],
 ) -> tuple[Tensor, str]:
     """log p(x) per point and how: ``exact`` where the model has ``exact_log_marginal``, else AIS
-    from q* (``ais_steps`` > 0, k chains) or the IWAE bound with k samples from q*."""
+    from q* (``ais_steps`` > 0, k chains) or the IWAE bound with k samples from q* (``on_batch``
+    told the points of each batch done)."""
     exact = getattr(model, "exact_log_marginal", None)
     if exact is not None:
         with torch.no_grad():
@@ -127,4 +192,4 @@ def _log_marginal(
         return ais_log_likelihood(
             model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget
         ).value, "ais"
-    return log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget).value, "iwae"
+    return log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget, on_batch=on_batch).value, "iwae"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -34,6 +35,7 @@ def refine_params(
     batch_size: int = 10_000,
     seed: int | None = None,
     first_index: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Maximise sum_i objective(model, family(lambda_i), x_i) over lambda: (N, P), model fixed.
 
@@ -44,7 +46,8 @@ def refine_params(
     The noise comes from the global generator; with ``seed``, the chunk that starts at point j
     draws it seeded by (``seed``, ``first_index`` + j) and the generator is restored after, so
     refining a range of points in pieces of whole chunks (``first_index`` their offset: on
-    several processes) gives the numbers of refining it at once.
+    several processes) gives the numbers of refining it at once. ``on_step`` is told the steps
+    taken so far, over all chunks (of ``steps`` x the number of chunks), after each step.
     """
     if steps < 0:
         raise ConfigError(f"steps must be non-negative, got {steps}")
@@ -65,5 +68,7 @@ def refine_params(
                 (grad,) = torch.autograd.grad(loss, [params])
                 params.grad = grad
                 optimizer.step()
+                if on_step is not None:
+                    on_step(start // batch_size * steps + step + 1)
         out[start : start + batch_size] = params.detach()
     return out

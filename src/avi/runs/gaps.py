@@ -11,7 +11,7 @@ from torch import Tensor
 from avi.atomic import save_figure
 from avi.data.files import load_array_file
 from avi.errors import ConfigError
-from avi.evaluation.gaps import check_decomposable, gap_decomposition
+from avi.evaluation.gaps import Progress, check_decomposable, gap_decomposition
 from avi.families.posterior import Posterior
 from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
@@ -41,6 +41,7 @@ def run_gaps(
     steps: int = 1000,
     encoder_epochs: int = 10,
     ais_steps: int = 0,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Decompose the inference gap of the run's posterior on ``points`` points of ``split``
     (``train`` or ``test``) or of the file ``data``. log p(x) is exact where the model has it,
@@ -50,7 +51,8 @@ def run_gaps(
 
     With a ``family`` other than the run's, a new amortized encoder of that family is first
     trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do).
-    Writes ``gaps-FAMILY-SPLIT.json`` and the figure ``gaps.png`` into the run directory. A run
+    ``q_star_converged`` says whether ``steps`` were enough (:func:`gap_decomposition`'s check);
+    ``on_progress`` hears how the decomposition goes on. Writes ``gaps-FAMILY-SPLIT.json`` and the figure ``gaps.png`` into the run directory. A run
     that an ``avi fit`` is still writing is refused, as is one whose saved decompositions (which
     the figure draws) are damaged.
     """
@@ -80,6 +82,7 @@ def run_gaps(
         steps=steps,
         ais_steps=ais_steps,
         memory_budget=config.evaluate.memory_budget or MEMORY_BUDGET,
+        on_progress=on_progress,
     )
     result = {
         "family": family,
