@@ -38,7 +38,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,9 @@ from avi.runs import train
 from avi.runs.config import MAX_SEED, MAX_THREADS, Config, load_config, merge_tables
 from avi.runs.memory import MODEL_SIZES
 from machine import run_facts, write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness the tests share
+from tests.cli_harness import time_limit, working_directory  # noqa: E402
 
 if sys.version_info >= (3, 11):
     pass
@@ -149,34 +151,6 @@ class _Validated(Exception):
     """Raised where ``avi fit`` would build the model (:attr:`Case.validate_only`)."""
 
 
-class _TooSlow(Exception):
-    """A command still running after its time limit."""
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise _TooSlow(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
 def _stop_before_build(config: Config) -> Any:
     raise _Validated
 
@@ -191,13 +165,13 @@ def run_in_process(argv: list[str], cwd: Path, *, limit: int = TIME_LIMIT, valid
         CliRunner().isolation() as (stdout, stderr, _),
         mock.patch.object(sys, "argv", ["avi", *argv]),
         mock.patch.object(torch, "set_num_threads", lambda threads: None),
-        _working_directory(cwd),
+        working_directory(cwd),
         contextlib.ExitStack() as stack,
     ):
         for patch in patches:
             stack.enter_context(patch)
         try:
-            with _time_limit(limit):
+            with time_limit(limit):
                 avi_main()
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
@@ -227,7 +201,7 @@ def run_subprocess(argv: list[str], cwd: Path, *, limit: int = TIME_LIMIT) -> Ou
         done = subprocess.run([sys.executable, "-m", "avi", *argv], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=limit)  # fmt: skip
     except subprocess.TimeoutExpired:
-        return Outcome(argv, None, "", "", f"_TooSlow: still running after {limit} s", time.perf_counter() - started)
+        return Outcome(argv, None, "", "", f"TooSlow: still running after {limit} s", time.perf_counter() - started)
     error = None
     if "Traceback (most recent call last)" in done.stderr:
         error = done.stderr.strip().splitlines()[-1][:300]
@@ -237,7 +211,7 @@ def run_subprocess(argv: list[str], cwd: Path, *, limit: int = TIME_LIMIT) -> Ou
 def judge(case: Case, outcome: Outcome) -> tuple[str, str]:
     """The verdict on ``outcome`` (:data:`VERDICTS`) and what it rests on."""
     if outcome.error is not None:
-        return (OTHER, "hang: " + outcome.error) if outcome.error.startswith("_TooSlow") else (TRACEBACK, outcome.error)
+        return (OTHER, "hang: " + outcome.error) if outcome.error.startswith("TooSlow") else (TRACEBACK, outcome.error)
     if outcome.code == 0:
         if case.expect == REFUSE:
             return SILENT, "exit 0"

@@ -17,12 +17,9 @@ unless the resolved config is tiny (:func:`_tiny`); a few examples train for rea
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
 import shutil
-import signal
 import sys
 import traceback
 import types
@@ -45,6 +42,7 @@ from avi.errors import AviError
 from avi.runs import train
 from avi.runs.config import BUILTIN_MODELS, FAMILY_NAMES, PRESETS, Config, load_config, merge_tables
 from avi.runs.train import run_fit
+from tests.cli_harness import time_limit, working_directory
 from tests.runs.conftest import small_job
 
 if sys.version_info >= (3, 11):
@@ -193,10 +191,6 @@ class _Validated(Exception):
     """Raised where ``avi fit`` would build the model: every check before it has passed."""
 
 
-class _TooSlow(Exception):
-    """A command that ran past :data:`TIME_LIMIT`."""
-
-
 @dataclass
 class Outcome:
     argv: list[str]
@@ -217,20 +211,6 @@ class Outcome:
             assert len(lines) == 1 and lines[0].strip(), f"avi {self.argv} exit 2 with stderr {self.stderr!r}"
         else:
             assert self.code == 0 or isinstance(self.error, _Validated), (self.argv, self.code, self.stderr)
-
-
-@contextlib.contextmanager
-def time_limit(seconds: int) -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise _TooSlow(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _sizes(config: Config) -> list[int]:
@@ -259,17 +239,6 @@ def _tiny(config: Config) -> bool:
     tracked = config.tracking.tensorboard or config.tracking.mlflow
     plain = not (config.model.custom or i.encoder or t.compile or tracked or config.remedies.aggressive)
     return small and steps and plain and config.data.source == "synthetic" and t.device in ("cpu", "auto")
-
-
-@contextlib.contextmanager
-def working_directory(path: Path) -> Iterator[None]:
-    """Run in ``path``: the paths a command makes by default (``runs/``, ``--out ""``) land there."""
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 def run_avi(argv: list[str], cwd: Path, *, train_tiny: bool = False, build_all: bool = False) -> Outcome:
