@@ -171,6 +171,7 @@ def fit(
                 epochs=flags["epochs"] if resume is not None else None,  # a fresh run takes --epochs from its config
                 compile=flags["compile"],  # with --resume: compiled or not, whatever the run's config says
                 lr=flags["lr"] if resume is not None else None,  # a resumed run's new rate
+                lr_schedule=flags["lr_schedule"] if resume is not None else None,  # and schedule
                 progress=progress.update,
                 on_epoch=progress.epoch_done,
             )

@@ -137,6 +137,14 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "Adam learning rate (with --resume: the new rate from here on, kept in the run's config.json).",
         resumable=True,
     ),
+    Flag(
+        "train.lr_schedule",
+        str,
+        "Learning-rate schedule: constant; burda (Burda et al.'s 3^i-epoch stages); cosine (to 0 over the "
+        "epochs); plateau (halve when the training objective stalls, stop at the train.lr_reductions-th). With "
+        "--resume: the schedule from the next epoch on, kept in the run's config.json.",
+        resumable=True,
+    ),
     Flag("train.seed", int, "Random seed, 0 to 2^63 - 1."),
     Flag(
         "train.early_stop",

@@ -63,18 +63,25 @@ def test_every_flag_names_a_config_field_of_its_type(flag: Flag) -> None:
         assert flag.type in {typing.get_origin(a) or a for a in (annotation, *typing.get_args(annotation))}
 
 
-def test_flags_are_unique_and_resume_takes_epochs_lr_compile_and_threads_only() -> None:
+def test_flags_are_unique_and_resume_takes_epochs_lr_schedule_compile_and_threads_only() -> None:
     assert len({flag.option for flag in FIT_FLAGS}) == len({flag.key for flag in FIT_FLAGS}) == len(FIT_FLAGS)
     every = _fit_params(*(arg for flag in FIT_FLAGS for arg in _argv(flag)))
     changed = changed_on_resume(FIT_FLAGS, every)
-    resumable = ("--epochs", "--lr", "--compile", "--threads")
+    resumable = ("--epochs", "--lr", "--lr-schedule", "--compile", "--threads")
     assert changed == [flag.option for flag in FIT_FLAGS if flag.option not in resumable]
-    given = _fit_params("--epochs", "4", "--lr", "0.1", "--no-compile", "--threads", "2")
+    given = _fit_params("--epochs", "4", "--lr", "0.1", "--lr-schedule", "cosine", "--no-compile", "--threads", "2")
     assert changed_on_resume(FIT_FLAGS, given) == []
 
 
 def _argv(flag: Flag) -> list[str]:
-    return [flag.option] if flag.type is bool else [flag.option, _SAMPLES[flag.type][0]]
+    """The flag with a value of its type; one of its choices where the config field has choices
+    (the resumable flags' values are checked)."""
+    if flag.type is bool:
+        return [flag.option]
+    section, field = flag.key.split(".")
+    annotation = Config.model_fields[section].annotation.model_fields[field].annotation  # type: ignore[union-attr]
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+    return [flag.option, str(choices[0]) if choices else _SAMPLES[flag.type][0]]
 
 
 def test_boolean_flags_switch_on_and_no_compile_leaves_the_config() -> None:
@@ -144,7 +151,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(run_avi) -> None:
 
 def test_resume_names_each_flag_it_cannot_change(run_avi, tmp_path: Path) -> None:
     line = _one_line(run_avi("fit", "--resume", str(tmp_path), "--batch-size", "7", "--weight-norm", "--set", "a.b=1"))
-    only = "(only --epochs, --lr, --compile and --threads)"
+    only = "(only --epochs, --lr, --lr-schedule, --compile and --threads)"
     assert line.endswith(f"cannot change --weight-norm, --batch-size, --set {only}")
 
 

@@ -9,10 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from avi.cli import app
-from avi.runs.rundir import best_evaluation, read_checkpoint
+from avi.errors import ConfigError
+from avi.runs.rundir import best_evaluation, read_checkpoint, read_metrics
+from avi.runs.train import run_fit
 
 from .conftest import small_job
 
@@ -79,3 +82,18 @@ def test_evaluate_scores_the_checkpoint_asked_for_and_keeps_each_ones_files(tmp_
     assert missing.endswith(
         f"run {run} has no best.pt: a run keeps its best checkpoint when trained with --early-stop PATIENCE"
     )
+
+
+def test_resume_changes_the_schedule_and_records_it(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert _avi("fit", _job(tmp_path, epochs=2), "--out", str(run)).exit_code == 0
+    resumed = _avi("fit", "--resume", str(run), "--epochs", "4", "--lr-schedule", "burda")
+    assert resumed.exit_code == 0, (resumed.stderr, resumed.exception)
+    assert json.loads((run / "config.json").read_text())["train"]["lr_schedule"] == "burda"
+    # epochs 3 and 4 lie in Burda's stage 1 (epochs 2 to 4): lr 10^(-1/7)
+    assert [row["lr"] for row in read_metrics(run)] == pytest.approx([1e-3, 1e-3] + [1e-3 * 10 ** (-1 / 7)] * 2)
+    bad = _one_line(_avi("fit", "--resume", str(run), "--lr-schedule", "steps"))
+    assert bad.startswith("error: invalid value for --lr-schedule: Input should be 'constant', 'burda'")
+    with pytest.raises(ConfigError, match=r"^invalid value for train.lr_schedule: Input should be .*, got 'steps'$"):
+        run_fit(None, run, resume=True, lr_schedule="steps")
+    assert json.loads((run / "config.json").read_text())["train"]["lr_schedule"] == "burda"

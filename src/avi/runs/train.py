@@ -81,6 +81,7 @@ def run_fit(
     epochs: int | None = None,
     compile: bool | None = None,
     lr: float | None = None,
+    lr_schedule: str | None = None,
     progress: ProgressHook | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: Sequence[Hook] = (),
@@ -96,6 +97,9 @@ def run_fit(
     two do not follow the same path sample for sample). ``lr`` gives a resumed run a new
     ``train.lr``, recorded in its config.json: the schedule goes on from its epoch (and its
     plateaus) at the new rate; each epoch's rate is the ``lr`` column of metrics.csv.
+    ``lr_schedule`` gives it a new ``train.lr_schedule``, recorded the same way: the new
+    schedule's rate of each epoch from the next on; a switch to "plateau" replays the run's
+    training objectives so far, so plateaus already in them count (as on any resume).
 
     ``hooks`` (:class:`~avi.inference.loop.Hook`) run every step and epoch, after validation and
     before the run's files are written: columns a hook adds to the epoch's record land in
@@ -113,7 +117,8 @@ def run_fit(
     saved, and the interrupt propagates.
     """
     with ExitStack() as held:
-        fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile, lr=lr)
+        changes = {key: value for key, value in (("lr", lr), ("lr_schedule", lr_schedule)) if value is not None}
+        fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile, changes=changes)
         edge: list[Hook] = [Progress(progress)] if progress is not None else []
         edge += [Callback(on_epoch)] if on_epoch is not None else []
         return fit.train(hooks, edge)
@@ -260,15 +265,16 @@ def _start(
     resume: bool,
     epochs: int | None,
     compile: bool | None,
-    lr: float | None = None,
+    changes: dict[str, Any],
 ) -> _Fit:
     """Read or check the run directory, take its lock (main process, into ``held``), build the
-    run and its state, restore a resumed one, and write config.json and a "running" summary."""
+    run and its state, restore a resumed one (its ``train`` settings ``changes`` made), and
+    write config.json and a "running" summary."""
     if resume:
         if run_dir is None:
             raise ConfigError("resuming needs the run directory")
         run_dir = require_run(run_dir, checkpoint=False)  # a fit stopped before its first epoch starts over
-        config = _resumed_config(run_dir, lr)
+        config = _resumed_config(run_dir, changes)
     else:
         config = config or Config()
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -292,7 +298,7 @@ def _start(
         run_dir, run, state, run.splits.train.to(run.device), Replicas(), Validation(run), [], last_epoch, precision
     )
     if resume:
-        _restore(held, fit, epochs, new_lr=lr is not None)
+        _restore(held, fit, epochs, changed=bool(changes))
     elif main:
         _create(held, run_dir)
         write_json(run_dir / CONFIG, config.model_dump())
@@ -302,14 +308,16 @@ def _start(
     return fit
 
 
-def _resumed_config(run_dir: Path, lr: float | None) -> Config:
-    """The config of the run in ``run_dir``, with ``train.lr`` = ``lr`` where given."""
+def _resumed_config(run_dir: Path, changes: dict[str, Any]) -> Config:
+    """The config of the run in ``run_dir`` with its ``train`` settings ``changes`` made (``lr``,
+    ``lr_schedule``), each checked as the config checks it: one line naming the key otherwise."""
     config = read_config(run_dir)
-    if lr is not None:
+    for key, value in changes.items():
         try:
-            config.train.lr = lr
-        except ValidationError:
-            raise ConfigError(f"the learning rate must be a positive finite number, got {lr!r}") from None
+            setattr(config.train, key, value)
+        except ValidationError as err:
+            message = err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"invalid value for train.{key}: {message}, got {value!r}") from None
     return config
 
 
@@ -340,15 +348,15 @@ def _new_state(run: TrainedRun) -> TrainState:
     return TrainState(run.model, run.posterior, optimizers, generator, estimator)
 
 
-def _restore(held: ExitStack, fit: _Fit, epochs: int | None, *, new_lr: bool = False) -> None:
+def _restore(held: ExitStack, fit: _Fit, epochs: int | None, *, changed: bool = False) -> None:
     """Load the checkpoint of a resumed run into ``fit`` (under the run's lock): its state, its
     metrics, the validation points' parameters and the global random states. A run without a
     checkpoint (stopped before its first epoch ended) keeps the fresh state that its config's
-    seed built, so it trains as a new run with that config would. ``new_lr``: the config's
-    ``train.lr`` is this call's, which config.json then records."""
+    seed built, so it trains as a new run with that config would. ``changed``: the config's
+    ``train.lr`` or ``train.lr_schedule`` is this call's, which config.json then records."""
     if distributed.is_main():
         held.enter_context(run_lock(fit.run_dir))
-        if new_lr:  # the new rate recorded, under the lock
+        if changed:  # the new rate or schedule recorded, under the lock
             write_json(fit.run_dir / CONFIG, fit.config.model_dump())
     if not (fit.run_dir / CHECKPOINT).is_file():
         return
