@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import avi
+from avi.cli import app
 from avi.errors import ConfigError
 from avi.inference import Diverged, Hook, StepInfo, TrainState, run
 from avi.runs.config import load_config
@@ -186,16 +188,20 @@ def test_aggressive_epochs_stop_on_a_non_finite_objective(tmp_path: Path) -> Non
     ],
 )
 def test_a_step_that_overflows_after_the_last_finite_objective_is_divergence(
-    tmp_path: Path, run_avi, flags: list[str], what: str
+    tmp_path: Path, flags: list[str], what: str
 ) -> None:
-    """Caught before the epoch's diagnostics or files see the non-finite weights."""
+    """Caught before the epoch's diagnostics or files see the non-finite weights (in process:
+    the command line's threads are restored after)."""
     job = tmp_path / "job.toml"
     job.write_text(
         '[model]\nname = "vae"\nlatent_dim = 2\nhidden = [16]\n'
         '[data]\nsource = "synthetic"\nsynthetic_dim = 12\nsynthetic_points = 60\n'
         "[train]\nepochs = 2\nbatch_size = 50\nthreads = 1\n"
     )
-    result = run_avi("fit", str(job), *flags, "--out", str(tmp_path / "run"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: training diverged: {what} is not finite at epoch 1 ")
+    threads = torch.get_num_threads()
+    result = CliRunner().invoke(app, ["fit", str(job), *flags, "--out", str(tmp_path / "run")])
+    torch.set_num_threads(threads)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: training diverged: {what} is not finite at epoch 1 ")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
