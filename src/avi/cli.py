@@ -185,12 +185,32 @@ def fit(
         raise _interrupted(f"{run_dir} keeps its finished epochs: continue with avi fit --resume {run_dir}") from None
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
+    _fit_done(run_dir)
+    print(run_dir)
+
+
+def _fit_done(run_dir: Path) -> None:
+    """The last lines of ``avi fit`` on standard error: where the run is, and, where its
+    summary says so, that the validation bound was still improving."""
+    from avi.runs.rundir import SUMMARY, SUMMARY_SCHEMA, read_json
+
+    try:
+        summary = read_json(run_dir / SUMMARY, SUMMARY_SCHEMA)
+    except AviError as err:
+        _fail(str(err))
+    if summary.get("val_elbo_improving"):
+        more = f"avi fit --resume {run_dir} --epochs M, M > {summary['epochs_done']}"
+        _say(f"the validation bound was still improving: more epochs may help ({more})")
     console.print(
         f"run directory: [bold]{escape(str(run_dir))}[/]  (next: avi evaluate {escape(str(run_dir))})",
         highlight=False,
         soft_wrap=True,
     )
-    print(run_dir)
+
+
+def _say(line: str) -> None:
+    """One plain line on standard error, never wrapped."""
+    console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _fit_config(

@@ -6,6 +6,7 @@ CliRunner) on the small synthetic job."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.errors import ConfigError
+from avi.runs.config import TrainConfig
 from avi.runs.rundir import best_evaluation, read_checkpoint, read_metrics
-from avi.runs.train import run_fit
+from avi.runs.train import run_fit, val_elbo_improving
 
 from .conftest import small_job
 
@@ -44,6 +46,10 @@ def test_early_stop_flag_keeps_the_best_checkpoint_and_needs_a_validation_split(
     assert json.loads((run / "config.json").read_text())["train"]["early_stop"] == 2
     summary = json.loads((run / "summary.json").read_text())
     assert read_checkpoint(run / "best.pt")["epoch"] == summary["best_epoch"] >= 1
+    # three epochs, each better than the last: the bound was still improving, and fit says so on one line
+    assert summary["best_epoch"] == 3 and summary["val_elbo_improving"] is True
+    hint = f"the validation bound was still improving: more epochs may help (avi fit --resume {run} --epochs M, M > 3)"
+    assert hint in fitted.stderr.splitlines()
     other = str(tmp_path / "other")
     no_split = _avi("fit", _job(tmp_path), "--early-stop", "2", "--set", "data.validation_fraction=0", "--out", other)
     assert "train.early_stop watches the validation ELBO: it needs data.validation_fraction > 0" in _one_line(no_split)
@@ -61,9 +67,11 @@ def test_evaluate_scores_the_checkpoint_asked_for_and_keeps_each_ones_files(tmp_
     # 30 training points at a large rate: the validation bound peaks early and the run stops
     run = tmp_path / "run"
     args = ["--early-stop", "2", "--subset", "30", "--lr", "0.05", "--out", str(run)]
-    assert _avi("fit", _job(tmp_path, epochs=60), *args).exit_code == 0
+    fitted = _avi("fit", _job(tmp_path, epochs=60), *args)
+    assert fitted.exit_code == 0, (fitted.stderr, fitted.exception)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] < summary["epochs_done"] < 60
+    assert summary["val_elbo_improving"] is False and "still improving" not in fitted.stderr  # early stopping ended it
     best = _evaluated(run, "--checkpoint", "best")
     last = _evaluated(run)
     assert (best["checkpoint"], best["checkpoint_epoch"]) == ("best", summary["best_epoch"])
@@ -97,3 +105,24 @@ def test_resume_changes_the_schedule_and_records_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^invalid value for train.lr_schedule: Input should be .*, got 'steps'$"):
         run_fit(None, run, resume=True, lr_schedule="steps")
     assert json.loads((run / "config.json").read_text())["train"]["lr_schedule"] == "burda"
+
+
+def _rows(*values: float) -> list[dict[str, Any]]:
+    return [{"epoch": epoch, "val_elbo": value} for epoch, value in enumerate(values, 1)]
+
+
+def test_still_improving_compares_the_last_epochs_best_with_the_best_before() -> None:
+    train = TrainConfig()  # lr_tolerance 1e-4: a rise of more than 1e-4 x |best before| counts
+    rising = [-100.0 + epoch for epoch in range(20)]
+    assert val_elbo_improving(_rows(*rising), train) is True
+    # the last 5 epochs (at least 5; 10% of 60 is 6) never beat epoch 10's -90
+    assert val_elbo_improving(_rows(*rising[:11], *[-95.0] * 49), train) is False
+    assert val_elbo_improving(_rows(*rising[:11], *[-95.0] * 48, -89.5), train) is True
+    assert val_elbo_improving(_rows(-100.0, -99.995), train) is False  # within the tolerance
+    assert val_elbo_improving(_rows(-100.0, -99.98), train) is True  # one epoch before the window of 1
+    # with early stopping the window is its patience: a best 3 epochs ago has stopped patience 3, not 4
+    peaked = _rows(*rising[:10], -91.0, -92.0, -93.0)
+    assert val_elbo_improving(peaked, TrainConfig(early_stop=3)) is False
+    assert val_elbo_improving(peaked, TrainConfig(early_stop=4)) is True
+    assert val_elbo_improving(_rows(math.nan, math.nan, math.nan), train) is None  # no validation split
+    assert val_elbo_improving(_rows(-100.0), train) is None

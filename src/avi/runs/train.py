@@ -32,7 +32,7 @@ from avi.precision import resolve_precision, set_precision
 from avi.runs import distributed
 from avi.runs.build import build_objective
 from avi.runs.collapse import aggressive_next, plot_collapse
-from avi.runs.config import Config, epoch_kl_weight
+from avi.runs.config import Config, TrainConfig, epoch_kl_weight
 from avi.runs.hooks import Callback, EarlyStopping, LearningRate, Progress, RunFiles, Validation
 from avi.runs.load import (
     TrainedRun,
@@ -67,6 +67,7 @@ __all__ = [
     "load_trained",
     "resolve_device",
     "run_fit",
+    "val_elbo_improving",
 ]
 
 #: called as hook(epoch, examples_done, examples_total, running_objective_sums) on the main rank
@@ -223,8 +224,29 @@ class _Fit:
             "precision": self.precision,
             "parameters": sum(p.numel() for p in self.run.model.parameters())
             + sum(p.numel() for p in self.run.posterior.parameters()),
+            "val_elbo_improving": val_elbo_improving(self.rows[: self.saved], self.config.train),
             **extra,
         }
+
+
+#: the fewest last epochs whose validation bound :func:`val_elbo_improving` compares with the earlier ones
+IMPROVING_WINDOW = 5
+
+
+def val_elbo_improving(rows: Sequence[dict[str, Any]], train: TrainConfig) -> bool | None:
+    """Whether the validation bound was still improving at the end of the epochs ``rows``: the
+    best ``val_elbo`` of the last W epochs exceeds the best of the epochs before them, B, by
+    more than ``train.lr_tolerance`` x |B|. W is ``train.early_stop`` where set (so that a run
+    early stopping ended was not improving, and one it would not have stopped yet was), else
+    10% of the epochs and at least :data:`IMPROVING_WINDOW`; at most all epochs but the first.
+    None where there is nothing to compare: no validation split (NaN bounds) or under 2 epochs."""
+    values = [float(v) for row in rows if isinstance(v := row.get("val_elbo"), (int, float)) and math.isfinite(v)]
+    if len(values) < 2:
+        return None
+    window = train.early_stop or max(IMPROVING_WINDOW, math.ceil(len(values) / 10))
+    window = min(window, len(values) - 1)
+    before = max(values[:-window])
+    return max(values[-window:]) > before + train.lr_tolerance * abs(before)
 
 
 @dataclass
