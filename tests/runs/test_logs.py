@@ -43,9 +43,11 @@ def test_fit_and_evaluate_logs_outside_a_terminal(small_config, tmp_path: Path) 
     assert fitted.returncode == 0, fitted.stderr
     lines = fitted.stderr.splitlines()
     # one whole line per epoch (longer than rich's 80 columns, which wrapped "AU" and "MI" off
-    # it), the run directory's, and nothing else: no progress bars dumped at the end
-    assert [int(m.group(1)) for m in map(EPOCH.match, lines[:-1]) if m] == [1, 2, 3], fitted.stderr
-    assert len(lines) == 4 and lines[-1].startswith("run directory: ") and max(map(len, lines)) > 80
+    # it), that the bound still improves (it does after 3 epochs), the run directory's, and
+    # nothing else: no progress bars dumped at the end
+    assert [int(m.group(1)) for m in map(EPOCH.match, lines[:-2]) if m] == [1, 2, 3], fitted.stderr
+    assert len(lines) == 5 and lines[-2].startswith("the validation bound was still improving: more epochs")
+    assert lines[-1].startswith("run directory: ") and max(map(len, lines)) > 80
     # a line every report (AVI_PROGRESS_SECONDS=0), the sampling in chunks of a few points
     evaluated = _avi("evaluate", str(run), "--k", "1000", "--memory-budget", "2.1", AVI_PROGRESS_SECONDS="0")
     assert evaluated.returncode == 0, evaluated.stderr
@@ -72,6 +74,22 @@ def test_plain_lines_every_tenth_once_a_rate_is_known(monkeypatch) -> None:
     shown = out.getvalue().splitlines()
     assert [s.split()[1] for s in shown] == ["11/100", *(f"{n}/100" for n in range(20, 101, 10))]
     assert shown[0] == "work: 11/100 units (11%)  10 units/s  ETA 0:00:09" and shown[-1].endswith("ETA 0:00:00")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_each_piece_of_work_may_count_in_its_own_unit(monkeypatch, terminal: bool) -> None:
+    clock = SimpleNamespace(perf_counter=lambda: 0.0)
+    monkeypatch.setattr(progress, "time", clock)
+    monkeypatch.setenv(progress.INTERVAL_VARIABLE, "1000")
+    out = StringIO()
+    with reporter(Console(file=out, force_terminal=terminal, width=200), "points") as lines:
+        for label, unit in (("refining q*", "steps"), ("log p(x)", None)):
+            lines.start(label, 10, unit)
+            for done in (1, 10):
+                clock.perf_counter = lambda done=done: float(done)
+                lines.update(done)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # a terminal's colours and cursor moves
+    assert "10/10 steps" in text and "10/10 points" in text and "steps/s" in text and "1 points/s" in text
 
 
 def test_the_first_refresh_shows_no_throughput() -> None:

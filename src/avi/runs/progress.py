@@ -96,8 +96,9 @@ class Reporter(Protocol):
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def start(self, label: str, total: int | None = None) -> None:
-        """Begin the work ``label`` of ``total`` units (None: not yet known)."""
+    def start(self, label: str, total: int | None = None, unit: str | None = None) -> None:
+        """Begin the work ``label`` of ``total`` units (None: not yet known), counted in ``unit``
+        (None: the reporter's)."""
 
     def update(self, done: int, total: int | None = None, note: Note | None = None) -> None:
         """``done`` units of the work so far (of ``total``, where it was not known); ``note``,
@@ -115,7 +116,7 @@ class _LiveBar:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn(unit),
+            TextColumn("{task.fields[unit]}"),
             TextColumn("{task.fields[note]}"),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
@@ -123,7 +124,7 @@ class _LiveBar:
             console=console,
             transient=transient,
         )
-        self.unit = unit
+        self.unit = self.default_unit = unit
         self.task: Any = None
         self.total: int | None = None
         self.rate = Rate(MIN_SECONDS)
@@ -136,8 +137,9 @@ class _LiveBar:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
 
-    def start(self, label: str, total: int | None = None) -> None:
-        self.task = self.progress.add_task(escape(label), total=total, note="", rate="")
+    def start(self, label: str, total: int | None = None, unit: str | None = None) -> None:
+        self.unit = unit or self.default_unit
+        self.task = self.progress.add_task(escape(label), total=total, note="", rate="", unit=self.unit)
         self.total, self.rate, self.shown = total, Rate(MIN_SECONDS), -math.inf
 
     def update(self, done: int, total: int | None = None, note: Note | None = None) -> None:
@@ -164,6 +166,7 @@ class _PlainLines:
 
     def __init__(self, console: Console, unit: str, parts: int | None, seconds: float) -> None:
         self.console, self.unit, self.parts, self.seconds = console, unit, parts, seconds
+        self.default_unit = unit
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.beat = threading.Thread(target=self._beat, name="avi-progress", daemon=True)
@@ -182,9 +185,10 @@ class _PlainLines:
         self.stopped.set()
         self.beat.join()
 
-    def start(self, label: str, total: int | None = None) -> None:
+    def start(self, label: str, total: int | None = None, unit: str | None = None) -> None:
         with self.lock:
             self.label, self.total, self.done, self.steps = label, total, None, 0
+            self.unit = unit or self.default_unit
             self.rate, self.began = Rate(self.rate.least), time.perf_counter()
             self.last = self.began
 
@@ -228,7 +232,7 @@ class _Silent:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def start(self, label: str, total: int | None = None) -> None:
+    def start(self, label: str, total: int | None = None, unit: str | None = None) -> None:
         return None
 
     def update(self, done: int, total: int | None = None, note: Note | None = None) -> None:
