@@ -185,19 +185,24 @@ def fit(
         raise _interrupted(f"{run_dir} keeps its finished epochs: continue with avi fit --resume {run_dir}") from None
     if not is_main():  # under torchrun, rank 0 alone speaks
         return
-    _fit_done(run_dir)
+    _fit_done(run_dir, idle=resume is not None and progress.epochs == 0)
     print(run_dir)
 
 
-def _fit_done(run_dir: Path) -> None:
+def _fit_done(run_dir: Path, *, idle: bool) -> None:
     """The last lines of ``avi fit`` on standard error: where the run is, and, where its
-    summary says so, that the validation bound was still improving."""
+    summary says so, that the validation bound was still improving; or, for a resumed run that
+    trained no epoch (``idle``) because it had done all of them, one line saying how to go on."""
     from avi.runs.rundir import SUMMARY, SUMMARY_SCHEMA, read_json
 
     try:
         summary = read_json(run_dir / SUMMARY, SUMMARY_SCHEMA)
     except AviError as err:
         _fail(str(err))
+    done = summary.get("epochs_done")
+    if idle and summary["status"] == "finished" and done == summary.get("epochs"):
+        _say(f"{run_dir} has finished its {done} epoch{'s' * (done != 1)}; add --epochs M (M > {done}) to train on")
+        return
     if summary.get("val_elbo_improving"):
         more = f"avi fit --resume {run_dir} --epochs M, M > {summary['epochs_done']}"
         _say(f"the validation bound was still improving: more epochs may help ({more})")
@@ -271,6 +276,8 @@ class _TrainingProgress:
     def __init__(self) -> None:
         self.reporter = reporter(console, "examples", parts=None)
         self.epoch = 0
+        #: the epochs finished in this call
+        self.epochs = 0
 
     def __enter__(self) -> _TrainingProgress:
         self.reporter.__enter__()
@@ -287,6 +294,7 @@ class _TrainingProgress:
         self.reporter.update(done, total, lambda: f"objective {sums[0].item() / done:9.2f}")
 
     def epoch_done(self, row: dict[str, Any]) -> None:
+        self.epochs += 1
         self.reporter.line(_epoch_line(row))
 
 

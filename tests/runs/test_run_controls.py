@@ -126,3 +126,18 @@ def test_still_improving_compares_the_last_epochs_best_with_the_best_before() ->
     assert val_elbo_improving(peaked, TrainConfig(early_stop=4)) is True
     assert val_elbo_improving(_rows(math.nan, math.nan, math.nan), train) is None  # no validation split
     assert val_elbo_improving(_rows(-100.0), train) is None
+
+
+def test_resuming_a_finished_run_says_how_to_train_on(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert _avi("fit", _job(tmp_path, epochs=1), "--out", str(run)).exit_code == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    for argv in ([], ["--epochs", "1"]):
+        again = _avi("fit", "--resume", str(run), *argv)
+        assert again.exit_code == 0, (again.stderr, again.exception)
+        assert again.stderr.splitlines() == [f"{run} has finished its 1 epoch; add --epochs M (M > 1) to train on"]
+        assert again.stdout == f"{run}\n"
+    assert (run / "checkpoint.pt").read_bytes() == before and len(read_metrics(run)) == 1
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    trained_on = _avi("fit", "--resume", str(run), "--epochs", "2")
+    assert trained_on.exit_code == 0 and "has finished" not in trained_on.stderr and len(read_metrics(run)) == 2
