@@ -133,6 +133,15 @@ def _with_flags(flags: tuple[Flag, ...]) -> Callable[[Callable[..., None]], Call
     return declare
 
 
+def _listed(words: list[str]) -> str:
+    """``words`` as a list in prose: ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), *words[-1:]]))
+
+
+#: the flags that ``avi fit --resume`` takes, in words: "--epochs, --lr, ... and --threads"
+_RESUMABLE = _listed([flag.option for flag in FIT_FLAGS if flag.resumable])
+
+
 @app.command()
 @_interruptible("no run was started")
 @_with_flags(FIT_FLAGS)
@@ -142,7 +151,9 @@ def fit(
     out: Annotated[
         Path | None, typer.Option(help="Run directory to create (default: runs/DATE-TIME-MODEL-STRATEGY).")
     ] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help=f"Continue the run in this directory (with only {_RESUMABLE} given).")
+    ] = None,
     settings: Annotated[
         list[str] | None,
         typer.Option(
@@ -231,10 +242,8 @@ def _fit_config(
         changed = ["config"] * (config is not None) + changed_on_resume(FIT_FLAGS, flags)
         changed += ["--out"] * (out is not None) + ["--set"] * bool(settings)
         if changed:
-            resumable = [flag.option for flag in FIT_FLAGS if flag.resumable]
-            allowed = ", ".join(resumable[:-1]) + " and " + resumable[-1]
             raise ConfigError(
-                f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only {allowed})"
+                f"--resume continues a run as configured; it cannot change {', '.join(changed)} (only {_RESUMABLE})"
             )
         # a run stopped before its first checkpoint resumes too (from epoch 0)
         _set_threads(flags["threads"] or read_config(require_run(resume, checkpoint=False)).train.threads)
