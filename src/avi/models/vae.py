@@ -1,4 +1,5 @@
-"""Deep latent Gaussian models (the VAE's generative side): p(z) = N(0, I), p(x|z) from an MLP."""
+"""Deep latent Gaussian models (the VAE's generative side): p(z) = N(0, I) or a learned prior
+(:mod:`avi.models.priors`), p(x|z) from an MLP."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch.distributions import Distribution, Independent, Normal
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 from avi.models.bernoulli import factorised_bernoulli
+from avi.models.priors import MixtureOfGaussians
 from avi.nn import mlp
 
 __all__ = ["VAEModel"]
@@ -23,7 +25,9 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 class VAEModel(LatentVariableModel):
     """p(z) = N(0, I_K); p(x | z) = Bernoulli(logits = f(z)) or N(f(z), diag(sigma^2)) with a
     learned per-dimension sigma = softplus(rho). ``f`` is an MLP ``K -> hidden... -> D`` (Kingma
-    and Welling 2014).
+    and Welling 2014). With ``learned_prior``, a module whose ``forward()`` is a
+    :class:`~avi.models.priors.MixtureOfGaussians` (:class:`~avi.models.priors.MoGPrior`,
+    :class:`~avi.models.priors.VampPrior`), p(z) is that mixture, trained with the model.
 
     A Gaussian likelihood's starting point: ``loc`` (D,), the bias of f's output layer (default
     PyTorch's initialisation), and ``scale``, sigma, one number or one per dimension (D,)
@@ -47,6 +51,7 @@ class VAEModel(LatentVariableModel):
         *,
         loc: Tensor | None = None,
         scale: float | Tensor | None = None,
+        learned_prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -56,6 +61,7 @@ class VAEModel(LatentVariableModel):
         self.decoder = mlp([latent_dim, *hidden, data_dim], activation)
         self.register_buffer("prior_loc", torch.zeros(latent_dim))
         self.register_buffer("prior_scale", torch.ones(latent_dim))
+        self.learned_prior = learned_prior
         if likelihood == "gaussian":
             self.raw_scale = nn.Parameter(_raw_scale(scale, data_dim))
             if loc is not None:
@@ -65,7 +71,18 @@ class VAEModel(LatentVariableModel):
             raise ConfigError("loc and scale start a Gaussian likelihood; this model's is Bernoulli")
 
     def prior(self) -> Distribution:
+        if self.learned_prior is not None:
+            return cast(Distribution, self.learned_prior())
         return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1, validate_args=False)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw n pairs (x, z) from the joint, x (n, D), z (n, K): a learned prior's z from its
+        mixture (:meth:`~avi.models.priors.MixtureOfGaussians.draw`), N(0, I)'s as the base does."""
+        if self.learned_prior is None:
+            return super().sample(n, generator)
+        z = cast(MixtureOfGaussians, self.prior()).draw(n, generator)
+        return self.sample_data(z, generator), z
 
     def likelihood(self, z: Tensor) -> Distribution:
         out = self.decoder(z)
