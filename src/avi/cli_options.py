@@ -171,6 +171,13 @@ FIT_FLAGS: tuple[Flag, ...] = (
         resumable=True,
     ),
     Flag("model.decoder", str, "VAE decoder: mlp or made (autoregressive)."),
+    Flag(
+        "model.prior",
+        str,
+        "VAE prior p(z): normal (default); vamp, the mixture of the encoder's posteriors at learned pseudo-inputs "
+        "(Tomczak and Welling 2018); or mog, a learned mixture of Gaussians.",
+    ),
+    Flag("model.prior_components", int, "Components of a learned prior (default 500 for vamp, 10 for mog)."),
     Flag("remedies.kl_warmup", int, "Collapse remedy: linear KL warm-up over the first EPOCHS epochs."),
     Flag("remedies.kl_cycles", int, "Collapse remedy: N cycles of cyclical KL annealing over the run."),
     Flag("remedies.free_bits", float, "Collapse remedy: free bits, NATS per latent dimension."),

@@ -29,11 +29,12 @@ from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPoster
 from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
 from avi.models.base import as_model
 from avi.models.made import MADEModel
+from avi.models.priors import MoGPrior, VampPrior, pseudo_input_start
 from avi.nn import mlp
 from avi.objectives.consistency import Consistency
 from avi.objectives.select import Objective
 from avi.objectives.weighted import WeightedKL
-from avi.runs.config import Config, epoch_kl_weight, weights_kl
+from avi.runs.config import PRIOR_COMPONENTS, Config, epoch_kl_weight, weights_kl
 from avi.runs.imports import import_object
 from avi.runs.memory import MODEL_SIZES, settings_of, sized_by
 
@@ -42,6 +43,7 @@ __all__ = [
     "build_model",
     "build_objective",
     "build_posterior",
+    "build_prior",
     "default_hidden",
     "gaussian_start",
     "linear_gaussian_start",
@@ -68,7 +70,8 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
     ``model.hidden`` are :func:`default_hidden`'s, recorded in ``config`` (and so in the run's
     config.json). Given the training data ``train`` (N, D), a Gaussian likelihood starts at
     their moments (:func:`gaussian_start`), PPCA and factor analysis too
-    (:func:`linear_gaussian_start`)."""
+    (:func:`linear_gaussian_start`), and a VampPrior's pseudo-inputs at training points
+    (:func:`build_prior`)."""
     m = config.model
     if m.custom:
         return _user_model(config, data_dim)
@@ -81,10 +84,25 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
         return MADEModel(data_dim, m.latent_dim, m.hidden, m.activation)
     if m.name == "vae":
         start = gaussian_start(train) if train is not None and m.likelihood == "gaussian" else {}
-        return VAEModel(data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood, **start)
+        prior = build_prior(config, data_dim, train)
+        return VAEModel(data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood, **start, learned_prior=prior)
     if m.name == "discrete-vae":
         return CategoricalVAE(data_dim, m.latent_dim, m.num_classes, m.hidden, m.activation)
     return SigmoidBeliefNet(data_dim, m.latent_dim, m.hidden, m.activation)
+
+
+def build_prior(config: Config, data_dim: int, train: Tensor | None = None) -> MoGPrior | VampPrior | None:
+    """The VAE's learned prior of ``model.prior`` (None for N(0, I)), of ``model.prior_components``
+    components; a VampPrior's pseudo-inputs start at points of ``train`` where given
+    (:func:`~avi.models.priors.pseudo_input_start`), and :func:`build_posterior` attaches the
+    run's posterior to it."""
+    m = config.model
+    if m.prior == "normal":
+        return None
+    components = m.prior_components or PRIOR_COMPONENTS[m.prior]
+    if m.prior == "mog":
+        return MoGPrior(m.latent_dim, components)
+    return VampPrior(pseudo_input_start(components, data_dim, train))
 
 
 def linear_gaussian_start(model: LinearGaussian, x: Tensor) -> LinearGaussian:
@@ -172,7 +190,20 @@ def build_posterior(config: Config, model: LatentVariableModel, n_train: int) ->
     user's ``inference.encoder``), a per-datapoint table, an encoder with refinement, or an
     iterative update network. An encoder is weight-normalised and/or denoising where
     ``inference.weight_norm`` / ``denoise`` say; one with ``inference.consistency`` needs 28x28
-    images (checked here, before any training)."""
+    images (checked here, before any training).
+
+    The first posterior built for a model whose prior is a VampPrior becomes that prior's q
+    (:meth:`~avi.models.priors.VampPrior.attach`): the run's. A later one (``avi gaps``' new
+    encoder, trained against the fixed model) leaves the model's prior as it is."""
+    posterior = _posterior(config, model, n_train)
+    vamp = getattr(model, "learned_prior", None)
+    if isinstance(vamp, VampPrior) and not vamp.attached:
+        vamp.attach(posterior)
+    return posterior
+
+
+def _posterior(config: Config, model: LatentVariableModel, n_train: int) -> Posterior:
+    """:func:`build_posterior`'s posterior, before any VampPrior is given it."""
     inf = config.inference
     family = build_family(config)
     if inf.strategy == "per-datapoint":
@@ -283,6 +314,16 @@ def _static_mnist_splits(subset: int | None) -> Splits:
     return Splits(split("train", subset), split("validation"), split("test"))
 
 
+def _standard_prior(config: Config) -> Config:
+    """``config`` for the model that draws synthetic data: the run's, with p(z) = N(0, I) in place
+    of a learned prior (untrained, and a VampPrior has no encoder yet to mix)."""
+    if config.model.prior == "normal":
+        return config
+    truth = config.model_copy(deep=True)
+    truth.model.prior = "normal"
+    return truth
+
+
 def load_splits(config: Config) -> Splits:
     """Training, validation and test data from ``config.data``; evaluation splits get one fixed
     binarisation (seed ``data.seed + 1``) so that their scores are reproducible.
@@ -305,7 +346,7 @@ def load_splits(config: Config) -> Splits:
     else:
         if d.source == "synthetic":  # sampled from the model itself, sized by the same settings and the data's
             with sized_by(settings_of(config, (*MODEL_SIZES, "data.synthetic_points", "data.synthetic_dim"))):
-                truth = build_model(config, d.synthetic_dim)
+                truth = build_model(_standard_prior(config), d.synthetic_dim)
                 x_all = truth.sample(d.synthetic_points, generator)[0]
         else:
             x_np, y_np = load_array_file(d.source)

@@ -48,6 +48,7 @@ __all__ = [
     "LINEAR_MODELS",
     "LINEAR_TRAIN",
     "PRESETS",
+    "PRIOR_COMPONENTS",
     "STRATEGY_NAMES",
     "check_collapse_options",
     "check_device",
@@ -99,6 +100,11 @@ class ModelConfig(_Section):
     400 units for MNIST), recorded in the run's config.json when the model is built.
     ``likelihood``: ``bernoulli`` (binary data, or data in [0, 1] binarised) or ``gaussian``
     (real-valued data; it starts at the training data's mean and standard deviation).
+    ``prior``: the VAE's p(z) (MLP decoder): ``normal``, N(0, I); ``vamp``, the VampPrior
+    (Tomczak and Welling 2018), the mixture of the encoder's posteriors at ``prior_components``
+    learned pseudo-inputs (the amortized strategy, a Gaussian family); or ``mog``, a mixture of
+    ``prior_components`` Gaussians with learned means, scales and weights
+    (:mod:`avi.models.priors`). Unset, ``prior_components`` is :data:`PRIOR_COMPONENTS`'.
 
     Or a user's own model by import path, ``path/to/file.py:Class`` or ``package.module:Class``
     (docs/custom-models.md): built as ``Class(**args)``, with ``data_dim`` (the data's) and
@@ -113,6 +119,10 @@ class ModelConfig(_Section):
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
     decoder: Literal["mlp", "made"] = "mlp"
+    #: the VAE's prior p(z): N(0, I), the VampPrior, or a learned mixture of Gaussians
+    prior: Literal["normal", "vamp", "mog"] = "normal"
+    #: components of a learned prior (the VampPrior's pseudo-inputs); unset: PRIOR_COMPONENTS'
+    prior_components: int | None = Field(None, ge=1)
     #: classes C of each categorical latent of the discrete-vae
     num_classes: int = Field(10, ge=2)
     #: constructor arguments of a user's model (``[model.args]``)
@@ -460,6 +470,30 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_prior(self) -> Config:
+        """A learned prior is the VAE's with an MLP decoder; the VampPrior mixes the Gaussian
+        posteriors of an encoder of x; neither factorises over dimensions, as free bits need.
+        Unset ``prior_components`` become :data:`PRIOR_COMPONENTS`'."""
+        m, inf = self.model, self.inference
+        if m.prior == "normal":
+            return self
+        if m.name != "vae" or m.decoder != "mlp":
+            other = f"model {m.name!r}" if m.name != "vae" else f"the {m.decoder} decoder"
+            raise ValueError(f"model.prior {m.prior!r} is for the vae with an MLP decoder, not {other}")
+        if m.prior == "vamp" and (inf.strategy != "amortized" or inf.family not in ("mean-field", "full-rank")):
+            raise ValueError(
+                "model.prior 'vamp' mixes the Gaussian posteriors of an encoder of x: it needs strategy 'amortized' "
+                f"and family mean-field or full-rank, not {inf.strategy!r} and {inf.family!r}"
+            )
+        if self.remedies.free_bits > 0:
+            raise ValueError(
+                f"free bits need a prior that factorises over the latent dimensions; model.prior {m.prior!r} does not"
+            )
+        if m.prior_components is None:
+            m.prior_components = PRIOR_COMPONENTS[m.prior]
+        return self
+
+    @model_validator(mode="after")
     def _check_applicable(self, info: ValidationInfo) -> Config:
         """A setting given where it does not apply would be recorded in config.json and ignored:
         an error, for the settings the user set (``model_fields_set``) of :data:`_APPLIES`. Not
@@ -479,6 +513,9 @@ class Config(_Section):
 
 #: models with discrete latents, and the variational family each takes
 DISCRETE_MODELS: dict[str, FamilyName] = {"discrete-vae": "categorical", "sbn": "bernoulli"}
+#: components of a learned prior where model.prior_components is unset: Tomczak and Welling's 500
+#: pseudo-inputs for the VampPrior, and for a mixture of Gaussians one per class of MNIST
+PRIOR_COMPONENTS = {"vamp": 500, "mog": 10}
 #: the linear-Gaussian models (exact log p(x))
 LINEAR_MODELS = ("ppca", "factor-analysis")
 #: the models avi builds by name; any other model is named by import path
@@ -592,6 +629,13 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
     ),
     (("data.mean", "data.sd"), "data.standardize", lambda on: on, "standardised data (standardize = true)", ""),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
+    (
+        ("model.prior_components",),
+        "model.prior",
+        lambda prior: prior != "normal",
+        "a learned prior (model.prior = 'vamp' or 'mog')",
+        "",
+    ),
     (("model.args",), "model.name", is_import_path, "a user's model (model.name = 'file.py:Class')", ""),
     (
         ("model.hidden", "model.activation", "model.likelihood", "model.decoder"),
