@@ -316,6 +316,16 @@ def _epoch_line(row: dict[str, Any]) -> str:
     )
 
 
+#: the ``--checkpoint`` option of ``avi evaluate``
+CheckpointFlag = Annotated[
+    str,
+    typer.Option(
+        help="Which checkpoint to score: last (checkpoint.pt, the last epoch) or best (best.pt, the best "
+        "validation epoch, kept by avi fit --early-stop); each keeps its own evaluation files."
+    ),
+]
+
+
 @app.command()
 @_interruptible("saved evaluations are as they were")
 def evaluate(
@@ -343,13 +353,7 @@ def evaluate(
         float | None,
         typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks."),
     ] = None,
-    checkpoint: Annotated[
-        str,
-        typer.Option(
-            help="Which checkpoint to score: last (checkpoint.pt, the last epoch) or best (best.pt, the best "
-            "validation epoch, kept by avi fit --early-stop); each keeps its own evaluation files."
-        ),
-    ] = "last",
+    checkpoint: CheckpointFlag = "last",
     threads: ThreadsFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -378,8 +382,13 @@ def evaluate(
             )
     except AviError as err:
         _fail(str(err))
-    if not is_main():  # under torchrun, rank 0 alone speaks
-        return
+    if is_main():  # under torchrun, rank 0 alone speaks
+        _show_evaluation(run_dir, result, precision, as_json)
+
+
+def _show_evaluation(run_dir: Path, result: dict[str, Any], precision: str, as_json: bool) -> None:
+    """``avi evaluate``'s result: a note where it ran in another ``precision`` than asked, the
+    Pareto k-hat warning, then its table (or, ``as_json``, one JSON object)."""
     if precision != result["precision"]:
         note = f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}"
         console.print(note, highlight=False, soft_wrap=True)

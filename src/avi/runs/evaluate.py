@@ -96,9 +96,8 @@ def run_evaluate(
     q(z|t(x))) for a random transform t, and ``probe_accuracy`` of a linear classifier on
     posterior means (None without labels).
 
-    Scores the run's ``checkpoint``: "last" (checkpoint.pt) or "best" (best.pt, the best
-    validation epoch's, which ``train.early_stop`` keeps); the result names it in ``checkpoint``
-    and its epoch in ``checkpoint_epoch``, and each checkpoint has its own evaluation files.
+    Scores the run's ``checkpoint``, "last" (checkpoint.pt) or "best" (best.pt, which
+    ``train.early_stop`` keeps), named with its epoch in the result; each has its own files.
 
     Runs on ``device`` (cpu, cuda, auto; default the run's) in ``precision`` within ``memory_budget``
     MiB (see the module); ``on_batch(done, total)`` reports sampling progress.
@@ -118,24 +117,28 @@ def run_evaluate(
         result = {"n": x.shape[0], "data": source, **_point_means(run.model, posterior, x), **_exact(run.model, x)}
     points, estimates = _importance_sampled(run, posterior, x, sampling, cubo, on_batch)
     path = evaluation_path(Path(run_dir), sampling["k"], data, checkpoint)
-    result.update(
-        checkpoint=checkpoint,
-        checkpoint_epoch=run.epoch,
-        **estimates,
-        per_point_file=_points_path(path).name,
-        k=sampling["k"],
-        strategy=run.config.inference.strategy,
-        inference_seconds=inference_seconds,
-        seconds=time.perf_counter() - started,
-        precision=sampling["precision"],
-        processes=distributed.world_size(),
-    )
+    seconds = {"inference_seconds": inference_seconds, "seconds": time.perf_counter() - started}
+    result.update(estimates, **_scored(run, checkpoint, sampling, path), **seconds)
     if consistency:
         result.update(_representation(run, x, test.labels))
     if distributed.is_main():  # one file per k, data and checkpoint: a quick one never replaces a careful one
         _write_points(_points_path(path), points)
         write_json(path, result)
     return result
+
+
+def _scored(run: TrainedRun, checkpoint: str, sampling: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What an evaluation scored and how: the checkpoint and its epoch, the per-point file, k,
+    the strategy, the precision that ran and the processes."""
+    return {
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": run.epoch,
+        "per_point_file": _points_path(path).name,
+        "k": sampling["k"],
+        "strategy": run.config.inference.strategy,
+        "precision": sampling["precision"],
+        "processes": distributed.world_size(),
+    }
 
 
 def _check_options(precision: str, k: int | None) -> None:
