@@ -1,0 +1,265 @@
+"""Learned priors: the mixture of Gaussians and the VampPrior are normalised mixtures, their
+draws follow their densities, the VampPrior references its encoder without owning it, the
+collapse diagnostics read their marginals, and ``avi fit --prior`` trains, resumes and evaluates."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.distributions import Normal
+from typer.testing import CliRunner
+
+from avi.cli import app
+from avi.encoders import AmortizedPosterior, mlp_encoder
+from avi.errors import ConfigError
+from avi.evaluation.collapse import dimension_kl
+from avi.families import make_family
+from avi.models import VAEModel, priors
+from avi.models.priors import MixtureOfGaussians, MoGPrior, VampPrior, pseudo_input_start
+from avi.objectives.bounds import analytic_kl_or_none
+from avi.runs.build import build_model, build_posterior
+from avi.runs.config import load_config
+from avi.runs.load import build_run, load_trained
+from avi.runs.rundir import read_checkpoint, read_config
+from avi.seeding import seeded
+from tests.runs.conftest import small_job
+
+
+def _mog_prior(components: int = 3) -> MoGPrior:
+    """A 2-D mixture in float64 with unequal weights, means in [-1, 1], scales in [0.3, 1]."""
+    prior = MoGPrior(2, components).double()
+    with torch.no_grad():
+        prior.logits.copy_(torch.randn(components))
+        prior.loc.uniform_(-1, 1)
+        prior.raw_scale.copy_(torch.empty(components, 2).uniform_(0.3, 1).expm1().log())
+    return prior
+
+
+def _mog() -> MixtureOfGaussians:
+    return _mog_prior()()
+
+
+def _vamp(family: str = "full-rank", components: int = 4, data_dim: int = 5) -> tuple[VampPrior, AmortizedPosterior]:
+    """A VampPrior over 2 latents in float64, attached to a random encoder of ``family``."""
+    fam = make_family(family, 2)
+    posterior = AmortizedPosterior(mlp_encoder(data_dim, [8], fam.param_size, "tanh"), fam).double()
+    vamp = VampPrior(pseudo_input_start(components, data_dim, torch.rand(10, data_dim)).double())
+    vamp.attach(posterior)
+    return vamp, posterior
+
+
+def _covariances(p: MixtureOfGaussians) -> Tensor:
+    """The components' covariances, (C, K, K)."""
+    return torch.diag_embed(p.scale**2) if p.diagonal else p.scale @ p.scale.transpose(-1, -2)
+
+
+def _grid_integral(p: MixtureOfGaussians) -> tuple[float, float]:
+    """The integral of exp(log p) over R^2 by the midpoint rule, and a bound on its error.
+
+    The box [c - L, c + L]^2, L = 9 s_max beyond the farthest component mean (s_max the largest
+    marginal scale), leaves out at most 2 Phi(-9) of each component's mass per dimension: 4 Phi(-9)
+    in all. On the whole plane the midpoint rule of step h errs, for a Gaussian of covariance S,
+    by sum over the lattice frequencies w = 2 pi m / h (m != 0) of exp(-w' S w / 2) (Poisson
+    summation), at most 8 exp(-2 pi^2 lambda_min / h^2) with lambda_min the least eigenvalue of
+    any S: with h = sqrt(lambda_min) / 3, 1e-76. Float64 rounding of the sum adds below 1e-10.
+    """
+    loc, s_max = p.loc, p.base_dist.scale.max().item()
+    lambda_min = torch.linalg.eigvalsh(_covariances(p)).min().item()
+    centre = ((loc.max(0).values + loc.min(0).values) / 2).tolist()
+    half = (loc.max(0).values - loc.min(0).values).max().item() / 2 + 9 * s_max
+    h = math.sqrt(lambda_min) / 3
+    n = math.ceil(2 * half / h)
+    axes = [c - half + h * (torch.arange(n, dtype=torch.float64) + 0.5) for c in centre]
+    z = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (n, n, 2)
+    integral = p.log_prob(z).exp().sum().item() * h * h
+    tail = 4 * 0.5 * math.erfc(9 / math.sqrt(2))
+    quadrature = 8 * math.exp(-2 * math.pi**2 * lambda_min / h**2)
+    return integral, tail + quadrature + 1e-10
+
+
+def _vamp_mixture(family: str) -> MixtureOfGaussians:
+    return _vamp(family)[0]()
+
+
+MIXTURES = {
+    "mog": _mog,
+    "vamp-full-rank": lambda: _vamp_mixture("full-rank"),
+    "vamp": lambda: _vamp_mixture("mean-field"),
+}
+
+
+@pytest.mark.parametrize("name", MIXTURES)
+def test_density_integrates_to_one(name: str) -> None:
+    with torch.no_grad():
+        integral, tolerance = _grid_integral(MIXTURES[name]())
+    assert abs(integral - 1) <= tolerance
+
+
+@pytest.mark.parametrize("family", ["mean-field", "full-rank"])
+def test_vamp_log_prob_is_the_mean_of_the_posteriors_at_the_pseudo_inputs(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vamp, posterior = _vamp(family, components=6)
+    z = 2 * torch.randn(5, 3, 2, dtype=torch.float64)
+    with torch.no_grad():
+        q = posterior(vamp.pseudo_inputs)  # q(z | u_c): batch (6,)
+        expected = torch.logsumexp(q.log_prob(z[..., None, :]), dim=-1) - math.log(6)
+        torch.testing.assert_close(vamp().log_prob(z), expected, rtol=1e-12, atol=1e-12)
+        monkeypatch.setattr(priors, "BLOCK", 7)  # a row or two at a time: the same numbers
+        torch.testing.assert_close(vamp().log_prob(z), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_mog_log_prob_is_the_weighted_sum_of_its_gaussians() -> None:
+    prior, z = _mog_prior(), 2 * torch.randn(5, 3, 2, dtype=torch.float64)
+    with torch.no_grad():
+        loc, scale = prior.loc, torch.nn.functional.softplus(prior.raw_scale)  # (C, 2)
+        log_n = (-0.5 * ((z[..., None, :] - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        expected = torch.logsumexp(log_n + torch.log_softmax(prior.logits, -1), dim=-1)
+        torch.testing.assert_close(prior().log_prob(z), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MIXTURES)
+def test_draws_have_the_mixtures_moments(name: str) -> None:
+    """Sample means and covariances of n = 20,000 draws against the mixture's: mean sum_c w_c
+    mu_c, covariance sum_c w_c (S_c + mu_c mu_c') - mean mean'. Each estimate is within 5 of its
+    Monte Carlo standard errors (sd of the summand / sqrt(n), the sd from the draws; a fixed
+    seed). A draw with L' for L (a transposed Cholesky factor) or with equal component weights
+    would miss the covariance or the mean by far more."""
+    with torch.no_grad():
+        p, n = MIXTURES[name](), 20_000
+        weights = p.log_weights.exp()
+        mean = (weights[:, None] * p.loc).sum(0)
+        second = (weights[:, None, None] * (_covariances(p) + p.loc[:, :, None] * p.loc[:, None, :])).sum(0)
+        covariance = second - mean[:, None] * mean[None, :]
+        torch.testing.assert_close(p.mean, mean)
+        torch.testing.assert_close(p.variance, covariance.diagonal())
+        for z in (p.draw(n, torch.Generator().manual_seed(5)), p.sample((100, 200)).reshape(n, 2)):
+            centred = z - mean
+            assert ((z.mean(0) - mean).abs() <= 5 * z.std(0) / math.sqrt(n)).all()
+            products = centred[:, :, None] * centred[:, None, :]  # (n, 2, 2)
+            assert ((products.mean(0) - covariance).abs() <= 5 * products.std(0) / math.sqrt(n)).all()
+
+
+def test_model_samples_come_from_its_learned_prior() -> None:
+    """VAEModel.sample draws z from the mixture with the generator given, not from the Gaussian of
+    the prior's mean and variance: two far-apart components give no z near 0."""
+    prior = MoGPrior(1, 2)
+    with torch.no_grad():
+        prior.loc.copy_(torch.tensor([[-10.0], [10.0]]))
+        prior.raw_scale.fill_(-3.0)  # scale softplus(-3) = 0.05
+    model = VAEModel(3, 1, hidden=(4,), learned_prior=prior)
+    x, z = model.sample(500, torch.Generator().manual_seed(2))
+    assert x.shape == (500, 3) and ((z.abs() - 10).abs() < 0.5).all()
+    assert 200 < int((z > 0).sum()) < 300  # equal weights: Binomial(500, 1/2), sd 11
+    again = model.prior().draw(500, torch.Generator().manual_seed(2))  # type: ignore[attr-defined]
+    torch.testing.assert_close(z, again)
+
+
+def test_vamp_prior_references_its_encoder_and_trains_both() -> None:
+    """The encoder's parameters stay the posterior's (optimised and saved once); log p(z) has a
+    gradient for the pseudo-inputs and for the encoder, as in Tomczak and Welling's model."""
+    vamp, posterior = _vamp("mean-field")
+    model = VAEModel(5, 2, hidden=(4,), learned_prior=vamp).double()
+    assert [name for name, _ in model.named_parameters() if "decoder" not in name] == ["learned_prior.pseudo_inputs"]
+    assert [key for key in model.state_dict() if key.startswith("learned_prior")] == ["learned_prior.pseudo_inputs"]
+    model.prior().log_prob(torch.randn(7, 2, dtype=torch.float64)).sum().backward()
+    assert vamp.pseudo_inputs.grad is not None and vamp.pseudo_inputs.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in posterior.parameters())
+    with pytest.raises(ConfigError, match="no posterior to mix"):
+        VampPrior(torch.zeros(3, 5))()
+    table = AmortizedPosterior(mlp_encoder(5, [], 4), make_family("mean-field", 2))
+    table.amortized = False
+    with pytest.raises(ConfigError, match="needs an amortized posterior"):
+        VampPrior(torch.zeros(3, 5)).attach(table)
+
+
+@pytest.mark.parametrize("family", ["mean-field", "full-rank"])
+def test_kl_to_a_mixture_is_estimated_and_per_dimension_against_its_marginals(family: str) -> None:
+    """No closed form (and no ambiguous dispatch); the collapse diagnostics' KL per dimension is
+    KL(q(z_k|x) || p(z_k)) with p(z_k) the mixture's marginal, checked against a 1-D midpoint
+    rule (step 0.005 over +-12: error far below the Monte Carlo error of 40,000 draws, whose
+    standard error bounds the difference 5 times over)."""
+    vamp, posterior = _vamp(family)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p, q = vamp(), posterior(torch.rand(3, 5, dtype=torch.float64))
+        assert analytic_kl_or_none(q, p) is None
+        kl = dimension_kl(q, p, num_samples=40_000)  # (3, 2)
+        u = posterior(vamp.pseudo_inputs)  # the components q(z | u_c): their marginals, (C, 2)
+    marginal_p = Normal(u.mean, u.stddev)
+    marginal_q = Normal(q.mean, q.stddev)  # (3, 2)
+
+    def log_p(z: Tensor) -> Tensor:  # log (1/C) sum_c N(z_k; mu_ck, s_ck), z (..., 2) -> (..., 2)
+        return torch.logsumexp(marginal_p.log_prob(z[..., None, :]), dim=-2) - math.log(u.mean.shape[0])
+
+    grid = (torch.arange(-12, 12, 0.005, dtype=torch.float64) + 0.0025)[:, None, None].expand(-1, 3, 2)
+    log_q = marginal_q.log_prob(grid)  # (G, 3, 2)
+    exact = (log_q.exp() * (log_q - log_p(grid))).sum(0) * 0.005
+    z = marginal_q.sample((40_000,))
+    ratio_sd = (marginal_q.log_prob(z) - log_p(z)).std(0)
+    assert ((kl - exact).abs() <= 5 * ratio_sd / math.sqrt(40_000)).all()
+
+
+def test_the_first_posterior_built_for_a_model_is_its_vamp_prior_posterior() -> None:
+    """avi gaps builds a second encoder for the run's model: the prior keeps the run's."""
+    config = load_config(None, {"model": {"prior": "vamp", "prior_components": 3, "hidden": [4], "latent_dim": 2}})
+    model = build_model(config, 6, torch.rand(10, 6))
+    first = build_posterior(config, model, 10)
+    build_posterior(config, model, 10)
+    assert model.learned_prior.posterior is first  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"model": {"prior": "vamp"}, "inference": {"strategy": "per-datapoint"}}, "needs strategy 'amortized'"),
+        ({"model": {"prior": "vamp"}, "inference": {"family": "iaf"}}, "family mean-field or full-rank"),
+        ({"model": {"prior": "mog", "decoder": "made"}}, "not the made decoder"),
+        ({"model": {"prior": "mog", "name": "ppca"}}, "not model 'ppca'"),
+        ({"model": {"prior": "mog"}, "remedies": {"free_bits": 0.5}}, "free bits need a prior that factorises"),
+        ({"model": {"prior_components": 5}}, "model.prior_components applies to a learned prior"),
+    ],
+)
+def test_config_refuses_a_learned_prior_where_it_cannot_apply(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, settings)
+
+
+def test_unset_components_are_the_papers_500_pseudo_inputs_and_10_gaussians() -> None:
+    assert load_config(None, {"model": {"prior": "vamp"}}).model.prior_components == 500
+    assert load_config(None, {"model": {"prior": "mog"}}).model.prior_components == 10
+    assert load_config(None, {}).model.prior_components is None
+
+
+def _avi(*args: str) -> Any:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return result
+
+
+@pytest.mark.parametrize(("prior", "key"), [("vamp", "pseudo_inputs"), ("mog", "loc")])
+def test_fit_resume_and_evaluate_with_a_learned_prior(prior: str, key: str, tmp_path: Path) -> None:
+    """avi fit --prior trains the prior (its parameters move each epoch), --resume restores and
+    trains it on, load_trained gives the checkpoint's, and avi evaluate scores the run."""
+    job, run = tmp_path / "job.toml", tmp_path / "run"
+    job.write_text(small_job(epochs=2))
+    _avi("fit", str(job), "--prior", prior, "--out", str(run))
+    config = read_config(run)
+    with seeded(config.train.seed):
+        start = build_run(config).model.state_dict()[f"learned_prior.{key}"]
+    after_two = read_checkpoint(run / "checkpoint.pt")["model"][f"learned_prior.{key}"]
+    torch.testing.assert_close(load_trained(run).model.state_dict()[f"learned_prior.{key}"], after_two, rtol=0, atol=0)
+    _avi("fit", "--resume", str(run), "--epochs", "3")
+    after_three = read_checkpoint(run / "checkpoint.pt")["model"][f"learned_prior.{key}"]
+    assert not torch.equal(start, after_two) and not torch.equal(after_two, after_three)
+    evaluation = json.loads(_avi("evaluate", str(run), "--k", "20", "--json").stdout)
+    assert evaluation["checkpoint_epoch"] == 3 and math.isfinite(evaluation["log_likelihood"])
+    assert len(evaluation["kl_per_dim"]) == 2 and all(math.isfinite(v) for v in evaluation["kl_per_dim"])
+    assert config.model.prior_components == {"vamp": 500, "mog": 10}[prior]
