@@ -141,8 +141,9 @@ class MixtureOfGaussians(Independent):
 @register_kl(Independent, MixtureOfGaussians)
 @register_kl(MultivariateNormal, MixtureOfGaussians)
 def _no_closed_form(q: Distribution, p: MixtureOfGaussians) -> Tensor:
-    """KL(q || mixture) has no closed form: the caller estimates it (without this, torch would
-    dispatch to the KL of two ``Independent`` and compare q's factors with the marginals)."""
+    """KL(q || mixture) has no closed form: the caller estimates it. Registered so that torch's
+    dispatch never reaches the KL of two ``Independent``, which would read the mixture's
+    marginals as its factors."""
     raise NotImplementedError
 
 
