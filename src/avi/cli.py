@@ -27,7 +27,7 @@ from avi.cli_options import FIT_FLAGS, Flag, changed_on_resume, overrides, param
 from avi.errors import AviError, ConfigError
 from avi.interrupts import sigint_handled
 from avi.runs.paths import check_output_dir
-from avi.runs.progress import reporter
+from avi.runs.progress import Reporter, reporter
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -554,17 +554,22 @@ def gaps(
     as_json: JsonFlag = False,
 ) -> None:
     """Split the inference gap into approximation and amortization gaps (Cremer et al. 2018)."""
+    from avi.evaluation.gaps import CHECK_POINTS
     from avi.runs.gaps import run_gaps
 
     _set_threads(threads)
     try:
         with reporter(console, "points", transient=True) as progress:
-            progress.start("gap decomposition (q* per point, then log p(x))")
+            progress.start("gap decomposition")
             result = run_gaps(
-                run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps, ais_steps=ais_steps
-            )
+                run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps,
+                ais_steps=ais_steps, on_progress=_pieces(progress, {"refining q*": "steps"}),
+            )  # fmt: skip
     except AviError as err:
         _fail(str(err))
+    if not result["q_star_converged"]:
+        why = _unconverged(steps, result["refine_gain"], min(CHECK_POINTS, result["n"]))
+        console.print(f"warning: {escape(why)}", highlight=False, soft_wrap=True)
     if as_json:
         _print_json(result)
         return
@@ -578,6 +583,32 @@ def gaps(
     table.add_row("amortization gap", f"{result['amortization_gap']:.3f} ± {result['amortization_gap_stderr']:.3f}")
     Console().print(table)
     console.print(f"figure: {Path(run_dir) / 'gaps.png'}", highlight=False, soft_wrap=True)
+
+
+def _unconverged(steps: int, gain: float, points: int) -> str:
+    """Why q* may be short of the family's optimum, given the gain of its last steps on the
+    first ``points`` points."""
+    if steps == 0:
+        return "--steps 0: q* is the encoder's q, and the approximation gap is the whole gap"
+    last = steps - steps // 2
+    return (
+        f"q* may not have converged: the last {last} of its {steps} steps raised L[q*] by {gain:.3f} "
+        f"nats per point (on the first {points} points); raise --steps"
+    )
+
+
+def _pieces(progress: Reporter, units: dict[str, str]) -> Callable[[str, int, int], None]:
+    """Reports (what, done, total) of work in pieces as ``progress``: a new piece starts when
+    ``what`` changes, counted in ``units[what]`` (else the reporter's unit)."""
+    current = [""]
+
+    def tell(what: str, done: int, total: int) -> None:
+        if what != current[0]:
+            current[0] = what
+            progress.start(what, total, units.get(what))
+        progress.update(done, total)
+
+    return tell
 
 
 @app.command()

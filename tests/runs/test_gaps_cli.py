@@ -8,9 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
+from avi.cli import app
 from avi.evaluation import gaps as gap_estimates
+from avi.runs.config import load_config
 from avi.runs.gaps import MEMORY_BUDGET, run_gaps
+from avi.runs.train import run_fit
 
 PPCA_JOB = """
 [model]
@@ -138,3 +143,23 @@ def test_ais_chunks_follow_a_memory_budget(run_avi, small_config, tmp_path: Path
     result = run_gaps(run, k=8, points=10, steps=5, ais_steps=2)
     assert result["log_likelihood_method"] == "ais" and math.isfinite(result["log_likelihood"])
     assert budgets == [MEMORY_BUDGET]
+
+
+def test_gaps_shows_its_progress_and_warns_when_q_star_is_short(small_config, tmp_path: Path, monkeypatch) -> None:
+    """Outside a terminal: a line per report (AVI_PROGRESS_SECONDS=0) of the refinement's steps
+    (2 and the check's 1) and of the points whose log p(x) is done (k = 2000: a point a batch);
+    2 steps from the encoder's output leave q* short, and the warning says by how much and
+    what to do."""
+
+    run = run_fit(load_config(small_config(1)), tmp_path / "run")
+    monkeypatch.setenv("AVI_PROGRESS_SECONDS", "0")
+    threads = torch.get_num_threads()
+    args = ["gaps", str(run), "--steps", "2", "--points", "20", "--k", "2000", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("refining q*: 3/3 steps (100%)") for line in lines), result.output
+    assert any(line.startswith("log p(x): 20/20 points (100%)") for line in lines), result.output
+    warning = [line for line in lines if line.startswith("warning: q* may not have converged: the last 1 of its 2")]
+    assert len(warning) == 1 and warning[0].endswith("nats per point (on the first 20 points); raise --steps")

@@ -52,9 +52,9 @@ def run_gaps(
     With a ``family`` other than the run's, a new amortized encoder of that family is first
     trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do).
     ``q_star_converged`` says whether ``steps`` were enough (:func:`gap_decomposition`'s check);
-    ``on_progress`` hears how the decomposition goes on. Writes ``gaps-FAMILY-SPLIT.json`` and the figure ``gaps.png`` into the run directory. A run
-    that an ``avi fit`` is still writing is refused, as is one whose saved decompositions (which
-    the figure draws) are damaged.
+    ``on_progress`` hears how the decomposition goes on. Writes ``gaps-FAMILY-SPLIT.json`` and
+    the figure ``gaps.png`` into the run directory. A run that an ``avi fit`` is still writing
+    is refused, as is one whose saved decompositions (which the figure draws) are damaged.
     """
     _check_options(family, split, {
         "k": (k, 1, "a positive integer"),
