@@ -11,6 +11,7 @@ from avi.errors import ConfigError
 from avi.families import kl as _kl  # noqa: F401  (registers the analytic KLs)
 from avi.families.finite_flow import FiniteFlow
 from avi.families.gaussian import FullRankGaussian, MeanFieldGaussian, inverse_softplus
+from avi.families.hierarchical import HierarchicalFamily
 from avi.families.planar import PlanarFamily
 from avi.families.radial import RadialFamily
 from avi.families.sylvester import SylvesterFamily
@@ -20,6 +21,7 @@ __all__ = [
     "Family",
     "FiniteFlow",
     "FullRankGaussian",
+    "HierarchicalFamily",
     "MeanFieldGaussian",
     "PlanarFamily",
     "RadialFamily",
@@ -33,8 +35,9 @@ class Family(Protocol):
     """What a family offers: ``param_size`` P, lambda (B, P) -> q, and a starting lambda.
 
     Gaussian families and the finite flows (planar, radial, Sylvester: every flow parameter in
-    lambda) are plain functions of lambda; zuko's flow families are ``nn.Module``s whose
-    weights are shared by all points (a posterior that holds one registers them).
+    lambda) are plain functions of lambda; zuko's flow families and the hierarchical family
+    (q(z_l | z_(l-1)) of a model with several latent layers) are ``nn.Module``s whose weights are
+    shared by all points (a posterior that holds one registers them).
     """
 
     name: str
