@@ -4,7 +4,8 @@ Posterior collapse is q(z|x) = p(z) for every x: the KL term vanishes and the la
 information about x. Three views of it, all computed from the posterior over a data set:
 
 - KL(q(z_k|x) || p(z_k)) per dimension k, averaged over points;
-- active units (Burda et al. 2016): dimensions whose posterior mean moves with x;
+- active units (Burda et al. 2016): dimensions whose posterior mean moves with x, counted per
+  latent layer for a model with several (their "16+5": :func:`active_units_by_layer`);
 - I(x; z) under the encoder's joint p_data(x) q(z|x) (Hoffman and Johnson 2016), estimated as
   He, Spokoyny, Neubig and Berg-Kirkpatrick (2019) do (their ``calc_mi``).
 """
@@ -12,7 +13,7 @@ information about x. Three views of it, all computed from the posterior over a d
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +21,14 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
+from avi.models.hierarchical import latent_layers
 from avi.nn import eval_mode
 from avi.objectives.bounds import analytic_kl_or_none
 
 __all__ = [
     "CollapseDiagnostics",
     "active_units",
+    "active_units_by_layer",
     "batch_mutual_information",
     "collapse_diagnostics",
     "dimension_kl",
@@ -39,17 +42,25 @@ class CollapseDiagnostics(NamedTuple):
 
     ``kl_per_dim`` (K,): mean over points of KL(q(z_k|x) || p(z_k)); ``mean_variance`` (K,):
     Cov_x(E_q[z_k|x]) (the trace over a categorical latent's classes); ``active_units``: how
-    many of those exceed the threshold; ``mutual_information``: the estimate of I(x; z) in nats.
+    many of those exceed the threshold; ``mutual_information``: the estimate of I(x; z) in nats;
+    ``active_units_per_layer``: the active units of each latent layer, z_1 first (one count for
+    a model with one latent vector).
     """
 
     kl_per_dim: Tensor
     mean_variance: Tensor
     active_units: int
     mutual_information: float
+    active_units_per_layer: tuple[int, ...] = ()
 
 
 def _mean(q: Distribution) -> Tensor:
-    """E_q[z] (B, K): closed form, or from 100 samples for distributions without one (flows)."""
+    """E_q[z] (B, K): closed form, or from 100 samples for distributions without one (flows);
+    for a chain over latent layers, each layer's mean given one draw of the layer below
+    (:meth:`~avi.models.hierarchical.GaussianChain.conditional_means`, Burda et al.'s statistic)."""
+    conditional_means = getattr(q, "conditional_means", None)
+    if conditional_means is not None:
+        return cast(Tensor, conditional_means())
     try:
         return q.mean
     except NotImplementedError:
@@ -74,7 +85,8 @@ def posterior_mean_variance(posterior: nn.Module, x: Tensor, *, batch_size: int 
     """Cov_x(E_q[z | x]) per latent dimension, (K,): how much each dimension's posterior mean
     moves across data points (for a categorical latent, the trace over its one-hot classes).
     Means come from ``q.mean``; for distributions without a closed-form mean (flows), from 100
-    samples. The posterior runs in evaluation mode (no training-only noise)."""
+    samples; for a chain over latent layers, given one draw of the layer below (:func:`_mean`).
+    The posterior runs in evaluation mode (no training-only noise)."""
     with eval_mode(posterior):
         means = torch.cat([_mean(posterior(x[i], i)) for i in _batches(x.shape[0], batch_size, x.device)])
     return _variance_per_latent(means)
@@ -85,8 +97,44 @@ def active_units(posterior: nn.Module, x: Tensor, *, threshold: float = 0.01) ->
     return int((posterior_mean_variance(posterior, x) > threshold).sum())
 
 
+def active_units_by_layer(
+    mean_variance: Tensor, layers: tuple[int, ...], *, threshold: float = 0.01
+) -> tuple[int, ...]:
+    """The active units (Cov_x(E_q[z_u | x]) > ``threshold``) of each latent layer, from the
+    variances (K,) of the layers (K_1, ..., K_L) laid end to end: Burda et al.'s "16+5" is
+    (16, 5). One count where ``layers`` do not add up to K (a model's own latent structure)."""
+    if sum(layers) != mean_variance.numel():
+        layers = (mean_variance.numel(),)
+    return tuple(int((part > threshold).sum()) for part in mean_variance.split(layers))
+
+
+def _marginals(q: Distribution, num_samples: int) -> Distribution:
+    """q's marginals q(z_k | x), batch (B, K): a mean-field q's factors, a full-rank Gaussian's
+    Gaussian marginals, else the Gaussians of the moments of ``num_samples`` draws (flows)."""
+    if isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1:
+        return q.base_dist
+    if isinstance(q, MultivariateNormal):
+        return Normal(q.loc, q.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt(), validate_args=False)
+    z = q.sample((num_samples,))
+    return Normal(z.mean(0), z.std(0), validate_args=False)
+
+
+def _chain_kl(q: Distribution, prior: Distribution, num_samples: int) -> Tensor:
+    """E_q[log q(z_k | its parents) - log p(z_k | its parents)] per point and dimension, (B, K),
+    from ``num_samples`` draws of q, for a prior that is a chain over latent layers (its
+    ``coordinate_log_prob``): terms that sum to KL(q || p) where q is a chain too or factorises;
+    any other q is read through its marginals (:func:`_marginals`)."""
+    z = q.sample((num_samples,))
+    chain = getattr(q, "coordinate_log_prob", None)
+    log_q = chain(z) if chain is not None else _marginals(q, num_samples).log_prob(z)
+    return (log_q - prior.coordinate_log_prob(z)).mean(0)  # type: ignore[attr-defined]
+
+
 def dimension_kl(q: Distribution, prior: Distribution, *, num_samples: int = 100) -> Tensor:
-    """KL(q(z_k|x) || p(z_k)) per point and latent dimension, (B, K), for a factorised prior.
+    """KL(q(z_k|x) || p(z_k)) per point and latent dimension, (B, K), for a factorised prior;
+    for a prior that is a chain over latent layers (a hierarchical model's), the terms
+    E_q[log q(z_k | its parents) - log p(z_k | its parents)] from ``num_samples`` draws
+    (:func:`_chain_kl`; Sonderby et al. 2016's KL per unit).
 
     Exact for a mean-field q whose factors torch has a KL for (diagonal Gaussians), and for a
     full-rank Gaussian q (its marginals are Gaussian). A factorised q of other factors gets a
@@ -96,15 +144,11 @@ def dimension_kl(q: Distribution, prior: Distribution, *, num_samples: int = 100
     variance). For a q that does not factorise, the marginal KLs sum to KL(q || p) minus the total
     correlation of q, not to KL(q || p).
     """
+    if hasattr(prior, "coordinate_log_prob"):
+        return _chain_kl(q, prior, num_samples)
     if not (isinstance(prior, Independent) and prior.reinterpreted_batch_ndims == 1):
         raise ConfigError("KL per dimension needs a prior that factorises over the latent dimensions")
-    if isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1:
-        marginal = q.base_dist
-    elif isinstance(q, MultivariateNormal):
-        marginal = Normal(q.loc, q.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt(), validate_args=False)
-    else:
-        z = q.sample((num_samples,))
-        marginal = Normal(z.mean(0), z.std(0), validate_args=False)
+    marginal = _marginals(q, num_samples)
     kl = analytic_kl_or_none(marginal, prior.base_dist)
     if kl is None:
         z = marginal.sample((num_samples,))
@@ -185,4 +229,5 @@ def collapse_diagnostics(
         mean_variance,
         int((mean_variance > threshold).sum()),
         mi / mi_count,
+        active_units_by_layer(mean_variance, latent_layers(model), threshold=threshold),
     )

@@ -63,13 +63,17 @@ def mi_settings(posterior: nn.Module) -> dict[str, int]:
 
 def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor, *, seed: int = 0) -> dict[str, Any]:
     """Metrics columns ``kl_dim_0..K-1``, ``active_units`` and ``mutual_information`` of the
-    posterior on x, with the random draws of the estimate seeded by ``seed`` and the global
-    RNG left as it was (training draws the same numbers with or without diagnostics)."""
+    posterior on x, and for a model with several latent layers the active units of each,
+    ``active_units_layer_0..L-1`` (z_1 first: Burda et al.'s "16+5"), with the random draws of
+    the estimate seeded by ``seed`` and the global RNG left as it was (training draws the same
+    numbers with or without diagnostics)."""
     with seeded(seed, x.device):
         d = collapse_diagnostics(model, posterior, x, **mi_settings(posterior))
+    layers = d.active_units_per_layer if len(d.active_units_per_layer) > 1 else ()
     return {
         **{f"kl_dim_{k}": v for k, v in enumerate(d.kl_per_dim.tolist())},
         "active_units": d.active_units,
+        **{f"active_units_layer_{layer}": count for layer, count in enumerate(layers)},
         "mutual_information": d.mutual_information,
     }
 
