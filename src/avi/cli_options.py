@@ -66,12 +66,13 @@ FIT_FLAGS: tuple[Flag, ...] = (
     Flag(
         "model.name",
         str,
-        "Model: vae, ppca, factor-analysis; discrete latents: discrete-vae (categorical) or sbn (sigmoid belief net); "
+        "Model: vae, hvae (several stochastic layers), ppca, factor-analysis; discrete latents: discrete-vae "
+        "(categorical) or sbn (sigmoid belief net); "
         "or your own class by import path, path/to/file.py:Class or package.module:Class "
         "(its arguments by --set in the table model.args).",
         name="--model",
     ),
-    Flag("model.preset", str, "Architecture preset: kingma-welling or burda-1l."),
+    Flag("model.preset", str, "Architecture preset: kingma-welling, burda-1l, or burda-2l (an hvae)."),
     Flag("data.source", str, "mnist, synthetic, or a .npy/.npz/.csv file.", name="--data"),
     Flag(
         "data.standardize", bool, "Standardise each dimension by the training split's mean and sd (not binarised data)."
@@ -89,12 +90,25 @@ FIT_FLAGS: tuple[Flag, ...] = (
         parse=widths,
     ),
     Flag("model.num_classes", int, "Classes of each categorical latent of the discrete-vae (default 10)."),
+    Flag(
+        "model.layers",
+        list,
+        "hvae: sizes of the stochastic layers z_1 (next to x), z_2, ..., comma-separated: 100,50 (the default); "
+        "the latent dimension is their sum.",
+        parse=widths,
+    ),
+    Flag(
+        "model.layer_hidden",
+        list,
+        "hvae: widths between consecutive stochastic layers, comma-separated (default --hidden's).",
+        parse=widths,
+    ),
     Flag("inference.strategy", str, "amortized, per-datapoint, semi-amortized or iterative."),
     Flag(
         "inference.family",
         str,
         "mean-field, full-rank, iaf, nsf, planar, radial or sylvester "
-        "(discrete models: their own, categorical or bernoulli).",
+        "(discrete models: their own, categorical or bernoulli; hvae: hierarchical, its default).",
     ),
     Flag(
         "inference.encoder_hidden",

@@ -20,13 +20,14 @@ from avi.errors import ConfigError, DataError, first_line
 from avi.families import Family, make_family
 from avi.families.discrete import BernoulliFamily, CategoricalFamily
 from avi.families.flow import FLOW_KINDS, FlowFamily
+from avi.families.hierarchical import HierarchicalFamily
 from avi.families.planar import PlanarFamily
 from avi.families.posterior import Posterior
 from avi.families.radial import RadialFamily
 from avi.families.sylvester import SylvesterFamily
 from avi.inference.local import LocalPosterior
 from avi.inference.semi_amortized import IterativePosterior, SemiAmortizedPosterior
-from avi.models import CategoricalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
+from avi.models import CategoricalVAE, HierarchicalVAE, LatentVariableModel, LinearGaussian, SigmoidBeliefNet, VAEModel
 from avi.models.base import as_model
 from avi.models.made import MADEModel
 from avi.models.priors import MoGPrior, VampPrior, pseudo_input_start
@@ -80,6 +81,8 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
         return linear if train is None else linear_gaussian_start(linear, train)
     if m.hidden is None:
         m.hidden = default_hidden(data_dim)
+    if m.name == "hvae":
+        return _hierarchical_model(config, data_dim, train)
     if m.name == "vae" and m.decoder == "made":
         return MADEModel(data_dim, m.latent_dim, m.hidden, m.activation)
     if m.name == "vae":
@@ -89,6 +92,18 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
     if m.name == "discrete-vae":
         return CategoricalVAE(data_dim, m.latent_dim, m.num_classes, m.hidden, m.activation)
     return SigmoidBeliefNet(data_dim, m.latent_dim, m.hidden, m.activation)
+
+
+def _hierarchical_model(config: Config, data_dim: int, train: Tensor | None) -> HierarchicalVAE:
+    """The hvae of ``config.model``; unset ``layer_hidden`` are ``hidden``'s, recorded in
+    ``config``; a Gaussian likelihood starts at the training data's moments (:func:`gaussian_start`)."""
+    m = config.model
+    if m.layers is None or m.hidden is None:
+        raise ConfigError("the hvae needs model.layers and model.hidden (Config and build_model set them)")
+    if m.layer_hidden is None:
+        m.layer_hidden = list(m.hidden)
+    start = gaussian_start(train) if train is not None and m.likelihood == "gaussian" else {}
+    return HierarchicalVAE(data_dim, m.layers, m.hidden, m.layer_hidden, m.activation, m.likelihood, **start)
 
 
 def build_prior(config: Config, data_dim: int, train: Tensor | None = None) -> MoGPrior | VampPrior | None:
@@ -171,6 +186,8 @@ def build_family(config: Config) -> Family:
         return CategoricalFamily(config.model.latent_dim, config.model.num_classes)
     if inf.family == "bernoulli":
         return BernoulliFamily(config.model.latent_dim)
+    if inf.family == "hierarchical":
+        return _hierarchical_family(config)
     if inf.family in FLOW_KINDS:
         return FlowFamily(config.model.latent_dim, inf.family, transforms=inf.flow_transforms, hidden=inf.flow_hidden)
     d = config.model.latent_dim
@@ -183,6 +200,16 @@ def build_family(config: Config) -> Family:
             d, flows=inf.flow_length or 4, variant=inf.sylvester_variant, reflections=inf.householder_reflections
         )
     return make_family(inf.family, config.model.latent_dim)
+
+
+def _hierarchical_family(config: Config) -> HierarchicalFamily:
+    """q(z_1 | lambda) q(z_2 | z_1) ... over the hvae's ``model.layers``, the networks between the
+    layers as wide as the model's (``layer_hidden``, else ``hidden``), mirrored."""
+    m = config.model
+    if m.layers is None:
+        raise ConfigError(f"family 'hierarchical' follows the latent layers of model 'hvae', not of {m.name!r}")
+    widths = m.layer_hidden if m.layer_hidden is not None else m.hidden or []
+    return HierarchicalFamily(m.layers, list(reversed(widths)), m.activation)
 
 
 def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> Posterior:

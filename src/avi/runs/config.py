@@ -45,6 +45,7 @@ __all__ = [
     "MAX_THREADS",
     "DISCRETE_MODELS",
     "FAMILY_NAMES",
+    "HVAE_LAYERS",
     "LINEAR_MODELS",
     "LINEAR_TRAIN",
     "PRESETS",
@@ -95,6 +96,11 @@ class ModelConfig(_Section):
     discrete latents (Bernoulli likelihood, :mod:`avi.models.discrete`): ``discrete-vae``,
     ``latent_dim`` categorical variables of ``num_classes`` classes each under a uniform prior,
     or ``sbn``, a sigmoid belief net of ``latent_dim`` binary units (``hidden = []``: one layer).
+    ``hvae``: a VAE with several stochastic layers (:mod:`avi.models.hierarchical`), ``layers``
+    their sizes from z_1 next to x up (default :data:`HVAE_LAYERS`, Burda et al.'s), z their
+    concatenation (``latent_dim`` is their sum); ``hidden`` the widths between x and z_1,
+    ``layer_hidden`` those between consecutive layers (unset: ``hidden``'s); its posterior is by
+    default the ``hierarchical`` family, q(z_1 | x) q(z_2 | z_1) ... (preset ``burda-2l``).
     ``hidden`` (like the other layer sizes of a config) is a list of positive widths; unset, the
     model gets one layer sized by the data's dimension (:func:`avi.runs.build.default_hidden`:
     400 units for MNIST), recorded in the run's config.json when the model is built.
@@ -125,6 +131,10 @@ class ModelConfig(_Section):
     prior_components: int | None = Field(None, ge=1)
     #: classes C of each categorical latent of the discrete-vae
     num_classes: int = Field(10, ge=2)
+    #: the hvae's stochastic layers' sizes, z_1 (next to x) first; unset: HVAE_LAYERS
+    layers: list[Width] | None = Field(None, min_length=1)
+    #: the hvae's widths between consecutive stochastic layers (p(z_l | z_l+1), q(z_l+1 | z_l)); unset: hidden's
+    layer_hidden: list[Width] | None = None
     #: constructor arguments of a user's model (``[model.args]``)
     args: dict[str, Any] = Field(default_factory=dict)
 
@@ -179,8 +189,9 @@ class DataConfig(_Section):
 
 StrategyName = Literal["amortized", "per-datapoint", "semi-amortized", "iterative"]
 FamilyName = Literal[
-    "mean-field", "full-rank", "iaf", "nsf", "planar", "radial", "sylvester", "categorical", "bernoulli"
-]
+    "mean-field", "full-rank", "iaf", "nsf", "planar", "radial", "sylvester", "categorical", "bernoulli",
+    "hierarchical",
+]  # fmt: skip
 STRATEGY_NAMES = get_args(StrategyName)
 FAMILY_NAMES = get_args(FamilyName)
 
@@ -200,7 +211,9 @@ class InferenceConfig(_Section):
 
     A model with discrete latents takes the matching discrete family (``categorical`` for the
     discrete-vae, ``bernoulli`` for the sbn; the default for those models) and the amortized
-    strategy. Flow families (``iaf``, ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
+    strategy. The ``hierarchical`` family, q(z_1 | x) prod_l q(z_l | z_(l-1)), follows the layers of
+    the hvae (its default there) and holds the networks between them. Flow families (``iaf``,
+    ``nsf``) have ``flow_transforms`` transforms with ``flow_hidden`` units.
     The flows of Rezende and Mohamed (2015), ``planar`` and ``radial``, and van den Berg et al.'s
     (2018) ``sylvester`` take all their parameters from the encoder (or the per-point table):
     ``flow_length`` layers (default 10, 10 and 4), Sylvester's ``sylvester_variant``
@@ -395,7 +408,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
-        bernoulli = self.model.name in ("vae", *DISCRETE_MODELS) and self.model.likelihood == "bernoulli"
+        bernoulli = self.model.name in ("vae", "hvae", *DISCRETE_MODELS) and self.model.likelihood == "bernoulli"
         if self.data.binarize is None:
             self.data.binarize = "dynamic" if bernoulli else "none"
         elif self.data.binarize != "none" and not bernoulli and not self.model.custom:
@@ -443,6 +456,31 @@ class Config(_Section):
             raise ValueError(
                 f"model {m.name!r} trains an amortized posterior in avi fit, not strategy {inf.strategy!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_hierarchical(self) -> Config:
+        """The hvae's z is its layers end to end: ``latent_dim`` is their sum (unset ``layers``
+        are :data:`HVAE_LAYERS`), and its family by default the hierarchical posterior. That
+        family follows the hvae's layers alone; free bits need a prior that factorises over the
+        dimensions, which p(z_1 | z_2) does not."""
+        m, inf = self.model, self.inference
+        if m.name != "hvae":
+            if inf.family == "hierarchical":
+                raise ValueError(f"family 'hierarchical' follows the latent layers of model 'hvae', not of {m.name!r}")
+            return self
+        if m.layers is None:
+            m.layers = list(HVAE_LAYERS)
+        if "latent_dim" in m.model_fields_set and m.latent_dim != sum(m.layers):
+            raise ValueError(
+                f"the hvae's latent_dim is the sum of model.layers {m.layers}, {sum(m.layers)}, not {m.latent_dim}: "
+                "set model.layers"
+            )
+        m.latent_dim = sum(m.layers)
+        if "family" not in inf.model_fields_set:
+            inf.family = "hierarchical"
+        if self.remedies.free_bits > 0:
+            raise ValueError("free bits need a prior that factorises over the latent dimensions; the hvae's does not")
         return self
 
     @model_validator(mode="after")
@@ -519,7 +557,10 @@ PRIOR_COMPONENTS = {"vamp": 500, "mog": 10}
 #: the linear-Gaussian models (exact log p(x))
 LINEAR_MODELS = ("ppca", "factor-analysis")
 #: the models avi builds by name; any other model is named by import path
-BUILTIN_MODELS = ("vae", *LINEAR_MODELS, *DISCRETE_MODELS)
+BUILTIN_MODELS = ("vae", "hvae", *LINEAR_MODELS, *DISCRETE_MODELS)
+#: the hvae's stochastic layers where model.layers is unset: Burda et al.'s (2016) two, z_1 of
+#: 100 units and z_2 of 50
+HVAE_LAYERS = (100, 50)
 #: The training defaults of the linear-Gaussian models: a larger rate, halved on each plateau of
 #: the training objective until the run converges, within a generous cap on the epochs. With
 #: them ``avi fit --model ppca`` (or factor-analysis) reaches the maximum likelihood within 0.05
@@ -629,6 +670,7 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
     ),
     (("data.mean", "data.sd"), "data.standardize", lambda on: on, "standardised data (standardize = true)", ""),
     (("model.num_classes",), "model.name", lambda name: name == "discrete-vae", "the discrete-vae model", ""),
+    (("model.layers", "model.layer_hidden"), "model.name", lambda name: name == "hvae", "the hvae model", ""),
     (
         ("model.prior_components",),
         "model.prior",
@@ -721,7 +763,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "kingma-welling": {"model": {"latent_dim": 20, "hidden": [400], "activation": "relu"}},
     # Burda, Grosse and Salakhutdinov (2016), one stochastic layer: 784-200-200-50, tanh.
     "burda-1l": {"model": {"latent_dim": 50, "hidden": [200, 200], "activation": "tanh"}},
-}
+    # Their two stochastic layers: 784-200-200-z_1 (100)-100-100-z_2 (50), tanh, as in the
+    # authors' code (yburda/iwae, experiments.py: hidden_units_q [[200, 200], [100, 100]]).
+    "burda-2l": {
+        "model": {"name": "hvae", "layers": [100, 50], "hidden": [200, 200], "layer_hidden": [100, 100],
+                  "activation": "tanh"},
+    },
+}  # fmt: skip
 #: The same model trained for time: all 60,000 images, batch 250 (a pass costs a third of batch
 #: 20's on a CPU thread), the learning rate scaled up and decayed by a cosine after a warm-up,
 #: and a KL warm-up that keeps latent units active (benchmarks/time_to_nll.py, docs/results.md).
@@ -747,8 +795,12 @@ def _with_preset(values: dict[str, Any]) -> dict[str, Any]:
     preset = model["preset"]
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    if model.get("name", "vae") != "vae":
-        raise ConfigError(f"preset {preset!r} is a VAE architecture; it does not apply to model {model['name']!r}")
+    architecture = PRESETS[preset]["model"].get("name", "vae")
+    if model.get("name", architecture) != architecture:
+        raise ConfigError(
+            f"preset {preset!r} is an architecture of model {architecture!r}; "
+            f"it does not apply to model {model['name']!r}"
+        )
     return merge_tables(PRESETS[preset], values)
 
 
