@@ -158,6 +158,9 @@ class HierarchicalVAE(LatentVariableModel):
     Burda et al. (2016): layers (100, 50), hidden (200, 200), layer_hidden (100, 100), tanh.
     """
 
+    top_loc: Tensor
+    top_scale: Tensor
+
     def __init__(
         self,
         data_dim: int,
