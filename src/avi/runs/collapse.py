@@ -78,9 +78,20 @@ def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor,
     }
 
 
+def _plot_active_units(axes: Any, epochs: list[int], rows: list[dict[str, str]]) -> None:
+    """The active units over epochs on ``axes``, and dashed those of each latent layer
+    (``active_units_layer_0..``, z_1 first) where the metrics have them."""
+    axes.plot(epochs, [int(float(r["active_units"])) for r in rows], "o-", color="#4C72B0", label="active units")
+    layers = [k for k in rows[0] if k.startswith("active_units_layer_")]
+    for layer, key in enumerate(layers):
+        counts, shade = [int(float(r[key])) for r in rows], 0.4 + 0.6 * layer / len(layers)
+        axes.plot(epochs, counts, "--", color="#4C72B0", alpha=shade, label=f"active in z_{layer + 1}")
+
+
 def plot_collapse(run_dir: Path) -> Path:
     """``collapse.png`` from the run's metrics: KL per latent dimension over epochs (heat map)
-    above, active units, mutual information and the KL weight over epochs below."""
+    above, active units (and those of each latent layer, where the model has several), mutual
+    information and the KL weight over epochs below."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -105,7 +116,7 @@ def plot_collapse(run_dir: Path) -> Path:
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_ylabel("latent dimension")
     top.set_title("KL(q(z_k|x) || p(z_k)) per dimension, validation mean")
-    bottom.plot(epochs, [int(float(r["active_units"])) for r in rows], "o-", color="#4C72B0", label="active units")
+    _plot_active_units(bottom, epochs, rows)
     bottom.set_ylabel("active units", color="#4C72B0")
     bottom.set_ylim(-0.5, len(dims) + 0.5)
     bottom.set_xlabel("epoch")
