@@ -312,8 +312,18 @@ def _epoch_line(row: dict[str, Any]) -> str:
     return (
         f"epoch {row['epoch']:>3}  train ELBO {row['train_elbo']:9.2f}  KL {row['train_kl']:7.2f}  "
         f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s"
-        + (f"  AU {row['active_units']}  MI {row['mutual_information']:.2f}" if "active_units" in row else "")
+        + (
+            f"  AU {row['active_units']}{_layers(row)}  MI {row['mutual_information']:.2f}"
+            if "active_units" in row
+            else ""
+        )
     )
+
+
+def _layers(row: dict[str, Any]) -> str:
+    """Active units per latent layer, as Burda et al.'s "(16+5)", where there are several."""
+    counts = [str(row[key]) for key in row if key.startswith("active_units_layer_")]
+    return f" ({'+'.join(counts)})" if len(counts) > 1 else ""
 
 
 #: the ``--checkpoint`` option of ``avi evaluate``
@@ -440,7 +450,9 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
     if result.get("probe_accuracy") is not None:
         table.add_row("linear-probe accuracy", f"{100 * result['probe_accuracy']:.1f}%")
     table.add_row("I(x; z) (He et al. 2019)", f"{result['mutual_information']:.2f}")
-    table.add_row("active units", f"{result['active_units']} of {len(result['kl_per_dim'])}")
+    layers = result.get("active_units_per_layer") or []
+    per_layer = f" ({'+'.join(map(str, layers))} by layer)" if len(layers) > 1 else ""
+    table.add_row("active units", f"{result['active_units']}{per_layer} of {len(result['kl_per_dim'])}")
     table.add_row("KL per dimension", " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     return table
 

@@ -271,6 +271,10 @@ def test_fit_evaluate_and_gaps_of_an_hvae(objective: list[str], tmp_path: Path) 
         assert 0 <= layers[0] <= 3 and 0 <= layers[1] <= 2 and sum(layers) == int(row["active_units"])
     evaluation = json.loads(_avi("evaluate", str(run), "--k", "20", "--json").stdout)
     assert math.isfinite(evaluation["log_likelihood"]) and evaluation["log_likelihood"] >= evaluation["elbo"] - 0.5
+    per_layer = evaluation["active_units_per_layer"]
+    assert len(per_layer) == 2 and sum(per_layer) == evaluation["active_units"]
+    table = _avi("evaluate", str(run), "--k", "20").stdout
+    assert f"{evaluation['active_units']} ({per_layer[0]}+{per_layer[1]} by layer) of 5" in table
     if objective:
         gaps = json.loads(_avi("gaps", str(run), "--points", "10", "--steps", "5", "--k", "20", "--json").stdout)
         assert gaps["family"] == "hierarchical" and math.isfinite(gaps["approximation_gap"])

@@ -28,6 +28,8 @@ MODEL_SIZES = (
     "model.latent_dim",
     "model.hidden",
     "model.num_classes",
+    "model.layers",
+    "model.layer_hidden",
     "inference.encoder_hidden",
     "inference.flow_transforms",
     "inference.flow_hidden",
@@ -64,6 +66,8 @@ def allocation_failure(err: BaseException) -> str | None:
 _READ: dict[str, Callable[[Config], bool]] = {
     "model.hidden": lambda c: not c.model.custom,
     "model.num_classes": lambda c: c.model.name == "discrete-vae",
+    "model.layers": lambda c: c.model.name == "hvae",
+    "model.layer_hidden": lambda c: c.model.name == "hvae",
     "inference.flow_transforms": lambda c: c.inference.family in ("iaf", "nsf"),
     "inference.flow_hidden": lambda c: c.inference.family in ("iaf", "nsf"),
     "inference.householder_reflections": lambda c: c.inference.family == "sylvester",
