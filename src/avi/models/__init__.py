@@ -6,6 +6,7 @@ from avi.models.discrete import CategoricalVAE, GaussianMixture, SigmoidBeliefNe
 from avi.models.hierarchical import GaussianChain, HierarchicalVAE, latent_layers
 from avi.models.lda import AVITM, LDA, synthetic_corpus
 from avi.models.linear_gaussian import LinearGaussian, ppca_max_log_likelihood
+from avi.models.priors import MixtureOfGaussians, MoGPrior, VampPrior
 from avi.models.vae import VAEModel
 
 __all__ = [
@@ -18,8 +19,11 @@ __all__ = [
     "HierarchicalVAE",
     "LatentVariableModel",
     "LinearGaussian",
+    "MixtureOfGaussians",
+    "MoGPrior",
     "SigmoidBeliefNet",
     "VAEModel",
+    "VampPrior",
     "bernoulli_log_prob",
     "factorised_bernoulli",
     "latent_layers",
