@@ -72,7 +72,11 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "(its arguments by --set in the table model.args).",
         name="--model",
     ),
-    Flag("model.preset", str, "Architecture preset: kingma-welling, burda-1l, or burda-2l (an hvae)."),
+    Flag(
+        "model.preset",
+        str,
+        "Architecture preset: kingma-welling, burda-1l, burda-2l (an hvae), or mnist-conv (a conv vae).",
+    ),
     Flag("data.source", str, "mnist, synthetic, or a .npy/.npz/.csv file.", name="--data"),
     Flag(
         "data.standardize", bool, "Standardise each dimension by the training split's mean and sd (not binarised data)."
@@ -185,6 +189,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
         resumable=True,
     ),
     Flag("model.decoder", str, "VAE decoder: mlp or made (autoregressive)."),
+    Flag(
+        "model.network",
+        str,
+        "VAE networks: mlp, or conv for 28x28 images (convolutional encoder, transposed-convolution decoder; "
+        "--hidden their linear layers' widths).",
+    ),
     Flag(
         "model.prior",
         str,

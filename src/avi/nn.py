@@ -1,4 +1,5 @@
-"""Small network builders shared by decoders and encoders."""
+"""Small network builders shared by decoders and encoders: MLPs, and convolutional networks for
+28x28 images (784 values per point)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,23 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from avi.data.transforms import IMAGE_SIZE
 from avi.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "ReducedPrecision", "autocast_forward", "eval_mode", "mlp"]
+__all__ = [
+    "ACTIVATIONS",
+    "CONV_CHANNELS",
+    "MLP",
+    "ConvDecoder",
+    "ReducedPrecision",
+    "activation_layer",
+    "autocast_forward",
+    "check_image_dim",
+    "conv_features",
+    "conv_network",
+    "eval_mode",
+    "mlp",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 
@@ -36,9 +51,9 @@ def autocast_forward(module: ReducedPrecision, forward: Callable[..., Tensor], x
 
 
 class MLP(nn.Sequential):
-    """An ``nn.Sequential`` of linear layers and activations whose products can run in bfloat16
-    (``compute_dtype``, set by :func:`avi.precision.set_precision`) while its output keeps the
-    input's dtype."""
+    """An ``nn.Sequential`` of linear layers and activations (after :func:`conv_network`'s
+    convolutions) whose products can run in bfloat16 (``compute_dtype``, set by
+    :func:`avi.precision.set_precision`) while its output keeps the input's dtype."""
 
     compute_dtype: torch.dtype | None = None
 
@@ -46,21 +61,100 @@ class MLP(nn.Sequential):
         return autocast_forward(self, super().forward, x)
 
 
-def mlp(sizes: Sequence[int], activation: str = "relu") -> MLP:
-    """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers, linear output.
-
-    ``mlp([784, 400, 40])`` is Linear(784, 400), ReLU, Linear(400, 40); ``mlp([D, K])`` is affine.
-    """
+def activation_layer(activation: str) -> nn.Module:
+    """A new layer of the activation named ``activation`` (:data:`ACTIVATIONS`); :class:`ConfigError` else."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[activation]()
+
+
+def _linear_layers(sizes: Sequence[int], activation: str) -> list[nn.Module]:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them, none after the last."""
+    activation_layer(activation)
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ConfigError(f"network sizes must be at least two positive integers, got {list(sizes)}")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return MLP(*layers)
+            layers.append(activation_layer(activation))
+    return layers
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> MLP:
+    """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers, linear output.
+
+    ``mlp([784, 400, 40])`` is Linear(784, 400), ReLU, Linear(400, 40); ``mlp([D, K])`` is affine.
+    """
+    return MLP(*_linear_layers(sizes, activation))
+
+
+#: channels of the convolutional networks' two layers, at 14x14 and at 7x7 pixels
+CONV_CHANNELS = (32, 64)
+#: the values of the 7x7 feature maps between the convolutions and the linear layers
+_FEATURES = CONV_CHANNELS[1] * (IMAGE_SIZE // 4) ** 2
+
+
+def check_image_dim(data_dim: int) -> None:
+    """:class:`ConfigError` unless ``data_dim`` is that of flattened 28x28 images, 784."""
+    if data_dim != IMAGE_SIZE**2:
+        raise ConfigError(
+            f"the conv network takes {IMAGE_SIZE}x{IMAGE_SIZE} images ({IMAGE_SIZE**2} values per point); "
+            f"the data have dimension {data_dim}: use model.network = 'mlp'"
+        )
+
+
+def conv_features(activation: str = "relu") -> list[nn.Module]:
+    """x (B, 784) -> features (B, 3136): the images through two 4x4 convolutions of stride 2 and
+    padding 1 (28 -> 14 -> 7 pixels, :data:`CONV_CHANNELS` channels), each followed by the
+    activation, flattened."""
+    c1, c2 = CONV_CHANNELS
+    return [
+        nn.Unflatten(1, (1, IMAGE_SIZE, IMAGE_SIZE)),
+        nn.Conv2d(1, c1, 4, stride=2, padding=1),
+        activation_layer(activation),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+        activation_layer(activation),
+        nn.Flatten(),
+    ]
+
+
+def conv_network(hidden: Sequence[int], out_features: int, activation: str = "relu") -> MLP:
+    """x (B, 784) -> (B, out_features): :func:`conv_features`, then linear layers through the
+    widths ``hidden``, linear output; its products can run in bfloat16 as an :class:`MLP`'s."""
+    return MLP(*conv_features(activation), *_linear_layers([_FEATURES, *hidden, out_features], activation))
+
+
+class ConvDecoder(nn.Module):
+    """z (..., K) -> f(z) (..., 784), the mirror of :func:`conv_network`: linear layers through
+    the widths ``hidden`` to 64 maps of 7x7, then two 4x4 transposed convolutions of stride 2
+    (7 -> 14 -> 28 pixels, 32 channels, then 1), the activation after every layer but the last,
+    plus a bias per pixel (``bias``, (784,): a Gaussian likelihood's mean starts there). Leading
+    dimensions of z (samples, points) are flattened for the convolutions and restored."""
+
+    compute_dtype: torch.dtype | None = None
+
+    def __init__(self, latent_dim: int, hidden: Sequence[int] = (256,), activation: str = "relu") -> None:
+        super().__init__()
+        c1, c2 = CONV_CHANNELS
+        side = IMAGE_SIZE // 4
+        self.project = nn.Sequential(*_linear_layers([latent_dim, *hidden, _FEATURES], activation))
+        self.deconvolve = nn.Sequential(
+            activation_layer(activation),
+            nn.Unflatten(1, (c2, side, side)),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+            activation_layer(activation),
+            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1, bias=False),
+            nn.Flatten(),
+        )
+        self.bias = nn.Parameter(torch.zeros(IMAGE_SIZE**2))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return autocast_forward(self, self._forward, z)
+
+    def _forward(self, z: Tensor) -> Tensor:
+        out = self.deconvolve(self.project(z.reshape(-1, z.shape[-1]))) + self.bias
+        return out.reshape(*z.shape[:-1], IMAGE_SIZE**2)
 
 
 @contextmanager

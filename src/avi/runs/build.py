@@ -16,6 +16,7 @@ from avi.data.mnist import load_mnist, static_mnist
 from avi.data.standardize import moments, standardize
 from avi.data.transforms import check_images, make_transform
 from avi.encoders.amortized import AmortizedPosterior, DenoisingEncoder, mlp_encoder, weight_normalize
+from avi.encoders.conv import conv_encoder
 from avi.errors import ConfigError, DataError, first_line
 from avi.families import Family, make_family
 from avi.families.discrete import BernoulliFamily, CategoricalFamily
@@ -88,7 +89,10 @@ def build_model(config: Config, data_dim: int, train: Tensor | None = None) -> L
     if m.name == "vae":
         start = gaussian_start(train) if train is not None and m.likelihood == "gaussian" else {}
         prior = build_prior(config, data_dim, train)
-        return VAEModel(data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood, **start, learned_prior=prior)
+        return VAEModel(
+            data_dim, m.latent_dim, m.hidden, m.activation, m.likelihood, network=m.network, **start,
+            learned_prior=prior,
+        )  # fmt: skip
     if m.name == "discrete-vae":
         return CategoricalVAE(data_dim, m.latent_dim, m.num_classes, m.hidden, m.activation)
     return SigmoidBeliefNet(data_dim, m.latent_dim, m.hidden, m.activation)
@@ -213,11 +217,11 @@ def _hierarchical_family(config: Config) -> HierarchicalFamily:
 
 
 def build_posterior(config: Config, model: LatentVariableModel, n_train: int) -> Posterior:
-    """The strategy's posterior: an encoder (MLP, mirrored decoder sizes by default, or the
-    user's ``inference.encoder``), a per-datapoint table, an encoder with refinement, or an
-    iterative update network. An encoder is weight-normalised and/or denoising where
-    ``inference.weight_norm`` / ``denoise`` say; one with ``inference.consistency`` needs 28x28
-    images (checked here, before any training).
+    """The strategy's posterior: an encoder (MLP or ``model.network``'s convolutions, mirrored
+    decoder sizes by default, or the user's ``inference.encoder``), a per-datapoint table, an
+    encoder with refinement, or an iterative update network. An encoder is weight-normalised
+    and/or denoising where ``inference.weight_norm`` / ``denoise`` say; one with
+    ``inference.consistency`` needs 28x28 images (checked here, before any training).
 
     The first posterior built for a model whose prior is a VampPrior becomes that prior's q
     (:meth:`~avi.models.priors.VampPrior.attach`): the run's. A later one (``avi gaps``' new
@@ -268,10 +272,12 @@ def _encoder_hidden(config: Config, data_dim: int) -> list[int]:
 
 def _encoder(config: Config, data_dim: int, param_size: int) -> nn.Module:
     """x (B, D) -> lambda (B, P): the user's ``inference.encoder`` factory called as
-    ``factory(data_dim, param_size, **encoder_args)``, else an MLP."""
+    ``factory(data_dim, param_size, **encoder_args)``, else an MLP, or convolutions where
+    ``model.network`` is ``conv`` (28x28 images)."""
     inf = config.inference
     if inf.encoder is None:
-        return mlp_encoder(data_dim, _encoder_hidden(config, data_dim), param_size, config.model.activation)
+        build = conv_encoder if config.model.network == "conv" else mlp_encoder
+        return build(data_dim, _encoder_hidden(config, data_dim), param_size, config.model.activation)
     encoder = call_user(
         inf.encoder, inf.encoder_args, {"data_dim": data_dim, "param_size": param_size}, "inference.encoder_args"
     )
