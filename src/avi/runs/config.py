@@ -875,14 +875,15 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    """The tables of the TOML file ``path``; :class:`ConfigError` where it is not a readable TOML file."""
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory; give a TOML file")
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} is not a regular file")
+    """The tables of the TOML file ``path``; :class:`ConfigError` where it is not a readable TOML
+    file (a name too long to look up included)."""
     try:
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a TOML file")
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} is not a regular file")
         return tomllib.loads(path.read_text())
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or first_line(err)}") from None
