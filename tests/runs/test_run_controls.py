@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.errors import ConfigError
-from avi.runs.config import TrainConfig
+from avi.runs.config import TrainConfig, learning_rate, load_config
 from avi.runs.rundir import best_evaluation, read_checkpoint, read_metrics
 from avi.runs.train import run_fit, val_elbo_improving
 
@@ -105,6 +105,27 @@ def test_resume_changes_the_schedule_and_records_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^invalid value for train.lr_schedule: Input should be .*, got 'steps'$"):
         run_fit(None, run, resume=True, lr_schedule="steps")
     assert json.loads((run / "config.json").read_text())["train"]["lr_schedule"] == "burda"
+
+
+def test_a_cosine_run_extended_on_resume_decays_to_its_new_end(tmp_path: Path) -> None:
+    """Extended from 2 to 4 epochs, the cosine re-spans 4 epochs (recorded in config.json) from
+    epoch 3 on, instead of running past its old end, where its rate was 0 and would rise again;
+    a run trained in parts (``run_fit(epochs=...)`` below ``train.epochs``) keeps its span."""
+    run, parts = tmp_path / "run", tmp_path / "parts"
+    job = _job(tmp_path, epochs=2)
+    assert _avi("fit", job, "--lr-schedule", "cosine", "--out", str(run)).exit_code == 0
+    resumed = _avi("fit", "--resume", str(run), "--epochs", "4")
+    assert resumed.exit_code == 0, (resumed.stderr, resumed.exception)
+    two, four = TrainConfig(lr_schedule="cosine", epochs=2), TrainConfig(lr_schedule="cosine", epochs=4)
+    expected = [learning_rate(two, 1), learning_rate(two, 2), learning_rate(four, 3), learning_rate(four, 4)]
+    assert [row["lr"] for row in read_metrics(run)] == pytest.approx(expected)
+    assert expected[2] == pytest.approx(1e-3 / 2)  # halfway through the new span, not 0
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 4
+    config = load_config(Path(_job(tmp_path, epochs=4)), {"train": {"lr_schedule": "cosine"}})
+    run_fit(config, parts, epochs=1)  # in parts, from Python
+    run_fit(None, parts, resume=True, epochs=3)
+    assert [row["lr"] for row in read_metrics(parts)] == pytest.approx([learning_rate(four, e) for e in (1, 2, 3)])
+    assert json.loads((parts / "config.json").read_text())["train"]["epochs"] == 4
 
 
 def _rows(*values: float) -> list[dict[str, Any]]:

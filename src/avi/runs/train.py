@@ -93,7 +93,9 @@ def run_fit(
     last checkpointed epoch (from epoch 0 where a fit was stopped before its first checkpoint).
     ``epochs`` stops training after that many epochs in all, instead of ``config.train.epochs``
     (a run can be extended, or trained in parts; fewer than a resumed run has done is an error,
-    and without it a run extended earlier stays so); ``compile`` sets ``config.train.compile``
+    and without it a run extended earlier stays so); an extension past ``train.epochs`` is
+    recorded there, so a cosine schedule re-spans to the new end (its rate at the next epoch is
+    the new span's) instead of rising again past its old one; ``compile`` sets ``config.train.compile``
     for this call (a resumed run may train compiled or not; Inductor draws its own noise, so the
     two do not follow the same path sample for sample). ``lr`` gives a resumed run a new
     ``train.lr``, recorded in its config.json: the schedule goes on from its epoch (and its
@@ -297,6 +299,8 @@ def _start(
             raise ConfigError("resuming needs the run directory")
         run_dir = require_run(run_dir, checkpoint=False)  # a fit stopped before its first epoch starts over
         config = _resumed_config(run_dir, changes)
+        if epochs is not None and epochs > config.train.epochs:  # an extension: the schedule spans it
+            config.train.epochs, changes = epochs, {**changes, "epochs": epochs}
     else:
         config = config or Config()
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -375,7 +379,8 @@ def _restore(held: ExitStack, fit: _Fit, epochs: int | None, *, changed: bool = 
     metrics, the validation points' parameters and the global random states. A run without a
     checkpoint (stopped before its first epoch ended) keeps the fresh state that its config's
     seed built, so it trains as a new run with that config would. ``changed``: the config's
-    ``train.lr`` or ``train.lr_schedule`` is this call's, which config.json then records."""
+    ``train.lr``, ``train.lr_schedule`` or (extended) ``train.epochs`` is this call's, which
+    config.json then records."""
     if distributed.is_main():
         held.enter_context(run_lock(fit.run_dir))
         if changed:  # the new rate or schedule recorded, under the lock
