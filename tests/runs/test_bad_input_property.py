@@ -172,7 +172,12 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + "".join(ch if ch.isprintable() and ch != "\x7f" else f"\\u{ord(ch):04x}" for ch in escaped) + '"'
+    return '"' + "".join(ch if ch.isprintable() and ch != "\x7f" else _escape(ch) for ch in escaped) + '"'
+
+
+def _escape(ch: str) -> str:
+    """A TOML escape of one character: \\uXXXX, or \\UXXXXXXXX past the basic plane."""
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
 
 
 def toml_text(tables: dict[str, Any]) -> str:
