@@ -119,6 +119,18 @@ def test_linear_gaussian_models_start_at_the_datas_moments(name: str) -> None:
     default = build_model(config, 5).double()
     with torch.no_grad():
         assert model.exact_log_marginal(x).mean() > default.exact_log_marginal(x).mean() + 100
+    # a constant dimension (an image's border pixel) keeps W's and Psi's default start there
+    x[:, 4] = 7.0
+    torch.manual_seed(3)
+    partly = build_model(config, 5, x).double()
+    torch.manual_seed(3)
+    default = build_model(config, 5).double()
+    torch.testing.assert_close(partly.mu, torch.cat([mean[:4], torch.tensor([7.0], dtype=torch.float64)]))
+    torch.testing.assert_close(partly.W[4], default.W[4])
+    torch.testing.assert_close(partly.W[:4], default.W[:4] * (var[:4] / 2).sqrt()[:, None])
+    varying = var[:4] / 2
+    noise = torch.cat([varying, default.noise_var[4:]]) if name == "factor-analysis" else varying.mean().expand(5)
+    torch.testing.assert_close(partly.noise_var, noise)
 
 
 def _output_bias(model: VAEModel) -> torch.Tensor:

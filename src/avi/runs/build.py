@@ -21,6 +21,7 @@ from avi.errors import ConfigError, DataError, first_line
 from avi.families import Family, make_family
 from avi.families.discrete import BernoulliFamily, CategoricalFamily
 from avi.families.flow import FLOW_KINDS, FlowFamily
+from avi.families.gaussian import inverse_softplus
 from avi.families.hierarchical import HierarchicalFamily
 from avi.families.planar import PlanarFamily
 from avi.families.posterior import Posterior
@@ -128,16 +129,21 @@ def linear_gaussian_start(model: LinearGaussian, x: Tensor) -> LinearGaussian:
     """Start PPCA or factor analysis at the training data x (N, D), in place: mu at their mean,
     and W's rows and Psi scaled so that each dimension's model variance ||W_d||^2 + Psi_d is
     about its sample variance v_d, half from each (in expectation over W's random start, whose
-    rows have squared norm about 1): W_d <- W_d sqrt(v_d / 2), Psi_d = v_d / 2 (PPCA: their mean).
-    Constant dimensions keep the default start."""
+    rows have squared norm about 1): W_d <- W_d sqrt(v_d / 2), Psi_d = v_d / 2 (PPCA: their mean
+    over the dimensions that vary). A constant dimension (MNIST's border pixels) keeps W's and
+    Psi's default start there."""
     var, mean = torch.var_mean(x.double(), dim=0, correction=0)
-    if not bool((var > 0).all()):
-        return model
-    noise = var / 2 if model.noise == "diagonal" else (var / 2).mean().reshape(1)
+    varies = var > 0
+    half = torch.where(varies, var / 2, 1.0)
     with torch.no_grad():
         model.mu.copy_(mean)
-        model.W.mul_((var / 2).sqrt()[:, None].to(model.W.dtype))
-        model.raw_noise.copy_(noise + torch.log(-torch.expm1(-noise)))  # softplus^-1
+        model.W.mul_(half.sqrt()[:, None].to(model.W.dtype))
+        if not bool(varies.any()):
+            return model
+        noise = inverse_softplus(half if model.noise == "diagonal" else half[varies].mean().reshape(1))
+        if model.noise == "diagonal":
+            noise = torch.where(varies, noise, model.raw_noise.detach().double())
+        model.raw_noise.copy_(noise)
     return model
 
 
