@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,30 @@ from avi.precision import bf16_supported
 from avi.runs import evaluate as evaluate_module
 from avi.runs.evaluate import run_evaluate
 from avi.runs.load import load_trained
+from tests.runs.conftest import avi_in_process, small_job
 from tests.runs.test_distributed import run_ranks
 
 
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small job trained for 1 epoch, once for the module: :func:`fitted` hands out copies."""
+    config = tmp_path_factory.mktemp("plain") / "small.toml"
+    config.write_text(small_job(1))
+    result = avi_in_process("fit", str(config), "--out", str(config.parent / "run"))
+    assert result.returncode == 0, result.stderr
+    return config.parent / "run"
+
+
 @pytest.fixture
-def fitted(run_avi, small_config, tmp_path: Path):
+def fitted(avi_cli, small_config, tmp_path: Path, plain_run: Path):
+    """``fitted(*flags)``: a run of the small job for 1 epoch, fit with ``flags``; without any, a
+    copy of the module's :func:`plain_run`, which the test may change."""
+
     def make(*args: str) -> Path:
         run = tmp_path / ("run" + "".join(args).replace("-", "_"))
-        result = run_avi("fit", str(small_config(1)), "--out", str(run), *args)
+        if not args:
+            return Path(shutil.copytree(plain_run, run))
+        result = avi_cli("fit", str(small_config(1)), "--out", str(run), *args)
         assert result.returncode == 0, result.stderr
         return run
 
@@ -35,7 +52,7 @@ def fitted(run_avi, small_config, tmp_path: Path):
 
 
 @pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
-def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strategy: str) -> None:
+def test_two_processes_give_the_single_process_estimate(avi_cli, fitted, strategy: str) -> None:
     # 60 test points split 30 + 30; each point's noise is seeded by (seed, point), so the
     # gathered per-point estimates, and hence every reported mean, equal one process's. A
     # per-datapoint run infers the points in blocks of 16 with the noise seeded by the block,
@@ -45,7 +62,7 @@ def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strateg
         config = json.loads((run / "config.json").read_text())
         config["inference"]["infer_block"] = 16
         (run / "config.json").write_text(json.dumps(config))
-    single = run_avi("evaluate", str(run), "--k", "300", "--cubo", "--json")
+    single = avi_cli("evaluate", str(run), "--k", "300", "--cubo", "--json")
     assert single.returncode == 0, single.stderr
     expected = json.loads(single.stdout)
     (run / "evaluation-k300.json").unlink()
@@ -64,15 +81,15 @@ def test_two_processes_give_the_single_process_estimate(run_avi, fitted, strateg
     assert written["log_likelihood"] == got["log_likelihood"]
 
 
-def test_memory_budget_changes_the_chunks_not_the_estimate(run_avi, fitted) -> None:
+def test_memory_budget_changes_the_chunks_not_the_estimate(avi_cli, fitted) -> None:
     run = fitted()
-    plain = json.loads(run_avi("evaluate", str(run), "--k", "200", "--json").stdout)
+    plain = json.loads(avi_cli("evaluate", str(run), "--k", "200", "--json").stdout)
     # the small model's row is ~0.2 KiB: 0.01 MiB beyond the 2 MiB reserve holds 50 rows, so 4
     # chunks per point
-    budgeted = run_avi("evaluate", str(run), "--k", "200", "--memory-budget", "2.01", "--json")
+    budgeted = avi_cli("evaluate", str(run), "--k", "200", "--memory-budget", "2.01", "--json")
     assert budgeted.returncode == 0, budgeted.stderr
     assert json.loads(budgeted.stdout)["log_likelihood"] == pytest.approx(plain["log_likelihood"], abs=1e-5)
-    tiny = run_avi("evaluate", str(run), "--memory-budget", "1.5")
+    tiny = avi_cli("evaluate", str(run), "--memory-budget", "1.5")
     assert tiny.returncode == 2 and "below one sample" in tiny.stderr and len(tiny.stderr.strip().splitlines()) == 1
 
 
@@ -94,11 +111,11 @@ def test_a_budget_too_small_for_the_worker_threads_fails_before_inference(fitted
         torch.set_num_threads(threads)
 
 
-def test_device_and_precision_options(run_avi, fitted) -> None:
+def test_device_and_precision_options(avi_cli, fitted) -> None:
     run = fitted()
-    fp32 = json.loads(run_avi("evaluate", str(run), "--k", "100", "--device", "auto", "--json").stdout)
+    fp32 = json.loads(avi_cli("evaluate", str(run), "--k", "100", "--device", "auto", "--json").stdout)
     assert fp32["precision"] == "fp32"
-    bf16 = run_avi("evaluate", str(run), "--k", "100", "--precision", "bf16", "--json")
+    bf16 = avi_cli("evaluate", str(run), "--k", "100", "--precision", "bf16", "--json")
     assert bf16.returncode == 0, bf16.stderr
     result = json.loads(bf16.stdout)
     if bf16_supported(torch.device("cpu")):
@@ -111,26 +128,26 @@ def test_device_and_precision_options(run_avi, fitted) -> None:
         (["--precision", "fp16"], "unknown precision"),
         (["--device", "tpu"], "unknown device"),
     ):
-        bad = run_avi("evaluate", str(run), *args)
+        bad = avi_cli("evaluate", str(run), *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     if not torch.cuda.is_available():
-        bad = run_avi("evaluate", str(run), "--device", "cuda")
+        bad = avi_cli("evaluate", str(run), "--device", "cuda")
         assert bad.returncode == 2 and "no CUDA GPU" in bad.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_a_run_trained_on_a_gpu_is_evaluated_on_the_cpu_here(run_avi, fitted) -> None:
+def test_a_run_trained_on_a_gpu_is_evaluated_on_the_cpu_here(avi_cli, fitted) -> None:
     run = fitted()
-    expected = json.loads(run_avi("evaluate", str(run), "--k", "50", "--json").stdout)["log_likelihood"]
+    expected = json.loads(avi_cli("evaluate", str(run), "--k", "50", "--json").stdout)["log_likelihood"]
     config = json.loads((run / "config.json").read_text())
     config["train"]["device"] = "cuda"  # as written by `avi fit --device cuda` on a GPU machine
     (run / "config.json").write_text(json.dumps(config))
     assert load_trained(run).device == torch.device("cpu")
     for args in ([], ["--device", "cpu"]):
-        result = run_avi("evaluate", str(run), "--k", "50", "--json", *args)
+        result = avi_cli("evaluate", str(run), "--k", "50", "--json", *args)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["log_likelihood"] == pytest.approx(expected, abs=1e-6)
-    bad = run_avi("evaluate", str(run), "--device", "cuda")  # asking for the GPU here is still an error
+    bad = avi_cli("evaluate", str(run), "--device", "cuda")  # asking for the GPU here is still an error
     assert bad.returncode == 2 and "no CUDA GPU" in bad.stderr
 
 
@@ -142,9 +159,9 @@ def test_bf16_without_hardware_support_falls_back_to_fp32(fitted, monkeypatch) -
     assert result["log_likelihood"] == run_evaluate(run, k=20)["log_likelihood"]
 
 
-def test_models_without_the_fast_path_evaluate_in_fp32_with_a_message(run_avi, fitted) -> None:
+def test_models_without_the_fast_path_evaluate_in_fp32_with_a_message(avi_cli, fitted) -> None:
     run = fitted("--model", "ppca")
-    result = run_avi("evaluate", str(run), "--k", "50", "--precision", "bf16")
+    result = avi_cli("evaluate", str(run), "--k", "50", "--precision", "bf16")
     assert result.returncode == 0, result.stderr
     assert "ran fp32" in result.stderr and len(_other_lines(result.stderr)) == 1
 
