@@ -602,9 +602,8 @@ def _unconverged(steps: int, gain: float, points: int) -> str:
     first ``points`` points."""
     if steps == 0:
         return "--steps 0: q* is the encoder's q, and the approximation gap is the whole gap"
-    last = steps - steps // 2
     return (
-        f"q* may not have converged: the last {last} of its {steps} steps raised L[q*] by {gain:.3f} "
+        f"q* may not have converged: {steps} steps rather than {steps // 2} raised L[q*] by {gain:.3f} "
         f"nats per point (on the first {points} points); raise --steps"
     )
 

@@ -142,12 +142,12 @@ def test_the_decomposition_says_whether_q_star_converged(
     ppca: LinearGaussian, ppca_x: Tensor, steps: int, converged: bool
 ) -> None:
     """An encoder whose output is N(0, I) for every x, 25 nats (per point) below the posteriors.
-    The check refines the first 100 points again with steps // 2 steps: 3 steps leave q* far
-    from the posteriors (the last 2 gained 2.0 nats, measured); 200 steps did not get there,
-    so the last 200 of 400 still gained 0.06 +- 0.02 (a conservative verdict: q* was then
-    0.001 from the optimum); with 500 and 1,000 (a cosine decay from lr 0.05) both reach it
-    and the gain, 0.0001 +- 0.0015, is inside the 0.01 nats and 2 standard errors allowed.
-    The progress reports count the refinement's steps and then the check's."""
+    The check refines the first 100 points again, in a run of steps // 2 steps: 3 steps rather
+    than 1 leave q* far from the posteriors (they gained 2.0 nats, measured); 400 rather than
+    200 still gained 0.06 +- 0.02 (a conservative verdict: q* was then 0.001 from the optimum);
+    1,000 rather than 500 (cosine decays from lr 0.05) both reach it and the gain, 0.0001 +-
+    0.0015, is inside the 0.01 nats and 2 standard errors allowed. The progress reports count
+    the refinement's steps and then the check's."""
     family = make_family("full-rank", 2)
     posterior = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
     nn.init.zeros_(posterior.encoder[0].weight)

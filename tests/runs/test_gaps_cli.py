@@ -157,5 +157,6 @@ def test_gaps_shows_its_progress_and_warns_when_q_star_is_short(small_config, tm
     lines = result.output.splitlines()
     assert any(line.startswith("refining q*: 3/3 steps (100%)") for line in lines), result.output
     assert any(line.startswith("log p(x): 20/20 points (100%)") for line in lines), result.output
-    warning = [line for line in lines if line.startswith("warning: q* may not have converged: 2 steps rather than 1 raised L[q*] by ")]
+    short = "warning: q* may not have converged: 2 steps rather than 1 raised L[q*] by "
+    warning = [line for line in lines if line.startswith(short)]
     assert len(warning) == 1 and warning[0].endswith("nats per point (on the first 20 points); raise --steps")

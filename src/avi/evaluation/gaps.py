@@ -6,16 +6,18 @@ For a model p and an amortized posterior q(z|x) of family Q:
                         approximation gap      amortization gap
 
 where q* is the best member of Q for each point, found by per-datapoint VI started from the
-encoder's output and run to convergence with the model fixed. Whether it converged is checked:
-on the first :data:`CHECK_POINTS` points q* is found again with half the steps, and the
-steps count as enough when the second half of them raised L[q*] by at most
-:data:`CONVERGED_GAIN` nats per point (beyond twice the standard error of that gain).
+encoder's output and run to convergence with the model fixed. Whether it converged is checked
+by halving: on the first :data:`CHECK_POINTS` points q* is found again, from the encoder's
+output, with half the steps (a run of its own, with its own decay), and the steps count as
+enough when doubling them raised L[q*] by at most :data:`CONVERGED_GAIN` nats per point
+(beyond twice the standard error of that gain).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple, cast
 
 import torch
@@ -57,12 +59,13 @@ class GapDecomposition(NamedTuple):
     #: standard errors of the two mean gaps (paired over points: Monte Carlo and data variation)
     approximation_gap_stderr: float
     amortization_gap_stderr: float
-    #: L[q*] after ``steps`` less L[q*] after ``steps // 2``, on the first CHECK_POINTS points,
-    #: and its standard error (NaN with 0 steps: q* is then the encoder's output)
-    refine_gain: float = math.nan
-    refine_gain_stderr: float = math.nan
-    #: whether refine_gain is at most CONVERGED_GAIN beyond twice its standard error
-    q_star_converged: bool = True
+    #: L[q*] after ``steps`` less L[q*] after a run of ``steps // 2``, on the first CHECK_POINTS
+    #: points, and its standard error (NaN with 0 steps: q* is then the encoder's output)
+    refine_gain: float
+    refine_gain_stderr: float
+    #: whether refine_gain is at most CONVERGED_GAIN beyond twice its standard error (False
+    #: with 0 steps)
+    q_star_converged: bool
 
 
 def _stderr(values: Tensor) -> float:
@@ -109,9 +112,10 @@ def gap_decomposition(
     L[q] and L[q*] are ELBOs estimated with ``elbo_samples`` samples per point (analytic KL
     where torch has it). q* comes from ``steps`` Adam steps on each point's lambda (gradients
     from ``refine_samples`` samples), started at the encoder's output; for a flow family only
-    the context lambda is optimised, the flow's shared weights stay as trained. Its convergence
-    is checked against ``steps // 2`` steps on the first :data:`CHECK_POINTS` points
-    (``refine_gain``, ``q_star_converged``). log p(x) is exact where the model has
+    the context lambda is optimised, the flow's shared weights stay as trained (so too the
+    networks of a hierarchical q after its first layer). Its convergence is checked against a
+    run of ``steps // 2`` steps on the first :data:`CHECK_POINTS` points (``refine_gain``,
+    ``q_star_converged``). log p(x) is exact where the model has
     ``exact_log_marginal``, and otherwise the IWAE bound with k samples drawn from q* (a lower
     bound, so the approximation gap is then a lower bound on the true one too); with
     ``ais_steps`` > 0 it is annealed importance sampling from q* instead
@@ -125,17 +129,9 @@ def gap_decomposition(
     family, params = cast(Family, posterior.family), cast(Callable[[Tensor], Tensor], posterior.params)
     with torch.no_grad(), eval_mode(posterior):
         initial = torch.cat([params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
-    objective, m = ELBO(num_samples=refine_samples), min(CHECK_POINTS, x.shape[0])
-    full, half = steps * -(-x.shape[0] // batch_size), steps // 2 * -(-m // batch_size)
-
-    def refine(points: int, count: int, before: int) -> Tensor:
-        return refine_params(
-            model, family, x[:points], initial[:points], steps=count, lr=lr, objective=objective,
-            batch_size=batch_size, on_step=lambda done: tell("refining q*", before + done, full + half),
-        )  # fmt: skip
-
-    refined = refine(x.shape[0], steps, 0)
-    gain, gain_stderr = _gain(model, family, x[:m], refined[:m], refine(m, steps // 2, full), elbo_samples)
+    refine = partial(refine_params, model, family, lr=lr, objective=ELBO(num_samples=refine_samples),
+                     batch_size=batch_size)  # fmt: skip
+    refined, gain, gain_stderr = _refined_and_checked(refine, x, initial, steps, elbo_samples, tell)
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
     optimal = LocalPosterior(x.shape[0], family, initial=refined)
     elbo_a = elbo_per_point(model, amortized, x, num_samples=elbo_samples, batch_size=batch_size)[0]
@@ -150,11 +146,30 @@ def gap_decomposition(
         model, optimal, x, k=k, ais_steps=ais_steps, memory_budget=memory_budget, on_batch=points_done
     )
     ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))
-    converged = steps > 0 and gain - 2 * gain_stderr <= CONVERGED_GAIN
     return GapDecomposition(
         ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a),
-        gain if steps > 0 else math.nan, gain_stderr if steps > 0 else math.nan, converged,
+        gain, gain_stderr, steps > 0 and gain - 2 * gain_stderr <= CONVERGED_GAIN,
     )  # fmt: skip
+
+
+def _refined_and_checked(
+    refine: partial[Tensor], x: Tensor, initial: Tensor, steps: int, samples: int, tell: Progress
+) -> tuple[Tensor, float, float]:
+    """q*'s parameters after ``steps`` steps of ``refine`` from ``initial``, and the gain in
+    L[q*] of those steps over a run of ``steps // 2`` on the first :data:`CHECK_POINTS` points
+    (mean and standard error; NaN with no steps), the steps of both told to ``tell``."""
+    m, chunk = min(CHECK_POINTS, x.shape[0]), refine.keywords["batch_size"]
+    full, half = steps * -(-x.shape[0] // chunk), steps // 2 * -(-m // chunk)
+
+    def told(before: int) -> Callable[[int], None]:
+        return lambda done: tell("refining q*", before + done, full + half)
+
+    refined = refine(x, initial, steps=steps, on_step=told(0))
+    if steps == 0:
+        return refined, math.nan, math.nan
+    halfway = refine(x[:m], initial[:m], steps=steps // 2, on_step=told(full))
+    model, family = refine.args
+    return refined, *_gain(model, family, x[:m], refined[:m], halfway, samples)
 
 
 def _gain(

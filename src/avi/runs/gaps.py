@@ -71,29 +71,16 @@ def run_gaps(
     x, source = _points(run, data, split, points)
     check_decomposable(run.posterior, x)
     started = time.perf_counter()
-    for p in run.model.parameters():
-        p.requires_grad_(False)
+    run.model.requires_grad_(False)
     posterior = run.posterior if family == config.inference.family else _new_encoder(run, family, encoder_epochs)
     gaps = gap_decomposition(
-        run.model,
-        posterior,
-        x,
-        k=k or config.evaluate.k,
-        steps=steps,
-        ais_steps=ais_steps,
-        memory_budget=config.evaluate.memory_budget or MEMORY_BUDGET,
-        on_progress=on_progress,
-    )
+        run.model, posterior, x, k=k or config.evaluate.k, steps=steps, ais_steps=ais_steps,
+        memory_budget=config.evaluate.memory_budget or MEMORY_BUDGET, on_progress=on_progress,
+    )  # fmt: skip
     result = {
-        "family": family,
-        "split": split if data is None else None,
-        "data": source,
-        "n": x.shape[0],
-        **gaps._asdict(),
-        "refine_steps": steps,
-        "ais_steps": ais_steps,
-        "seconds": time.perf_counter() - started,
-    }
+        "family": family, "split": split if data is None else None, "data": source, "n": x.shape[0],
+        **gaps._asdict(), "refine_steps": steps, "ais_steps": ais_steps, "seconds": time.perf_counter() - started,
+    }  # fmt: skip
     write_json(saved, result)
     plot_gaps(Path(run_dir))
     return result
