@@ -125,19 +125,19 @@ def test_run_fit_compiles_as_the_call_says_on_resume(small_config, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_fit_compile_flags(run_avi, tmp_path: Path) -> None:
+def test_fit_compile_flags(avi_cli, tmp_path: Path) -> None:
     """The flags as a user gives them: --compile for a new run (compiled for real), --no-compile
     and --compile on resume, one-line refusal for another strategy."""
     config = tmp_path / "job.toml"
     config.write_text(small_job(1))
     run = tmp_path / "compiled"
-    fitted = run_avi("fit", str(config), "--objective", "iwae", "--k", "5", "--compile", "--out", str(run))
+    fitted = avi_cli("fit", str(config), "--objective", "iwae", "--k", "5", "--compile", "--out", str(run))
     assert fitted.returncode == 0, fitted.stderr
     assert json.loads((run / "config.json").read_text())["train"]["compile"] is True
     for epochs, flag in ((2, "--no-compile"), (3, "--compile")):
-        resumed = run_avi("fit", "--resume", str(run), "--epochs", str(epochs), flag)
+        resumed = avi_cli("fit", "--resume", str(run), "--epochs", str(epochs), flag)
         assert resumed.returncode == 0, resumed.stderr
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 3
-    refused = run_avi("fit", str(config), "--strategy", "per-datapoint", "--compile", "--out", str(tmp_path / "no"))
+    refused = avi_cli("fit", str(config), "--strategy", "per-datapoint", "--compile", "--out", str(tmp_path / "no"))
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "compile applies to the amortized strategy" in refused.stderr
