@@ -192,7 +192,7 @@ def test_layer_sizes_must_be_positive(values: dict[str, Any], where: str) -> Non
         load_config(None, values)
 
 
-def test_bad_settings_through_the_cli_are_one_line_with_exit_code_2(run_avi, tmp_path: Path) -> None:
+def test_bad_settings_through_the_cli_are_one_line_with_exit_code_2(avi_cli, tmp_path: Path) -> None:
     config = tmp_path / "small.toml"
     config.write_text(small_job(1))
     flow = tmp_path / "flow.toml"
@@ -206,7 +206,7 @@ def test_bad_settings_through_the_cli_are_one_line_with_exit_code_2(run_avi, tmp
         ([str(config), "--data", str(tiny)], "4 data points are too few for test_fraction 0.1"),
     ]
     for args, message in cases:
-        result = run_avi("fit", *args, "--out", str(tmp_path / "run"))
+        result = avi_cli("fit", *args, "--out", str(tmp_path / "run"))
         assert result.returncode == 2, (args, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
