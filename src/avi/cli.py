@@ -203,7 +203,8 @@ def fit(
 def _fit_done(run_dir: Path, *, idle: bool) -> None:
     """The last lines of ``avi fit`` on standard error: where the run is, and, where its
     summary says so, that the validation bound was still improving; or, for a resumed run that
-    trained no epoch (``idle``) because it had done all of them, one line saying how to go on."""
+    trained no epoch (``idle``) because it had done all of them or a stopping rule had ended
+    it, one line saying how to go on."""
     from avi.runs.rundir import SUMMARY, SUMMARY_SCHEMA, read_json
 
     try:
@@ -213,6 +214,14 @@ def _fit_done(run_dir: Path, *, idle: bool) -> None:
     done = summary.get("epochs_done")
     if idle and summary["status"] == "finished" and done == summary.get("epochs"):
         _say(f"{run_dir} has finished its {done} epoch{'s' * (done != 1)}; add --epochs M (M > {done}) to train on")
+        return
+    if idle and summary["status"] == "finished":
+        rule = "a stopping rule ended it"
+        if summary.get("converged"):
+            rule = f"the plateau schedule converged at epoch {summary.get('converged_epoch')}"
+        if "best_epoch" in summary:
+            rule = f"early stopping; best epoch {summary['best_epoch']}"
+        _say(f"{run_dir} stopped at epoch {done} ({rule}); give --lr or --lr-schedule to train on")
         return
     if summary.get("val_elbo_improving"):
         more = f"avi fit --resume {run_dir} --epochs M, M > {summary['epochs_done']}"

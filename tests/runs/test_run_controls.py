@@ -17,7 +17,7 @@ from avi.cli import app
 from avi.errors import ConfigError
 from avi.runs.config import TrainConfig, learning_rate, load_config
 from avi.runs.rundir import best_evaluation, read_checkpoint, read_metrics
-from avi.runs.train import run_fit, val_elbo_improving
+from avi.runs.train import run_fit, stopped_early, val_elbo_improving
 
 from .conftest import small_job
 
@@ -162,3 +162,22 @@ def test_resuming_a_finished_run_says_how_to_train_on(tmp_path: Path) -> None:
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     trained_on = _avi("fit", "--resume", str(run), "--epochs", "2")
     assert trained_on.exit_code == 0 and "has finished" not in trained_on.stderr and len(read_metrics(run)) == 2
+
+
+def test_resuming_a_run_its_stopping_rule_ended_trains_only_with_a_new_rate(tmp_path: Path) -> None:
+    """Early stopping ended it before its epochs: a plain resume (or one with more epochs)
+    trains nothing and says why and how to go on; a new learning rate trains on."""
+    run = tmp_path / "run"
+    stopped = run_fit(load_config(Path(_job(tmp_path, epochs=40)), {"train": {"early_stop": 1, "lr": 0.3}}), run)
+    summary = json.loads((run / "summary.json").read_text())
+    done = summary["epochs_done"]
+    assert summary["status"] == "finished" and done < 40 and stopped_early(stopped)
+    before = (run / "checkpoint.pt").read_bytes()
+    for argv in ([], ["--epochs", "50"]):
+        again = _avi("fit", "--resume", str(run), *argv)
+        assert again.exit_code == 0, (again.stderr, again.exception)
+        expected = f"{run} stopped at epoch {done} (early stopping; best epoch {summary['best_epoch']}); "
+        assert again.stderr.splitlines() == [expected + "give --lr or --lr-schedule to train on"]
+    assert (run / "checkpoint.pt").read_bytes() == before and len(read_metrics(run)) == done
+    assert _avi("fit", "--resume", str(run), "--lr", "0.001").exit_code == 0
+    assert len(read_metrics(run)) > done

@@ -49,8 +49,10 @@ from avi.runs.rundir import (
     CHECKPOINT,
     CONFIG,
     SUMMARY,
+    SUMMARY_SCHEMA,
     read_checkpoint,
     read_config,
+    read_json,
     require_new_run,
     require_run,
     run_lock,
@@ -67,6 +69,7 @@ __all__ = [
     "load_trained",
     "resolve_device",
     "run_fit",
+    "stopped_early",
     "val_elbo_improving",
 ]
 
@@ -117,10 +120,14 @@ def run_fit(
     naming the epoch and step); the last finite checkpoint stays and summary.json says
     ``"status": "diverged"``. A KeyboardInterrupt (Ctrl-C) stops it between two operations: the
     finished epochs' files stay, summary.json says ``"status": "interrupted"`` with the epochs
-    saved, and the interrupt propagates.
+    saved, and the interrupt propagates. A resumed run that its stopping rule ended (early
+    stopping, or the plateau schedule's convergence: :func:`stopped_early`) trains on only
+    with a new ``lr`` or ``lr_schedule``; otherwise it is returned as it is.
     """
+    changes = {key: value for key, value in (("lr", lr), ("lr_schedule", lr_schedule)) if value is not None}
+    if resume and not changes and run_dir is not None and stopped_early(run_dir):
+        return Path(run_dir)  # its stopping rule would end it again after an epoch
     with ExitStack() as held:
-        changes = {key: value for key, value in (("lr", lr), ("lr_schedule", lr_schedule)) if value is not None}
         fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile, changes=changes)
         edge: list[Hook] = [Progress(progress)] if progress is not None else []
         edge += [Callback(on_epoch)] if on_epoch is not None else []
@@ -279,6 +286,16 @@ class _EpochColumns(Hook):
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
         record.update(self.fit.columns)
         return False
+
+
+def stopped_early(run_dir: str | Path) -> bool:
+    """Whether the run in ``run_dir`` finished before its epochs: a stopping rule ended it."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return False
+    summary = read_json(path, SUMMARY_SCHEMA)
+    done, epochs = summary.get("epochs_done"), summary.get("epochs")
+    return summary["status"] == "finished" and isinstance(done, int) and isinstance(epochs, int) and done < epochs
 
 
 def _start(
