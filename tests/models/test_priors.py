@@ -224,6 +224,7 @@ def test_the_first_posterior_built_for_a_model_is_its_vamp_prior_posterior() -> 
         ({"model": {"prior": "mog", "decoder": "made"}}, "not the made decoder"),
         ({"model": {"prior": "mog", "name": "ppca"}}, "not model 'ppca'"),
         ({"model": {"prior": "mog"}, "remedies": {"free_bits": 0.5}}, "free bits need a prior that factorises"),
+        ({"model": {"prior": "vamp"}, "inference": {"denoise": 0.1}}, "set inference.denoise = 0"),
         ({"model": {"prior_components": 5}}, "model.prior_components applies to a learned prior"),
     ],
 )

@@ -539,6 +539,11 @@ class Config(_Section):
                 "model.prior 'vamp' mixes the Gaussian posteriors of an encoder of x: it needs strategy 'amortized' "
                 f"and family mean-field or full-rank, not {inf.strategy!r} and {inf.family!r}"
             )
+        if m.prior == "vamp" and inf.denoise > 0:  # the prior trained would not be the one evaluated
+            raise ValueError(
+                "model.prior 'vamp' runs the encoder on its pseudo-inputs, which inference.denoise would corrupt "
+                "while training: set inference.denoise = 0"
+            )
         if self.remedies.free_bits > 0:
             raise ValueError(
                 f"free bits need a prior that factorises over the latent dimensions; model.prior {m.prior!r} does not"
