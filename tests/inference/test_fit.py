@@ -165,7 +165,8 @@ def test_a_parameter_left_non_finite_by_an_epoch_stops_the_run_before_any_hook(p
     and no hook sees the epoch (none could diagnose or save the weights)."""
     family = make_family("mean-field", 2)
     posterior = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
-    state = TrainState(make_ppca(), posterior, make_optimizers(make_ppca(), posterior), torch.Generator())
+    model = make_ppca()
+    state = TrainState(model, posterior, make_optimizers(model, posterior), torch.Generator())
     seen: list[int] = []
 
     class Record(Hook):
