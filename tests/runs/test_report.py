@@ -341,6 +341,9 @@ def test_summary_shows_the_debiased_estimate_with_its_interval_marked_unreliable
         dict(summary(rows, [tiny], [], run="x", status="finished", latent_dim=2).rows)["log p(x), jackknife-debiased"]
         == "-11.16 (standard error not computed)"
     )
+    best = {**reliable, "checkpoint": "best", "checkpoint_epoch": 7}  # avi evaluate --checkpoint best
+    cells = dict(summary(rows, [best], [], run="x", status="finished", latent_dim=2).rows)
+    assert cells["log p(x), IWAE k=50 (test split, 40 points, best checkpoint, epoch 7)"] == "-11.17 ± 0.029"
 
 
 def test_summary_without_an_evaluation_uses_validation_and_warns_of_collapse() -> None:

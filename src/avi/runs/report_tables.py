@@ -107,9 +107,12 @@ def summary(
 
 
 def _evaluated_on(evaluation: dict[str, Any]) -> str:
-    """ "k=50 (test split, 40 points)": the samples and data of an evaluation."""
+    """ "k=50 (test split, 40 points)": the samples and data of an evaluation, and the
+    checkpoint where it was not the last (", best checkpoint, epoch 7")."""
     points = f", {evaluation['n']:,} points" if _number(evaluation.get("n")) else ""
-    return f"k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}{points})"
+    best = evaluation.get("checkpoint") == "best"
+    checkpoint = f", best checkpoint, epoch {evaluation.get('checkpoint_epoch', '?')}" if best else ""
+    return f"k={evaluation.get('k', '?')} ({evaluation.get('data', 'test split')}{points}{checkpoint})"
 
 
 def _estimate(evaluation: dict[str, Any], key: str) -> str:
@@ -266,7 +269,8 @@ def _epoch_group(key: str) -> tuple[str, str]:
         return "train", key.removeprefix("train_")
     if key.startswith("val_"):
         return "validation", key.removeprefix("val_")
-    return ("validation" if key in ("active_units", "mutual_information") else "run"), key
+    diagnostic = key in ("active_units", "mutual_information") or key.startswith("active_units_layer_")
+    return ("validation" if diagnostic else "run"), key
 
 
 def _flat(evaluation: dict[str, Any]) -> dict[str, Any]:
