@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from avi.cli import app
 from avi.encoders.conv import conv_encoder
 from avi.errors import ConfigError
-from avi.evaluation.importance import fast_path
+from avi.evaluation.importance import fast_path, row_bytes
 from avi.models import VAEModel
 from avi.nn import ConvDecoder
 from avi.runs.build import build_model, build_posterior
@@ -127,3 +127,12 @@ def test_fit_refuses_conv_on_other_data_in_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "the data have dimension 20" in lines[0], result.output
     assert not (tmp_path / "never").exists()
+
+
+def test_an_importance_sample_of_the_conv_decoder_is_sized_with_its_maps() -> None:
+    """row_bytes counts the convolutions' maps (32 x 14 x 14, then 1 x 28 x 28) beside the
+    linear layers (256, then 64 x 7 x 7), each twice (output and activation), so that a
+    memory budget holds for the conv decoder too."""
+    model = VAEModel(784, 32, [256], network="conv")
+    linear, maps = 256 + 64 * 7 * 7, 32 * 14 * 14 + 28 * 28
+    assert row_bytes(model, torch.float32) == 4 * (2 * (linear + maps) + 4 * 784 + 6 * 32)

@@ -125,15 +125,33 @@ def fast_path(model: LatentVariableModel) -> bool:
 
 def row_bytes(model: LatentVariableModel, dtype: torch.dtype, precision: str = "fp32") -> int:
     """Working memory of one sample of one point in :func:`chunk_log_weights`, in bytes: the
-    decoder's activations (its ``nn.Linear`` outputs, counted twice), and the fast path's one
+    decoder's activations (its ``nn.Linear`` and convolution outputs, counted twice), and the fast path's one
     in-place logits buffer or the generic path's temporaries of the Bernoulli/Gaussian
     log-density (four (D,) rows), plus the latent rows (z, noise, prior and q terms); in bf16
     also the bfloat16 copies of the activations."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    widths = max(sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear)), model.data_dim)
+    linear = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    widths = max(linear + _convolution_widths(model), model.data_dim)
     extra_rows = 1 if _bernoulli_mlp(model) is not None else 4
     size = itemsize * (2 * widths + extra_rows * model.data_dim + 6 * model.latent_dim)
     return size + (2 * widths if precision == "bf16" and fast_path(model) else 0)
+
+
+def _convolution_widths(model: LatentVariableModel) -> int:
+    """Values per sample that the model's convolutions output (their maps' channels x pixels),
+    measured on one draw of the prior; 0 without convolutions."""
+    convolutions = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if not convolutions:
+        return 0
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda module, args, out: sizes.append(out[0].numel())) for m in convolutions]
+    try:
+        with torch.no_grad():
+            model.likelihood(model.prior().sample((1,)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes)
 
 
 def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
