@@ -27,7 +27,8 @@ def test_default_job_on_a_subset_improves_validation_elbo(run_avi, tmp_path: Pat
     config = json.loads((run / "config.json").read_text())
     assert config["model"] | {"preset": None} == {
         "name": "vae", "preset": None, "latent_dim": 20, "hidden": [400], "activation": "relu", "likelihood": "bernoulli",
-        "decoder": "mlp", "num_classes": 10, "args": {},
+        "decoder": "mlp", "num_classes": 10, "args": {}, "network": "mlp", "prior": "normal",
+        "prior_components": None, "layers": None, "layer_hidden": None,
     }  # fmt: skip
     assert config["data"]["binarize"] == "dynamic"
     with (run / "metrics.csv").open() as f:
