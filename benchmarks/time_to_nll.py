@@ -125,10 +125,9 @@ def plot(state: Path, runs: dict, paper_hours: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (name, label), color in zip(LABEL.items(), ("C0", "C1"), strict=True):
-        if (state / name / "metrics.csv").exists():
-            rows = read_metrics(state / name)
-            hours = [float(r["cpu_seconds"]) / 3600 for r in rows]
-            ax.plot(hours, [-float(r["train_objective"]) for r in rows], color=color, lw=1,
+        curve = curve_of(state / name) if (state / name / "metrics.csv").exists() else runs.get(name, {}).get("curve")
+        if curve:
+            ax.plot(curve["cpu_hours"], curve["bound"], color=color, lw=1,
                     label=f"{label}: training bound ({PRESET[name]})")  # fmt: skip
         if name in runs:
             r = runs[name]
@@ -148,6 +147,17 @@ def plot(state: Path, runs: dict, paper_hours: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def curve_of(run_dir: Path) -> dict[str, list[float]]:
+    """A run's training curve: CPU hours and the bound in nats per epoch, the bound trained
+    (IWAE's, or the ELBO) where the KL weight is 1 and the ELBO while a KL warm-up lowers it."""
+    rows = read_metrics(run_dir)
+    trained = [r["train_objective"] if float(r.get("kl_weight", 1.0)) == 1.0 else r["train_elbo"] for r in rows]
+    return {
+        "cpu_hours": [round(float(r["cpu_seconds"]) / 3600, 5) for r in rows],
+        "bound": [round(-float(value), 4) for value in trained],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
@@ -165,9 +175,13 @@ def main() -> None:
     names = [args.only] if args.only else sorted(PRESET)
     budget = args.hours * 3600 / len(names)
     results, timings = {}, {}
+    previous_runs = json.loads(args.out.read_text()).get("runs", {}) if args.out.exists() else {}
     for name in names:
         config = fast_config(name, threads=args.threads, quick=args.quick)
         run_dir, timings[name] = args.state / name, []
+        if previous_runs.get(name, {}).get("finished") and not run_dir.exists():
+            print(f"{name}: finished earlier ({args.out}); its state has left the tree")
+            continue
         train_interleaved(run_dir, args.state / f"paper_{name}", config, deadline=time.monotonic() + budget,
                           timings=timings[name])  # fmt: skip
         finished = epochs_done(run_dir) >= config.train.epochs
@@ -175,7 +189,7 @@ def main() -> None:
         cpu = float(read_metrics(run_dir)[-1]["cpu_seconds"])
         results[name] = r | {"finished": finished, "epochs_total": config.train.epochs, "preset": PRESET[name],
                              "wall_hours": r["train_wall_seconds"] / 3600, "cpu_hours": cpu / 3600,
-                             "published_nll": PUBLISHED[name]["nll"]}  # fmt: skip
+                             "published_nll": PUBLISHED[name]["nll"], "curve": curve_of(run_dir)}  # fmt: skip
     with folder_lock(args.out.parent):
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         write_report(args.out, report_of(previous, results, timings, args))
