@@ -30,8 +30,19 @@ cost the VAE 0.83 nats (docs/results.md), so the paper's settings are the reprod
 for the same noise, Inductor drawing its own), which makes the steps at batch 20 faster
 (``benchmarks/compile.py``); it holds for the call, so a run can be resumed with or without it.
 
+``--layers 2`` trains the two-stochastic-layer model (784-200-200-100-100-100-50, tanh; preset
+``burda-2l``) as ``vae2_k1`` and ``iwae2_k5`` under the fast recipe of ``benchmarks/time_to_nll.py``
+(presets ``burda-2l-fast`` and ``burda-2l-fast-iwae5``: batch 250, lr 3e-3 decayed by a cosine over
+1,500 passes, the VAE with a 100-pass KL warm-up), not the paper's schedule, which at batch 20
+would take weeks on this machine. State: ``benchmarks/state/reproduce_burda2/``; the same JSON
+gains ``vae2_k1_test_nll``, ``iwae2_k5_test_nll`` and their runs under ``two_layers`` (the
+one-layer keys kept); figure ``reproduce_burda_2l.png``:
+
+    python benchmarks/reproduce_burda.py --layers 2 --only vae2_k1 --hours 2 --eval-points 1000
+    python benchmarks/reproduce_burda.py --layers 2 --only iwae2_k5 --hours 2 --eval-points 1000
+
 Published (Table 1, dynamic binarisation): VAE k=1 86.76 nats (19 active units);
-IWAE k=5 85.54 (22 active units).
+IWAE k=5 85.54 (22 active units); two stochastic layers, VAE k=1 85.33, IWAE k=5 83.89.
 """
 
 from __future__ import annotations
@@ -47,13 +58,13 @@ from pathlib import Path
 
 import torch
 
-from machine import cpu_name, folder_lock, write_report
-
 from avi.atomic import save_figure
-from avi.evaluation import active_units, log_likelihood, mean_elbo
+from avi.evaluation import log_likelihood, mean_elbo, posterior_mean_variance
+from avi.evaluation.collapse import active_units_by_layer
 from avi.runs.config import Config, load_config
 from avi.runs.rundir import CHECKPOINT, CONFIG, read_config, read_json
 from avi.runs.train import load_trained, run_fit
+from machine import cpu_name, folder_lock, write_report
 
 PUBLISHED = {"vae_k1": {"nll": 86.76, "active_units": 19}, "iwae_k5": {"nll": 85.54, "active_units": 22}}
 PASSES = 3280
@@ -62,6 +73,10 @@ PAPER_BATCH_SIZE, PAPER_LR = 20, 1e-3
 #: ``--fast``: batch 100, and each run's faster precision there (see the module docstring)
 FAST_BATCH_SIZE = 100
 FAST_PRECISION = {"vae_k1": "fp32", "iwae_k5": "bf16"}
+#: ``--layers 2``: the two-stochastic-layer runs, each under its fast preset, and Table 1's NLLs
+PRESETS_2L = {"vae2_k1": "burda-2l-fast", "iwae2_k5": "burda-2l-fast-iwae5"}
+PUBLISHED_2L = {"vae2_k1": {"nll": 85.33}, "iwae2_k5": {"nll": 83.89}}
+LABELS = {"vae_k1": "VAE, k = 1", "iwae_k5": "IWAE, k = 5", "vae2_k1": "VAE, k = 1", "iwae2_k5": "IWAE, k = 5"}
 
 
 def config_for(name: str, *, batch_size: int, lr: float, threads: int, precision: str, compile: bool = False):
@@ -129,11 +144,14 @@ def train(run_dir: Path, config, *, deadline: float, max_epochs: int) -> None:
 
 def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
     """Test NLL (IWAE bound, k samples) on the first ``points`` test images (all when None),
-    test ELBO and active units of a run's last checkpoint."""
+    test ELBO and active units of a run's last checkpoint (for a model with several stochastic
+    layers, also per layer, z_1 first: Burda et al.'s "16+5")."""
     run = load_trained(run_dir)
     test_x = run.splits.test.x[:points]
     nll = log_likelihood(run.model, run.posterior, test_x, k=k)
     summary = read_json(run_dir / "summary.json")
+    variance = posterior_mean_variance(run.posterior, test_x)
+    by_layer = active_units_by_layer(variance, tuple(run.config.model.layers or (variance.numel(),)))
     return {
         "passes_done": summary["epochs_done"],
         "train_wall_seconds": _last_wall_seconds(run_dir),
@@ -143,9 +161,9 @@ def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
         "test_nll": -nll.value.mean().item(),
         "test_nll_stderr": nll.value.std().item() / len(test_x) ** 0.5,  # over points; MC error is far smaller
         "test_elbo": mean_elbo(run.model, run.posterior, test_x),
-        "active_units": active_units(run.posterior, test_x),
+        "active_units": sum(by_layer),
         "k": k,
-    }
+    } | ({"active_units_by_layer": list(by_layer)} if len(by_layer) > 1 else {})
 
 
 def _last_wall_seconds(run_dir: Path) -> float | None:
@@ -155,20 +173,21 @@ def _last_wall_seconds(run_dir: Path) -> float | None:
     return float(rows[-1]["wall_seconds"]) if rows else None
 
 
-def plot_progress(state: Path, runs: dict, out: Path) -> None:
+def plot_progress(state: Path, runs: dict, out: Path, *, layers: int = 1) -> None:
     """``out`` (PNG): each run's training bound per pass (train ELBO for the VAE, the k = 5 IWAE
-    bound for the IWAE; negated, in nats) on a log axis with the schedule's stage ends, its
-    latest test NLL as a point, and the published NLLs as dashed lines."""
+    bound for the IWAE; negated, in nats) on a log axis (with the one-layer schedule's stage
+    ends), its latest test NLL as a point, and the published NLLs as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ends = [sum(3**j for j in range(i + 1)) for i in range(8)]
-    for end in ends:
+    published = PUBLISHED if layers == 1 else PUBLISHED_2L
+    for end in [sum(3**j for j in range(i + 1)) for i in range(8)] if layers == 1 else []:
         ax.axvline(end, color="0.9", lw=0.8, zorder=0)
-    for (name, label), color in zip((("vae_k1", "VAE, k = 1"), ("iwae_k5", "IWAE, k = 5")), ("C0", "C1")):
+    for name, color in zip(published, ("C0", "C1"), strict=True):
+        label = LABELS[name]
         metrics = state / name / "metrics.csv"
         if not metrics.exists():
             continue
@@ -180,84 +199,154 @@ def plot_progress(state: Path, runs: dict, out: Path) -> None:
             r = runs[name]
             ax.plot([r["passes_done"]], [r["test_nll"]], "o", color=color,
                     label=f"{label}: test NLL {r['test_nll']:.2f} ({r['test_points']:,} points)")  # fmt: skip
-        ax.axhline(PUBLISHED[name]["nll"], color=color, ls="--", lw=0.8, label=f"{label}: Burda et al. {PUBLISHED[name]['nll']}")
+        ax.axhline(published[name]["nll"], color=color, ls="--", lw=0.8,
+                   label=f"{label}: Burda et al. {published[name]['nll']}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlim(1, PASSES * 1.2)  # room for the final test NLL's point
-    ax.set_ylim(84, 110)
+    ax.set_ylim(82, 110)
     ax.set_xlabel("pass over the 60,000 training images (stage ends in grey)")
     ax.set_ylabel("nats (lower is better)")
-    ax.set_title("Reproducing Burda et al. (2016), Table 1, one stochastic layer")
+    ax.set_title(f"Reproducing Burda et al. (2016), Table 1, {('one', 'two')[layers - 1]} stochastic layer(s)")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     save_figure(fig, out, dpi=120)
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
-    parser.add_argument("--fast", action="store_true",
-                        help="batch 100, the IWAE in bf16, in the reproduce_burda_fast folders (not the paper's settings)")
-    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/reproduce_burda[_fast].json)")
-    parser.add_argument("--state", type=Path, help="runs' folder (default benchmarks/state/reproduce_burda[_fast])")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="stochastic layers: 1, the paper's settings; 2, a fast recipe (vae2_k1, iwae2_k5)",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="batch 100, the IWAE in bf16, in the reproduce_burda_fast folders (not the paper's)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results JSON (default benchmarks/results/reproduce_burda[_fast].json)",
+    )
+    parser.add_argument("--state", type=Path, help="runs' folder (default benchmarks/state/reproduce_burda[_fast|2])")
     parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, both runs")
     parser.add_argument("--batch-size", type=int, help="default 20 as Burda et al. (100 with --fast)")
-    parser.add_argument("--lr", type=float, default=PAPER_LR, help="initial learning rate of the schedule")
+    parser.add_argument("--lr", type=float, help="initial learning rate of the schedule (default 1e-3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the test NLL")
     parser.add_argument("--eval-points", type=int, default=10_000, help="test points of an unfinished run's NLL")
-    parser.add_argument("--precision", choices=["fp32", "bf16"],
-                        help="both runs' precision (default fp32; with --fast, bf16 for the IWAE)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="both runs' precision (default fp32; with --fast, bf16 for the IWAE)",
+    )
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (also a resumed run)")
-    parser.add_argument("--only", choices=sorted(PUBLISHED), help="train and evaluate one of the two runs")
+    parser.add_argument("--only", choices=sorted(PUBLISHED | PUBLISHED_2L), help="train and evaluate one of the runs")
     args = parser.parse_args()
-    folder = "reproduce_burda_fast" if args.fast else "reproduce_burda"
-    args.out = args.out or Path(f"benchmarks/results/{folder}.json")
+    published = PUBLISHED if args.layers == 1 else PUBLISHED_2L
+    if args.only and args.only not in published:
+        parser.error(f"--only {args.only} is not a run of --layers {args.layers}: choose from {sorted(published)}")
+    if args.layers == 2 and (args.fast or args.batch_size or args.lr or args.precision):
+        parser.error("--layers 2 trains its presets: --fast, --batch-size, --lr and --precision are for --layers 1")
+    args.names = [args.only] if args.only else list(published)
+    return with_defaults(args)
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the folders, batch size and learning rate it leaves unset filled in (and
+    ``--quick``'s own folders, budget and evaluation)."""
+    folder = {1: "reproduce_burda_fast" if args.fast else "reproduce_burda", 2: "reproduce_burda2"}[args.layers]
+    args.out = args.out or Path(f"benchmarks/results/{'reproduce_burda_fast' if args.fast else 'reproduce_burda'}.json")
     args.state = args.state or Path(f"benchmarks/state/{folder}")
     args.batch_size = args.batch_size or (FAST_BATCH_SIZE if args.fast else PAPER_BATCH_SIZE)
+    args.lr = args.lr or PAPER_LR
     if args.quick:
         args.state = args.state.with_name(args.state.name + "-quick")
         args.out = args.out.with_name(args.out.stem + "-quick.json")
         args.k, args.hours, args.eval_points = 50, 1.0, 1000
-    names = [args.only] if args.only else sorted(PUBLISHED)
+    return args
+
+
+def run_config(name: str, args: argparse.Namespace) -> Config:
+    """The config of run ``name`` under this call's options: a two-layer run's preset
+    (:data:`PRESETS_2L`), or the one-layer runs' paper's (or ``--fast``) settings."""
+    if name in PRESETS_2L:
+        train = {"threads": args.threads, "compile": args.compile}
+        return load_config(None, {"model": {"preset": PRESETS_2L[name]}, "train": train})
+    precision = args.precision or (FAST_PRECISION[name] if args.fast else "fp32")
+    return config_for(name, batch_size=args.batch_size, lr=args.lr, threads=args.threads, precision=precision,
+                      compile=args.compile)  # fmt: skip
+
+
+def train_and_evaluate(args: argparse.Namespace) -> dict:
+    """Each run of this call trained for its share of ``--hours`` (to its last pass at most: the
+    schedule's, or 2 with ``--quick``), then evaluated."""
     results = {}
-    budget = args.hours * 3600 / len(names)
-    for name in names:
+    budget = args.hours * 3600 / len(args.names)
+    for name in args.names:
         run_dir = args.state / name
-        precision = args.precision or (FAST_PRECISION[name] if args.fast else "fp32")
-        config = config_for(name, batch_size=args.batch_size, lr=args.lr, threads=args.threads, precision=precision,
-                            compile=args.compile)  # fmt: skip
-        started = time.monotonic()
-        passes = 2 if args.quick else PASSES
-        train(run_dir, config, deadline=started + budget, max_epochs=passes)
-        results[name] = evaluate(run_dir, k=args.k, points=None if epochs_done(run_dir) >= passes else args.eval_points)
-        results[name].update(passes_total=PASSES, published_nll=PUBLISHED[name]["nll"],
-                             published_active_units=PUBLISHED[name]["active_units"])  # fmt: skip
+        config = run_config(name, args)
+        passes = 2 if args.quick else config.train.epochs
+        train(run_dir, config, deadline=time.monotonic() + budget, max_epochs=passes)
+        finished = epochs_done(run_dir) >= passes
+        results[name] = evaluate(run_dir, k=args.k, points=None if finished else args.eval_points)
+        published = (PUBLISHED | PUBLISHED_2L)[name]
+        results[name].update(passes_total=config.train.epochs, published_nll=published["nll"],
+                             published_active_units=published.get("active_units"))  # fmt: skip
+    return results
+
+
+def settings_of(configs: dict[str, Config], *, layers: int) -> dict:
+    """The runs' recipe, per run where it can differ."""
+    schedule = "burda 3^i" if layers == 1 else {
+        name: f"{c.train.lr_schedule} over {c.train.epochs} passes after a {c.train.lr_warmup}-pass warm-up, "
+              f"KL warm-up {c.remedies.kl_warmup} passes" for name, c in configs.items()}  # fmt: skip
+    return {"batch_size": {name: c.train.batch_size for name, c in configs.items()},
+            "lr": {name: c.train.lr for name, c in configs.items()},
+            "precision": {name: c.train.precision for name, c in configs.items()},
+            "adam_eps": 1e-4, "schedule": schedule,
+            "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"}  # fmt: skip
+
+
+def report_of(args: argparse.Namespace, previous: dict, results: dict) -> dict:
+    """``previous`` report with this call's runs merged in (the other runs' entries, written by
+    their own processes, are kept): the one-layer runs at the top level, the two-layer runs
+    under ``two_layers`` with their test NLLs as ``vae2_k1_test_nll`` and ``iwae2_k5_test_nll``."""
+    section = previous.get("two_layers", {}) if args.layers == 2 else previous
+    runs = {**section.get("runs", {}), **results}
+    configs = {name: read_config(args.state / name) for name in runs if (args.state / name / CONFIG).exists()}
+    machine = {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
+               "cpu": cpu_name(), "cpus": os.cpu_count()}  # fmt: skip
+    common = {"runs": runs, "settings": settings_of(configs, layers=args.layers), "machine": machine,
+              "timestamp": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+    names = PUBLISHED_2L if args.layers == 2 else PUBLISHED
+    nlls = {f"{name}_test_nll": runs.get(name, {}).get("test_nll") for name in names}
+    if args.layers == 2:
+        return {**previous, "benchmark": "reproduce_burda", **nlls,
+                "two_layers": {"variant": "fast recipe (burda-2l-fast presets)", **common}}  # fmt: skip
+    return {**previous, "benchmark": "reproduce_burda", "quick": args.quick, "variant": variant_of(configs), **nlls,
+            **common}  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    results = train_and_evaluate(args)
     with folder_lock(args.out.parent):
-        previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
-        runs = {**previous, **results}  # the other run's entry, from its own process, is kept
-        configs = {name: read_config(args.state / name) for name in runs if (args.state / name / CONFIG).exists()}
-        report = {
-            "benchmark": "reproduce_burda",
-            "quick": args.quick,
-            "variant": variant_of(configs),
-            "vae_k1_test_nll": runs.get("vae_k1", {}).get("test_nll"),
-            "iwae_k5_test_nll": runs.get("iwae_k5", {}).get("test_nll"),
-            "runs": runs,
-            "settings": {"batch_size": {name: c.train.batch_size for name, c in configs.items()},
-                         "lr": {name: c.train.lr for name, c in configs.items()},
-                         "precision": {name: c.train.precision for name, c in configs.items()},
-                         "adam_eps": 1e-4, "schedule": "burda 3^i",
-                         "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
-            "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-                        "cpu": cpu_name(), "cpus": os.cpu_count()},
-            "timestamp": datetime.now(timezone.utc).isoformat(),
-        }  # fmt: skip
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {"quick": args.quick}
+        report = report_of(args, previous, results)
         write_report(args.out, report)
-        plot_progress(args.state, runs, args.out.with_suffix(".png"))
+        section = report["two_layers"] if args.layers == 2 else report
+        figure = args.out.with_name(args.out.stem + ("_2l" if args.layers == 2 else "") + ".png")
+        plot_progress(args.state, section["runs"], figure, layers=args.layers)
     for name, r in results.items():
-        print(f"{name}: {r['passes_done']}/{PASSES} passes, test NLL {r['test_nll']:.2f} "
-              f"(published {r['published_nll']}), active units {r['active_units']} (published {r['published_active_units']})")  # fmt: skip
+        print(f"{name}: {r['passes_done']}/{r['passes_total']} passes, test NLL {r['test_nll']:.2f} "
+              f"(published {r['published_nll']}), active units {r['active_units']} "
+              f"(published {r['published_active_units']})")  # fmt: skip
 
 
 if __name__ == "__main__":

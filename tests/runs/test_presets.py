@@ -1,0 +1,35 @@
+"""Burda et al.'s (2016) two-stochastic-layer model under the fast recipe: the presets that
+benchmarks/reproduce_burda.py --layers 2 trains."""
+
+from __future__ import annotations
+
+import pytest
+
+from avi.runs.config import load_config
+
+
+@pytest.mark.parametrize(("preset", "one_layer"), [("burda-2l-fast", "burda-1l-fast"),
+                                                   ("burda-2l-fast-iwae5", "burda-1l-fast-iwae5")])  # fmt: skip
+def test_two_layer_fast_presets_are_the_two_layer_model_under_the_one_layer_recipe(preset: str, one_layer: str) -> None:
+    two = load_config(None, {"model": {"preset": preset}})
+    one = load_config(None, {"model": {"preset": one_layer}})
+    m = two.model
+    assert (m.name, m.layers, m.hidden, m.layer_hidden, m.activation) == (
+        "hvae",
+        [100, 50],
+        [200, 200],
+        [100, 100],
+        "tanh",
+    )
+    assert two.model.model_dump(exclude={"preset"}) == load_config(
+        None, {"model": {"preset": "burda-2l"}}
+    ).model.model_dump(exclude={"preset"})
+    assert (two.train, two.data, two.objective, two.remedies) == (one.train, one.data, one.objective, one.remedies)
+    assert (two.train.batch_size, two.train.lr_schedule, two.data.validation_fraction) == (250, "cosine", 0.0)
+
+
+def test_only_the_two_layer_vae_warms_its_kl_term_up() -> None:
+    vae = load_config(None, {"model": {"preset": "burda-2l-fast"}})
+    iwae = load_config(None, {"model": {"preset": "burda-2l-fast-iwae5"}})
+    assert (vae.objective.name, vae.remedies.kl_warmup) == ("elbo", 100)
+    assert (iwae.objective.name, iwae.objective.k, iwae.remedies.kl_warmup) == ("iwae", 5, 0)
