@@ -64,7 +64,7 @@ from avi.runs.memory import MODEL_SIZES
 from machine import run_facts, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness the tests share
-from tests.cli_harness import time_limit, working_directory  # noqa: E402
+from tests.cli_harness import time_limit, toml_value, working_directory  # noqa: E402
 
 if sys.version_info >= (3, 11):
     pass
@@ -230,21 +230,6 @@ def judge(case: Case, outcome: Outcome) -> tuple[str, str]:
 
 
 # --- the workspace: configs and trained runs -----------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as a TOML value (inline tables for dicts)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(map(toml_value, value)) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)
 
 
 def toml_text(tables: dict[str, dict[str, Any]]) -> str:

@@ -1,17 +1,18 @@
 """What the bad-input property test (tests/runs/test_bad_input_property.py) and the audit
-(benchmarks/bad_inputs.py) share to run ``avi`` in this process: a time limit on a command and
-the directory it runs in."""
+(benchmarks/bad_inputs.py) share to run ``avi`` in this process: a time limit on a command, the
+directory it runs in, and config values written as TOML."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TooSlow", "time_limit", "working_directory"]
+__all__ = ["TooSlow", "time_limit", "toml_value", "working_directory"]
 
 
 class TooSlow(Exception):
@@ -43,3 +44,24 @@ def working_directory(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value (inline tables for dicts)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(ch if ch.isprintable() and ch != "\x7f" else _escape(ch) for ch in escaped) + '"'
+
+
+def _escape(ch: str) -> str:
+    """A TOML escape of one character: \\uXXXX, or \\UXXXXXXXX past the basic plane."""
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"

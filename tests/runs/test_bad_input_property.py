@@ -42,7 +42,7 @@ from avi.errors import AviError
 from avi.runs import train
 from avi.runs.config import BUILTIN_MODELS, FAMILY_NAMES, PRESETS, Config, load_config, merge_tables
 from avi.runs.train import run_fit
-from tests.cli_harness import time_limit, working_directory
+from tests.cli_harness import time_limit, toml_value, working_directory
 from tests.runs.conftest import small_job
 
 if sys.version_info >= (3, 11):
@@ -157,27 +157,6 @@ FLAG_TEXTS = st.one_of(
     st.floats().map(repr),
     st.text(st.characters(exclude_characters="\x00"), max_size=8),
 )  # fmt: skip
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as a TOML value (inline tables for dicts)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(map(toml_value, value)) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + "".join(ch if ch.isprintable() and ch != "\x7f" else _escape(ch) for ch in escaped) + '"'
-
-
-def _escape(ch: str) -> str:
-    """A TOML escape of one character: \\uXXXX, or \\UXXXXXXXX past the basic plane."""
-    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
 
 
 def toml_text(tables: dict[str, Any]) -> str:
