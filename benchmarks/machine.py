@@ -25,6 +25,7 @@ __all__ = [
     "cpu_name",
     "cpu_snapshot",
     "folder_lock",
+    "machine_facts",
     "matmul_gflops",
     "other_processes_cpus",
     "run_facts",
@@ -71,6 +72,13 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def machine_facts(threads: int) -> dict[str, Any]:
+    """The ``machine`` of the long reproductions' reports: torch's version, the threads a run
+    was given, the platform, the processor's name and the CPU count."""
+    return {"torch": torch.__version__, "threads": threads, "platform": platform.platform(), "cpu": cpu_name(),
+            "cpus": os.cpu_count()}  # fmt: skip
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:

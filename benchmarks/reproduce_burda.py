@@ -50,8 +50,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,9 +61,9 @@ from avi.atomic import save_figure
 from avi.evaluation import log_likelihood, mean_elbo, posterior_mean_variance
 from avi.evaluation.collapse import active_units_by_layer
 from avi.runs.config import Config, load_config
-from avi.runs.rundir import CHECKPOINT, CONFIG, read_config, read_json
+from avi.runs.rundir import CHECKPOINT, CONFIG, read_config, read_json, read_metrics
 from avi.runs.train import load_trained, run_fit
-from machine import cpu_name, folder_lock, write_report
+from machine import folder_lock, machine_facts, write_report
 
 PUBLISHED = {"vae_k1": {"nll": 86.76, "active_units": 19}, "iwae_k5": {"nll": 85.54, "active_units": 22}}
 PASSES = 3280
@@ -164,6 +163,21 @@ def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
         "active_units": sum(by_layer),
         "k": k,
     } | ({"active_units_by_layer": list(by_layer)} if len(by_layer) > 1 else {})
+
+
+def pass_seconds(run_dir: Path, *, images: int, epochs: int) -> dict[str, float]:
+    """Wall seconds of a pass over ``images`` training images (``seconds_per_pass``; from the
+    median training speed, so a run on a subset says what a full pass costs) plus the per-epoch
+    validation and diagnostics between two epochs' training (``overhead_seconds_per_pass``; the
+    median leaves out each call's setup), and the hours of ``epochs`` such passes."""
+    rows = read_metrics(run_dir)
+    speed = statistics.median(float(r["examples_per_second"]) for r in rows)
+    wall, train_seconds = ([float(r[key]) for r in rows] for key in ("wall_seconds", "epoch_seconds"))
+    gaps = [b - a - t for a, b, t in zip(wall, wall[1:], train_seconds[1:], strict=False)]
+    overhead = max(0.0, statistics.median(gaps)) if gaps else 0.0
+    per_pass = images / speed + overhead
+    return {"seconds_per_pass": per_pass, "overhead_seconds_per_pass": overhead,
+            "estimated_hours": per_pass * epochs / 3600}  # fmt: skip
 
 
 def _last_wall_seconds(run_dir: Path) -> float | None:
@@ -320,10 +334,8 @@ def report_of(args: argparse.Namespace, previous: dict, results: dict) -> dict:
     section = previous.get("two_layers", {}) if args.layers == 2 else previous
     runs = {**section.get("runs", {}), **results}
     configs = {name: read_config(args.state / name) for name in runs if (args.state / name / CONFIG).exists()}
-    machine = {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-               "cpu": cpu_name(), "cpus": os.cpu_count()}  # fmt: skip
-    common = {"runs": runs, "settings": settings_of(configs, layers=args.layers), "machine": machine,
-              "timestamp": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+    common = {"runs": runs, "settings": settings_of(configs, layers=args.layers),
+              "machine": machine_facts(args.threads), "timestamp": datetime.now(timezone.utc).isoformat()}  # fmt: skip
     names = PUBLISHED_2L if args.layers == 2 else PUBLISHED
     nlls = {f"{name}_test_nll": runs.get(name, {}).get("test_nll") for name in names}
     if args.layers == 2:

@@ -52,21 +52,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from avi.runs.config import Config, load_config
 from avi.runs.evaluate import run_evaluate
-from avi.runs.rundir import read_metrics
-from machine import cpu_name, folder_lock, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, train
+from machine import folder_lock, machine_facts, write_report
+from reproduce_burda import _last_wall_seconds, epochs_done, pass_seconds, train
 
 #: the runs: their variational family and flow length (None: the family has none)
 RUNS: dict[str, tuple[str, int | None]] = {"diag": ("mean-field", None), "planar_k10": ("planar", 10)}
@@ -106,7 +100,7 @@ def evaluate(run_dir: Path, *, k: int, finished: bool) -> dict[str, Any]:
         "finished": finished,
         "passes_done": epochs_done(run_dir),
         "train_wall_seconds": _last_wall_seconds(run_dir),
-        **pass_seconds(run_dir),
+        **pass_seconds(run_dir, images=TRAIN_IMAGES, epochs=EPOCHS),
         "test_points": r["n"],
         "test_nll_bound": -r["elbo"],
         "test_nll_iwae": -r["log_likelihood"],
@@ -116,21 +110,6 @@ def evaluate(run_dir: Path, *, k: int, finished: bool) -> dict[str, Any]:
         "k": k,
         "evaluate_seconds": r["seconds"],
     }
-
-
-def pass_seconds(run_dir: Path) -> dict[str, float]:
-    """Wall seconds of a pass over the 60,000 training images (``seconds_per_pass``; from the
-    median training speed, so a run on a subset says what a full pass costs) plus the per-epoch
-    diagnostics (collapse and I(x; z) on 1,000 points, costly for a flow), and the hours of
-    :data:`EPOCHS` such passes (``estimated_hours``)."""
-    rows = read_metrics(run_dir)
-    speed = statistics.median(float(r["examples_per_second"]) for r in rows)
-    wall, train_seconds = ([float(r[key]) for r in rows] for key in ("wall_seconds", "epoch_seconds"))
-    gaps = [b - a - t for a, b, t in zip(wall, wall[1:], train_seconds[1:], strict=False)]
-    diagnostics = max(0.0, statistics.median(gaps)) if gaps else 0.0  # the median leaves out each call's setup
-    per_pass = TRAIN_IMAGES / speed + diagnostics
-    return {"seconds_per_pass": per_pass, "diagnostic_seconds_per_pass": diagnostics,
-            "estimated_hours": per_pass * EPOCHS / 3600}  # fmt: skip
 
 
 def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -146,8 +125,7 @@ def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]
                    "optimiser": "Adam lr 1e-3, cosine",
                    "kl_warmup": f"0.01 -> 1 over {WARMUP_EPOCHS} passes", "epochs": EPOCHS,
                    "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"},
-        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-                    "cpu": cpu_name(), "cpus": os.cpu_count()},
+        "machine": machine_facts(args.threads),
         "timestamp": datetime.now(timezone.utc).isoformat(),
     }  # fmt: skip
 

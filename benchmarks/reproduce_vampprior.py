@@ -57,9 +57,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,8 +68,8 @@ from avi.runs.config import Config, load_config
 from avi.runs.evaluate import run_evaluate
 from avi.runs.rundir import CHECKPOINT, read_metrics
 from avi.runs.train import run_fit
-from machine import cpu_name, folder_lock, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done
+from machine import folder_lock, machine_facts, write_report
+from reproduce_burda import _last_wall_seconds, epochs_done, pass_seconds
 
 #: the runs: their prior p(z)
 RUNS = {"vamp": "vamp", "standard": "normal"}
@@ -143,7 +140,7 @@ def evaluate(run_dir: Path, *, k: int, done: bool, patience: int) -> dict[str, A
         "passes_done": passes,
         "best_epoch": best_epoch(run_dir),
         "train_wall_seconds": _last_wall_seconds(run_dir),
-        **pass_seconds(run_dir),
+        **pass_seconds(run_dir, images=TRAIN_IMAGES, epochs=EPOCHS),
         "test_points": r["n"],
         "test_nll": -r["log_likelihood"],
         "test_nll_stderr": r["log_likelihood_stderr"],
@@ -153,21 +150,6 @@ def evaluate(run_dir: Path, *, k: int, done: bool, patience: int) -> dict[str, A
         "k": k,
         "evaluate_seconds": r["seconds"],
     }
-
-
-def pass_seconds(run_dir: Path) -> dict[str, float]:
-    """Wall seconds of a pass over the 50,000 training images (``seconds_per_pass``; from the
-    median training speed, so a run on a subset says what a full pass costs) plus the per-epoch
-    validation and diagnostics (``overhead_seconds_per_pass``; measured on the full 10,000
-    validation images even in a subset run), and the hours of :data:`EPOCHS` such passes."""
-    rows = read_metrics(run_dir)
-    speed = statistics.median(float(r["examples_per_second"]) for r in rows)
-    wall, train_seconds = ([float(r[key]) for r in rows] for key in ("wall_seconds", "epoch_seconds"))
-    gaps = [b - a - t for a, b, t in zip(wall, wall[1:], train_seconds[1:], strict=False)]
-    overhead = max(0.0, statistics.median(gaps)) if gaps else 0.0  # the median leaves out each call's setup
-    per_pass = TRAIN_IMAGES / speed + overhead
-    return {"seconds_per_pass": per_pass, "overhead_seconds_per_pass": overhead,
-            "estimated_hours": per_pass * EPOCHS / 3600}  # fmt: skip
 
 
 def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]:
@@ -183,8 +165,7 @@ def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]
                    "early_stop": f"patience {PATIENCE} on the validation ELBO, best checkpoint scored",
                    "max_epochs": EPOCHS, "pseudo_inputs": 500,
                    "data": "static-mnist, 50,000/10,000/10,000"},
-        "machine": {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-                    "cpu": cpu_name(), "cpus": os.cpu_count()},
+        "machine": machine_facts(args.threads),
         "timestamp": datetime.now(timezone.utc).isoformat(),
     }  # fmt: skip
 
