@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -129,9 +128,10 @@ def gap_decomposition(
     family, params = cast(Family, posterior.family), cast(Callable[[Tensor], Tensor], posterior.params)
     with torch.no_grad(), eval_mode(posterior):
         initial = torch.cat([params(x[i : i + batch_size]).detach() for i in range(0, x.shape[0], batch_size)])
-    refine = partial(refine_params, model, family, lr=lr, objective=ELBO(num_samples=refine_samples),
-                     batch_size=batch_size)  # fmt: skip
-    refined, gain, gain_stderr = _refined_and_checked(refine, x, initial, steps, elbo_samples, tell)
+    refined, gain, gain_stderr = _refined_and_checked(
+        model, family, x, initial, steps=steps, samples=elbo_samples, tell=tell,
+        lr=lr, objective=ELBO(num_samples=refine_samples), batch_size=batch_size,
+    )  # fmt: skip
     amortized = LocalPosterior(x.shape[0], family, initial=initial)
     optimal = LocalPosterior(x.shape[0], family, initial=refined)
     elbo_a = elbo_per_point(model, amortized, x, num_samples=elbo_samples, batch_size=batch_size)[0]
@@ -153,23 +153,36 @@ def gap_decomposition(
 
 
 def _refined_and_checked(
-    refine: partial[Tensor], x: Tensor, initial: Tensor, steps: int, samples: int, tell: Progress
+    model: LatentVariableModel,
+    family: Family,
+    x: Tensor,
+    initial: Tensor,
+    *,
+    steps: int,
+    samples: int,
+    tell: Progress,
+    batch_size: int,
+    **refining: Any,
 ) -> tuple[Tensor, float, float]:
-    """q*'s parameters after ``steps`` steps of ``refine`` from ``initial``, and the gain in
-    L[q*] of those steps over a run of ``steps // 2`` on the first :data:`CHECK_POINTS` points
-    (mean and standard error; NaN with no steps), the steps of both told to ``tell``."""
-    m, chunk = min(CHECK_POINTS, x.shape[0]), refine.keywords["batch_size"]
-    full, half = steps * -(-x.shape[0] // chunk), steps // 2 * -(-m // chunk)
+    """q*'s parameters after ``steps`` steps of :func:`refine_params` from ``initial`` (in chunks
+    of ``batch_size`` points, with ``refining``: lr, objective), and the gain in L[q*] of those
+    steps over a run of ``steps // 2`` on the first :data:`CHECK_POINTS` points (mean and
+    standard error; NaN with no steps), the steps of both told to ``tell``."""
+    m = min(CHECK_POINTS, x.shape[0])
+    full, half = steps * -(-x.shape[0] // batch_size), steps // 2 * -(-m // batch_size)
 
-    def told(before: int) -> Callable[[int], None]:
-        return lambda done: tell("refining q*", before + done, full + half)
+    def refine(points: int, count: int, before: int) -> Tensor:
+        def told(done: int) -> None:
+            tell("refining q*", before + done, full + half)
 
-    refined = refine(x, initial, steps=steps, on_step=told(0))
+        return refine_params(
+            model, family, x[:points], initial[:points], steps=count, batch_size=batch_size, on_step=told, **refining
+        )
+
+    refined = refine(x.shape[0], steps, 0)
     if steps == 0:
         return refined, math.nan, math.nan
-    halfway = refine(x[:m], initial[:m], steps=steps // 2, on_step=told(full))
-    model, family = refine.args
-    return refined, *_gain(model, family, x[:m], refined[:m], halfway, samples)
+    return refined, *_gain(model, family, x[:m], refined[:m], refine(m, steps // 2, full), samples)
 
 
 def _gain(
