@@ -1,0 +1,334 @@
+r"""Reproduce Cremer, Li and Duvenaud (2018), "Inference Suboptimality in Variational
+Autoencoders" (ICML, PMLR 80), Table 2, MNIST columns: the inference gap log p(x) - L[q] of a
+VAE split into an approximation gap log p(x) - L[q*] and an amortization gap L[q*] - L[q], for
+a model trained with a fully factorised Gaussian q (``ffg``) and one trained with a flow q
+(``flow``; the paper's auxiliary flow, AF).
+
+Two runs of one VAE, identical but for q(z|x): ``ffg`` (``inference.family = "mean-field"``)
+and ``flow`` (``"iaf"``). Once a run has finished training, :func:`avi.runs.gaps.run_gaps`
+decomposes its gap twice on the first :data:`POINTS` = 1,000 training images (the paper's
+points): with the mean-field family (q*_FFG, per-point Gaussians refined from an encoder; log
+p(x) by annealed importance sampling from q*_FFG) and with the flow family (q*_AF; log p(x) by
+the IWAE bound with 5,000 samples from q*_AF). For the run's own family the encoder is its
+own, so that decomposition also gives L[q]; for the other family avi first trains a new
+encoder of that family against the fixed decoder (``encoder_epochs``), as the paper's Section
+5.2 does for its cross-family figures. The row of the table per run: log p^(x), the larger of
+the two log p(x) estimates (the paper takes the larger of AIS and IWAE); L[q*_AF], L[q*_FFG],
+L[q]; approximation gap log p^(x) - L[q*] (q* of the run's own family), amortization gap, and
+inference gap log p^(x) - L[q].
+
+The paper's setup, from its text as far as it could be read here and from the authors' code
+(github chriscremer/Inference-Suboptimality: models/, flow_effect_on_amort_exp/train_mnist.py,
+test_different_dists/compute_gaps3.py, models/optimize_local_q.py, models/utils/ais4.py; and
+the second author's github lxuechen/inference-suboptimality: run.py, vae.py, local_ffg.py,
+local_flow.py, utils/approx_posts.py, utils/helper.py, utils/ais.py, utils/hmc.py):
+
+- model: 50 latent units; encoder 784-200-200-100 and decoder 50-200-200-784, ELU units, a
+  Bernoulli likelihood (lxuechen vae.py; chriscremer's MNIST scripts use the same sizes);
+- flow (AF): a RealNVP-like flow on z with an auxiliary variable v, q(v0|z0) and a reverse
+  model r(vT|zT), 2 flow steps; hidden layers of 200 ELU units, the flow also fed an encoder
+  feature of x (lxuechen utils/approx_posts.py) or of 50 units on z alone (chriscremer
+  models/distributions.py ``Flow``);
+- data: Larochelle and Murray's statically binarised MNIST (chriscremer loads
+  ``binarized_mnist.pkl``; lxuechen's loader reads the 50,000 + 10,000 images of
+  ``mnist.pkl`` as training data);
+- training: Adam with Burda et al.'s schedule, stage i = 0..7 of 3^i epochs at lr 1e-3 *
+  10^(-i/7), 3,280 epochs; a warm-up that weights log q(z|x) by min(1, epoch / 100)
+  (chriscremer) or / 400 (lxuechen), 1 sample; batches of 20 (chriscremer's MNIST scripts) or
+  100 (lxuechen run.py);
+- the gaps are computed on the first 1,000 training images (lxuechen utils/helper.py
+  ``partial_train``, num=1000; chriscremer compute_gaps3.py ``train_x[:n_data]``);
+- q*: a new q for each point (a Gaussian from mean 0, log-variance 0; a flow from a fresh
+  initialisation, all its weights optimised for that point), Adam lr 1e-3, 50 samples per
+  step (chriscremer; 100 in lxuechen), checked every 100 steps and stopped after 10 checks
+  without a better mean; L[q*] then from 5,000 samples, and the IWAE bound of those samples;
+- log p(x): AIS from the prior along p(z) p(x|z)^t, 100 chains per point, 5,000
+  (chriscremer compute_gaps3.py) or 10,000 (lxuechen run.py) intermediate distributions on a
+  linear schedule, one HMC step of 10 leapfrog steps each, the step size adapted towards an
+  acceptance rate of 0.65; and the IWAE bound with 5,000 samples of q*.
+
+What this script runs instead, and why:
+
+- the flow is avi's nearest: ``iaf`` (zuko's affine autoregressive flow in the inverse
+  direction, conditioned on the encoder's 100 outputs), :data:`FLOW_TRANSFORMS` = 2 transforms
+  of one hidden layer of 200 units, mirroring the paper's 2 steps of 200-unit layers; avi has
+  no auxiliary-variable flow (``nsf``, ``planar``, ``radial`` and ``sylvester`` are its others);
+- q*_AF optimises only the flow's context (lambda) per point: avi's decomposition keeps a flow
+  family's shared weights as trained (:func:`avi.evaluation.gaps.gap_decomposition`), where the
+  paper fits a whole new flow to each point. For the ``ffg`` run those weights are those of a
+  new IAF encoder trained :data:`ENCODER_EPOCHS` = 20 epochs against the fixed decoder. L[q*_AF]
+  is therefore a lower bound on the paper's, and the ``flow`` run's approximation gap an upper
+  bound on its (an avi gap: per-point optimisation of all of a flow's weights);
+- q* starts from the encoder's output, not from N(0, I): :data:`REFINE_STEPS` = 2,000 Adam
+  steps (lr 0.05, cosine decay, 4 samples a step; avi's defaults), with avi's convergence
+  check (a second run of half the steps on 100 points, ``q_star_converged``) in place of the
+  paper's stopping rule; every ELBO from 100 samples per point (the paper: 5,000);
+- AIS starts from q*_FFG rather than the prior (a far better start, so far fewer steps are
+  needed): :data:`AIS_STEPS` = 500 intermediate distributions, 100 chains, one HMC step of
+  5 leapfrog steps each (avi's :func:`avi.evaluation.ais.ais_log_likelihood`), the step size
+  adapted per chain towards 0.65; in place of 5,000-10,000 from the prior with 10 leapfrog
+  steps, which would cost 20-40 times as much (a flow's density is not used for AIS: an IAF's
+  log q of a given z takes 50 sequential passes);
+- avi's static MNIST (``data.binarize = "static-mnist"``, 50,000/10,000/10,000, binarised
+  once by a fixed seed, not Larochelle's draw, which avi does not ship); training uses the
+  50,000 training images only (the 10,000 validation images are scored but not trained on);
+- avi's KL warm-up (``remedies.kl_warmup`` = 100 epochs from weight 0): it weights
+  log q(z|x) - log p(z) where the paper weights log q(z|x) alone;
+- batches of 100 (lxuechen's default; batches of 20 would cost about four times the CPU time);
+  Burda's schedule as the paper (``train.lr_schedule = "burda"``, 3,280 epochs).
+
+Runs resume from their checkpoints across calls and sessions until all :data:`EPOCHS` passes
+are done; a finished run is decomposed once (each decomposition is cached in the run's folder
+as ``cremer-FAMILY.json`` with its settings). An unfinished run gets an interim decomposition
+at small settings (:data:`INTERIM`, labelled ``finished: false``). On two cores, train the two
+runs as two one-thread processes:
+
+    python benchmarks/reproduce_cremer.py --only ffg --hours 12    # at most 12 h of training, then gaps
+    python benchmarks/reproduce_cremer.py --only flow --hours 20
+    python benchmarks/reproduce_cremer.py --quick     # a smoke run: 2 passes on 500 images, tiny gaps
+
+Cost (one thread of the shared 2-core AMD EPYC, with two other benchmarks running;
+``--quick`` measures the pass times, a separate timing on its models the gaps; both vary about
+2x with the load): 6.1-12.5 s a pass of 50,000 images for ``ffg`` (0.5-1.1 s of it
+validation) and 13-22 s for ``flow`` (5-8 s of it validation and the per-epoch collapse
+diagnostics, whose mutual-information estimate is costly for a flow; avi's coming
+``train.diagnostics_every = 0`` would save most of it), so about 5.5-11 and 12-20 hours of
+training for 3,280 passes. Gaps, per run (measured at a load average of 5): AIS 2.5e-4 s per
+chain-step, 1,000 points x 100 chains x 500 steps = 3.5 h; q* about 9 s per 100 points x 200
+steps, 15 min per family at 1,000 x 2,000; the new encoders and the IWAE bound about 10 min.
+About 25-40 CPU hours in all, the lower figure on a quiet machine. Each process merges its run's entry into the JSON
+under a lock on the results folder. State: ``benchmarks/state/reproduce_cremer/``; results:
+``benchmarks/results/reproduce_cremer.json``.
+
+Published (Table 2, MNIST, nats; the numbers as recalled from the paper, not checked here
+against a copy of its table, which none of the sources available held: each gap is the
+difference of the rows above it to 0.01, which they are):
+
+    model trained with           q_FFG     q_AF
+    log p^(x)                   -89.80   -88.94
+    L[q*_AF]                    -90.80   -90.38
+    L[q*_FFG]                   -91.23  -113.54
+    L[q]                        -92.57   -91.79
+    approximation gap             1.43     1.44
+    amortization gap              1.34     1.41
+    inference gap                 2.77     2.85
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avi.runs.config import Config, load_config
+from avi.runs.gaps import run_gaps
+from avi.runs.rundir import CHECKPOINT, write_json
+from machine import CpuSnapshot, cpu_snapshot, folder_lock, machine_facts, other_processes_cpus, write_report
+from reproduce_burda import _last_wall_seconds, epochs_done, pass_seconds, train
+
+#: the runs: their variational family (the table's columns)
+RUNS = {"ffg": "mean-field", "flow": "iaf"}
+#: Table 2's MNIST columns (nats), as recalled (the module docstring says how far they are checked)
+PUBLISHED: dict[str, dict[str, float]] = {
+    "ffg": {"log_px": -89.80, "elbo_q_star_flow": -90.80, "elbo_q_star_ffg": -91.23, "elbo_q": -92.57,
+            "approximation_gap": 1.43, "amortization_gap": 1.34, "inference_gap": 2.77},
+    "flow": {"log_px": -88.94, "elbo_q_star_flow": -90.38, "elbo_q_star_ffg": -113.54, "elbo_q": -91.79,
+             "approximation_gap": 1.44, "amortization_gap": 1.41, "inference_gap": 2.85},
+}  # fmt: skip
+SOURCE = (
+    "Cremer, Li and Duvenaud (2018), Inference Suboptimality in Variational Autoencoders, ICML, PMLR 80, "
+    "Table 2, MNIST columns (recalled; each gap equals the differences of the rows to 0.01; not checked "
+    "against a copy of the table, which none of the sources searched held)"
+)
+#: passes over the 50,000 training images: Burda et al.'s schedule, as the paper
+EPOCHS = 3280
+TRAIN_IMAGES = 50_000
+#: epochs of the KL warm-up (the paper's code: 100 or 400 epochs on log q alone)
+WARMUP_EPOCHS = 100
+#: the IAF's transforms and hidden units (the paper's auxiliary flow: 2 steps, 200-unit layers)
+FLOW_TRANSFORMS, FLOW_HIDDEN = 2, [200]
+QUICK_EPOCHS, QUICK_IMAGES = 2, 500
+
+
+@dataclass(frozen=True)
+class GapSettings:
+    """One decomposition's settings: the first ``points`` training images, ``refine_steps``
+    steps of q*, AIS with ``ais_steps`` steps and ``chains`` chains (mean-field), the IWAE bound
+    with ``iwae_k`` samples (flow), a new encoder of the other family trained ``encoder_epochs``."""
+
+    points: int
+    refine_steps: int
+    ais_steps: int
+    chains: int
+    iwae_k: int
+    encoder_epochs: int
+
+
+#: the paper's 1,000 training points; the other settings as the module docstring says
+POINTS, REFINE_STEPS, AIS_STEPS, ENCODER_EPOCHS = 1000, 2000, 500, 20
+FINAL = GapSettings(POINTS, REFINE_STEPS, AIS_STEPS, chains=100, iwae_k=5000, encoder_epochs=ENCODER_EPOCHS)
+INTERIM = GapSettings(100, 500, 100, chains=20, iwae_k=500, encoder_epochs=2)
+QUICK = GapSettings(20, 50, 10, chains=10, iwae_k=50, encoder_epochs=1)
+
+
+def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = WARMUP_EPOCHS,
+               subset: int | None = None) -> Config:  # fmt: skip
+    """The run ``name``'s config: the 784-200-200-50 ELU VAE with its family, trained as the
+    module docstring says for ``epochs`` passes (on the first ``subset`` training images where given)."""
+    return load_config(
+        None,
+        {
+            "model": {"latent_dim": 50, "hidden": [200, 200], "activation": "elu"},
+            "data": {"binarize": "static-mnist", "subset": subset},
+            "inference": {"family": RUNS[name], "encoder_hidden": [200, 200],
+                          "flow_transforms": FLOW_TRANSFORMS, "flow_hidden": FLOW_HIDDEN},
+            "train": {"epochs": epochs, "batch_size": 100, "lr": 1e-3, "lr_schedule": "burda",
+                      "threads": threads},
+            "remedies": {"kl_warmup": warmup},
+        },
+    )  # fmt: skip
+
+
+def decompose(run_dir: Path, family: str, gaps: GapSettings) -> dict[str, Any]:
+    """:func:`run_gaps` of the run with ``family`` on the first ``gaps.points`` training images
+    (AIS for the mean-field family, the IWAE bound for a flow), or the saved result
+    (``cremer-FAMILY.json``) where its settings are these and it is newer than the checkpoint."""
+    cache = run_dir / f"cremer-{family}.json"
+    settings = asdict(gaps)
+    if cache.exists() and cache.stat().st_mtime > (run_dir / CHECKPOINT).stat().st_mtime:
+        saved = json.loads(cache.read_text())
+        if saved["settings"] == settings:
+            return saved["result"]
+    ais = gaps.ais_steps if family == "mean-field" else 0
+    torch.manual_seed(1)
+    result = run_gaps(run_dir, family=family, split="train", points=gaps.points, steps=gaps.refine_steps,
+                      k=gaps.chains if ais else gaps.iwae_k, ais_steps=ais,
+                      encoder_epochs=gaps.encoder_epochs)  # fmt: skip
+    write_json(cache, {"settings": settings, "result": result})
+    return result
+
+
+def table_row(name: str, ffg: dict[str, Any], flow: dict[str, Any]) -> dict[str, Any]:
+    """The run's row of Table 2 from its two decompositions: log p^(x) the larger of their log
+    p(x) estimates, L[q] and the gaps' standard errors (over points, paired) from the
+    decomposition of the run's own family."""
+    own = ffg if name == "ffg" else flow
+    log_px = max(ffg["log_likelihood"], flow["log_likelihood"])
+    q_star = own["elbo_optimal"]
+    return {
+        "log_px": log_px,
+        "log_px_method": ffg["log_likelihood_method"] if log_px == ffg["log_likelihood"] else "iwae",
+        "log_px_ais": ffg["log_likelihood"],
+        "log_px_iwae": flow["log_likelihood"],
+        "elbo_q_star_flow": flow["elbo_optimal"],
+        "elbo_q_star_ffg": ffg["elbo_optimal"],
+        "elbo_q": own["elbo_amortized"],
+        "approximation_gap": log_px - q_star,
+        "amortization_gap": q_star - own["elbo_amortized"],
+        "inference_gap": log_px - own["elbo_amortized"],
+        #: of own log p(x) - L[q*], paired over points (log p^(x) may come from the other decomposition)
+        "approximation_gap_stderr": own["approximation_gap_stderr"],
+        "amortization_gap_stderr": own["amortization_gap_stderr"],
+        "q_star_converged": {"ffg": ffg["q_star_converged"], "flow": flow["q_star_converged"]},
+    }
+
+
+def evaluate(run_dir: Path, name: str, *, gaps: GapSettings, finished: bool) -> dict[str, Any]:
+    """The run's row of the table (:func:`table_row`) with both decompositions and what produced them."""
+    started = time.perf_counter()
+    decompositions = {short: decompose(run_dir, family, gaps) for short, family in RUNS.items()}
+    return {
+        "finished": finished,
+        "passes_done": epochs_done(run_dir),
+        "train_wall_seconds": _last_wall_seconds(run_dir),
+        **pass_seconds(run_dir, images=TRAIN_IMAGES, epochs=EPOCHS),
+        **table_row(name, decompositions["ffg"], decompositions["flow"]),
+        "gap_settings": asdict(gaps),
+        "gaps_wall_seconds": time.perf_counter() - started,
+        "decompositions": decompositions,
+        "published": PUBLISHED[name],
+    }
+
+
+def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON report: the runs' rows beside the published ones, the recipe and the machine."""
+    return {
+        "benchmark": "reproduce_cremer",
+        "quick": args.quick,
+        **{name: runs.get(name) for name in RUNS},
+        "published": {"source": SOURCE, **PUBLISHED},
+        "recipe": {"model": "784-200-200-50-200-200-784 ELU, Bernoulli", "batch_size": 100,
+                   "optimiser": "Adam, Burda et al.'s schedule (lr 1e-3 * 10^(-i/7) for 3^i epochs)",
+                   "kl_warmup": f"0 -> 1 over {WARMUP_EPOCHS} epochs", "epochs": EPOCHS,
+                   "flow": f"iaf, {FLOW_TRANSFORMS} transforms, hidden {FLOW_HIDDEN}",
+                   "data": "static-mnist, 50,000 train images; gaps on the first training images",
+                   "q_star": "Adam lr 0.05 cosine, 4 samples a step, from the encoder; a flow's context only",
+                   "log_px": "max(AIS from q*_FFG, IWAE from q*_AF)"},
+        "machine": machine_facts(args.threads),
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+    }  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 passes on 500 images, tiny gaps (smoke test)")
+    parser.add_argument("--only", choices=sorted(RUNS), help="train and decompose one of the two runs")
+    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_cremer.json"))
+    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/reproduce_cremer"))
+    args = parser.parse_args()
+    if args.quick:
+        args.state = args.state.with_name("reproduce_cremer-quick")
+        args.out = args.out.with_name("reproduce_cremer-quick.json")
+    return args
+
+
+def merge_report(results: dict[str, dict], args: argparse.Namespace, started: CpuSnapshot) -> None:
+    """Add this call's wall and CPU seconds (and the other processes' load) to each of its runs and
+    merge them into the JSON under a lock, keeping the other process's run."""
+    call = {"wall_seconds": time.perf_counter() - started.wall, "cpu_seconds": sum(os.times()[:2]) - started.own,
+            "other_processes_cpus": other_processes_cpus(started)}  # fmt: skip
+    for r in results.values():
+        r["call"] = call
+    with folder_lock(args.out.parent):
+        previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        runs = {n: previous[n] for n in RUNS if previous.get(n)} | results
+        write_report(args.out, report_of(runs, args))
+
+
+def main() -> None:
+    args = parse_args()
+    epochs, subset = (QUICK_EPOCHS, QUICK_IMAGES) if args.quick else (EPOCHS, None)
+    names = [args.only] if args.only else sorted(RUNS)
+    budget = args.hours * 3600 / len(names)
+    results, started = {}, cpu_snapshot()
+    for name in names:
+        config = config_for(name, threads=args.threads, epochs=epochs, warmup=1 if args.quick else WARMUP_EPOCHS,
+                            subset=subset)  # fmt: skip
+        run_dir = args.state / name
+        train(run_dir, config, deadline=time.monotonic() + budget, max_epochs=epochs)
+        finished = epochs_done(run_dir) >= epochs
+        gaps = QUICK if args.quick else FINAL if finished else INTERIM
+        results[name] = evaluate(run_dir, name, gaps=gaps, finished=finished)
+    merge_report(results, args, started)
+    for name, r in results.items():
+        print(
+            f"{name}: {r['passes_done']}/{epochs} passes ({r['seconds_per_pass']:.1f} s per 50,000 images, "
+            f"{r['estimated_hours']:.1f} h for {EPOCHS}); log p^(x) {r['log_px']:.2f}, L[q*_AF] "
+            f"{r['elbo_q_star_flow']:.2f}, L[q*_FFG] {r['elbo_q_star_ffg']:.2f}, L[q] {r['elbo_q']:.2f}; "
+            f"approximation {r['approximation_gap']:.2f}, amortization {r['amortization_gap']:.2f} "
+            f"(published {PUBLISHED[name]['approximation_gap']}, {PUBLISHED[name]['amortization_gap']}); "
+            f"gaps {r['gaps_wall_seconds']:.0f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()
