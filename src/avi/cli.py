@@ -183,6 +183,7 @@ def fit(
                 compile=flags["compile"],  # with --resume: compiled or not, whatever the run's config says
                 lr=flags["lr"] if resume is not None else None,  # a resumed run's new rate
                 lr_schedule=flags["lr_schedule"] if resume is not None else None,  # and schedule
+                diagnostics_every=flags["diagnostics_every"] if resume is not None else None,
                 progress=progress.update,
                 on_epoch=progress.epoch_done,
             )

@@ -170,6 +170,13 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "Stop after PATIENCE epochs without a better validation ELBO, keeping the best epoch as best.pt "
         "(avi evaluate --checkpoint best scores it); needs a validation split.",
     ),
+    Flag(
+        "train.diagnostics_every",
+        int,
+        "Record the collapse diagnostics (KL per dimension, active units, mutual information) every N epochs and "
+        "at the last (0: at the last only; default 1). With --resume: from the next epoch on, kept in config.json.",
+        resumable=True,
+    ),
     Flag("data.subset", int, "Train on the first N training points only."),
     Flag("train.device", str, "cpu, cuda, cuda:N (the GPU of index N) or auto."),
     Flag("train.precision", str, "fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),

@@ -165,7 +165,7 @@ def test_resume_refuses_to_change_the_configuration(avi_cli, small_config, tmp_p
     result = avi_cli("fit", "--resume", str(run), "--batch-size", "7")
     assert result.returncode == 2 and "--batch-size" in result.stderr
     with_config = avi_cli("fit", str(small_config(1)), "--resume", str(run))  # the config is an argument
-    only = "(only --epochs, --lr, --lr-schedule, --compile and --threads)"
+    only = "(only --epochs, --lr, --lr-schedule, --diagnostics-every, --compile and --threads)"
     assert with_config.returncode == 2 and f"cannot change config {only}" in with_config.stderr
     again = avi_cli("fit", str(small_config(1)), "--out", str(run))
     assert again.returncode == 2 and "already holds a run" in again.stderr

@@ -63,13 +63,16 @@ def test_every_flag_names_a_config_field_of_its_type(flag: Flag) -> None:
         assert flag.type in {typing.get_origin(a) or a for a in (annotation, *typing.get_args(annotation))}
 
 
-def test_flags_are_unique_and_resume_takes_epochs_lr_schedule_compile_and_threads_only() -> None:
+def test_flags_are_unique_and_resume_takes_epochs_lr_schedule_diagnostics_compile_and_threads_only() -> None:
     assert len({flag.option for flag in FIT_FLAGS}) == len({flag.key for flag in FIT_FLAGS}) == len(FIT_FLAGS)
     every = _fit_params(*(arg for flag in FIT_FLAGS for arg in _argv(flag)))
     changed = changed_on_resume(FIT_FLAGS, every)
-    resumable = ("--epochs", "--lr", "--lr-schedule", "--compile", "--threads")
+    resumable = ("--epochs", "--lr", "--lr-schedule", "--diagnostics-every", "--compile", "--threads")
     assert changed == [flag.option for flag in FIT_FLAGS if flag.option not in resumable]
-    given = _fit_params("--epochs", "4", "--lr", "0.1", "--lr-schedule", "cosine", "--no-compile", "--threads", "2")
+    given = _fit_params(
+        "--epochs", "4", "--lr", "0.1", "--lr-schedule", "cosine", "--diagnostics-every", "0", "--no-compile",
+        "--threads", "2",
+    )  # fmt: skip
     assert changed_on_resume(FIT_FLAGS, given) == []
 
 
@@ -151,7 +154,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(run_avi) -> None:
 
 def test_resume_names_each_flag_it_cannot_change(run_avi, tmp_path: Path) -> None:
     line = _one_line(run_avi("fit", "--resume", str(tmp_path), "--batch-size", "7", "--weight-norm", "--set", "a.b=1"))
-    only = "(only --epochs, --lr, --lr-schedule, --compile and --threads)"
+    only = "(only --epochs, --lr, --lr-schedule, --diagnostics-every, --compile and --threads)"
     assert line.endswith(f"cannot change --weight-norm, --batch-size, --set {only}")
 
 

@@ -5,6 +5,8 @@ aggressively, the diagnostics recorded per epoch, and their figure.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from avi.families.flow import FlowFamily
 from avi.families.sylvester import SylvesterFamily
 from avi.models.base import LatentVariableModel
 from avi.runs.config import Config
+from avi.runs.rundir import diagnosed
 from avi.seeding import seeded
 
 __all__ = [
@@ -41,15 +44,17 @@ COLLAPSE_FIGURE = "collapse.png"
 def aggressive_next(config: Config, rows: list[dict[str, Any]]) -> bool:
     """Whether the next epoch trains aggressively: from the start while the mutual information
     of each epoch is at least that of the epoch before (the first compared with 0), then never
-    again (He et al. 2019, their text models' rule)."""
+    again (He et al. 2019, their text models' rule). Every aggressive epoch records the
+    diagnostics, so the rows that have them end with those of the aggressive epochs."""
     if not config.remedies.aggressive:
         return False
     if not rows:
         return True
     if not rows[-1].get("aggressive"):
         return False
-    previous = rows[-2]["mutual_information"] if len(rows) > 1 else 0.0
-    return rows[-1]["mutual_information"] >= previous
+    information = [row["mutual_information"] for row in diagnosed(rows)]
+    previous = information[-2] if len(information) > 1 else 0.0
+    return information[-1] >= previous
 
 
 def mi_settings(posterior: nn.Module) -> dict[str, int]:
@@ -78,7 +83,7 @@ def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor,
     }
 
 
-def _plot_active_units(axes: Any, epochs: list[int], rows: list[dict[str, str]]) -> None:
+def _plot_active_units(axes: Any, epochs: list[int], rows: Sequence[Mapping[str, str]]) -> None:
     """The active units over epochs on ``axes``, and dashed those of each latent layer
     (``active_units_layer_0..``, z_1 first) where the metrics have them."""
     axes.plot(epochs, [int(float(r["active_units"])) for r in rows], "o-", color="#4C72B0", label="active units")
@@ -88,42 +93,49 @@ def _plot_active_units(axes: Any, epochs: list[int], rows: list[dict[str, str]])
         axes.plot(epochs, counts, "--", color="#4C72B0", alpha=shade, label=f"active in z_{layer + 1}")
 
 
+def _plot_kl(fig: Any, axes: Any, epochs: list[int], kl: Tensor) -> None:
+    """The heat map of log10 KL per latent dimension (rows of ``kl``, (K, epochs)) on ``axes``,
+    each epoch's cell reaching halfway to its neighbours (the diagnosed epochs may be apart)."""
+    from matplotlib.ticker import MaxNLocator
+
+    edges = [epochs[0] - 0.5, *((a + b) / 2 for a, b in pairwise(epochs)), epochs[-1] + 0.5]
+    rows = [d - 0.5 for d in range(kl.shape[0] + 1)]
+    image = axes.pcolormesh(edges, rows, kl.clamp_min(1e-3).log10().numpy(), cmap="viridis")
+    fig.colorbar(image, ax=axes, label="log10 KL (nats)")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel("latent dimension")
+    axes.set_title("KL(q(z_k|x) || p(z_k)) per dimension, validation mean")
+
+
 def plot_collapse(run_dir: Path) -> Path:
-    """``collapse.png`` from the run's metrics: KL per latent dimension over epochs (heat map)
-    above, active units (and those of each latent layer, where the model has several), mutual
-    information and the KL weight over epochs below."""
+    """``collapse.png`` from the run's metrics: KL per latent dimension over epochs (heat map,
+    each epoch's cell reaching halfway to the next diagnosed epoch) above, active units (and
+    those of each latent layer, where the model has several), mutual information and the KL
+    weight over epochs below; of the epochs that recorded the diagnostics (``diagnosed``)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     with (run_dir / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    dims = sorted((k for k in rows[0] if k.startswith("kl_dim_")), key=lambda k: int(k.removeprefix("kl_dim_")))
-    if not dims:
+        every = list(csv.DictReader(f))
+    rows = diagnosed(every)
+    dims = sorted((k for k in every[0] if k.startswith("kl_dim_")), key=lambda k: int(k.removeprefix("kl_dim_")))
+    if not (dims and rows):
         raise ConfigError(f"{run_dir} has no collapse diagnostics in its metrics")
     epochs = [int(r["epoch"]) for r in rows]
     kl = torch.tensor([[float(r[k]) for r in rows] for k in dims])
     fig = Figure(figsize=(7, 6.5))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    image = top.imshow(
-        kl.clamp_min(1e-3).log10().numpy(),
-        aspect="auto",
-        origin="lower",
-        extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, len(dims) - 0.5),
-        cmap="viridis",
-    )
-    fig.colorbar(image, ax=top, label="log10 KL (nats)")
-    top.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _plot_kl(fig, top, epochs, kl)
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-    top.set_ylabel("latent dimension")
-    top.set_title("KL(q(z_k|x) || p(z_k)) per dimension, validation mean")
     _plot_active_units(bottom, epochs, rows)
     bottom.set_ylabel("active units", color="#4C72B0")
     bottom.set_ylim(-0.5, len(dims) + 0.5)
     bottom.set_xlabel("epoch")
     right = bottom.twinx()
     right.plot(epochs, [float(r["mutual_information"]) for r in rows], "s-", color="#DD8452", label="I(x; z)")
-    if "kl_weight" in rows[0]:
-        right.plot(epochs, [float(r["kl_weight"]) for r in rows], ":", color="gray", label="KL weight")
+    if "kl_weight" in every[0]:
+        weights = [float(r["kl_weight"]) for r in every]
+        right.plot([int(r["epoch"]) for r in every], weights, ":", color="gray", label="KL weight")
     right.set_ylabel("nats (MI) / KL weight")
     lines = bottom.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     # below the axes, so that it never covers the curves

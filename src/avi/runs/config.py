@@ -318,7 +318,9 @@ class TrainConfig(_Section):
     TorchInductor; aggressive epochs stay eager): the eager step's bound and gradients for the
     same noise up to float rounding, though Inductor draws its own noise; faster where
     elementwise work is a large share of a step (several samples per point at small batches);
-    the first steps of each run or resume pay the compilation, seconds to a minute."""
+    the first steps of each run or resume pay the compilation, seconds to a minute.
+    ``diagnostics_every`` = N records the collapse diagnostics (:class:`avi.runs.hooks.Validation`)
+    at epochs N, 2N, ... and always at the run's last and at every aggressive epoch; 0: only there."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)
@@ -339,6 +341,8 @@ class TrainConfig(_Section):
     compile: bool = False
     #: stop after this many epochs without a better validation ELBO, keeping the best as best.pt
     early_stop: int | None = Field(None, ge=1)
+    #: the collapse diagnostics at epochs N, 2N, ... (1-based) and at the run's last (0: at its last only)
+    diagnostics_every: int = Field(1, ge=0)
 
     @field_validator("device")
     @classmethod

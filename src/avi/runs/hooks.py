@@ -114,20 +114,23 @@ class LearningRate(Hook):
 @dataclass
 class Validation(Hook):
     """Adds ``val_elbo``, ``val_reconstruction``, ``val_kl`` (each process scoring its shard of
-    the validation points, the sums all-reduced) and, on the main process, the collapse
-    diagnostics, all in fp32. A posterior with per-point parameters first refines those of the
-    validation points (``inference.validation_steps`` steps, warm-started from the last epoch's:
-    ``params``, checkpointed with the run). A non-finite validation ELBO is divergence."""
+    the validation points, the sums all-reduced) and, on the main process at the epochs that
+    ``diagnose(state, record)`` picks (validation's columns in the record; every epoch unless
+    told), the collapse diagnostics, all in fp32. A posterior with per-point parameters first
+    refines those of the validation points (``inference.validation_steps`` steps, warm-started
+    from the last epoch's: ``params``, checkpointed with the run). A non-finite validation ELBO
+    is divergence."""
 
     run: TrainedRun
     params: Tensor | None = None
+    diagnose: Callable[[TrainState, dict[str, Any]], bool] = lambda state, record: True
 
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
         with full_precision(self.run.model, self.run.posterior):
             record.update(self._validate())
             if len(self.run.splits.validation) and not math.isfinite(record["val_elbo"]):
                 raise Diverged(state.epoch, None, what="the validation ELBO")  # before its q is diagnosed
-            if distributed.is_main():  # rank 0 writes them
+            if distributed.is_main() and self.diagnose(state, record):  # rank 0 writes them
                 record.update(self._diagnostics())
         return False
 
@@ -197,12 +200,20 @@ class EarlyStopping(Hook):
         for row in self.rows:
             self._note(row)
 
-    def _note(self, row: dict[str, Any]) -> bool:
+    def _better(self, row: dict[str, Any]) -> bool:
         value = row.get("val_elbo")
-        if not (isinstance(value, float) and math.isfinite(value) and value > self.best):
+        return isinstance(value, float) and math.isfinite(value) and value > self.best
+
+    def _note(self, row: dict[str, Any]) -> bool:
+        if not self._better(row):
             return False
-        self.best, self.best_epoch = value, int(row["epoch"])
+        self.best, self.best_epoch = row["val_elbo"], int(row["epoch"])
         return True
+
+    def stops(self, state: TrainState, record: dict[str, Any]) -> bool:
+        """Whether :meth:`on_epoch` will stop the run at this epoch, whose record holds its
+        validation bound: it is no better than the best, ``patience`` or more epochs after it."""
+        return not self._better(record) and state.epoch - self.best_epoch >= self.patience
 
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
         if self._note(record) and distributed.is_main():

@@ -80,7 +80,7 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     plot_curves(rows, run_dir / "curves.png")
     sections = [("Summary", _summary_html(head)), ("Training curves", _embed(run_dir / "curves.png"))]
     sections += _data_sections(run, run_dir, points)
-    sections += [_kl_section(rows[-1], evaluation, run_dir), _collapse_section(run_dir), _gaps_section(gaps, run_dir)]
+    sections += [_kl_section(rows, evaluation, run_dir), _collapse_section(run_dir), _gaps_section(gaps, run_dir)]
     sections += [("Metrics by split", _metrics_html(rows[-1], evaluation, run_dir)), _config_section(run.config)]
     path = run_dir / "report.html"
     atomic_write_bytes(path, _page(run_dir, run.config, sections, _status_note(run_dir, status, rows)).encode())
@@ -158,9 +158,10 @@ def _image_sections(model: LatentVariableModel, x: Tensor, means: Tensor, run_di
     return sections
 
 
-def _kl_section(last: dict[str, Any], evaluation: dict[str, Any], run_dir: Path) -> Section:
-    """KL per latent dimension (validation, and test where ``avi evaluate`` ran), as bars."""
-    series = kl_series(last, evaluation)
+def _kl_section(rows: list[dict[str, Any]], evaluation: dict[str, Any], run_dir: Path) -> Section:
+    """KL per latent dimension (validation at the last diagnosed epoch of ``rows``, and test
+    where ``avi evaluate`` ran), as bars."""
+    series = kl_series(rows, evaluation)
     if not series:
         return ("KL per latent dimension", _note("not drawn: the run recorded no KL per dimension"))
     return ("KL per latent dimension", _embed(save(kl_figure(series), run_dir / "kl-per-dimension.png")))

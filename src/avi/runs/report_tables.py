@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_summary, khat_warning
-from avi.runs.rundir import json_text
+from avi.runs.rundir import diagnosed, json_text
 
 __all__ = [
     "EVALUATION_SETTINGS",
@@ -85,7 +86,8 @@ def summary(
     first of ``evaluations`` (the most careful), the log-likelihood with k and its standard error,
     the debiased estimate with its 95% interval (marked unreliable where k-hat is warned about)
     and k-hat, with a line for the others; the ELBO with its reconstruction and KL terms
-    (evaluated, else the last epoch's validation values); active units; and the inference gaps."""
+    (evaluated, else the last epoch's validation values); active units (evaluated, else of the
+    last epoch that recorded the collapse diagnostics); and the inference gaps."""
     last = rows[-1]
     evaluation = evaluations[0] if evaluations else {}
     out = [("training", f"{status} after {last['epoch']} epochs, {fmt(last['wall_seconds'], '.0f')} s")]
@@ -100,7 +102,7 @@ def summary(
         out.append(("other evaluations", others))
     out.append(("Pareto k-hat of the importance weights", khat))
     out += _bound_rows(last, evaluation)
-    units, collapsed = _active_units(last, evaluation, latent_dim)
+    units, collapsed = _active_units(_last_diagnosed(rows), evaluation, latent_dim)
     out.append(units)
     out += _gap_rows(gaps, run)
     return Summary(out, [w for w in (khat_warned, collapsed) if w])
@@ -209,18 +211,25 @@ def collapse_warning(active: int, dims: int) -> str | None:
 
 
 def _active_units(
-    last: dict[str, Any], evaluation: dict[str, Any], latent_dim: int
+    diagnosed: Mapping[str, Any], evaluation: dict[str, Any], latent_dim: int
 ) -> tuple[tuple[str, str], str | None]:
-    """The active-units row (test, else the last epoch's validation points) and its collapse warning."""
+    """The active-units row (test, else the validation points at the ``diagnosed`` epoch, the
+    last with the collapse diagnostics) and its collapse warning."""
     if _number(evaluation.get("active_units")):
         active, source = int(evaluation["active_units"]), "test"
         dims = len(evaluation.get("kl_per_dim") or []) or latent_dim
-    elif _number(last.get("active_units")):
-        active, source = int(last["active_units"]), f"validation, epoch {last['epoch']}"
-        dims = sum(key.startswith("kl_dim_") for key in last) or latent_dim
+    elif _number(diagnosed.get("active_units")):
+        active, source = int(diagnosed["active_units"]), f"validation, epoch {diagnosed['epoch']}"
+        dims = sum(key.startswith("kl_dim_") for key in diagnosed) or latent_dim
     else:
         return ("active units", "not computed: the run recorded no collapse diagnostics"), None
     return (f"active units ({source})", f"{active} of {dims}"), collapse_warning(active, dims)
+
+
+def _last_diagnosed(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The last of ``rows`` that recorded the collapse diagnostics; {} where none did."""
+    found = diagnosed(rows)
+    return found[-1] if found else {}
 
 
 def _gap_rows(gaps: list[dict[str, Any]], run: str) -> list[tuple[str, str]]:
@@ -250,7 +259,7 @@ def metrics_by_split(last: dict[str, Any], evaluation: dict[str, Any]) -> dict[s
     warnings, where it raised any, under notes. KL per dimension is left out: its figure shows it."""
     groups: dict[str, dict[str, Any]] = {name: {} for name in (*SPLITS, "run", "evaluation", "notes")}
     for key, value in last.items():
-        if not key.startswith("kl_dim_"):
+        if not key.startswith("kl_dim_") and not (value is None and _diagnostic(key)):  # blank: not recorded
             group, name = _epoch_group(key)
             groups[group][name] = value
     for key, value in _flat(evaluation).items():
@@ -269,8 +278,12 @@ def _epoch_group(key: str) -> tuple[str, str]:
         return "train", key.removeprefix("train_")
     if key.startswith("val_"):
         return "validation", key.removeprefix("val_")
-    diagnostic = key in ("active_units", "mutual_information") or key.startswith("active_units_layer_")
-    return ("validation" if diagnostic else "run"), key
+    return ("validation" if _diagnostic(key) else "run"), key
+
+
+def _diagnostic(key: str) -> bool:
+    """Whether a metrics.csv column is one of the collapse diagnostics of the validation points."""
+    return key in ("active_units", "mutual_information") or key.startswith(("active_units_layer_", "kl_dim_"))
 
 
 def _flat(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -302,9 +315,11 @@ def metrics_table(groups: dict[str, dict[str, Any]]) -> tuple[list[str], Rows]:
     return ["metric", *splits], rows
 
 
-def kl_series(last: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, list[float]]:
-    """KL per latent dimension: the last epoch's validation (``kl_dim_k`` columns) and the test
-    split's (evaluation's ``kl_per_dim``), where the run has them; NaN where a value was not finite."""
+def kl_series(rows: Sequence[Mapping[str, Any]], evaluation: dict[str, Any]) -> dict[str, list[float]]:
+    """KL per latent dimension: the validation points' (``kl_dim_k`` columns) at the last epoch of
+    ``rows`` that recorded the collapse diagnostics, and the test split's (evaluation's
+    ``kl_per_dim``), where the run has them; NaN where a value was not finite."""
+    last = _last_diagnosed(rows)
     dims = sorted((k for k in last if k.startswith("kl_dim_")), key=lambda k: int(k.removeprefix("kl_dim_")))
     series: dict[str, list[float]] = {}
     if dims:

@@ -31,7 +31,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +57,7 @@ __all__ = [
     "Field",
     "MetricsTable",
     "best_evaluation",
+    "diagnosed",
     "evaluation_path",
     "json_text",
     "read_checkpoint",
@@ -277,6 +278,13 @@ def _metrics_row(path: Path, line: int, header: list[str], fields: list[str]) ->
             kind = "an integer" if integer else "a number"
             raise RunError(f"{path} line {line}: {column!r} is {texts[column]!r}, not {kind}")
     return row
+
+
+def diagnosed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of metrics (a run's records, or metrics.csv's rows, read or as text) that hold the
+    collapse diagnostics: every epoch's, or those of every ``train.diagnostics_every``-th and the
+    run's last (blank cells in the others)."""
+    return [row for row in rows if row.get("active_units") not in (None, "")]
 
 
 def _number(text: str | None) -> Any:

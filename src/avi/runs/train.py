@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def run_fit(
     compile: bool | None = None,
     lr: float | None = None,
     lr_schedule: str | None = None,
+    diagnostics_every: int | None = None,
     progress: ProgressHook | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: Sequence[Hook] = (),
@@ -106,6 +108,7 @@ def run_fit(
     ``lr_schedule`` gives it a new ``train.lr_schedule``, recorded the same way: the new
     schedule's rate of each epoch from the next on; a switch to "plateau" replays the run's
     training objectives so far, so plateaus already in them count (as on any resume).
+    ``diagnostics_every`` gives it a new ``train.diagnostics_every``, recorded the same way.
 
     ``hooks`` (:class:`~avi.inference.loop.Hook`) run every step and epoch, after validation and
     before the run's files are written: columns a hook adds to the epoch's record land in
@@ -124,8 +127,9 @@ def run_fit(
     stopping, or the plateau schedule's convergence: :func:`stopped_early`) trains on only
     with a new ``lr`` or ``lr_schedule``; otherwise it is returned as it is.
     """
-    changes = {key: value for key, value in (("lr", lr), ("lr_schedule", lr_schedule)) if value is not None}
-    if resume and not changes and run_dir is not None and stopped_early(run_dir):
+    given = (("lr", lr), ("lr_schedule", lr_schedule), ("diagnostics_every", diagnostics_every))
+    changes = {key: value for key, value in given if value is not None}
+    if resume and lr is None and lr_schedule is None and run_dir is not None and stopped_early(run_dir):
         return Path(run_dir)  # its stopping rule would end it again after an epoch
     with ExitStack() as held:
         fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile, changes=changes)
@@ -161,15 +165,16 @@ class _Fit:
         caller's ``hooks``, the run's files, early stopping, and the command line's ``edge``."""
         main = distributed.is_main()
         schedule = LearningRate(self.config.train, self.rows)  # a resumed run's plateaus from its rows
+        stopping = None
+        if self.config.train.early_stop is not None:
+            stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
+        self.validation.diagnose = partial(self._diagnosed, schedule=schedule, stopping=stopping)
         order: list[Hook] = [schedule, _EpochColumns(self), self.validation, *hooks]
         trackers = open_trackers(self.config, self.run_dir, self.rows, self.run) if main else []
         order += trackers  # their step-level records (TensorBoard's step scalars)
         wall = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
         order.append(_Saved(RunFiles(self.run_dir, self.rows, self.validation, self.last_epoch, trackers, wall), self))
-        stopping = None
-        if self.config.train.early_stop is not None:  # after the run files: the row is complete
-            stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
-            order.append(stopping)
+        order += [stopping] if stopping is not None else []  # after the run files: the row is complete
         try:
             with sized_by(settings_of(self.config, TRAINING_SIZES)):
                 run(self.state, self.train_data, self._epoch, epochs=self.last_epoch, hooks=[*order, *edge])
@@ -184,7 +189,7 @@ class _Fit:
                 write_json(self.run_dir / SUMMARY, self._summary("interrupted"))
             raise
         if main:
-            if self.rows and "kl_dim_0" in self.rows[-1]:
+            if any("kl_dim_0" in row for row in self.rows):
                 plot_collapse(self.run_dir)
             best: dict[str, Any] = {}
             if stopping is not None:
@@ -193,6 +198,18 @@ class _Fit:
                 best |= {"converged": schedule.converged is not None, "converged_epoch": schedule.converged}
             write_json(self.run_dir / SUMMARY, self._summary("finished", **best))
         return self.run_dir
+
+    def _diagnosed(
+        self, state: TrainState, record: dict[str, Any], *, schedule: LearningRate, stopping: EarlyStopping | None
+    ) -> bool:
+        """Whether the epoch records the collapse diagnostics: every ``train.diagnostics_every``-th
+        (none where 0), every aggressive one (whose rule reads its mutual information), and the
+        run's last, as far as it is known at validation: the last of its epochs, or one where the
+        plateau schedule converged or early stopping will stop it."""
+        every, epoch = self.config.train.diagnostics_every, state.epoch
+        if (every and epoch % every == 0) or epoch >= self.last_epoch or record.get("aggressive"):
+            return True
+        return schedule.converged == epoch or (stopping is not None and stopping.stops(state, record))
 
     def _epoch(self, state: TrainState, data: Dataset, hooks: Sequence[Hook]) -> EpochStats:
         """One epoch of the run: the objective of this epoch (its KL weight), aggressive encoder
@@ -353,7 +370,7 @@ def _start(
 
 def _resumed_config(run_dir: Path, changes: dict[str, Any]) -> Config:
     """The config of the run in ``run_dir`` with its ``train`` settings ``changes`` made (``lr``,
-    ``lr_schedule``), each checked as the config checks it: one line naming the key otherwise."""
+    ``lr_schedule``, ``diagnostics_every``), each checked as the config checks it: one line naming the key otherwise."""
     config = read_config(run_dir)
     for key, value in changes.items():
         try:
@@ -396,11 +413,11 @@ def _restore(held: ExitStack, fit: _Fit, epochs: int | None, *, changed: bool = 
     metrics, the validation points' parameters and the global random states. A run without a
     checkpoint (stopped before its first epoch ended) keeps the fresh state that its config's
     seed built, so it trains as a new run with that config would. ``changed``: the config's
-    ``train.lr``, ``train.lr_schedule`` or (extended) ``train.epochs`` is this call's, which
-    config.json then records."""
+    ``train.lr``, ``train.lr_schedule``, ``train.diagnostics_every`` or (extended)
+    ``train.epochs`` is this call's, which config.json then records."""
     if distributed.is_main():
         held.enter_context(run_lock(fit.run_dir))
-        if changed:  # the new rate or schedule recorded, under the lock
+        if changed:  # the new settings recorded, under the lock
             write_json(fit.run_dir / CONFIG, fit.config.model_dump())
     if not (fit.run_dir / CHECKPOINT).is_file():
         return
