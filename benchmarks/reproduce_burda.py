@@ -78,6 +78,11 @@ PUBLISHED_2L = {"vae2_k1": {"nll": 85.33}, "iwae2_k5": {"nll": 83.89}}
 LABELS = {"vae_k1": "VAE, k = 1", "iwae_k5": "IWAE, k = 5", "vae2_k1": "VAE, k = 1", "iwae2_k5": "IWAE, k = 5"}
 
 
+#: the per-epoch collapse diagnostics every this many epochs (and at each call's last): they
+#: cost up to half of a pass and no training number depends on them
+DIAGNOSTICS_EVERY = 10
+
+
 def config_for(name: str, *, batch_size: int, lr: float, threads: int, precision: str, compile: bool = False):
     objective = {"name": "elbo"} if name == "vae_k1" else {"name": "iwae", "k": 5}
     return load_config(
@@ -290,7 +295,7 @@ def run_config(name: str, args: argparse.Namespace) -> Config:
     """The config of run ``name`` under this call's options: a two-layer run's preset
     (:data:`PRESETS_2L`), or the one-layer runs' paper's (or ``--fast``) settings."""
     if name in PRESETS_2L:
-        train = {"threads": args.threads, "compile": args.compile}
+        train = {"threads": args.threads, "compile": args.compile, "diagnostics_every": DIAGNOSTICS_EVERY}
         return load_config(None, {"model": {"preset": PRESETS_2L[name]}, "train": train})
     precision = args.precision or (FAST_PRECISION[name] if args.fast else "fp32")
     return config_for(name, batch_size=args.batch_size, lr=args.lr, threads=args.threads, precision=precision,

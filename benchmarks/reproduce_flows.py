@@ -74,6 +74,11 @@ WARMUP_EPOCHS = 17
 QUICK_EPOCHS, QUICK_IMAGES = 3, 6000
 
 
+#: the per-epoch collapse diagnostics every this many epochs (and at each call's last): they
+#: cost up to half of a pass and no training number depends on them
+DIAGNOSTICS_EVERY = 10
+
+
 def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = WARMUP_EPOCHS,
                subset: int | None = None) -> Config:  # fmt: skip
     """The run ``name``'s config: the 784-400-40 ReLU VAE with its family, trained as the module
@@ -86,7 +91,14 @@ def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = W
             "model": {"latent_dim": 40, "hidden": [400], "activation": "relu"},
             "data": {"validation_fraction": 0.0, "subset": subset},
             "inference": inference | {"encoder_hidden": [400]},
-            "train": {"epochs": epochs, "batch_size": 100, "lr": 1e-3, "lr_schedule": "cosine", "threads": threads},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 100,
+                "lr": 1e-3,
+                "lr_schedule": "cosine",
+                "threads": threads,
+                "diagnostics_every": DIAGNOSTICS_EVERY,
+            },
             "remedies": {"kl_warmup": warmup, "kl_start_weight": 0.01},
         },
     )

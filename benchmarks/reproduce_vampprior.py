@@ -83,6 +83,11 @@ WARMUP_EPOCHS, PATIENCE = 100, 50
 QUICK_EPOCHS, QUICK_IMAGES, QUICK_PATIENCE, QUICK_K = 3, 2000, 2, 20
 
 
+#: the per-epoch collapse diagnostics every this many epochs (and at each call's last): they
+#: cost up to half of a pass and no training number depends on them
+DIAGNOSTICS_EVERY = 10
+
+
 def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = WARMUP_EPOCHS,
                patience: int = PATIENCE, subset: int | None = None) -> Config:  # fmt: skip
     """The run ``name``'s config: the 784-300-300-40 ReLU VAE with its prior, trained as the module
@@ -93,7 +98,14 @@ def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = W
             "model": {"latent_dim": 40, "hidden": [300, 300], "activation": "relu", "prior": RUNS[name]},
             "data": {"binarize": "static-mnist", "subset": subset},
             "inference": {"family": "mean-field", "encoder_hidden": [300, 300]},
-            "train": {"epochs": epochs, "batch_size": 100, "lr": 5e-4, "threads": threads, "early_stop": patience},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 100,
+                "lr": 5e-4,
+                "threads": threads,
+                "early_stop": patience,
+                "diagnostics_every": DIAGNOSTICS_EVERY,
+            },
             "remedies": {"kl_warmup": warmup},
         },
     )
