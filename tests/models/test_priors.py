@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor
-from torch.distributions import Normal
+from torch.distributions import Independent, Normal
 from typer.testing import CliRunner
 
 from avi.cli import app
@@ -123,6 +123,162 @@ def test_mog_log_prob_is_the_weighted_sum_of_its_gaussians() -> None:
         log_n = (-0.5 * ((z[..., None, :] - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
         expected = torch.logsumexp(log_n + torch.log_softmax(prior.logits, -1), dim=-1)
         torch.testing.assert_close(prior().log_prob(z), expected, rtol=1e-12, atol=1e-12)
+
+
+U32, U64 = 2.0**-24, 2.0**-53  # unit roundoffs: a float32 / float64 operation errs by at most u |result|
+
+
+def _wide_mixture(dtype: torch.dtype, k: int = 40, c: int = 50) -> MixtureOfGaussians:
+    """A mixture at a trained VampPrior's scales: K = 40, means in [-4, 4], scales from 0.02 (an
+    active unit's narrow posterior) to 1.5, unequal weights; its parameters are float32 numbers
+    (in ``dtype``), so that a float64 reference sees exactly the inputs a float32 run does."""
+    loc = torch.empty(c, k).uniform_(-4, 4)
+    scale = torch.empty(c, k).uniform_(math.log(0.02), math.log(1.5)).exp()
+    components = Independent(Normal(loc.to(dtype), scale.to(dtype)), 1)
+    return MixtureOfGaussians(torch.randn(c).to(dtype), components)
+
+
+def _wide_points(p: MixtureOfGaussians, n: int = 60) -> Tensor:
+    """Points near a component (z = mu_c + s_c eps: the expansion of the square cancels most
+    there), near 0, and far from every component (|z_k| ~ 50)."""
+    index = torch.randint(p.loc.shape[0], (n,))
+    near = p.loc[index] + p.scale[index] * torch.randn(n, p.loc.shape[1], dtype=p.loc.dtype)
+    far = 50 * torch.randn(n, p.loc.shape[1], dtype=p.loc.dtype)
+    return torch.cat([near, 2 * torch.randn_like(near), far, torch.full_like(far[:1], 50.0)])
+
+
+def _direct(p: MixtureOfGaussians, z: Tensor) -> tuple[Tensor, Tensor]:
+    """The direct form logsumexp_c [log w_c + log N(z; mu_c, diag(s_c^2))] in float64 (n,), and
+    the log terms (n, C), from the mixture's own numbers."""
+    loc, scale, log_w = p.loc.double(), p.scale.double(), p.log_weights.double()
+    log_n = (-0.5 * ((z.double()[:, None] - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    terms = log_n + log_w
+    return torch.logsumexp(terms, -1), terms
+
+
+def _expansion_error(p: MixtureOfGaussians, z: Tensor, terms: Tensor, reference: Tensor) -> Tensor:
+    """A bound (n,) on the float64 error of the fast density: each term's (a sum of 2K + 1
+    products, from a = 1/s^2, a mu and the offset, each rounded once) errs by at most
+    (2K + 3) u sum_k a_ck (|z_k| + |mu_ck|)^2 =: (2K + 3) u S_c; the log-sum-exp passes on the
+    responsibility-weighted mean of those (first order) and adds its own few roundings,
+    4 u (|log p| + log C)."""
+    loc, scale = p.loc.double(), p.scale.double()
+    s = ((z.double().abs()[:, None] + loc.abs()) ** 2 / scale**2).sum(-1)  # S_c, (n, C)
+    weighted = (torch.softmax(terms, -1) * s).sum(-1)
+    k, c = loc.shape[1], loc.shape[0]
+    return (2 * k + 3) * U64 * weighted + 4 * U64 * (reference.abs() + math.log(c))
+
+
+def test_fast_density_is_the_direct_form_rounded_once_in_float32() -> None:
+    """In float32 the fast density is the exact one rounded once to float32: within
+    u32 |log p| plus its float64 error (:func:`_expansion_error`, near 0 here). Expanding the
+    square in float32 instead would miss by up to a nat near the narrow components (S_c up to
+    40 (8 / 0.02)^2 = 6e6 against u32 = 6e-8), and the direct float32 form by 1e-6 |log p|."""
+    with seeded(3):
+        p = _wide_mixture(torch.float32)
+        z = _wide_points(p)
+    reference, terms = _direct(p, z)
+    fast = p.log_prob(z)
+    assert fast.dtype == torch.float32
+    bound = U32 * reference.abs() + (1 + U32) * _expansion_error(p, z, terms, reference)
+    assert ((fast.double() - reference).abs() <= bound).all()
+
+
+def test_fast_density_is_the_direct_form_in_float64() -> None:
+    """In float64 both forms err: the fast one by :func:`_expansion_error`, the direct one by at
+    most (K + 4) u (|t|_r + sum_k |log s_ck| + K) per term (K + 4 roundings of each summand,
+    |t|_r the responsibility-weighted size of the terms) plus its log-sum-exp's 4 u (|log p| +
+    log C)."""
+    with seeded(4):
+        p = _wide_mixture(torch.float64)
+        z = _wide_points(p)
+    reference, terms = _direct(p, z)
+    r = torch.softmax(terms, -1)
+    k, c = p.loc.shape[1], p.loc.shape[0]
+    size = (r * (terms.abs() + p.scale.log().abs().sum(-1) + k)).sum(-1)
+    direct = (k + 4) * U64 * size + 4 * U64 * (reference.abs() + math.log(c))
+    bound = _expansion_error(p, z, terms, reference) + direct
+    assert ((p.log_prob(z) - reference).abs() <= bound).all()
+
+
+def _gradient_tolerance(p: MixtureOfGaussians, z: Tensor) -> float:
+    """N u R: the fast form's gradients differ from the exact ones by rounding amplified by
+    cancellation, its b - a z = a (mu - z) by at most a factor R = max (|z_k| + |mu_ck|) / s_ck
+    over u, summed over at most N = n + C + 2K products (the backward of its matrix product);
+    the direct form's by less. A bound relative to the gradient's largest entry."""
+    ratio = ((z.detach().abs()[:, None] + p.loc.detach().abs()) / p.scale.detach()).max().item()
+    return (z.shape[0] + p.loc.shape[0] + 2 * p.loc.shape[1]) * U64 * ratio
+
+
+def test_fast_density_has_the_direct_forms_gradients() -> None:
+    """d log p / d(weights, means, scales, z) of the fast form (float64) against autograd of the
+    direct form, at the wide mixture's points: within :func:`_gradient_tolerance` (R about
+    9,000 here: 3e-10 relative), where a sign error or a missing term is off by O(1)."""
+    with seeded(5):
+        prior = MoGPrior(40, 50).double()
+        with torch.no_grad():
+            prior.loc.uniform_(-4, 4)
+            prior.raw_scale.copy_(torch.empty(50, 40).uniform_(math.log(0.02), math.log(1.5)).exp().expm1().log())
+            prior.logits.normal_()
+        z = _wide_points(prior()).detach().requires_grad_()
+    leaves = [prior.logits, prior.loc, prior.raw_scale, z]
+    fast = torch.autograd.grad(prior().log_prob(z).sum(), leaves)
+    direct = torch.autograd.grad(_direct(prior(), z)[0].sum(), leaves)
+    tolerance = _gradient_tolerance(prior(), z)
+    for g, expected in zip(fast, direct, strict=True):
+        assert (g - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_fast_density_gives_the_pseudo_inputs_and_encoder_the_direct_gradients() -> None:
+    """The VampPrior's gradient reaches its pseudo-inputs and the encoder as the direct form's
+    does (float64, within :func:`_gradient_tolerance`)."""
+    vamp, posterior = _vamp("mean-field", components=6)
+    z = 2 * torch.randn(9, 2, dtype=torch.float64)
+    leaves = [vamp.pseudo_inputs, *posterior.parameters()]
+    fast = torch.autograd.grad(vamp().log_prob(z).sum(), leaves)
+    direct = torch.autograd.grad(_direct(vamp(), z)[0].sum(), leaves)
+    tolerance = _gradient_tolerance(vamp(), z)
+    for g, expected in zip(fast, direct, strict=True):
+        assert (g - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_marginal_densities_are_the_direct_form_with_and_without_autograd() -> None:
+    """The per-dimension marginals log p(z_k) (the diagnostics' KL reads them), formed in place
+    without autograd and out of place with it, against logsumexp_c log w_c N(z_k; mu_ck, s_ck)
+    in float64: float32 rounding of each of the terms' 6 operations and the log-sum-exp's 4,
+    10 u32 (|t|_r + |log p_k| + log C), bounds the difference; the gradient with respect to the
+    scales matches too (float64: 1e-12 relative, no cancellation)."""
+    with seeded(6):
+        p = _wide_mixture(torch.float32)
+        z = _wide_points(p)
+    loc, scale, log_w = (t.double() for t in (p.loc, p.scale, p.log_weights))
+    terms = Normal(loc, scale).log_prob(z.double()[:, None]) + log_w[:, None]  # (n, C, K)
+    reference = torch.logsumexp(terms, 1)
+    size = (torch.softmax(terms, 1) * terms.abs()).sum(1)
+    bound = 10 * U32 * (size + reference.abs() + math.log(p.loc.shape[0]))
+    with torch.no_grad():
+        assert ((p.base_dist.log_prob(z).double() - reference).abs() <= bound).all()
+    scale64 = scale.clone().requires_grad_()
+    marginals = priors._Marginals(log_w, loc, scale64)
+    value = marginals.log_prob(z.double())
+    assert value.requires_grad and ((value.detach() - reference).abs() <= bound).all()
+    (expected,) = torch.autograd.grad(
+        torch.logsumexp(Normal(loc, scale64).log_prob(z.double()[:, None]) + log_w[:, None], 1).sum(), scale64
+    )
+    (g,) = torch.autograd.grad(value.sum(), scale64)
+    assert (g - expected).abs().max() <= 1e-12 * expected.abs().max()
+
+
+def test_log_sum_exp_keeps_torchs_values_at_the_extremes() -> None:
+    """Terms far below the largest (exp's argument under EXP_FLOOR), all -inf, one +inf, a nan:
+    torch.logsumexp's results, in place and with autograd."""
+    t = torch.tensor(
+        [[0.0, -200.0, -1000.0], [-math.inf] * 3, [1.0, math.inf, 2.0], [0.0, math.nan, 1.0], [-90.0, -5000.0, -95.0]]
+    )
+    expected = torch.logsumexp(t, -1)
+    torch.testing.assert_close(priors._logsumexp(t.clone(), -1), expected, equal_nan=True)
+    leaf = t.clone().requires_grad_()
+    torch.testing.assert_close(priors._logsumexp(leaf, -1), expected, equal_nan=True)
 
 
 @pytest.mark.parametrize("name", MIXTURES)
