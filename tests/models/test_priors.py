@@ -19,10 +19,13 @@ from typer.testing import CliRunner
 from avi.cli import app
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
+from avi.evaluation import log_likelihood
 from avi.evaluation.collapse import dimension_kl
+from avi.evaluation.importance import NoiseStream, chunk_log_weights
 from avi.families import make_family
 from avi.models import VAEModel, priors
 from avi.models.priors import MixtureOfGaussians, MoGPrior, VampPrior, pseudo_input_start
+from avi.nn import eval_mode
 from avi.objectives.bounds import analytic_kl_or_none
 from avi.runs.build import build_model, build_posterior
 from avi.runs.config import load_config
@@ -334,6 +337,34 @@ def test_vamp_prior_references_its_encoder_and_trains_both() -> None:
     table.amortized = False
     with pytest.raises(ConfigError, match="needs an amortized posterior"):
         VampPrior(torch.zeros(3, 5)).attach(table)
+
+
+def test_importance_sampling_forms_the_vamp_prior_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """p(z) is constant over a log-likelihood call: the encoder runs on the pseudo-inputs once,
+    not once per chunk of samples (4 points in batches of 2, 20 samples in chunks of 5: 8
+    chunks), and the estimates are those of a prior formed for each chunk."""
+    vamp, posterior = _vamp("mean-field")
+    model = VAEModel(5, 2, hidden=(4,), learned_prior=vamp).double()
+    x = torch.rand(4, 5, dtype=torch.float64).bernoulli()
+    calls = []
+    forward = VampPrior.forward
+
+    def counted(self: VampPrior) -> MixtureOfGaussians:
+        calls.append(1)
+        return forward(self)
+
+    monkeypatch.setattr(VampPrior, "forward", counted)
+    sizes = {"k": 20, "batch_size": 2, "chunk_size": 5, "seed": 3, "threads": 1}
+    once = log_likelihood(model, posterior, x, **sizes)
+    assert len(calls) == 1
+    rows = []
+    with torch.no_grad(), eval_mode(posterior):
+        for i in (0, 2):
+            noise = NoiseStream(3, torch.arange(i, i + 2), 2, torch.float64, x.device)
+            q = posterior(x[i : i + 2])
+            rows.append(torch.cat([chunk_log_weights(model, q, x[i : i + 2], 5, noise) for _ in range(4)], 1))
+    expected = torch.logsumexp(torch.cat(rows), 1) - math.log(20)
+    torch.testing.assert_close(once.value, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("family", ["mean-field", "full-rank"])

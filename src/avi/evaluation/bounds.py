@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError
@@ -234,12 +235,14 @@ def _log_power_mean(
     if seed is None:
         seed = int(torch.randint(2**31, ()).item())
     stop = threading.Event()
-    sample = partial(_batch_log_weights, model, posterior, x, chunk_size=chunk_size, seed=seed, precision=precision,
-                     stop=stop)  # fmt: skip
-    span = batch_size * max(1, ESTIMATE_SAMPLES // (k * batch_size))
-    estimate = partial(_estimate_part, sample, x, order=order, k=k, batch_size=batch_size, span=span,
-                       on_batch=_serialised(on_batch))  # fmt: skip
     with eval_mode(posterior):
+        with torch.no_grad():
+            prior = model.prior()  # once: constant over the call (a VampPrior's is an encoder pass)
+        sample = partial(_batch_log_weights, model, posterior, x, chunk_size=chunk_size, seed=seed,
+                         precision=precision, prior=prior, stop=stop)  # fmt: skip
+        span = batch_size * max(1, ESTIMATE_SAMPLES // (k * batch_size))
+        estimate = partial(_estimate_part, sample, x, order=order, k=k, batch_size=batch_size, span=span,
+                           on_batch=_serialised(on_batch))  # fmt: skip
         value, stderr, *rest = torch.cat(_in_parallel(estimate, points, workers, stop)).T
     return LogLikelihood(value, stderr, k, *rest)
 
@@ -290,11 +293,12 @@ def _batch_log_weights(
     chunk_size: int,
     seed: int,
     precision: str,
+    prior: Distribution,
     stop: threading.Event,
 ) -> None:
     """The k log weights of the points ``index`` of x into ``out`` (B, k), drawn ``chunk_size``
-    samples at a time from each point's noise stream; raises :class:`_Stopped` before a chunk
-    once ``stop`` is set."""
+    samples at a time from each point's noise stream, with ``prior`` the model's p(z); raises
+    :class:`_Stopped` before a chunk once ``stop`` is set."""
     xb = x[index]
     q = posterior(xb, index)
     noise = NoiseStream(seed, index, model.latent_dim, x.dtype, x.device)
@@ -303,7 +307,7 @@ def _batch_log_weights(
         if stop.is_set():
             raise _Stopped
         chunk = min(chunk_size, k - done)
-        out[:, done : done + chunk] = chunk_log_weights(model, q, xb, chunk, noise, precision=precision)
+        out[:, done : done + chunk] = chunk_log_weights(model, q, xb, chunk, noise, precision=precision, prior=prior)
 
 
 def _serialised(on_batch: Callable[[int], None] | None) -> Callable[[int], None]:

@@ -199,11 +199,13 @@ def chunk_log_weights(
     noise: NoiseStream | None,
     *,
     precision: str = "fp32",
+    prior: Distribution | None = None,
 ) -> Tensor:
     """log w = log p(x | z) + log p(z) - log q(z | x) for ``count`` samples per point, (B, count),
     in x's dtype (float32, or float64 for float64 data); z comes from ``noise`` where q is
     Gaussian. Bernoulli MLP decoders take the fast path; ``precision="bf16"`` runs their
-    decoder in bfloat16 (other models stay in x's dtype)."""
+    decoder in bfloat16 (other models stay in x's dtype). ``prior``: ``model.prior()`` where
+    the caller has it (a VampPrior's costs an encoder pass over its pseudo-inputs), else made here."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     z, log_q = _sample(q, noise, count)
@@ -212,5 +214,5 @@ def chunk_log_weights(
         log_lik = _fast_log_likelihood(*fast, x, z, precision == "bf16")
     else:
         log_lik = model.likelihood(z.transpose(0, 1)).log_prob(x).transpose(0, 1)
-    log_prior = model.prior().log_prob(z)
+    log_prior = (model.prior() if prior is None else prior).log_prob(z)
     return (log_lik + log_prior - log_q).to(x.dtype)
