@@ -119,8 +119,8 @@ class _Marginals(Distribution):
         """(..., K) -> (..., K): logsumexp_c [log w_c - log s_ck - (1/2) log 2 pi
         - (1/2) ((z_k - mu_ck) / s_ck)^2], formed (rows, K, C) at a time, in place where
         autograd records nothing (the diagnostics' case)."""
-        loc, inverse = self.loc.T, self.scale.reciprocal().T  # (K, C)
-        offset = (self.log_weights[:, None] - self.scale.log() - 0.5 * math.log(2 * math.pi)).T
+        loc, inverse = self.loc.T.contiguous(), self.scale.reciprocal().T.contiguous()  # (K, C)
+        offset = (self.log_weights[:, None] - self.scale.log() - 0.5 * math.log(2 * math.pi)).T.contiguous()
         grad = _records_grad(value, self.loc, self.scale, self.log_weights)
 
         def block(rows: Tensor) -> Tensor:
