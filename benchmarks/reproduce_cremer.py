@@ -89,8 +89,8 @@ as ``cremer-FAMILY.json`` with its settings). An unfinished run gets an interim 
 at small settings (:data:`INTERIM`, labelled ``finished: false``). On two cores, train the two
 runs as two one-thread processes:
 
-    python benchmarks/reproduce_cremer.py --only ffg --hours 12    # at most 12 h of training, then gaps
-    python benchmarks/reproduce_cremer.py --only flow --hours 20
+    python benchmarks/reproduce_cremer.py --only ffg --hours 3     # at most 3 h of training, then gaps
+    python benchmarks/reproduce_cremer.py --only flow --hours 5
     python benchmarks/reproduce_cremer.py --quick     # a smoke run: 2 passes on 500 images, tiny gaps
 
 Cost (one thread of the shared 2-core AMD EPYC, with two other benchmarks running; both vary

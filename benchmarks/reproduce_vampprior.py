@@ -29,23 +29,24 @@ binarised MNIST (50,000/10,000/10,000). What this script runs instead, and why:
   paper watches its validation loss; the test NLL is the best epoch's (best.pt);
 - at most :data:`EPOCHS` = 500 epochs in place of 2,000, the same cap for both runs: the
   warm-up ends at 100, leaving 400 at the full KL for the patience of 50 to end a run first
-  (the paper does not say where its runs stopped); a pass of the VampPrior run costs about ten of
-  the standard run's (the encoder also runs on the 500 pseudo-inputs every step, and every
-  validation, diagnostic and test density sums 500 components), so on one core (``--quick``
-  measures it) 500 passes are most of a working day for it, under an hour for the standard
+  (the paper does not say where its runs stopped); a pass of the VampPrior run costs about
+  three of the standard run's (the encoder also runs on the 500 pseudo-inputs every step;
+  :mod:`avi.models.priors` sums the 500 components as one matrix product), so on one core
+  (``--quick`` measures it) 500 passes are about 4 hours for it, about one for the standard
   prior; a run that reaches the cap says so (``early_stopped: false``).
 
 Runs resume from their checkpoints, so the reproduction goes on across calls and sessions until
 each run stops early or reaches :data:`EPOCHS`. On two cores, train the two runs as two
 one-thread processes:
 
-    python benchmarks/reproduce_vampprior.py --only vamp --hours 12      # at most 12 h, then evaluate
+    python benchmarks/reproduce_vampprior.py --only vamp --hours 5       # at most 5 h, then evaluate
     python benchmarks/reproduce_vampprior.py --only standard --hours 2
     python benchmarks/reproduce_vampprior.py --quick    # a smoke run: 3 passes on 2,000 images
 
 A finished run is evaluated at ``--k`` (5,000); an unfinished one at ``--interim-k`` (an interim
 figure of its best checkpoint so far, labelled ``finished: false``). The VampPrior's k = 5,000
-evaluation alone takes hours of one thread (each of 5 x 10^7 samples against 500 components). Each process merges its
+evaluation takes about a quarter of an hour of one thread (benchmarks/vampprior_speed.py: 91 s
+per 1,000 test images). Each process merges its
 run's entry into the JSON under a lock on the results folder. State:
 ``benchmarks/state/reproduce_vampprior/``; results: ``benchmarks/results/reproduce_vampprior.json``.
 
