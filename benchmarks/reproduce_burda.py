@@ -139,7 +139,8 @@ def train(run_dir: Path, config, *, deadline: float, max_epochs: int) -> None:
         target = min(done + chunk, max_epochs)
         started = time.monotonic()
         if (run_dir / CHECKPOINT).exists():
-            run_fit(run_dir=run_dir, resume=True, epochs=target, compile=config.train.compile)
+            run_fit(run_dir=run_dir, resume=True, epochs=target, compile=config.train.compile,
+                    diagnostics_every=config.train.diagnostics_every)  # fmt: skip
         else:
             run_fit(config, run_dir, epochs=target)
         per_epoch = (time.monotonic() - started) / (target - done)
@@ -172,14 +173,21 @@ def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
 
 def pass_seconds(run_dir: Path, *, images: int, epochs: int) -> dict[str, float]:
     """Wall seconds of a pass over ``images`` training images (``seconds_per_pass``; from the
-    median training speed, so a run on a subset says what a full pass costs) plus the per-epoch
-    validation and diagnostics between two epochs' training (``overhead_seconds_per_pass``; the
-    median leaves out each call's setup), and the hours of ``epochs`` such passes."""
+    median training speed, so a run on a subset says what a full pass costs) plus the validation
+    and collapse diagnostics between two epochs' training (``overhead_seconds_per_pass``): the
+    median gap before an epoch without diagnostics, and the extra of one with them (medians
+    leave out each call's setup) in the share of epochs the run's ``train.diagnostics_every``
+    gives them (every epoch's where its rows hold nothing else); and the hours of ``epochs``
+    such passes."""
     rows = read_metrics(run_dir)
     speed = statistics.median(float(r["examples_per_second"]) for r in rows)
     wall, train_seconds = ([float(r[key]) for r in rows] for key in ("wall_seconds", "epoch_seconds"))
-    gaps = [b - a - t for a, b, t in zip(wall, wall[1:], train_seconds[1:], strict=False)]
-    overhead = max(0.0, statistics.median(gaps)) if gaps else 0.0
+    gaps: dict[bool, list[float]] = {True: [], False: []}
+    for a, b, t, row in zip(wall, wall[1:], train_seconds[1:], rows[1:], strict=False):
+        gaps[row.get("active_units") not in (None, "")].append(b - a - t)
+    plain, diagnosed = (statistics.median(gaps[kind] or gaps[not kind] or [0.0]) for kind in (False, True))
+    every = read_config(run_dir).train.diagnostics_every
+    overhead = max(0.0, plain + (diagnosed - plain) / every if every else plain)
     per_pass = images / speed + overhead
     return {"seconds_per_pass": per_pass, "overhead_seconds_per_pass": overhead,
             "estimated_hours": per_pass * epochs / 3600}  # fmt: skip

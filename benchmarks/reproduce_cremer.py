@@ -80,7 +80,7 @@ What this script runs instead, and why:
   5-epoch linear warm-up, cosine decay to 0 over :data:`EPOCHS` = 1,500 epochs. On Burda's
   784-200-200-50 VAE, the sizes of this one, it reached the published test NLL (86.51 against
   86.76) in 0.17 of the paper's-settings time on this host; the paper's settings here would
-  cost 25-40 CPU hours for the two runs, the recipe about a third of that. The gaps are
+  cost 25-40 CPU hours of training for the two runs, the recipe 6-7. The gaps are
   differences between bounds of one trained model, so what the recipe may change is the model,
   not how the gaps are measured.
 
@@ -94,14 +94,14 @@ runs as two one-thread processes:
     python benchmarks/reproduce_cremer.py --only flow --hours 5
     python benchmarks/reproduce_cremer.py --quick     # a smoke run: 2 passes on 500 images, tiny gaps
 
-Cost (one thread of the shared 2-core AMD EPYC, with two other benchmarks running; both vary
-about 2x with the load): at the paper's batch of 100, 6.1-12.5 s a pass of 50,000 images for
-``ffg`` and 13-22 s for ``flow`` (5-8 s of it validation and the per-epoch collapse
-diagnostics, whose mutual-information estimate is costly for a flow: this script runs them
-every :data:`DIAGNOSTICS_EVERY` epochs); ``--quick`` measures the recipe's. Gaps, per run
-(measured at a load average of 5): AIS 2.5e-4 s per chain-step, 1,000 points x 100 chains x
-500 steps = 3.5 h; q* about 9 s per 100 points x 200 steps, 15 min per family at 1,000 x
-2,000; the new encoders and the IWAE bound about 10 min. Each process merges its run's entry into the JSON
+Cost (one thread of the shared 2-core AMD EPYC, both cores busy with other benchmarks; times
+vary about 2x with the load): ``--quick`` measured 6.9 s a pass of 50,000 images for ``ffg``
+and 15.0 s for ``flow``, 5.8 s of it validation and the collapse diagnostics (its one measured
+gap between epochs had them; the full run computes them every :data:`DIAGNOSTICS_EVERY`
+epochs), so about 2-3 and 4 hours of training. Gaps, per run (measured at a load average of
+5): AIS 2.5e-4 s per chain-step, 1,000 points x 100 chains x 500 steps = 3.5 h; q* about 9 s
+per 100 points x 200 steps, 15 min per family at 1,000 x 2,000; the new encoders and the IWAE
+bound about 10 min. Each process merges its run's entry into the JSON
 under a lock on the results folder. State: ``benchmarks/state/reproduce_cremer/``; results:
 ``benchmarks/results/reproduce_cremer.json``.
 
@@ -234,7 +234,7 @@ def table_row(name: str, ffg: dict[str, Any], flow: dict[str, Any]) -> dict[str,
     q_star = own["elbo_optimal"]
     return {
         "log_px": log_px,
-        "log_px_method": ffg["log_likelihood_method"] if log_px == ffg["log_likelihood"] else "iwae",
+        "log_px_method": (ffg if log_px == ffg["log_likelihood"] else flow)["log_likelihood_method"],
         "log_px_ais": ffg["log_likelihood"],
         "log_px_iwae": flow["log_likelihood"],
         "elbo_q_star_flow": flow["elbo_optimal"],

@@ -135,7 +135,7 @@ def train(run_dir: Path, config: Config, *, deadline: float) -> None:
         target = min(done + chunk, max_epochs)
         started = time.monotonic()
         if (run_dir / CHECKPOINT).exists():
-            run_fit(run_dir=run_dir, resume=True, epochs=target)
+            run_fit(run_dir=run_dir, resume=True, epochs=target, diagnostics_every=config.train.diagnostics_every)
         else:
             run_fit(config, run_dir, epochs=target)
         per_epoch = (time.monotonic() - started) / max(1, epochs_done(run_dir) - done)

@@ -173,8 +173,9 @@ FIT_FLAGS: tuple[Flag, ...] = (
     Flag(
         "train.diagnostics_every",
         int,
-        "Record the collapse diagnostics (KL per dimension, active units, mutual information) every N epochs and "
-        "at the last (0: at the last only; default 1). With --resume: from the next epoch on, kept in config.json.",
+        "Record the collapse diagnostics (KL per dimension, active units, mutual information) every N epochs "
+        "and at the last that training foresees (0: at the last only; default 1). With --resume: from the "
+        "next epoch on, kept in config.json.",
         resumable=True,
     ),
     Flag("data.subset", int, "Train on the first N training points only."),

@@ -320,7 +320,8 @@ class TrainConfig(_Section):
     elementwise work is a large share of a step (several samples per point at small batches);
     the first steps of each run or resume pay the compilation, seconds to a minute.
     ``diagnostics_every`` = N records the collapse diagnostics (:class:`avi.runs.hooks.Validation`)
-    at epochs N, 2N, ... and always at the run's last and at every aggressive epoch; 0: only there."""
+    at epochs N, 2N, ..., at every aggressive epoch and at the run's last as far as validation
+    knows it (the budget's end, plateau convergence, early stopping; not an interrupt); 0: only there."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)

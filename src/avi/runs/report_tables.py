@@ -211,16 +211,16 @@ def collapse_warning(active: int, dims: int) -> str | None:
 
 
 def _active_units(
-    diagnosed: Mapping[str, Any], evaluation: dict[str, Any], latent_dim: int
+    row: Mapping[str, Any], evaluation: dict[str, Any], latent_dim: int
 ) -> tuple[tuple[str, str], str | None]:
-    """The active-units row (test, else the validation points at the ``diagnosed`` epoch, the
-    last with the collapse diagnostics) and its collapse warning."""
+    """The active-units row (test, else the validation points at the epoch of ``row``, the
+    last metrics row with the collapse diagnostics) and its collapse warning."""
     if _number(evaluation.get("active_units")):
         active, source = int(evaluation["active_units"]), "test"
         dims = len(evaluation.get("kl_per_dim") or []) or latent_dim
-    elif _number(diagnosed.get("active_units")):
-        active, source = int(diagnosed["active_units"]), f"validation, epoch {diagnosed['epoch']}"
-        dims = sum(key.startswith("kl_dim_") for key in diagnosed) or latent_dim
+    elif _number(row.get("active_units")):
+        active, source = int(row["active_units"]), f"validation, epoch {row['epoch']}"
+        dims = sum(key.startswith("kl_dim_") for key in row) or latent_dim
     else:
         return ("active units", "not computed: the run recorded no collapse diagnostics"), None
     return (f"active units ({source})", f"{active} of {dims}"), collapse_warning(active, dims)

@@ -282,8 +282,8 @@ def _metrics_row(path: Path, line: int, header: list[str], fields: list[str]) ->
 
 def diagnosed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The rows of metrics (a run's records, or metrics.csv's rows, read or as text) that hold the
-    collapse diagnostics: every epoch's, or those of every ``train.diagnostics_every``-th and the
-    run's last (blank cells in the others)."""
+    collapse diagnostics: every epoch's, or those of every ``train.diagnostics_every``-th, every
+    aggressive one and the run's last where training foresaw it (blank cells in the others)."""
     return [row for row in rows if row.get("active_units") not in (None, "")]
 
 
