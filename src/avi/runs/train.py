@@ -328,18 +328,7 @@ def _start(
     """Read or check the run directory, take its lock (main process, into ``held``), build the
     run and its state, restore a resumed one (its ``train`` settings ``changes`` made), and
     write config.json and a "running" summary."""
-    if resume:
-        if run_dir is None:
-            raise ConfigError("resuming needs the run directory")
-        run_dir = require_run(run_dir, checkpoint=False)  # a fit stopped before its first epoch starts over
-        config = _resumed_config(run_dir, changes)
-        if epochs is not None and epochs > config.train.epochs:  # an extension: the schedule spans it
-            config.train.epochs, changes = epochs, {**changes, "epochs": epochs}
-    else:
-        config = config or Config()
-        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-        check_output_dir(run_dir)  # before any data is loaded
-        require_new_run(run_dir)
+    config, run_dir, changes = _run_config(config, run_dir, resume=resume, epochs=epochs, changes=changes)
     last_epoch = config.train.epochs if epochs is None else epochs
     if last_epoch < 0:
         raise ConfigError(f"epochs must be non-negative, got {last_epoch}")
@@ -366,6 +355,27 @@ def _start(
     if main:
         write_json(run_dir / SUMMARY, {"status": "running", "epochs_done": fit.state.epoch, "epochs": fit.last_epoch})
     return fit
+
+
+def _run_config(
+    config: Config | None, run_dir: str | Path | None, *, resume: bool, epochs: int | None, changes: dict[str, Any]
+) -> tuple[Config, Path, dict[str, Any]]:
+    """The run's config and directory, checked: a resumed run's (its ``train`` settings
+    ``changes`` made, and ``epochs`` where it extends the run, added to them: the schedule spans
+    it), or a new run's in a new directory (the default one where none is given)."""
+    if resume:
+        if run_dir is None:
+            raise ConfigError("resuming needs the run directory")
+        run_dir = require_run(run_dir, checkpoint=False)  # a fit stopped before its first epoch starts over
+        config = _resumed_config(run_dir, changes)
+        if epochs is not None and epochs > config.train.epochs:  # an extension: the schedule spans it
+            config.train.epochs, changes = epochs, {**changes, "epochs": epochs}
+        return config, run_dir, changes
+    config = config or Config()
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    check_output_dir(run_dir)  # before any data is loaded
+    require_new_run(run_dir)
+    return config, run_dir, changes
 
 
 def _resumed_config(run_dir: Path, changes: dict[str, Any]) -> Config:
