@@ -193,6 +193,18 @@ def pass_seconds(run_dir: Path, *, images: int, epochs: int) -> dict[str, float]
             "estimated_hours": per_pass * epochs / 3600}  # fmt: skip
 
 
+def left_the_tree(out: Path, name: str, run_dir: Path) -> bool:
+    """Whether run ``name`` finished in an earlier call (the report ``out`` says so, under
+    ``runs`` or at its top level) and its state has since left the tree: a call then keeps its
+    result rather than train it again from scratch, and says so."""
+    report = json.loads(out.read_text()) if out.exists() else {}
+    entry = (report.get("runs") or report).get(name) or {}
+    if not (isinstance(entry, dict) and entry.get("finished") and not run_dir.exists()):
+        return False
+    print(f"{name}: finished earlier ({out}); its state has left the tree")
+    return True
+
+
 def _last_wall_seconds(run_dir: Path) -> float | None:
     """Training wall time so far (metrics.csv, last epoch): a running run's summary has none."""
     with (run_dir / "metrics.csv").open() as f:

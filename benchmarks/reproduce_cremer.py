@@ -136,7 +136,7 @@ from avi.runs.config import Config, load_config
 from avi.runs.gaps import run_gaps
 from avi.runs.rundir import CHECKPOINT, write_json
 from machine import CpuSnapshot, cpu_snapshot, folder_lock, machine_facts, other_processes_cpus, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, pass_seconds, train
+from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds, train
 
 #: the runs: their variational family (the table's columns)
 RUNS = {"ffg": "mean-field", "flow": "planar"}
@@ -324,6 +324,8 @@ def main() -> None:
         config = config_for(name, threads=args.threads, epochs=epochs, warmup=1 if args.quick else WARMUP_EPOCHS,
                             subset=subset)  # fmt: skip
         run_dir = args.state / name
+        if left_the_tree(args.out, name, run_dir):
+            continue
         train(run_dir, config, deadline=time.monotonic() + budget, max_epochs=epochs)
         finished = epochs_done(run_dir) >= epochs
         gaps = QUICK if args.quick else FINAL if finished else INTERIM

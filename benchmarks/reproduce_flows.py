@@ -60,7 +60,7 @@ from typing import Any
 from avi.runs.config import Config, load_config
 from avi.runs.evaluate import run_evaluate
 from machine import folder_lock, machine_facts, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, pass_seconds, train
+from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds, train
 
 #: the runs: their variational family and flow length (None: the family has none)
 RUNS: dict[str, tuple[str, int | None]] = {"diag": ("mean-field", None), "planar_k10": ("planar", 10)}
@@ -166,6 +166,8 @@ def main() -> None:
         config = config_for(name, threads=args.threads, epochs=epochs, warmup=1 if args.quick else WARMUP_EPOCHS,
                             subset=subset)  # fmt: skip
         run_dir = args.state / name
+        if left_the_tree(args.out, name, run_dir):
+            continue
         train(run_dir, config, deadline=time.monotonic() + budget, max_epochs=epochs)
         finished = epochs_done(run_dir) >= epochs
         results[name] = evaluate(run_dir, k=args.k if finished else args.interim_k, finished=finished)

@@ -70,7 +70,7 @@ from avi.runs.evaluate import run_evaluate
 from avi.runs.rundir import CHECKPOINT, read_metrics
 from avi.runs.train import run_fit
 from machine import folder_lock, machine_facts, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, pass_seconds
+from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds
 
 #: the runs: their prior p(z)
 RUNS = {"vamp": "vamp", "standard": "normal"}
@@ -207,6 +207,8 @@ def main() -> None:
         config = config_for(name, threads=args.threads, epochs=epochs, warmup=warmup, patience=patience,
                             subset=subset)  # fmt: skip
         run_dir = args.state / name
+        if left_the_tree(args.out, name, run_dir):
+            continue
         train(run_dir, config, deadline=time.monotonic() + budget)
         done = finished(run_dir, max_epochs=epochs, patience=patience)
         results[name] = evaluate(run_dir, k=args.k if done else args.interim_k, done=done, patience=patience)
