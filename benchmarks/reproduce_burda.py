@@ -52,6 +52,7 @@ import csv
 import json
 import statistics
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -205,6 +206,30 @@ def left_the_tree(out: Path, name: str, run_dir: Path) -> bool:
     return True
 
 
+def run_parser(doc: str, name: str, runs: Iterable[str], *, quick: str) -> argparse.ArgumentParser:
+    """The options of a resumable reproduction ``name`` with runs ``runs``: ``--quick`` (a smoke
+    run: ``quick`` says what it does), ``--only`` one run, ``--hours`` of training for the call,
+    ``--threads``, and ``--out`` (benchmarks/results/NAME.json) and ``--state``
+    (benchmarks/state/NAME/); :func:`quick_folders` gives a quick run its own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{quick} (smoke test)")
+    parser.add_argument("--only", choices=sorted(runs), help="train and evaluate this run only")
+    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/{name}.json"))
+    parser.add_argument("--state", type=Path, default=Path(f"benchmarks/state/{name}"))
+    return parser
+
+
+def quick_folders(args: argparse.Namespace) -> bool:
+    """Whether the call is ``--quick``; if so, its state and report go to NAME-quick, beside the
+    real run's, which it never touches."""
+    if args.quick:
+        args.state = args.state.with_name(args.state.name + "-quick")
+        args.out = args.out.with_name(args.out.stem + "-quick.json")
+    return args.quick
+
+
 def _last_wall_seconds(run_dir: Path) -> float | None:
     """Training wall time so far (metrics.csv, last epoch): a running run's summary has none."""
     with (run_dir / "metrics.csv").open() as f:
@@ -304,9 +329,7 @@ def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.state = args.state or Path(f"benchmarks/state/{folder}")
     args.batch_size = args.batch_size or (FAST_BATCH_SIZE if args.fast else PAPER_BATCH_SIZE)
     args.lr = args.lr or PAPER_LR
-    if args.quick:
-        args.state = args.state.with_name(args.state.name + "-quick")
-        args.out = args.out.with_name(args.out.stem + "-quick.json")
+    if quick_folders(args):
         args.k, args.hours, args.eval_points = 50, 1.0, 1000
     return args
 

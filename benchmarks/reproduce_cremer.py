@@ -136,7 +136,15 @@ from avi.runs.config import Config, load_config
 from avi.runs.gaps import run_gaps
 from avi.runs.rundir import CHECKPOINT, write_json
 from machine import CpuSnapshot, cpu_snapshot, folder_lock, machine_facts, other_processes_cpus, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds, train
+from reproduce_burda import (
+    _last_wall_seconds,
+    epochs_done,
+    left_the_tree,
+    pass_seconds,
+    quick_folders,
+    run_parser,
+    train,
+)
 
 #: the runs: their variational family (the table's columns)
 RUNS = {"ffg": "mean-field", "flow": "planar"}
@@ -287,17 +295,8 @@ def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 passes on 500 images, tiny gaps (smoke test)")
-    parser.add_argument("--only", choices=sorted(RUNS), help="train and decompose one of the two runs")
-    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_cremer.json"))
-    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/reproduce_cremer"))
-    args = parser.parse_args()
-    if args.quick:
-        args.state = args.state.with_name("reproduce_cremer-quick")
-        args.out = args.out.with_name("reproduce_cremer-quick.json")
+    args = run_parser(__doc__, "reproduce_cremer", RUNS, quick="2 passes on 500 images, tiny gaps").parse_args()
+    quick_folders(args)
     return args
 
 

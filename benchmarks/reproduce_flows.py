@@ -60,7 +60,15 @@ from typing import Any
 from avi.runs.config import Config, load_config
 from avi.runs.evaluate import run_evaluate
 from machine import folder_lock, machine_facts, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds, train
+from reproduce_burda import (
+    _last_wall_seconds,
+    epochs_done,
+    left_the_tree,
+    pass_seconds,
+    quick_folders,
+    run_parser,
+    train,
+)
 
 #: the runs: their variational family and flow length (None: the family has none)
 RUNS: dict[str, tuple[str, int | None]] = {"diag": ("mean-field", None), "planar_k10": ("planar", 10)}
@@ -143,20 +151,12 @@ def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 passes on 6,000 images, k = 50 (smoke test)")
-    parser.add_argument("--only", choices=sorted(RUNS), help="train and evaluate one of the two runs")
-    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser = run_parser(__doc__, "reproduce_flows", RUNS, quick="3 passes on 6,000 images, k = 50")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of a finished run's test NLL")
     parser.add_argument("--interim-k", type=int, default=100, help="importance samples of an unfinished run's")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_flows.json"))
-    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/reproduce_flows"))
     args = parser.parse_args()
     epochs, subset = EPOCHS, None
-    if args.quick:
-        args.state = args.state.with_name("reproduce_flows-quick")
-        args.out = args.out.with_name("reproduce_flows-quick.json")
+    if quick_folders(args):
         args.k = args.interim_k = 50
         epochs, subset = QUICK_EPOCHS, QUICK_IMAGES
     names = [args.only] if args.only else sorted(RUNS)

@@ -70,7 +70,7 @@ from avi.runs.evaluate import run_evaluate
 from avi.runs.rundir import CHECKPOINT, read_metrics
 from avi.runs.train import run_fit
 from machine import folder_lock, machine_facts, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds
+from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds, quick_folders, run_parser
 
 #: the runs: their prior p(z)
 RUNS = {"vamp": "vamp", "standard": "normal"}
@@ -184,20 +184,12 @@ def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 passes on 2,000 images, k = 20 (smoke test)")
-    parser.add_argument("--only", choices=sorted(RUNS), help="train and evaluate one of the two runs")
-    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser = run_parser(__doc__, "reproduce_vampprior", RUNS, quick="3 passes on 2,000 images, k = 20")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of a finished run's test NLL")
     parser.add_argument("--interim-k", type=int, default=100, help="importance samples of an unfinished run's")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/reproduce_vampprior.json"))
-    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/reproduce_vampprior"))
     args = parser.parse_args()
     epochs, warmup, patience, subset = EPOCHS, WARMUP_EPOCHS, PATIENCE, None
-    if args.quick:
-        args.state = args.state.with_name("reproduce_vampprior-quick")
-        args.out = args.out.with_name("reproduce_vampprior-quick.json")
+    if quick_folders(args):
         args.k = args.interim_k = QUICK_K
         epochs, warmup, patience, subset = QUICK_EPOCHS, 1, QUICK_PATIENCE, QUICK_IMAGES
     names = [args.only] if args.only else sorted(RUNS)

@@ -25,7 +25,6 @@ epoch is the model reported (nothing is selected on the test set). State:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -41,7 +40,16 @@ from avi.runs.config import load_config
 from avi.runs.rundir import CHECKPOINT, read_metrics
 from avi.runs.train import run_fit
 from machine import cpu_name, folder_lock, write_report
-from reproduce_burda import PASSES, PUBLISHED, config_for, epochs_done, evaluate
+from reproduce_burda import (
+    PASSES,
+    PUBLISHED,
+    config_for,
+    epochs_done,
+    evaluate,
+    left_the_tree,
+    quick_folders,
+    run_parser,
+)
 
 PRESET = {"vae_k1": "burda-1l-fast", "iwae_k5": "burda-1l-fast-iwae5"}
 LABEL = {"vae_k1": "VAE, k = 1", "iwae_k5": "IWAE, k = 5"}
@@ -159,28 +167,19 @@ def curve_of(run_dir: Path) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few passes, small evaluation (smoke test)")
-    parser.add_argument("--only", choices=sorted(PRESET), help="train and evaluate one of the two runs")
-    parser.add_argument("--hours", type=float, default=1.0, help="training time budget of this call, all runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the fast run")
+    parser = run_parser(__doc__, "time_to_nll", PRESET, quick="a few passes, small evaluation")
     parser.add_argument("--k", type=int, default=5000, help="importance samples of the test NLL")
     parser.add_argument("--eval-points", type=int, default=1000, help="test points of an unfinished run's NLL")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/time_to_nll.json"))
-    parser.add_argument("--state", type=Path, default=Path("benchmarks/state/time_to_nll"))
     args = parser.parse_args()
-    if args.quick:
-        args.state, args.out = args.state.with_name("time_to_nll-quick"), args.out.with_name("time_to_nll-quick.json")
+    if quick_folders(args):
         args.k, args.eval_points = 50, 500
     names = [args.only] if args.only else sorted(PRESET)
     budget = args.hours * 3600 / len(names)
     results, timings = {}, {}
-    previous_runs = json.loads(args.out.read_text()).get("runs", {}) if args.out.exists() else {}
     for name in names:
         config = fast_config(name, threads=args.threads, quick=args.quick)
         run_dir, timings[name] = args.state / name, []
-        if previous_runs.get(name, {}).get("finished") and not run_dir.exists():
-            print(f"{name}: finished earlier ({args.out}); its state has left the tree")
+        if left_the_tree(args.out, name, run_dir):
             continue
         train_interleaved(run_dir, args.state / f"paper_{name}", config, deadline=time.monotonic() + budget,
                           timings=timings[name])  # fmt: skip
