@@ -24,7 +24,7 @@ from avi.runs.config import Config
 from avi.runs.rundir import (
     GAPS_SCHEMA,
     best_evaluation,
-    diagnosed,
+    last_diagnosed,
     read_config,
     read_json,
     read_metrics,
@@ -110,9 +110,8 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
         last = rows[-1]
         out.update(train_elbo=last["train_elbo"], val_elbo=last["val_elbo"], epochs=last["epoch"])
         out["train_seconds"] = last["wall_seconds"]
-        diagnostics = diagnosed(rows)  # the last epoch that recorded them (an interrupted run's may be earlier)
-        if diagnostics:
-            out["active_units"] = diagnostics[-1]["active_units"]
+        if diagnostics := last_diagnosed(rows):
+            out["active_units"] = diagnostics["active_units"]
     out.update(_evaluated(run_dir))
     gaps = run_dir / f"gaps-{out['family']}-test.json"  # the run's own family, not another q* family's
     if gaps.exists():

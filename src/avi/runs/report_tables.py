@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 
 from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_summary, khat_warning
-from avi.runs.rundir import diagnosed, json_text
+from avi.runs.rundir import json_text, last_diagnosed
 
 __all__ = [
     "EVALUATION_SETTINGS",
@@ -102,7 +102,7 @@ def summary(
         out.append(("other evaluations", others))
     out.append(("Pareto k-hat of the importance weights", khat))
     out += _bound_rows(last, evaluation)
-    units, collapsed = _active_units(_last_diagnosed(rows), evaluation, latent_dim)
+    units, collapsed = _active_units(last_diagnosed(rows), evaluation, latent_dim)
     out.append(units)
     out += _gap_rows(gaps, run)
     return Summary(out, [w for w in (khat_warned, collapsed) if w])
@@ -226,12 +226,6 @@ def _active_units(
     return (f"active units ({source})", f"{active} of {dims}"), collapse_warning(active, dims)
 
 
-def _last_diagnosed(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    """The last of ``rows`` that recorded the collapse diagnostics; {} where none did."""
-    found = diagnosed(rows)
-    return found[-1] if found else {}
-
-
 def _gap_rows(gaps: list[dict[str, Any]], run: str) -> list[tuple[str, str]]:
     """One row per saved gap decomposition, or one saying how to compute them."""
     if not gaps:
@@ -319,7 +313,7 @@ def kl_series(rows: Sequence[Mapping[str, Any]], evaluation: dict[str, Any]) -> 
     """KL per latent dimension: the validation points' (``kl_dim_k`` columns) at the last epoch of
     ``rows`` that recorded the collapse diagnostics, and the test split's (evaluation's
     ``kl_per_dim``), where the run has them; NaN where a value was not finite."""
-    last = _last_diagnosed(rows)
+    last = last_diagnosed(rows)
     dims = sorted((k for k in last if k.startswith("kl_dim_")), key=lambda k: int(k.removeprefix("kl_dim_")))
     series: dict[str, list[float]] = {}
     if dims:

@@ -58,6 +58,7 @@ __all__ = [
     "MetricsTable",
     "best_evaluation",
     "diagnosed",
+    "last_diagnosed",
     "evaluation_path",
     "json_text",
     "read_checkpoint",
@@ -285,6 +286,13 @@ def diagnosed(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     collapse diagnostics: every epoch's, or those of every ``train.diagnostics_every``-th, every
     aggressive one and the run's last where training foresaw it (blank cells in the others)."""
     return [row for row in rows if row.get("active_units") not in (None, "")]
+
+
+def last_diagnosed(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The last of ``rows`` that recorded the collapse diagnostics (an interrupted run's may be
+    before its last epoch); {} where none did."""
+    found = diagnosed(rows)
+    return found[-1] if found else {}
 
 
 def _number(text: str | None) -> Any:
