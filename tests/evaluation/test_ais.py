@@ -9,6 +9,7 @@ import torch
 
 from avi.errors import ConfigError
 from avi.evaluation import ais, ais_log_likelihood, log_likelihood
+from avi.evaluation.importance import row_bytes
 from avi.families import inverse_softplus, make_family
 from avi.inference import LocalPosterior
 from avi.models import LinearGaussian
@@ -96,6 +97,8 @@ def test_bad_settings_are_config_errors(case, kwargs) -> None:
 
 
 def test_gap_decomposition_can_use_ais() -> None:
+    """The decomposition's log p(x) by AIS, its progress told per batch of points (as the
+    IWAE bound's is): the points done climb to all 20, in batches of 8 under the budget."""
     from avi.encoders import AmortizedPosterior, mlp_encoder
     from avi.evaluation import gap_decomposition
     from avi.models import VAEModel
@@ -105,6 +108,12 @@ def test_gap_decomposition_can_use_ais() -> None:
     x = model.sample(20, torch.Generator().manual_seed(0))[0]
     family = make_family("mean-field", 2)
     posterior = AmortizedPosterior(mlp_encoder(6, (8,), family.param_size), family)
-    gaps = gap_decomposition(model, posterior, x, k=8, steps=50, ais_steps=5)
+    heard: list[tuple[str, int, int]] = []
+    budget = 8 * 8 * ais.GRAD_ROWS * row_bytes(model, torch.float32) / 2**20  # 8 points' 8 chains
+    gaps = gap_decomposition(
+        model, posterior, x, k=8, steps=50, ais_steps=5, memory_budget=budget,
+        on_progress=lambda *told: heard.append(told),
+    )  # fmt: skip
     assert gaps.log_likelihood_method == "ais"
+    assert [done for what, done, total in heard if what == "log p(x)"] == [8, 16, 20]
     assert math.isfinite(gaps.log_likelihood) and gaps.amortization_gap > 0

@@ -14,6 +14,7 @@ weight over chains is a stochastic lower bound on log p(x) that tightens as T gr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -105,6 +106,7 @@ def ais_log_likelihood(
     step_size: float = 0.05,
     batch_size: int | None = None,
     memory_budget: float | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> LogLikelihood:
     """AIS estimates of log p(x) for x: (N, D), ``chains`` chains per point, ``steps`` annealing
     increments on a linear schedule of b, with one HMC step of ``leapfrog_steps`` leapfrog
@@ -116,6 +118,7 @@ def ais_log_likelihood(
     Points are processed ``batch_size`` at a time (default 100); with ``memory_budget`` (MiB)
     and no batch size, as many as fit: a chain costs :data:`GRAD_ROWS` times the
     working memory of an importance-sampling row (the gradient keeps the decoder's activations).
+    ``on_batch`` is told the number of points of each batch done.
     """
     if steps < 1 or chains < 1 or leapfrog_steps < 1 or step_size <= 0:
         raise ConfigError(
@@ -146,4 +149,6 @@ def ais_log_likelihood(
         values.append(lse - math.log(chains))
         relative_var = (chains * torch.exp(torch.logsumexp(2 * log_w, 0) - 2 * lse) - 1).clamp_min(0)
         stderrs.append((relative_var / chains).sqrt())
+        if on_batch is not None:
+            on_batch(index.numel())
     return LogLikelihood(torch.cat(values), torch.cat(stderrs), chains)

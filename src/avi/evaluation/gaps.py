@@ -210,14 +210,14 @@ def _log_marginal(
     on_batch: Callable[[int], None],
 ) -> tuple[Tensor, str]:
     """log p(x) per point and how: ``exact`` where the model has ``exact_log_marginal``, else AIS
-    from q* (``ais_steps`` > 0, k chains) or the IWAE bound with k samples from q* (``on_batch``
-    told the points of each batch done)."""
+    from q* (``ais_steps`` > 0, k chains) or the IWAE bound with k samples from q* (either way
+    ``on_batch`` told the points of each batch done)."""
     exact = getattr(model, "exact_log_marginal", None)
     if exact is not None:
         with torch.no_grad():
             return exact(x), "exact"
     if ais_steps > 0:
         return ais_log_likelihood(
-            model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget
+            model, optimal, x, steps=ais_steps, chains=k, memory_budget=memory_budget, on_batch=on_batch
         ).value, "ais"
     return log_likelihood(model, optimal, x, k=k, memory_budget=memory_budget, on_batch=on_batch).value, "iwae"
