@@ -63,6 +63,31 @@ def test_tensorboard_holds_epoch_and_step_scalars_and_hparams_without_images(tmp
     assert {"train_elbo", "val_elbo", "active_units"} <= {m.name.tag for m in metrics}
 
 
+def test_hparams_list_every_metric_a_row_had(tmp_path: Path) -> None:
+    """The collapse diagnostics are in every N-th row (``train.diagnostics_every``): a run whose
+    last row lacks them, or a resumed call that recorded none, still lists them in the HParams
+    experiment, with the rows before this call (``earlier``) counted."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.plugins.hparams.metadata import parse_experiment_plugin_data
+
+    from avi.runs.tracking import TensorBoardTracker
+
+    def listed(earlier: list[dict[str, Any]], rows: list[dict[str, Any]], name: str) -> set[str]:
+        tracker = TensorBoardTracker(tmp_path / name, hparams={"train.lr": 0.01}, earlier=earlier)
+        for row in rows:
+            tracker.log(row)
+        tracker.close()
+        content = _events(tmp_path / name).PluginTagToContent("hparams")
+        return {m.name.tag for m in parse_experiment_plugin_data(content["_hparams_/experiment"]).metric_infos}
+
+    diagnosed = {"epoch": 1, "train_elbo": -5.0, "active_units": 2, "mutual_information": 0.5}
+    plain = {"epoch": 2, "train_elbo": -4.0, "active_units": None, "mutual_information": float("nan")}
+    both = {"train_elbo", "active_units", "mutual_information"}
+    assert listed([], [diagnosed, plain], "interrupted") == both
+    assert listed([diagnosed], [plain], "resumed") == both
+    assert listed([], [plain], "never") == {"train_elbo"}
+
+
 def test_tensorboard_draws_reconstructions_and_samples_of_square_images(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     run, _ = _fit(tmp_path, "tensorboard", dim=784)  # MNIST's 28 x 28

@@ -11,6 +11,7 @@ their extras (``pip install -e ".[tracking]"``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -76,8 +77,8 @@ class TensorBoardTracker(Tracker):
     - ``images/reconstructions`` and ``images/samples`` every ``image_every`` epochs, where
       ``images`` (a run and its :class:`~avi.runs.images.ImageBatch`) says what to draw;
     - at the end, ``hparams`` (bool, number and string values; others as text, None left out)
-      with the :data:`HPARAM_METRICS` of the last row, whose values TensorBoard's HParams tab
-      reads from this run's epoch scalars.
+      with the :data:`HPARAM_METRICS` that any row had (``earlier``: a resumed run's rows before
+      this call), whose values TensorBoard's HParams tab reads from this run's epoch scalars.
 
     A resumed run writes to the same directories, which hold its earlier records: ``purge_step``
     (its first new epoch) and, for the steps, the first new optimiser step have TensorBoard drop
@@ -89,6 +90,7 @@ class TensorBoardTracker(Tracker):
         purge_step: int | None = None,
         *,
         hparams: dict[str, Any] | None = None,
+        earlier: Sequence[dict[str, Any]] = (),
         images: tuple[TrainedRun, ImageBatch] | None = None,
         step_every: int = 50,
         image_every: int = 1,
@@ -102,7 +104,10 @@ class TensorBoardTracker(Tracker):
         self.step_every, self.image_every = step_every, image_every
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.steps: Any = None  # the steps' writer, opened at the first epoch of this call
-        self.last: dict[str, Any] | None = None
+        self.final: dict[str, float] = {}  # each HParams metric's last value: not every row has all
+        for row in earlier:
+            self._keep_final(row)
+        self.epoch: int | None = None  # the last epoch logged
         self.base, self.calls = 0, 0  # the optimiser step before the epoch, and the epoch's steps so far
         self.mark: tuple[int, Tensor | None] = (0, None)  # the examples and running sums at the last record
 
@@ -136,31 +141,35 @@ class TensorBoardTracker(Tracker):
             run, batch = self.images
             for name, pixels in batch.draw(run.model, run.posterior).items():
                 self.writer.add_images(f"images/{name}", pixels, global_step=epoch, dataformats="NCHW")
-        self.last = row
+        self._keep_final(row)
+        self.epoch = epoch
         self.writer.flush()
         if self.steps is not None:
             self.steps.flush()
 
+    def _keep_final(self, row: dict[str, Any]) -> None:
+        self.final |= {k: v for k, v in _scalars(row).items() if k in HPARAM_METRICS}
+
     def close(self) -> None:
-        if self.hparams is not None and self.last is not None:
-            self._write_hparams(self.hparams, self.last)
+        if self.hparams is not None and self.epoch is not None:
+            self._write_hparams(self.hparams, self.epoch)
         self.writer.close()
         if self.steps is not None:
             self.steps.close()
 
-    def _write_hparams(self, hparams: dict[str, Any], row: dict[str, Any]) -> None:
+    def _write_hparams(self, hparams: dict[str, Any], epoch: int) -> None:
         """The summaries of ``SummaryWriter.add_hparams``, written into this run rather than a
         new one named by the time, at the last epoch: the metrics' values are then this run's
-        own epoch scalars."""
+        own epoch scalars. A metric is listed if any row had it (the collapse diagnostics are
+        in every ``train.diagnostics_every``-th row, maybe not the last)."""
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
         from torch.utils.tensorboard.writer import FileWriter
 
         values = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in hparams.items() if v is not None}
-        scalars = _scalars(row)
-        metrics = {key: scalars[key] for key in HPARAM_METRICS if key in scalars}
+        metrics = {key: self.final[key] for key in HPARAM_METRICS if key in self.final}
         file_writer = cast(FileWriter, self.writer.file_writer)  # open until close
         for summary in hparams_summaries(values, metrics):
-            file_writer.add_summary(summary, int(row["epoch"]))
+            file_writer.add_summary(summary, epoch)
 
 
 class MLflowTracker(Tracker):
@@ -191,7 +200,8 @@ def open_trackers(
     """The trackers that ``config.tracking`` turns on, writing beside or into the run directory;
     the run adds them to its hooks too (their step-level records). ``history``, the rows of a
     resumed run's earlier epochs, goes to the trackers that start empty (a resumed run is a new
-    MLflow run), not to TensorBoard's directory, which has them. TensorBoard draws images of
+    MLflow run), not to TensorBoard's directory, which has them (its HParams metrics are those
+    of every row). TensorBoard draws images of
     ``run``'s model where its data are square images, every epoch of a run of up to 100 and
     about 100 times in a longer one."""
     trackers: list[Tracker] = []
@@ -202,6 +212,7 @@ def open_trackers(
                 run_dir / "tensorboard",
                 int(history[-1]["epoch"]) + 1 if history else None,
                 hparams=flat_config(config),
+                earlier=history,
                 images=None if run is None or batch is None else (run, batch),
                 image_every=max(1, math.ceil(config.train.epochs / IMAGE_EPOCHS)),
             )
