@@ -94,7 +94,6 @@ def main(strategy: str, out: str) -> None:
     replicas = Replicas(distributed.rank(), distributed.world_size(), step)
     stats = [train_epoch(state, Dataset(x), objective, batch_size=BATCH, replicas=replicas) for _ in range(2)]
     torch.save({"model": model.state_dict(), "posterior": posterior.state_dict(), "objective": [s.objective for s in stats]}, out.format(rank=distributed.rank()))
-    distributed.shutdown()
 
 
 def nvil(out: str) -> None:
@@ -126,7 +125,6 @@ def nvil(out: str) -> None:
         "kl_mean_one_rank": global_mean(KL_DIMS[: 7 if distributed.rank() == 0 else 0]),  # rank 1 has no rows
     }
     torch.save(state, out.format(rank=distributed.rank()))
-    distributed.shutdown()
 
 
 if __name__ == "__main__":
@@ -134,3 +132,4 @@ if __name__ == "__main__":
         nvil(sys.argv[2])
     else:
         main(*sys.argv[1:])
+    distributed.shutdown()  # at the edge, as the command line: the DDP wrappers are garbage by now

@@ -111,6 +111,37 @@ def test_two_ranks_keep_one_control_variate(tmp_path: Path) -> None:
         torch.testing.assert_close(state["kl_mean_one_rank"], KL_DIMS.mean(0), rtol=0, atol=0)
 
 
+def test_shutdown_frees_dropped_ddp_wrappers_before_the_group_ends(monkeypatch) -> None:
+    """A DistributedDataParallel wrapper lives in a reference cycle, its reducer holding the
+    process group: dropped, it outlives its last reference until the cyclic collector runs, which
+    at exit may be in interpreter finalization (a rank aborted there once, after training).
+    ``shutdown`` collects it before ``destroy_process_group``: here with the collector off, as
+    between two of its passes, in a one-rank gloo group made in this process."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+        ddp(torch.randn(4, 3)).sum().backward()
+        dropped = weakref.ref(ddp)
+        del ddp
+        assert dropped() is not None  # the cycle keeps it: only the collector frees it
+        distributed.shutdown()
+        assert dropped() is None and not dist.is_initialized()
+    finally:
+        if enabled:
+            gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @pytest.mark.parametrize(("n", "block", "size"), [(60, 1, 2), (60, 16, 2), (61, 7, 3), (5, 4, 3), (1000, 1000, 4)])
 def test_shards_are_whole_blocks_covering_every_item(monkeypatch, n: int, block: int, size: int) -> None:
     monkeypatch.setattr(distributed, "world_size", lambda: size)

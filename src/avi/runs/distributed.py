@@ -7,6 +7,7 @@ group named by torchrun's environment variables, with the gloo backend on CPU an
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -137,8 +138,15 @@ def barrier() -> None:
 
 def shutdown() -> None:
     """Leave the process group: a barrier first, so that no rank tears down its gloo or nccl
-    connections while a peer is still in a collective (which aborts the peer at exit), then
-    ``destroy_process_group``. Does nothing in a single process."""
+    connections while a peer is still in a collective (which aborts the peer at exit); then a
+    collection of garbage cycles, then ``destroy_process_group``. A dropped
+    ``DistributedDataParallel`` wrapper sits in a reference cycle, and its reducer holds the
+    process group: left to the collector, the group's last reference (and the join of gloo's
+    worker threads) could fall in interpreter finalization, where the process may abort
+    ("terminate called without an active exception"). Collected here, the group ends in
+    ``destroy_process_group`` while the interpreter is whole. Call it where the training's objects
+    are out of scope, as the command line does at its edge. Does nothing in a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
