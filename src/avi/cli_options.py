@@ -178,6 +178,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
         "next epoch on, kept in config.json.",
         resumable=True,
     ),
+    Flag(
+        "train.ema_decay",
+        float,
+        "Keep an exponential moving average of the weights at decay D in (0, 1), e.g. 0.999 (with a warm-up): "
+        "validation, best.pt, avi evaluate, gaps and report use the averaged weights.",
+    ),
     Flag("data.subset", int, "Train on the first N training points only."),
     Flag("train.device", str, "cpu, cuda, cuda:N (the GPU of index N) or auto."),
     Flag("train.precision", str, "fp32, or bf16: the networks' products in bfloat16 (autocast), the bound in fp32."),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,9 @@ from torch.optim import Optimizer
 from avi.errors import RunError, first_line
 from avi.families.posterior import Posterior
 from avi.models.base import LatentVariableModel
+
+if TYPE_CHECKING:
+    from avi.inference.averaging import WeightAverage
 
 __all__ = ["TrainState", "checkpoint_mismatch", "load_weights", "make_optimizers"]
 
@@ -59,7 +62,8 @@ def make_optimizers(
 class TrainState:
     """A fit in progress: the model, the posterior, their optimisers, the objective's estimator
     state (a score-function baseline, or None), the generator that orders batches and draws the
-    binarisation, and the count of finished epochs and optimiser steps."""
+    binarisation, the count of finished epochs and optimiser steps, and the weight average
+    (:class:`~avi.inference.averaging.WeightAverage`, or None: ``train.ema_decay``)."""
 
     model: LatentVariableModel
     posterior: Posterior
@@ -68,6 +72,7 @@ class TrainState:
     estimator: nn.Module | None = None
     epoch: int = 0
     step: int = 0
+    average: WeightAverage | None = None
 
     @property
     def dense_optimizers(self) -> list[Optimizer]:
@@ -84,6 +89,7 @@ class TrainState:
             "baseline": None if self.estimator is None else self.estimator.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "averaged": None if self.average is None else self.average.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
@@ -101,6 +107,10 @@ class TrainState:
             self.generator.set_state(_byte_tensor(state["generator"]))
             self.epoch = int(state["epoch"])
             self.step = int(state.get("step", 0))
+            if self.average is not None:
+                if state.get("averaged") is None:
+                    raise ValueError("it holds no averaged weights, which the run keeps (train.ema_decay)")
+                self.average.load_state_dict(state["averaged"])
 
 
 @contextmanager

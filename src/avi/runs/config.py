@@ -321,7 +321,12 @@ class TrainConfig(_Section):
     the first steps of each run or resume pay the compilation, seconds to a minute.
     ``diagnostics_every`` = N records the collapse diagnostics (:class:`avi.runs.hooks.Validation`)
     at epochs N, 2N, ..., at every aggressive epoch and at the run's last as far as validation
-    knows it (the budget's end, plateau convergence, early stopping; not an interrupt); 0: only there."""
+    knows it (the budget's end, plateau convergence, early stopping; not an interrupt); 0: only there.
+    ``ema_decay`` = d in (0, 1) keeps an exponential moving average of the dense weights after
+    every step (:mod:`avi.inference.averaging`, with its warm-up): validation, the collapse
+    diagnostics, early stopping's best.pt and every reader of the run (``avi evaluate``,
+    ``avi gaps``, ``avi report``, :func:`avi.load_run`) use the averaged weights, while training
+    and its checkpointed state stay raw."""
 
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(100, ge=1)
@@ -344,6 +349,8 @@ class TrainConfig(_Section):
     early_stop: int | None = Field(None, ge=1)
     #: the collapse diagnostics at epochs N, 2N, ... (1-based) and at the run's last (0: at its last only)
     diagnostics_every: int = Field(1, ge=0)
+    #: the decay of the weights' exponential moving average (None: no average)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
     @field_validator("device")
     @classmethod

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from avi.evaluation.bounds import elbo_per_point
 from avi.families.posterior import PointInference
+from avi.inference.averaging import averaged
 from avi.inference.loop import Diverged, Hook, StepInfo
 from avi.inference.state import TrainState
 from avi.precision import full_precision
@@ -119,14 +120,15 @@ class Validation(Hook):
     told), the collapse diagnostics, all in fp32. A posterior with per-point parameters first
     refines those of the validation points (``inference.validation_steps`` steps, warm-started
     from the last epoch's: ``params``, checkpointed with the run). A non-finite validation ELBO
-    is divergence."""
+    is divergence. A run that averages its weights (``state.average``) is validated and
+    diagnosed on the averaged weights."""
 
     run: TrainedRun
     params: Tensor | None = None
     diagnose: Callable[[TrainState, dict[str, Any]], bool] = lambda state, record: True
 
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
-        with full_precision(self.run.model, self.run.posterior):
+        with averaged(state.average), full_precision(self.run.model, self.run.posterior):
             record.update(self._validate())
             if len(self.run.splits.validation) and not math.isfinite(record["val_elbo"]):
                 raise Diverged(state.epoch, None, what="the validation ELBO")  # before its q is diagnosed
@@ -170,8 +172,9 @@ class Validation(Hook):
 
 
 def checkpoint_of(state: TrainState, rows: list[dict[str, Any]], validation: Validation) -> dict[str, Any]:
-    """What checkpoint.pt holds: the training state, the metrics so far, the validation
-    points' parameters and the global random states (tensors and plain values only)."""
+    """What checkpoint.pt holds: the training state (with the averaged weights under
+    ``averaged`` beside the raw ones, where the run averages them), the metrics so far, the
+    validation points' parameters and the global random states (tensors and plain values only)."""
     device = validation.run.device
     return {
         **state.state_dict(),
@@ -185,7 +188,8 @@ def checkpoint_of(state: TrainState, rows: list[dict[str, Any]], validation: Val
 @dataclass
 class EarlyStopping(Hook):
     """Stops when the validation bound has not improved for ``patience`` epochs, and keeps the
-    best epoch's checkpoint as ``best.pt`` (main process); ``best`` and ``best_epoch`` say where.
+    best epoch's checkpoint as ``best.pt`` (main process; with its averaged weights, which
+    validation scored, where the run averages them); ``best`` and ``best_epoch`` say where.
     It runs after :class:`RunFiles`, whose ``rows`` then end with the epoch's finished row; a
     resumed run's best so far comes from its earlier rows."""
 
@@ -269,8 +273,9 @@ class RunFiles(Hook):
             write_checkpoint(self.run_dir / CHECKPOINT, checkpoint_of(state, self.rows, self.validation))
             self.metrics.write(self.rows)
             write_json(self.run_dir / SUMMARY, {"status": "running", "epochs_done": state.epoch, "epochs": self.epochs})
-            for tracker in self.trackers:
-                tracker.log(self.rows[-1])
+            with averaged(state.average):  # the image grids of the model the run reports
+                for tracker in self.trackers:
+                    tracker.log(self.rows[-1])
         return False
 
     def on_end(self, state: TrainState) -> None:

@@ -19,7 +19,8 @@ from torch import Tensor
 from avi.data.dataset import Splits
 from avi.errors import ConfigError, RunError
 from avi.families.posterior import PointInference, Posterior
-from avi.inference.state import load_weights
+from avi.inference.averaging import load_averaged
+from avi.inference.state import checkpoint_mismatch, load_weights
 from avi.models.base import LatentVariableModel
 from avi.runs import distributed
 from avi.runs.build import build_model, build_posterior, load_splits
@@ -121,7 +122,8 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None, checkp
     ``checkpoint`` (:data:`CHECKPOINTS`: "last", checkpoint.pt, or "best", the best validation
     epoch's best.pt that early stopping keeps), its epoch in ``epoch``; by default on the device
     it trained on, or the CPU where this machine lacks it (a run trained on a GPU can be
-    evaluated and reported on a machine without one). The global random state is left as it was."""
+    evaluated and reported on a machine without one). A run that averaged its weights
+    (``train.ema_decay``) is loaded with the averaged ones. The global random state is left as it was."""
     run_dir = require_run(run_dir)
     path = run_dir / _checkpoint_file(run_dir, checkpoint)
     config = read_config(run_dir)
@@ -129,6 +131,9 @@ def load_trained(run_dir: str | Path, device: torch.device | None = None, checkp
         run = build_run(config, available_device(config.train.device) if device is None else device)
     saved = read_checkpoint(path)
     load_weights(run.model, run.posterior, saved, f"checkpoint {path}")
+    if saved.get("averaged") is not None:
+        with checkpoint_mismatch(f"checkpoint {path}"):
+            load_averaged(run.model, run.posterior, saved["averaged"])
     run.epoch = saved["epoch"]
     run.posterior.eval()  # loaded for evaluation: training-only behaviour (a denoising encoder's noise) off
     return run

@@ -106,6 +106,7 @@ CHECKPOINT_SCHEMA: dict[str, Field] = {
     "generator": Field(torch.Tensor, "a tensor"),
     "epoch": Field(int, "an integer"),
     "metrics": Field(list, "a list"),
+    "averaged": Field((dict, type(None)), "a dict of averaged weights", required=False),
 }
 
 #: a JSON number, or null where it was not finite (:func:`json_text`)

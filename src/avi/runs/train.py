@@ -24,6 +24,7 @@ from torch import Tensor
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError, RunError, first_line
 from avi.inference.aggressive import aggressive_epoch
+from avi.inference.averaging import WeightAverage
 from avi.inference.fit import compile_step
 from avi.inference.loop import Diverged, EpochStats, Hook, Replicas, StepInfo, run, train_epoch
 from avi.inference.parallel import ShardStep, data_parallel
@@ -161,15 +162,17 @@ class _Fit:
         return self.run.config
 
     def train(self, hooks: Sequence[Hook], edge: Sequence[Hook]) -> Path:
-        """Run the loop with, in order: the learning rate, the run's columns, validation, the
-        caller's ``hooks``, the run's files, early stopping, and the command line's ``edge``."""
+        """Run the loop with, in order: the weight average (``train.ema_decay``), the learning
+        rate, the run's columns, validation, the caller's ``hooks``, the run's files, early
+        stopping, and the command line's ``edge``."""
         main = distributed.is_main()
         schedule = LearningRate(self.config.train, self.rows)  # a resumed run's plateaus from its rows
         stopping = None
         if self.config.train.early_stop is not None:
             stopping = EarlyStopping(self.config.train.early_stop, self.run_dir, self.validation, self.rows)
         self.validation.diagnose = partial(self._diagnosed, schedule=schedule, stopping=stopping)
-        order: list[Hook] = [schedule, _EpochColumns(self), self.validation, *hooks]
+        order: list[Hook] = [self.state.average] if self.state.average is not None else []
+        order += [schedule, _EpochColumns(self), self.validation, *hooks]
         trackers = open_trackers(self.config, self.run_dir, self.rows, self.run) if main else []
         order += trackers  # their step-level records (TensorBoard's step scalars)
         wall = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
@@ -405,7 +408,8 @@ def _create(held: ExitStack, run_dir: Path) -> None:
 
 def _new_state(run: TrainedRun) -> TrainState:
     """Optimisers for the model, the posterior and the objective's learned control variate;
-    the estimator state (checkpointed), the generator seeded by ``train.seed``."""
+    the estimator state (checkpointed), the generator seeded by ``train.seed``; the weight
+    average from the initial weights where ``train.ema_decay`` asks for one."""
     config = run.config
     estimator = build_objective(config).init_state(run.model.data_dim)
     if estimator is not None:
@@ -415,7 +419,9 @@ def _new_state(run: TrainedRun) -> TrainState:
         eps=config.train.adam_eps, estimator=estimator,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(config.train.seed)
-    return TrainState(run.model, run.posterior, optimizers, generator, estimator)
+    decay = config.train.ema_decay
+    average = None if decay is None else WeightAverage(run.model, run.posterior, decay)
+    return TrainState(run.model, run.posterior, optimizers, generator, estimator, average=average)
 
 
 def _restore(held: ExitStack, fit: _Fit, epochs: int | None, *, changed: bool = False) -> None:
