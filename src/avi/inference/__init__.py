@@ -1,6 +1,7 @@
 """Inference strategies: every one yields q(z|x) as "(x, index) -> Distribution"."""
 
 from avi.encoders.amortized import AmortizedPosterior
+from avi.inference.averaging import WeightAverage
 from avi.inference.fit import History, compile_step, fit
 from avi.inference.local import LocalPosterior, infer
 from avi.inference.loop import Diverged, EpochStats, Hook, StepInfo, run, train_epoch, train_step
@@ -19,6 +20,7 @@ __all__ = [
     "SVIState",
     "StepInfo",
     "TrainState",
+    "WeightAverage",
     "compile_step",
     "fit",
     "fit_batch_vi",

@@ -1,16 +1,17 @@
 """Weight averaging: an exponential moving average of the weights over the optimiser steps.
 
-Polyak averaging as Lightning's EMA callback and timm's ModelEmaV2 do it: after the t-th update
+Polyak averaging as Lightning's EMA callback and timm's ModelEmaV2 keep it: after the t-th update
 (t = 0, 1, ...) the shadow weights are s <- d_t s + (1 - d_t) p, with p the weights after that
 step and d_t = min(d, (1 + t) / (10 + t)), s starting at the initial weights p_0. Unrolled,
 s_T = prod_t d_t p_0 + sum_t (1 - d_t) prod_{u>t} d_u p_{t+1}; without the warm-up (d_t = d)
 that is d^T p_0 + sum_t (1 - d) d^(T-1-t) p_{t+1}.
 
-The warm-up (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``, timm's warm-up):
-without it, the initial weights keep the weight d^T in the average, 0.61 after 500 steps at
-d = 0.999 (an epoch of MNIST at batch 100), so the first epochs would validate, diagnose and
-early-stop a mostly random network; with it the first update keeps 0.1 of p_0 and d_t reaches d
-after about 9 / (1 - d) steps, where the average starts forgetting at its full horizon.
+The warm-up is TensorFlow's (``ExponentialMovingAverage`` given ``num_updates``; timm's
+ModelEmaV3 warms up too, by another formula). Without it the initial weights keep the weight
+d^T in the average, 0.61 after 500 steps at d = 0.999 (an epoch of MNIST at batch 100), so the
+first epochs would validate, diagnose and early-stop a mostly random network; with it the first
+update keeps 0.1 of p_0, and d_t reaches d after about 9 / (1 - d) steps, from where the average
+forgets at its full horizon of about 1 / (1 - d) steps.
 
 What is averaged: the dense parameters of the model and the posterior (encoder, decoder, flow
 networks, a learned prior), each parameter once where the two share it. Not averaged: a
