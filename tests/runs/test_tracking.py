@@ -118,6 +118,24 @@ def test_a_resumed_run_logs_each_epoch_to_tensorboard_once(tmp_path: Path) -> No
     assert [e.step for e in steps] == [5, 10, 15]  # the optimiser steps go on
 
 
+def test_a_resumed_writer_sorts_after_the_first_in_the_same_second(tmp_path: Path, monkeypatch) -> None:
+    """TensorBoard reads event files in name order, SECOND.HOST.PID.N with N a per-process count:
+    a resume in the same process and second as the first writer, with N going from 9 to 10,
+    would sort first. The tracker waits for the next second instead."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    from avi.runs.tracking import TensorBoardTracker
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    first = TensorBoardTracker(tmp_path / "tb")
+    first.close()
+    resumed = TensorBoardTracker(tmp_path / "tb", purge_step=3)
+    resumed.close()
+    names = [p.name for p in (tmp_path / "tb").glob("events.out.tfevents.*")]
+    assert [name.rsplit(".", 1)[-1] for name in sorted(names)] == ["9", "10"]
+
+
 def test_mlflow_store_holds_the_same_metrics_and_the_config(tmp_path: Path) -> None:
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("sqlalchemy")

@@ -11,6 +11,7 @@ their extras (``pip install -e ".[tracking]"``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -54,6 +55,17 @@ class Tracker(Hook):
 
     def close(self) -> None:
         return None
+
+
+def _after_existing_events(log_dir: Path) -> None:
+    """Wait (at most a second) until the clock's second is past that of every event file in
+    ``log_dir``. TensorBoard reads a directory's files in the order of their names,
+    ``events.out.tfevents.SECOND.HOST.PID.N`` with N a per-process count: a resumed run's new file
+    made in the same second as the last, in the same process, could sort first (N = 10 before
+    N = 9), and its purge of the steps after the resume would apply before the old steps."""
+    seconds = [int(path.name.split(".")[3]) for path in log_dir.glob("events.out.tfevents.*")]
+    if seconds and time.time() < max(seconds) + 1:
+        time.sleep(max(seconds) + 1 - time.time())
 
 
 def _scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -102,6 +114,7 @@ class TensorBoardTracker(Tracker):
         self.writer_class = SummaryWriter
         self.log_dir, self.hparams, self.images = log_dir, hparams, images
         self.step_every, self.image_every = step_every, image_every
+        _after_existing_events(log_dir)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.steps: Any = None  # the steps' writer, opened at the first epoch of this call
         self.final: dict[str, float] = {}  # each HParams metric's last value: not every row has all
@@ -113,6 +126,7 @@ class TensorBoardTracker(Tracker):
 
     def on_epoch_start(self, state: TrainState) -> None:
         if self.steps is None:
+            _after_existing_events(self.log_dir / "steps")
             self.steps = self.writer_class(log_dir=str(self.log_dir / "steps"), purge_step=state.step + 1)
         self.base, self.calls, self.mark = state.step, 0, (0, None)
 
