@@ -112,11 +112,12 @@ def test_two_ranks_keep_one_control_variate(tmp_path: Path) -> None:
 
 
 def test_shutdown_frees_dropped_ddp_wrappers_before_the_group_ends(monkeypatch) -> None:
-    """A DistributedDataParallel wrapper lives in a reference cycle, its reducer holding the
-    process group: dropped, it outlives its last reference until the cyclic collector runs, which
-    at exit may be in interpreter finalization (a rank aborted there once, after training).
-    ``shutdown`` collects it before ``destroy_process_group``: here with the collector off, as
-    between two of its passes, in a one-rank gloo group made in this process."""
+    """A DistributedDataParallel wrapper can live in a reference cycle (in a fresh process it
+    does), its reducer holding the process group: dropped, it outlives its last reference until
+    the cyclic collector runs, which at exit may be in interpreter finalization (a rank aborted
+    there once, after training). ``shutdown`` collects it before ``destroy_process_group``: here
+    a wrapper put in a cycle of its own, so the test does not hang on DDP's internals, with the
+    collector off, as between two of its passes, in a one-rank gloo group made in this process."""
     import gc
     import weakref
 
@@ -130,6 +131,7 @@ def test_shutdown_frees_dropped_ddp_wrappers_before_the_group_ends(monkeypatch) 
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
         ddp(torch.randn(4, 3)).sum().backward()
+        ddp.cycle = [ddp]  # type: ignore[assignment]
         dropped = weakref.ref(ddp)
         del ddp
         assert dropped() is not None  # the cycle keeps it: only the collector frees it
