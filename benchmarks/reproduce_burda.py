@@ -160,7 +160,7 @@ def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
     by_layer = active_units_by_layer(variance, tuple(run.config.model.layers or (variance.numel(),)))
     return {
         "passes_done": summary["epochs_done"],
-        "train_wall_seconds": _last_wall_seconds(run_dir),
+        "train_wall_seconds": last_wall_seconds(run_dir),
         "batch_size": run.config.train.batch_size,
         "precision": run.config.train.precision,
         "test_points": len(test_x),
@@ -230,7 +230,7 @@ def quick_folders(args: argparse.Namespace) -> bool:
     return args.quick
 
 
-def _last_wall_seconds(run_dir: Path) -> float | None:
+def last_wall_seconds(run_dir: Path) -> float | None:
     """Training wall time so far (metrics.csv, last epoch): a running run's summary has none."""
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))

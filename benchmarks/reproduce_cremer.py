@@ -137,8 +137,8 @@ from avi.runs.gaps import run_gaps
 from avi.runs.rundir import CHECKPOINT, write_json
 from machine import CpuSnapshot, cpu_snapshot, folder_lock, machine_facts, other_processes_cpus, write_report
 from reproduce_burda import (
-    _last_wall_seconds,
     epochs_done,
+    last_wall_seconds,
     left_the_tree,
     pass_seconds,
     quick_folders,
@@ -265,7 +265,7 @@ def evaluate(run_dir: Path, name: str, *, gaps: GapSettings, finished: bool) -> 
     return {
         "finished": finished,
         "passes_done": epochs_done(run_dir),
-        "train_wall_seconds": _last_wall_seconds(run_dir),
+        "train_wall_seconds": last_wall_seconds(run_dir),
         **pass_seconds(run_dir, images=TRAIN_IMAGES, epochs=EPOCHS),
         **table_row(name, decompositions["ffg"], decompositions["flow"]),
         "gap_settings": asdict(gaps),

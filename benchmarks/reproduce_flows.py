@@ -61,8 +61,8 @@ from avi.runs.config import Config, load_config
 from avi.runs.evaluate import run_evaluate
 from machine import folder_lock, machine_facts, write_report
 from reproduce_burda import (
-    _last_wall_seconds,
     epochs_done,
+    last_wall_seconds,
     left_the_tree,
     pass_seconds,
     quick_folders,
@@ -119,7 +119,7 @@ def evaluate(run_dir: Path, *, k: int, finished: bool) -> dict[str, Any]:
     return {
         "finished": finished,
         "passes_done": epochs_done(run_dir),
-        "train_wall_seconds": _last_wall_seconds(run_dir),
+        "train_wall_seconds": last_wall_seconds(run_dir),
         **pass_seconds(run_dir, images=TRAIN_IMAGES, epochs=EPOCHS),
         "test_points": r["n"],
         "test_nll_bound": -r["elbo"],

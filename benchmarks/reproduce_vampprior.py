@@ -70,7 +70,7 @@ from avi.runs.evaluate import run_evaluate
 from avi.runs.rundir import CHECKPOINT, read_metrics
 from avi.runs.train import run_fit
 from machine import folder_lock, machine_facts, write_report
-from reproduce_burda import _last_wall_seconds, epochs_done, left_the_tree, pass_seconds, quick_folders, run_parser
+from reproduce_burda import epochs_done, last_wall_seconds, left_the_tree, pass_seconds, quick_folders, run_parser
 
 #: the runs: their prior p(z)
 RUNS = {"vamp": "vamp", "standard": "normal"}
@@ -152,7 +152,7 @@ def evaluate(run_dir: Path, *, k: int, done: bool, patience: int) -> dict[str, A
         "early_stopped": done and passes - best_epoch(run_dir) >= patience,
         "passes_done": passes,
         "best_epoch": best_epoch(run_dir),
-        "train_wall_seconds": _last_wall_seconds(run_dir),
+        "train_wall_seconds": last_wall_seconds(run_dir),
         **pass_seconds(run_dir, images=TRAIN_IMAGES, epochs=EPOCHS),
         "test_points": r["n"],
         "test_nll": -r["log_likelihood"],
