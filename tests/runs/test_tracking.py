@@ -128,11 +128,13 @@ def test_a_resumed_writer_sorts_after_the_first_in_the_same_second(tmp_path: Pat
     from avi.runs.tracking import TensorBoardTracker
 
     monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out.tfevents.notes").write_text("")  # not a writer's: ignored
     first = TensorBoardTracker(tmp_path / "tb")
     first.close()
     resumed = TensorBoardTracker(tmp_path / "tb", purge_step=3)
     resumed.close()
-    names = [p.name for p in (tmp_path / "tb").glob("events.out.tfevents.*")]
+    names = [p.name for p in (tmp_path / "tb").glob("events.out.tfevents.*") if not p.name.endswith("notes")]
     assert [name.rsplit(".", 1)[-1] for name in sorted(names)] == ["9", "10"]
 
 

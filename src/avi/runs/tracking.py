@@ -63,7 +63,8 @@ def _after_existing_events(log_dir: Path) -> None:
     ``events.out.tfevents.SECOND.HOST.PID.N`` with N a per-process count: a resumed run's new file
     made in the same second as the last, in the same process, could sort first (N = 10 before
     N = 9), and its purge of the steps after the resume would apply before the old steps."""
-    seconds = [int(path.name.split(".")[3]) for path in log_dir.glob("events.out.tfevents.*")]
+    fields = (path.name.split(".") for path in log_dir.glob("events.out.tfevents.*"))
+    seconds = [int(field[3]) for field in fields if len(field) > 3 and field[3].isdigit()]  # others not ours
     if seconds and time.time() < max(seconds) + 1:
         time.sleep(max(seconds) + 1 - time.time())
 
