@@ -1,15 +1,22 @@
-"""The weight average: its closed form over a scripted sequence of weights, what it averages, and
-that applying it for a block leaves the raw weights as they were, bit for bit."""
+"""The weight average: its closed form over a scripted sequence of weights, what it averages,
+that applying it for a block leaves the raw weights as they were, bit for bit, and ``fit``'s
+``ema_decay`` (validation and the returned modules use the average)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from avi.data import Dataset
+from avi.encoders import AmortizedPosterior, mlp_encoder
+from avi.errors import ConfigError
 from avi.families import make_family
-from avi.inference import LocalPosterior
+from avi.inference import Hook, LocalPosterior, TrainState, fit
 from avi.inference.averaging import WeightAverage, decay_at, load_averaged
+from avi.inference.loop import StepInfo
+from avi.models import LinearGaussian
+from avi.objectives.scoring import mean_elbo
 
 
 def _modules() -> tuple[nn.Linear, LocalPosterior]:
@@ -73,3 +80,39 @@ def test_the_table_and_buffers_are_not_averaged_and_applying_restores_the_raw_we
         load_averaged(other_model, other_posterior, {**state, "model": {"extra": torch.zeros(1)}})
     with pytest.raises(ValueError, match=r"^the decay of a weight average must be in \(0, 1\), got 1.0$"):
         WeightAverage(model, posterior, 1.0)
+
+
+class _Recorder(Hook):
+    """The raw weights after every step, and the global random state after the last one."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params, self.weights = params, [[p.detach().clone() for p in params]]
+        self.rng = torch.get_rng_state()
+
+    def on_step(self, state: TrainState, info: StepInfo) -> None:
+        self.weights.append([p.detach().clone() for p in self.params])
+        self.rng = torch.get_rng_state()
+
+
+def test_fit_validates_with_the_average_and_leaves_it_in_the_modules(ppca_x: Tensor) -> None:
+    torch.manual_seed(0)
+    ppca, family = LinearGaussian(5, 2).double(), make_family("mean-field", 2)  # trainable, unlike the fixture
+    posterior = AmortizedPosterior(mlp_encoder(5, (), family.param_size), family).double()
+    data, validation = Dataset(ppca_x[:40]), Dataset(ppca_x[40:])
+    params = [*ppca.parameters(), *posterior.parameters()]
+    recorder, decay = _Recorder(params), 0.9
+    history = fit(
+        ppca, posterior, data, epochs=3, batch_size=10, validation=validation, hooks=[recorder], ema_decay=decay
+    )
+    steps = len(recorder.weights) - 1
+    assert history.average is not None and history.average.updates == steps == 12
+    for i, param in enumerate(params):  # s_T by the recursion over the raw weights the hooks saw
+        expected = recorder.weights[0][i]
+        for t in range(steps):
+            expected = decay_at(decay, t) * expected + (1 - decay_at(decay, t)) * recorder.weights[t + 1][i]
+        torch.testing.assert_close(param.detach(), expected, rtol=1e-12, atol=1e-12)
+        assert not torch.equal(param.detach(), recorder.weights[-1][i])  # not the raw weights
+    torch.set_rng_state(recorder.rng)  # the last validation's noise: it scored the averaged weights
+    assert mean_elbo(ppca, posterior, validation) == history.validation_elbo[-1]
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        fit(ppca, posterior, data, epochs=1, ema_decay=1.0)

@@ -82,12 +82,18 @@ class WeightAverage(Hook):
     def on_step(self, state: TrainState, info: StepInfo) -> None:
         self.update()
 
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        """Write the averaged weights into the modules' parameters, over the raw ones."""
+        if self.shadow:
+            torch._foreach_copy_(self.params, self.shadow)
+
     @contextmanager
     def applied(self) -> Iterator[None]:
         """The averaged weights in the modules for the block, the raw ones restored after, bit for bit."""
         with torch.no_grad():
             raw = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_(self.params, self.shadow)
+        self.copy_to()
         try:
             yield
         finally:

@@ -15,6 +15,7 @@ from torch import nn
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError
 from avi.families.posterior import Posterior
+from avi.inference.averaging import WeightAverage, averaged
 from avi.inference.loop import EpochStats, Hook, run, train_epoch
 from avi.inference.state import TrainState, make_optimizers
 from avi.models.base import LatentVariableModel
@@ -27,16 +28,19 @@ __all__ = ["EpochStats", "History", "compile_step", "fit"]
 
 @dataclass
 class History(Hook):
-    """What :func:`fit` returns: one :class:`EpochStats` per epoch, and validation ELBOs (of an
-    amortized posterior on ``validation``, after every epoch)."""
+    """What :func:`fit` returns: one :class:`EpochStats` per epoch, validation ELBOs (of an
+    amortized posterior on ``validation``, after every epoch, with the averaged weights where
+    there is an ``average``), and the weight average (``fit(ema_decay=...)``; else None)."""
 
     train: list[EpochStats] = field(default_factory=list)
     validation_elbo: list[float] = field(default_factory=list)
     validation: Dataset | None = field(default=None, repr=False)
+    average: WeightAverage | None = field(default=None, repr=False)
 
     def on_epoch(self, state: TrainState, record: dict[str, Any]) -> bool:
         if self.validation is not None and state.posterior.amortized:
-            self.validation_elbo.append(mean_elbo(state.model, state.posterior, self.validation))
+            with averaged(self.average):
+                self.validation_elbo.append(mean_elbo(state.model, state.posterior, self.validation))
         return False
 
 
@@ -72,6 +76,7 @@ def fit(
     generator: torch.Generator | None = None,
     baseline: nn.Module | None = None,
     hooks: Sequence[Hook] = (),
+    ema_decay: float | None = None,
 ) -> History:
     """Fit by ``epochs`` passes of Adam over minibatches; the default objective is the ELBO with
     one reparameterised sample and analytic KL. ``train_model=False`` keeps the model fixed and
@@ -79,7 +84,15 @@ def fit(
     ``baseline`` is the objective's estimator state (``objective.init_state(data_dim)``),
     passed to each step and updated after it; a learned one (NVIL's network) is trained by Adam
     with the posterior. ``hooks`` (:class:`~avi.inference.loop.Hook`) run each step and epoch
-    (custom metrics, logging, early stopping by returning True from ``on_epoch``)."""
+    (custom metrics, logging, early stopping by returning True from ``on_epoch``).
+
+    ``ema_decay`` = d in (0, 1) averages the dense weights over the steps (s <- d_t s + (1 - d_t) p,
+    :class:`~avi.inference.averaging.WeightAverage`, as ``avi fit --ema-decay``): validation uses
+    the averaged weights, ``hooks`` see the raw ones, and the modules hold the averaged weights
+    when fit returns (as Lightning's ``WeightAveraging`` leaves them), the average in
+    ``History.average``."""
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
     if validation is not None and validation.dynamic:
         raise ConfigError("validation data needs one fixed binarisation: pass validation.binarized(seed)")
     objective = objective or ELBO()
@@ -99,8 +112,13 @@ def fit(
     for p in frozen:  # no gradients are computed for a fixed model
         p.requires_grad_(False)
     try:
-        run(state, data, epoch, epochs=epochs, hooks=[history, *hooks])
+        if ema_decay is not None:  # after the freeze: a fixed model's weights are not averaged
+            history.average = WeightAverage(model, posterior, ema_decay)
+        first = [] if history.average is None else [history.average]  # averaged before validation
+        run(state, data, epoch, epochs=epochs, hooks=[*first, history, *hooks])
     finally:
         for p in frozen:
             p.requires_grad_(True)
+    if history.average is not None:
+        history.average.copy_to()
     return history
