@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from avi.cli import app
 from avi.errors import ConfigError
 from avi.runs.config import TrainConfig, learning_rate, load_config
-from avi.runs.rundir import best_evaluation, read_checkpoint, read_metrics
+from avi.runs.rundir import best_evaluation, read_checkpoint, read_config, read_metrics
 from avi.runs.train import run_fit, stopped_early, val_elbo_improving
 
 from .conftest import small_job
@@ -178,6 +178,10 @@ def test_resuming_a_run_its_stopping_rule_ended_trains_only_with_a_new_rate(tmp_
         assert again.exit_code == 0, (again.stderr, again.exception)
         expected = f"{run} stopped at epoch {done} (early stopping; best epoch {summary['best_epoch']}); "
         assert again.stderr.splitlines() == [expected + "give --lr or --lr-schedule to train on"]
+    assert (run / "checkpoint.pt").read_bytes() == before and len(read_metrics(run)) == done
+    alone = _avi("fit", "--resume", str(run), "--diagnostics-every", "2")  # would train nothing: refused
+    assert alone.exit_code == 2 and "a new train.diagnostics_every alone changes nothing" in alone.stderr
+    assert len(alone.stderr.splitlines()) == 1 and read_config(run).train.diagnostics_every != 2
     assert (run / "checkpoint.pt").read_bytes() == before and len(read_metrics(run)) == done
     assert _avi("fit", "--resume", str(run), "--lr", "0.001").exit_code == 0
     assert len(read_metrics(run)) > done

@@ -126,11 +126,17 @@ def run_fit(
     finished epochs' files stay, summary.json says ``"status": "interrupted"`` with the epochs
     saved, and the interrupt propagates. A resumed run that its stopping rule ended (early
     stopping, or the plateau schedule's convergence: :func:`stopped_early`) trains on only
-    with a new ``lr`` or ``lr_schedule``; otherwise it is returned as it is.
+    with a new ``lr`` or ``lr_schedule``; otherwise it is returned as it is (and a new
+    ``diagnostics_every`` alone, which would go unused, is a ConfigError).
     """
     given = (("lr", lr), ("lr_schedule", lr_schedule), ("diagnostics_every", diagnostics_every))
     changes = {key: value for key, value in given if value is not None}
     if resume and lr is None and lr_schedule is None and run_dir is not None and stopped_early(run_dir):
+        if diagnostics_every is not None:  # it would train nothing, so the new value would go unused
+            raise ConfigError(
+                f"{run_dir} was ended by its stopping rule and trains on only with a new train.lr or "
+                "train.lr_schedule (--lr, --lr-schedule): a new train.diagnostics_every alone changes nothing"
+            )
         return Path(run_dir)  # its stopping rule would end it again after an epoch
     with ExitStack() as held:
         fit = _start(held, config, run_dir, resume=resume, epochs=epochs, compile=compile, changes=changes)
