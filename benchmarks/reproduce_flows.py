@@ -57,8 +57,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from avi.runs.config import Config, load_config
 from avi.runs.evaluate import run_evaluate
+from avi.runs.load import load_trained
 from machine import folder_lock, machine_facts, write_report
 from reproduce_burda import (
     epochs_done,
@@ -132,6 +135,33 @@ def evaluate(run_dir: Path, *, k: int, finished: bool) -> dict[str, Any]:
     }
 
 
+#: how many test points and samples a point :func:`planar_layer_use` looks at
+USE_POINTS, USE_SAMPLES = 2000, 100
+
+
+def planar_layer_use(run_dir: Path) -> dict[str, list[float]]:
+    """What each planar layer F(z) = z + u_hat tanh(w^T z + b) of a trained run does on the first
+    :data:`USE_POINTS` test points, :data:`USE_SAMPLES` draws of q each: ``straddled``, the
+    fraction of points whose draws fall on both sides of the layer's hyperplane w^T z + b = 0
+    (where none do, the layer moves each point's draws by one vector, +-u_hat: a shift of q's
+    mean, not a change of its shape); ``saturated``, the fraction of draws with |tanh| > 0.99;
+    ``mean_log_det``, the mean of log |det dF/dz|. Layers in the order they apply."""
+    run = load_trained(run_dir, torch.device("cpu"))
+    x = run.splits.test.x[:USE_POINTS]
+    generator = torch.Generator().manual_seed(0)
+    use: dict[str, list[float]] = {"straddled": [], "saturated": [], "mean_log_det": []}
+    with torch.no_grad():
+        q = run.posterior(x)
+        z = q.loc + q.scale * torch.randn((USE_SAMPLES, *q.loc.shape), generator=generator)
+        for layer in q.layers:
+            side = (layer.w * z).sum(-1) + layer.b > 0  # (samples, points)
+            use["straddled"].append((side.any(0) & ~side.all(0)).float().mean().item())
+            use["saturated"].append((torch.tanh((layer.w * z).sum(-1) + layer.b).abs() > 0.99).float().mean().item())
+            z, log_det = layer(z)
+            use["mean_log_det"].append(log_det.mean().item())
+    return use
+
+
 def report_of(runs: dict[str, dict], args: argparse.Namespace) -> dict[str, Any]:
     """The JSON report: the headline bounds, the runs, the recipe and the machine."""
     return {
@@ -172,6 +202,8 @@ def main() -> None:
         finished = epochs_done(run_dir) >= epochs
         results[name] = evaluate(run_dir, k=args.k if finished else args.interim_k, finished=finished)
         results[name] |= {"epochs_total": epochs, "published_test_nll_bound": PUBLISHED[name]}
+        if RUNS[name][0] == "planar":
+            results[name]["planar_layers"] = planar_layer_use(run_dir)
     with folder_lock(args.out.parent):
         previous = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
         write_report(args.out, report_of(previous | results, args))  # the other process's run is kept
