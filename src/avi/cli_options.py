@@ -221,6 +221,12 @@ FIT_FLAGS: tuple[Flag, ...] = (
     Flag("remedies.free_bits", float, "Collapse remedy: free bits, NATS per latent dimension."),
     Flag("remedies.beta", float, "Collapse remedy: weight B of the KL term (beta-VAE)."),
     Flag("remedies.aggressive", bool, "Collapse remedy: aggressive encoder training (He et al. 2019)."),
+    Flag(
+        "remedies.temper",
+        int,
+        "Annealed free energy (Rezende and Mohamed 2015): the inverse temperature on log p(x, z) rises "
+        "linearly from remedies.temper_start (0.01) to 1 over the first EPOCHS epochs.",
+    ),
 )
 
 

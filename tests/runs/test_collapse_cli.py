@@ -57,6 +57,24 @@ def test_remedies_set_each_epochs_weight_and_keep_the_true_elbo(run_avi, small_c
     assert [float(r["kl_weight"]) for r in read_metrics(cycled)] == [0.5, 1.0, 0.5, 1.0]
 
 
+def test_tempering_sets_each_epochs_inverse_temperature_and_keeps_the_true_elbo(
+    run_avi, small_config, tmp_path: Path
+) -> None:
+    run = tmp_path / "tempered"
+    fitted = run_avi("fit", str(small_config(4)), "--out", str(run), "--temper", "2")
+    assert fitted.returncode == 0, fitted.stderr
+    rows = read_metrics(run)
+    # from 0.01 to 1 over 2 epochs, at each epoch's midpoint: 0.01 + 0.99 x (0.25, 0.75), then 1
+    assert [float(r["inverse_temperature"]) for r in rows] == pytest.approx([0.2575, 0.7525, 1.0, 1.0])
+    assert all(float(r["kl_weight"]) == 1.0 for r in rows)
+    for r in rows:  # the ELBO is reconstruction - KL whatever was optimised; at beta = 1 it is the objective
+        elbo = float(r["train_reconstruction"]) - float(r["train_kl"])
+        assert float(r["train_elbo"]) == pytest.approx(elbo, abs=1e-4)
+    assert float(rows[0]["train_objective"]) != pytest.approx(float(rows[0]["train_elbo"]), abs=1e-3)
+    assert float(rows[3]["train_objective"]) == pytest.approx(float(rows[3]["train_elbo"]), abs=1e-4)
+    assert json.loads((run / "config.json").read_text())["remedies"]["temper"] == 2
+
+
 def test_aggressive_training_and_the_made_decoder(run_avi, small_config, tmp_path: Path) -> None:
     run = tmp_path / "aggressive"
     fitted = run_avi("fit", str(small_config(3)), "--out", str(run), "--aggressive", "--decoder", "made")

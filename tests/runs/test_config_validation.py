@@ -116,6 +116,10 @@ REJECTED = [
         {"tracking": {"mlflow_uri": "sqlite:///x.db"}},
         "tracking.mlflow_uri applies to MLflow tracking (mlflow = true), not tracking.mlflow = False",
     ),
+    (
+        {"remedies": {"temper_start": 0.1}},
+        "remedies.temper_start applies to tempering (temper > 0), not remedies.temper = 0",
+    ),
 ]  # fmt: skip
 
 ACCEPTED = [
@@ -142,8 +146,27 @@ ACCEPTED = [
     {"model": {"name": "sbn", "hidden": []}},
     {"remedies": {"kl_warmup": 4, "kl_warmup_start": 1, "kl_start_weight": 0.1}},
     {"remedies": {"kl_cycles": 2, "kl_cycle_ratio": 0.3}},
+    {"remedies": {"temper": 2, "temper_start": 0.1}},
     {"tracking": {"mlflow": True, "mlflow_uri": "sqlite:///x.db"}},
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"remedies": {"temper": 2, "kl_warmup": 2}}, "remedies.temper anneals log p(x, z) and replaces the KL weight"),
+        (
+            {"remedies": {"temper": 2, "free_bits": 0.1}},
+            "it does not combine with beta, kl_warmup, kl_cycles or free_bits",
+        ),
+        ({"remedies": {"temper": 20}, "train": {"epochs": 10}}, "remedies.temper ends at epoch 20, after the run's 10"),
+        ({"remedies": {"temper": 2}, "objective": {"name": "iwae", "k": 3}}, "anneals the ELBO, not objective 'iwae'"),
+    ],
+)
+def test_tempering_where_it_cannot_apply_is_one_line(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, values)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(("values", "message"), REJECTED)

@@ -20,6 +20,7 @@ from avi.objectives.renyi import Renyi, log_power_mean, renyi_bound, renyi_terms
 from avi.objectives.rws import RWS, rws_terms
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import OBJECTIVES, objective_named
+from avi.objectives.tempered import Tempered
 from avi.objectives.weighted import WeightedKL
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "NVILBaseline",
     "Objective",
     "Renyi",
+    "Tempered",
     "Terms",
     "WeightedKL",
     "Wrapper",

@@ -36,8 +36,9 @@ from avi.models.priors import MoGPrior, VampPrior, pseudo_input_start
 from avi.nn import mlp
 from avi.objectives.consistency import Consistency
 from avi.objectives.select import Objective
+from avi.objectives.tempered import Tempered
 from avi.objectives.weighted import WeightedKL
-from avi.runs.config import PRIOR_COMPONENTS, Config, epoch_kl_weight, weights_kl
+from avi.runs.config import PRIOR_COMPONENTS, Config, epoch_inverse_temperature, epoch_kl_weight, weights_kl
 from avi.runs.imports import import_object
 from avi.runs.memory import MODEL_SIZES, settings_of, sized_by
 
@@ -296,13 +297,16 @@ def build_objective(config: Config, posterior: nn.Module | None = None, *, epoch
     """The run's objective, assembled here and nowhere else: the configured value
     (:meth:`~avi.runs.config.ObjectiveConfig.value`); for training epoch ``epoch`` (1-based),
     its KL weighted as ``config.remedies`` say (:class:`~avi.objectives.weighted.WeightedKL`:
-    the schedule's weight of the epoch, free bits); given the run's encoder ``posterior``, minus
+    the schedule's weight of the epoch, free bits) or tempered (:class:`~avi.objectives.tempered.Tempered`:
+    the epoch's inverse temperature); given the run's encoder ``posterior``, minus
     the consistency penalty where ``inference.consistency`` > 0
     (:class:`~avi.objectives.consistency.Consistency`). The run's estimator state is
     ``build_objective(config).init_state(data_dim)``."""
     objective = config.objective.value()
     if epoch is not None and weights_kl(config):
         objective = WeightedKL(objective, weight=epoch_kl_weight(config, epoch), free_bits=config.remedies.free_bits)
+    if epoch is not None and config.remedies.temper > 0:
+        objective = Tempered(objective, inverse_temperature=epoch_inverse_temperature(config, epoch))
     inf = config.inference
     if posterior is not None and inf.consistency > 0:
         objective = Consistency(objective, posterior, make_transform(inf.transform), inf.consistency)

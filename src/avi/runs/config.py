@@ -30,6 +30,7 @@ from avi.evaluation.bounds import MAX_BUDGET_MIB
 from avi.families.discrete import DISCRETE_FAMILIES
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
+from avi.objectives.tempered import Tempered
 from avi.objectives.weighted import WeightedKL
 from avi.runs.imports import is_import_path, normalise_import_path
 
@@ -53,6 +54,7 @@ __all__ = [
     "STRATEGY_NAMES",
     "check_collapse_options",
     "check_device",
+    "epoch_inverse_temperature",
     "epoch_kl_weight",
     "kl_schedule",
     "learning_rate",
@@ -367,7 +369,11 @@ class RemediesConfig(_Section):
     cyclical-annealing cycles over the run, rising for ``kl_cycle_ratio`` of each (Fu et al.
     2019). ``free_bits`` nats per latent dimension: the KL term is sum_k max(lambda, KL_k)
     (Kingma et al. 2016; needs a mean-field q). ``aggressive``: aggressive encoder training
-    while the mutual information rises (He et al. 2019).
+    while the mutual information rises (He et al. 2019). ``temper``: the annealed free energy
+    of Rezende and Mohamed (2015), E_q[beta log p(x, z) - log q], the inverse temperature beta
+    rising linearly from ``temper_start`` to 1 over the first ``temper`` epochs (0: none;
+    :class:`~avi.objectives.tempered.Tempered`); it replaces the KL weighting, so it does not
+    combine with beta, the KL warm-up, cycles or free bits.
     """
 
     beta: float = Field(1.0, ge=0)
@@ -378,6 +384,8 @@ class RemediesConfig(_Section):
     kl_cycle_ratio: float = Field(0.5, gt=0, le=1)
     free_bits: float = Field(0.0, ge=0)
     aggressive: bool = False
+    temper: int = Field(0, ge=0)
+    temper_start: float = Field(0.01, gt=0, le=1)
 
 
 class EvaluateConfig(_Section):
@@ -741,6 +749,7 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
         "",
     ),
     (("remedies.kl_cycle_ratio",), "remedies.kl_cycles", lambda n: n > 0, "cyclical KL annealing (kl_cycles > 0)", ""),
+    (("remedies.temper_start",), "remedies.temper", lambda n: n > 0, "tempering (temper > 0)", ""),
     (("tracking.mlflow_uri",), "tracking.mlflow", lambda on: on, "MLflow tracking (mlflow = true)", ""),
 )
 
@@ -759,6 +768,18 @@ def kl_schedule(config: Config) -> KLSchedule:
     )
 
 
+def temper_schedule(config: Config) -> KLSchedule:
+    """The inverse temperature's schedule of ``remedies.temper``: from ``temper_start`` to 1,
+    linear over the first ``temper`` epochs, each epoch's value at its midpoint."""
+    r = config.remedies
+    return KLSchedule(warmup_end=r.temper, start_weight=r.temper_start)
+
+
+def epoch_inverse_temperature(config: Config, epoch: int) -> float:
+    """The inverse temperature of epoch ``epoch`` (1-based) under ``remedies.temper``, else 1."""
+    return temper_schedule(config).epoch_weight(epoch) if config.remedies.temper > 0 else 1.0
+
+
 def weights_kl(config: Config) -> bool:
     """Whether a remedy weights or clamps the ELBO's KL term (beta, warm-up, cycles, free bits)."""
     r = config.remedies
@@ -770,6 +791,16 @@ def check_collapse_options(config: Config) -> None:
     schedule = kl_schedule(config)
     if weights_kl(config):  # the weighted ELBO checks that its base is the reparameterised ELBO
         WeightedKL(config.objective.value(), weight=schedule.beta, free_bits=config.remedies.free_bits)
+    r = config.remedies
+    if r.temper > 0:
+        if weights_kl(config):
+            raise ConfigError(
+                "remedies.temper anneals log p(x, z) and replaces the KL weighting: "
+                "it does not combine with beta, kl_warmup, kl_cycles or free_bits"
+            )
+        if r.temper > config.train.epochs:
+            raise ConfigError(f"remedies.temper ends at epoch {r.temper}, after the run's {config.train.epochs} epochs")
+        Tempered(config.objective.value())  # checks that the objective is the reparameterised ELBO
     if config.remedies.free_bits > 0 and config.inference.family != "mean-field":
         raise ConfigError(f"free bits per dimension need the mean-field family, not {config.inference.family!r}")
     if config.remedies.aggressive and config.inference.strategy == "per-datapoint":

@@ -229,6 +229,7 @@ class EarlyStopping(Hook):
 COLUMNS = (
     "epoch", "train_objective", "train_elbo", "train_reconstruction", "train_kl", "val_elbo", "val_reconstruction",
     "val_kl", "epoch_seconds", "examples_per_second", "wall_seconds", "lr", "kl_weight", "aggressive", "encoder_steps",
+    "inverse_temperature",
 )  # fmt: skip
 
 

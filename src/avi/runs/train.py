@@ -34,7 +34,7 @@ from avi.precision import resolve_precision, set_precision
 from avi.runs import distributed
 from avi.runs.build import build_objective
 from avi.runs.collapse import aggressive_next, plot_collapse
-from avi.runs.config import Config, TrainConfig, epoch_kl_weight
+from avi.runs.config import Config, TrainConfig, epoch_inverse_temperature, epoch_kl_weight
 from avi.runs.hooks import Callback, EarlyStopping, LearningRate, Progress, RunFiles, Validation
 from avi.runs.load import (
     TrainedRun,
@@ -226,6 +226,8 @@ class _Fit:
         epoch = state.epoch + 1
         objective = build_objective(self.config, self.run.posterior, epoch=epoch)
         self.columns = {"kl_weight": epoch_kl_weight(self.config, epoch), "aggressive": 0, "encoder_steps": 0}
+        if self.config.remedies.temper > 0:
+            self.columns["inverse_temperature"] = epoch_inverse_temperature(self.config, epoch)
         if not aggressive_next(self.config, self.rows):
             batch = self.config.train.batch_size
             return train_epoch(state, data, objective, batch_size=batch, replicas=self.replicas, hooks=hooks)
