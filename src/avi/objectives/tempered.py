@@ -4,10 +4,9 @@
 
 with beta in [0, 1] the inverse temperature (beta = 1: the ELBO). q is fitted to the tempered
 posterior, proportional to p(x, z)^beta, which is broad for a small beta. A KL warm-up weights
-log q - log p(z) instead, so early on it lets q shrink towards a point; tempering keeps q broad,
-which a flow's layers need to learn a shape (a planar layer whose hyperplane leaves q's mass
-saturates and stops learning). The returned :class:`~avi.objectives.bounds.Terms` keep the true
-reconstruction and KL, so the ELBO is still ``reconstruction - kl``.
+log q - log p(z) instead, so early on it lets q shrink towards a point; tempering keeps q broad.
+The returned :class:`~avi.objectives.bounds.Terms` keep the true reconstruction and KL, so the
+ELBO is still ``reconstruction - kl``.
 """
 
 from __future__ import annotations
