@@ -237,9 +237,16 @@ def last_wall_seconds(run_dir: Path) -> float | None:
     return float(rows[-1]["wall_seconds"]) if rows else None
 
 
+def training_bound(row: dict[str, str]) -> float:
+    """An epoch's training bound from its metrics.csv row: the objective trained (the ELBO, or
+    the IWAE bound), or the ELBO while a KL warm-up weights the objective's KL below 1."""
+    weighted = float(row.get("kl_weight") or 1.0) != 1.0
+    return float(row["train_elbo"] if weighted else row["train_objective"])
+
+
 def plot_progress(state: Path, runs: dict, out: Path, *, layers: int = 1) -> None:
-    """``out`` (PNG): each run's training bound per pass (train ELBO for the VAE, the k = 5 IWAE
-    bound for the IWAE; negated, in nats) on a log axis (with the one-layer schedule's stage
+    """``out`` (PNG): each run's training bound per pass (:func:`training_bound`: the ELBO for the
+    VAE, the k = 5 IWAE bound for the IWAE; negated, in nats) on a log axis (with the one-layer schedule's stage
     ends), its latest test NLL as a point, and the published NLLs as dashed lines."""
     import matplotlib
 
@@ -257,7 +264,7 @@ def plot_progress(state: Path, runs: dict, out: Path, *, layers: int = 1) -> Non
             continue
         with metrics.open() as f:
             rows = list(csv.DictReader(f))
-        ax.plot([int(r["epoch"]) for r in rows], [-float(r["train_objective"]) for r in rows], color=color,
+        ax.plot([int(r["epoch"]) for r in rows], [-training_bound(r) for r in rows], color=color,
                 lw=1, label=f"{label}: training bound")  # fmt: skip
         if name in runs:
             r = runs[name]

@@ -49,6 +49,7 @@ from reproduce_burda import (
     left_the_tree,
     quick_folders,
     run_parser,
+    training_bound,
 )
 
 PRESET = {"vae_k1": "burda-1l-fast", "iwae_k5": "burda-1l-fast-iwae5"}
@@ -159,10 +160,9 @@ def curve_of(run_dir: Path) -> dict[str, list[float]]:
     """A run's training curve: CPU hours and the bound in nats per epoch, the bound trained
     (IWAE's, or the ELBO) where the KL weight is 1 and the ELBO while a KL warm-up lowers it."""
     rows = read_metrics(run_dir)
-    trained = [r["train_objective"] if float(r.get("kl_weight", 1.0)) == 1.0 else r["train_elbo"] for r in rows]
     return {
         "cpu_hours": [round(float(r["cpu_seconds"]) / 3600, 5) for r in rows],
-        "bound": [round(-float(value), 4) for value in trained],
+        "bound": [round(-training_bound(r), 4) for r in rows],
     }
 
 
