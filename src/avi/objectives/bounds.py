@@ -52,16 +52,25 @@ def check_count(name: str, n: int) -> None:
 
 
 def log_weights(
-    model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int
+    model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int, prior: Distribution | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Draw z_s ~ q by reparameterisation and return (log p(x|z), log p(z), log q(z)), each (S, B).
 
     Flows that know the density of their own samples (``rsample_and_log_prob``, as zuko's do)
     give it in the same pass; an inverse autoregressive flow's ``log_prob`` of an arbitrary z
-    would need one pass per dimension.
+    would need one pass per dimension. ``prior``: ``model.prior()`` where the caller has built it
+    (a VampPrior's is an encoder pass over its pseudo-inputs).
     """
     z, log_q = rsample_with_log_prob(q, num_samples)
-    return model.likelihood(z).log_prob(x), model.prior().log_prob(z), log_q
+    return model.likelihood(z).log_prob(x), (model.prior() if prior is None else prior).log_prob(z), log_q
+
+
+def expected_log_likelihood(model: LatentVariableModel, q: Distribution, x: Tensor, num_samples: int = 1) -> Tensor:
+    """E_q[log p(x|z)] from S reparameterised samples (plain ones where q has none, allowed only
+    without gradients: :func:`draw`), (B,)."""
+    if num_samples == 1 and q.has_rsample:  # the common case, without a sample axis
+        return model.likelihood(q.rsample()).log_prob(x)
+    return model.likelihood(draw(q, num_samples)).log_prob(x).mean(0)
 
 
 def rsample_with_log_prob(q: Distribution, num_samples: int) -> tuple[Tensor, Tensor]:
@@ -97,14 +106,12 @@ def elbo_terms(
     (estimator A).
     """
     check_count("num_samples", num_samples)
-    kl = analytic_kl_or_none(q, model.prior()) if analytic_kl else None
-    if kl is not None and num_samples == 1 and q.has_rsample:  # the common case, without a sample axis
-        reconstruction = model.likelihood(q.rsample()).log_prob(x)
-    elif kl is not None:
-        z = draw(q, num_samples)
-        reconstruction = model.likelihood(z).log_prob(x).mean(0)
+    prior = model.prior()  # once: the estimator B test and estimator A both need it
+    kl = analytic_kl_or_none(q, prior) if analytic_kl else None
+    if kl is not None:
+        reconstruction = expected_log_likelihood(model, q, x, num_samples)
     else:
-        log_lik, log_prior, log_q = log_weights(model, q, x, num_samples)
+        log_lik, log_prior, log_q = log_weights(model, q, x, num_samples, prior)
         reconstruction = log_lik.mean(0)
         kl = (log_q - log_prior).mean(0)
     return Terms(reconstruction - kl, reconstruction, kl)

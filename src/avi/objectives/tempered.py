@@ -19,7 +19,7 @@ from torch.distributions import Distribution
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 from avi.objectives.batch import BatchMean, local_mean
-from avi.objectives.bounds import Terms, analytic_kl_or_none, elbo_terms, log_weights
+from avi.objectives.bounds import Terms, analytic_kl_or_none, expected_log_likelihood, log_weights
 from avi.objectives.elbo_objective import ELBO
 from avi.objectives.objective import Wrapper
 
@@ -70,12 +70,12 @@ class Tempered(Wrapper):
         batch_mean: BatchMean = local_mean,
     ) -> Terms:
         assert isinstance(self.base, ELBO)  # checked in __post_init__
-        beta, samples = self.inverse_temperature, self.base.num_samples
-        exact = self.base.analytic_kl and analytic_kl_or_none(q, model.prior()) is not None
-        entropy = _entropy_or_none(q) if exact else None
-        if entropy is not None:
-            terms = elbo_terms(model, q, x, num_samples=samples, analytic_kl=True)
-            return terms._replace(value=beta * terms.value + (1 - beta) * entropy)
-        log_lik, log_prior, log_q = log_weights(model, q, x, samples)
+        beta, samples, prior = self.inverse_temperature, self.base.num_samples, model.prior()
+        kl = analytic_kl_or_none(q, prior) if self.base.analytic_kl else None
+        entropy = None if kl is None else _entropy_or_none(q)
+        if kl is not None and entropy is not None:
+            reconstruction = expected_log_likelihood(model, q, x, samples)
+            return Terms(beta * (reconstruction - kl) + (1 - beta) * entropy, reconstruction, kl)
+        log_lik, log_prior, log_q = log_weights(model, q, x, samples, prior)
         value = (beta * (log_lik + log_prior) - log_q).mean(0)
         return Terms(value, log_lik.mean(0), (log_q - log_prior).mean(0))
