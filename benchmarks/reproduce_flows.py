@@ -167,9 +167,10 @@ def planar_layer_use(run_dir: Path) -> dict[str, list[float]]:
         q = run.posterior(x)
         z = q.loc + q.scale * torch.randn((USE_SAMPLES, *q.loc.shape), generator=generator)
         for layer in q.layers:
-            side = (layer.w * z).sum(-1) + layer.b > 0  # (samples, points)
+            pre = (layer.w * z).sum(-1) + layer.b  # w^T z + b: (samples, points)
+            side = pre > 0
             use["straddled"].append((side.any(0) & ~side.all(0)).float().mean().item())
-            use["saturated"].append((torch.tanh((layer.w * z).sum(-1) + layer.b).abs() > 0.99).float().mean().item())
+            use["saturated"].append((torch.tanh(pre).abs() > 0.99).float().mean().item())
             z, log_det = layer(z)
             use["mean_log_det"].append(log_det.mean().item())
     return use
