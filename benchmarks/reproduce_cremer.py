@@ -85,8 +85,9 @@ What this script runs instead, and why:
   not how the gaps are measured.
 
 Runs resume from their checkpoints across calls and sessions until all :data:`EPOCHS` passes
-are done; a finished run is decomposed once (each decomposition is cached in the run's folder
-as ``cremer-FAMILY.json`` with its settings). An unfinished run gets an interim decomposition
+are done; a finished run is decomposed once, in pieces of :data:`PIECE` points, each saved in
+the run's folder (``cremer-FAMILY.json``, with the settings) when it is done, so a decomposition
+too long for one call goes on in the next. An unfinished run gets an interim decomposition
 at small settings (:data:`INTERIM`, labelled ``finished: false``). On two cores, train the two
 runs as two one-thread processes:
 
@@ -133,7 +134,7 @@ from typing import Any
 import torch
 
 from avi.runs.config import Config, load_config
-from avi.runs.gaps import run_gaps
+from avi.runs.gaps import merge_gaps, plot_gaps, run_gaps
 from avi.runs.rundir import CHECKPOINT, write_json
 from machine import CpuSnapshot, cpu_snapshot, folder_lock, machine_facts, other_processes_cpus, write_report
 from reproduce_burda import (
@@ -188,6 +189,9 @@ class GapSettings:
 POINTS, REFINE_STEPS, AIS_STEPS, ENCODER_EPOCHS = 1000, 2000, 500, 20
 FINAL = GapSettings(POINTS, REFINE_STEPS, AIS_STEPS, chains=100, iwae_k=5000, encoder_epochs=ENCODER_EPOCHS)
 INTERIM = GapSettings(100, 500, 100, chains=20, iwae_k=500, encoder_epochs=2)
+#: points per piece of a decomposition, each saved when done: a call (or a session) that ends
+#: loses at most one piece (AIS of 200 points at the final settings: about 40 minutes)
+PIECE = 200
 QUICK = GapSettings(20, 50, 10, chains=10, iwae_k=50, encoder_epochs=1)
 
 
@@ -216,20 +220,29 @@ def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = W
 
 def decompose(run_dir: Path, family: str, gaps: GapSettings) -> dict[str, Any]:
     """:func:`run_gaps` of the run with ``family`` on the first ``gaps.points`` training images
-    (AIS for the mean-field family, the IWAE bound for a flow), or the saved result
-    (``cremer-FAMILY.json``) where its settings are these and it is newer than the checkpoint."""
+    (AIS for the mean-field family, the IWAE bound for a flow) in pieces of :data:`PIECE`
+    points, merged by :func:`merge_gaps`. Each piece is saved in ``cremer-FAMILY.json`` when it
+    is done, and a later call goes on from the first missing one where the saved settings are
+    these and the file is newer than the checkpoint. Every piece starts from seed 1, so the new
+    encoder of the other family is the same in each."""
     cache = run_dir / f"cremer-{family}.json"
     settings = asdict(gaps)
+    pieces: list[dict[str, Any]] = []
     if cache.exists() and cache.stat().st_mtime > (run_dir / CHECKPOINT).stat().st_mtime:
         saved = json.loads(cache.read_text())
         if saved["settings"] == settings:
-            return saved["result"]
+            pieces = saved.get("pieces", [])
     ais = gaps.ais_steps if family == "mean-field" else 0
-    torch.manual_seed(1)
-    result = run_gaps(run_dir, family=family, split="train", points=gaps.points, steps=gaps.refine_steps,
-                      k=gaps.chains if ais else gaps.iwae_k, ais_steps=ais,
-                      encoder_epochs=gaps.encoder_epochs)  # fmt: skip
-    write_json(cache, {"settings": settings, "result": result})
+    for first in range(sum(piece["n"] for piece in pieces), gaps.points, PIECE):
+        torch.manual_seed(1)
+        piece = run_gaps(run_dir, family=family, split="train", points=min(PIECE, gaps.points - first), first=first,
+                         steps=gaps.refine_steps, k=gaps.chains if ais else gaps.iwae_k, ais_steps=ais,
+                         encoder_epochs=gaps.encoder_epochs)  # fmt: skip
+        pieces.append(piece)
+        write_json(cache, {"settings": settings, "pieces": pieces})
+    result = merge_gaps(pieces)
+    write_json(run_dir / f"gaps-{family}-train.json", result)
+    plot_gaps(run_dir)
     return result
 
 

@@ -568,6 +568,7 @@ def gaps(
     ] = None,
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     points: Annotated[int, typer.Option(help="Number of points to decompose on.")] = 1000,
+    first: Annotated[int, typer.Option(help="Index of the first of them (0-based), to decompose in pieces.")] = 0,
     steps: Annotated[int, typer.Option(help="Per-datapoint optimisation steps for q*.")] = 1000,
     ais_steps: Annotated[
         int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")
@@ -584,8 +585,8 @@ def gaps(
         with reporter(console, "points", transient=True) as progress:
             progress.start("gap decomposition")
             result = run_gaps(
-                run_dir, data=data, family=family, k=k, split=split, points=points, steps=steps,
-                ais_steps=ais_steps, on_progress=_pieces(progress, {"refining q*": "steps"}),
+                run_dir, data=data, family=family, k=k, split=split, points=points, first=first,
+                steps=steps, ais_steps=ais_steps, on_progress=_pieces(progress, {"refining q*": "steps"}),
             )  # fmt: skip
     except AviError as err:
         _fail(str(err))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from avi.cli import app
 from avi.evaluation import gaps as gap_estimates
 from avi.runs.config import load_config
-from avi.runs.gaps import MEMORY_BUDGET, run_gaps
+from avi.runs.gaps import MEMORY_BUDGET, merge_gaps, run_gaps
 from avi.runs.train import run_fit
 
 PPCA_JOB = """
@@ -79,6 +79,27 @@ def test_gaps_of_a_ppca_run_and_of_a_new_full_rank_encoder(avi_cli, tmp_path: Pa
         assert (run / name).is_file(), name
 
     _one_line_error(avi_cli("gaps", str(run), "--family", "spline"), "unknown variational family 'spline'")
+    _one_line_error(avi_cli("gaps", str(run), "--first", "40"), "first point 40 is past the last of the 40 points")
+    _one_line_error(avi_cli("gaps", str(run), "--first", "-1"), "first must be non-negative")
+
+
+def test_a_decomposition_in_pieces_merges_into_the_whole(tmp_path: Path) -> None:
+    """``first`` picks the points, and :func:`merge_gaps` weights the pieces by their counts:
+    PPCA's exact log p(x) of the 40 test points is that of points 0-24 and 25-39 merged (float32
+    sums); the merged standard error combines the pieces' as independent estimates."""
+    config = tmp_path / "ppca.toml"
+    config.write_text(PPCA_JOB)
+    run = run_fit(load_config(config), tmp_path / "ppca")
+    whole = run_gaps(run, points=40, steps=0)
+    pieces = [run_gaps(run, points=25, first=0, steps=0), run_gaps(run, points=100, first=25, steps=0)]
+    assert [(p["first"], p["n"]) for p in pieces] == [(0, 25), (25, 15)]
+    assert pieces[0]["log_likelihood"] != pytest.approx(pieces[1]["log_likelihood"], abs=1e-3)
+    merged = merge_gaps(pieces)
+    assert (merged["first"], merged["n"], merged["log_likelihood_method"]) == (0, 40, "exact")
+    assert merged["log_likelihood"] == pytest.approx(whole["log_likelihood"], abs=1e-4)
+    se = [p["amortization_gap_stderr"] for p in pieces]
+    assert merged["amortization_gap_stderr"] == pytest.approx(math.hypot(25 * se[0], 15 * se[1]) / 40)
+    assert merged["seconds"] == pytest.approx(pieces[0]["seconds"] + pieces[1]["seconds"])
 
 
 @pytest.mark.parametrize(

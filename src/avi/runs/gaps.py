@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -11,7 +12,7 @@ from torch import Tensor
 from avi.atomic import save_figure
 from avi.data.files import load_array_file
 from avi.errors import ConfigError
-from avi.evaluation.gaps import Progress, check_decomposable, gap_decomposition
+from avi.evaluation.gaps import CONVERGED_GAIN, Progress, check_decomposable, gap_decomposition
 from avi.families.posterior import Posterior
 from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
@@ -20,7 +21,7 @@ from avi.runs.load import TrainedRun, load_trained
 from avi.runs.report_figures import gaps_figure
 from avi.runs.rundir import GAPS_SCHEMA, read_gaps, read_json, require_run, write_json
 
-__all__ = ["plot_gaps", "run_gaps"]
+__all__ = ["merge_gaps", "plot_gaps", "run_gaps"]
 
 #: MiB of working memory for log p(x) when the config sets no ``evaluate.memory_budget``: AIS
 #: keeps every chain's activations for its gradient, and 100 points of 5,000 chains of the
@@ -38,16 +39,18 @@ def run_gaps(
     k: int | None = None,
     split: str = "test",
     points: int | None = 1000,
+    first: int = 0,
     steps: int = 1000,
     encoder_epochs: int = 10,
     ais_steps: int = 0,
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Decompose the inference gap of the run's posterior on ``points`` points of ``split``
-    (``train`` or ``test``) or of the file ``data``. log p(x) is exact where the model has it,
-    else annealed importance sampling with ``ais_steps`` steps (k chains) if ``ais_steps`` > 0,
-    else the IWAE bound with k samples; either in chunks that fit ``evaluate.memory_budget`` MiB
-    (:data:`MEMORY_BUDGET` when unset).
+    (``train`` or ``test``) or of the file ``data``, from its point ``first`` on (0-based; so a
+    long decomposition can be done in pieces, as benchmarks/reproduce_cremer.py does). log p(x)
+    is exact where the model has it, else annealed importance sampling with ``ais_steps`` steps
+    (k chains) if ``ais_steps`` > 0, else the IWAE bound with k samples; either in chunks that
+    fit ``evaluate.memory_budget`` MiB (:data:`MEMORY_BUDGET` when unset).
 
     With a ``family`` other than the run's, a new amortized encoder of that family is first
     trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do).
@@ -60,6 +63,7 @@ def run_gaps(
         "k": (k, 1, "a positive integer"),
         "AIS steps": (ais_steps, 0, "non-negative (0 uses the IWAE bound)"),
         "points": (points, 1, "a positive integer"),
+        "first": (first, 0, "non-negative"),
         "steps": (steps, 0, "non-negative"),
         "encoder epochs": (encoder_epochs, 0, "non-negative"),
     })  # fmt: skip
@@ -68,7 +72,7 @@ def run_gaps(
     family = family or config.inference.family
     saved = Path(run_dir) / f"gaps-{family}-{split if data is None else 'file'}.json"
     _check_saved(Path(run_dir), saved)
-    x, source = _points(run, data, split, points)
+    x, source = _points(run, data, split, points, first)
     check_decomposable(run.posterior, x)
     started = time.perf_counter()
     run.model.requires_grad_(False)
@@ -78,11 +82,38 @@ def run_gaps(
         memory_budget=config.evaluate.memory_budget or MEMORY_BUDGET, on_progress=on_progress,
     )  # fmt: skip
     result = {
-        "family": family, "split": split if data is None else None, "data": source, "n": x.shape[0],
-        **gaps._asdict(), "refine_steps": steps, "ais_steps": ais_steps, "seconds": time.perf_counter() - started,
+        "family": family, "split": split if data is None else None, "data": source, "first": first,
+        "n": x.shape[0], **gaps._asdict(), "refine_steps": steps, "ais_steps": ais_steps,
+        "seconds": time.perf_counter() - started,
     }  # fmt: skip
     write_json(saved, result)
     plot_gaps(Path(run_dir))
+    return result
+
+
+def merge_gaps(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """One decomposition of all the points of ``pieces``, :func:`run_gaps`'s results on disjoint
+    points of one run with one family and settings: each mean the pieces' means weighted by
+    their point counts n_i / n, each standard error sqrt(sum_i (n_i / n)^2 se_i^2) (the pieces'
+    estimates are independent), ``q_star_converged`` by :func:`gap_decomposition`'s rule on the
+    combined refine gain (each piece checks its first points), times summed."""
+    n = sum(piece["n"] for piece in pieces)
+    weights = [piece["n"] / n for piece in pieces]
+
+    def mean(key: str) -> float:
+        return sum(w * piece[key] for w, piece in zip(weights, pieces, strict=True))
+
+    def stderr(key: str) -> float:
+        return math.sqrt(sum((w * piece[key]) ** 2 for w, piece in zip(weights, pieces, strict=True)))
+
+    result = pieces[0] | {"n": n, "seconds": sum(piece["seconds"] for piece in pieces)}
+    result |= {key: mean(key) for key in ("log_likelihood", "elbo_optimal", "elbo_amortized", "approximation_gap",
+                                           "amortization_gap", "refine_gain")}  # fmt: skip
+    result |= {key: stderr(key) for key in ("approximation_gap_stderr", "amortization_gap_stderr",
+                                             "refine_gain_stderr")}  # fmt: skip
+    result["q_star_converged"] = (
+        result["refine_steps"] > 0 and result["refine_gain"] - 2 * result["refine_gain_stderr"] <= CONVERGED_GAIN
+    )
     return result
 
 
@@ -109,10 +140,11 @@ def _check_options(family: str | None, split: str, counts: dict[str, tuple[int |
             raise ConfigError(f"{name} must be at most 2^63 - 1 (a count torch can hold), got {value}")
 
 
-def _points(run: TrainedRun, data: str | Path | None, split: str, points: int | None) -> tuple[Tensor, str]:
-    """The first ``points`` points of the file ``data`` (binarised as the run's data, seed + 1)
-    or of ``split`` (the training split with one fixed binarisation, seed + 2), on the run's
-    device, checked against the model; and where they come from."""
+def _points(run: TrainedRun, data: str | Path | None, split: str, points: int | None, first: int) -> tuple[Tensor, str]:
+    """``points`` points (all where None) from the point ``first`` on of the file ``data``
+    (binarised as the run's data, seed + 1) or of ``split`` (the training split with one fixed
+    binarisation, seed + 2), on the run's device, checked against the model; and where they
+    come from."""
     config = run.config
     if data is not None:
         x_np, _ = load_array_file(data)
@@ -121,7 +153,9 @@ def _points(run: TrainedRun, data: str | Path | None, split: str, points: int | 
     else:
         dataset = run.splits.test if split == "test" else run.splits.train.binarized(config.data.seed + 2)
         source = f"{split} split"
-    x = dataset.x[:points].to(run.device)
+    if first >= len(dataset.x):
+        raise ConfigError(f"first point {first} is past the last of the {len(dataset.x)} points of the {source}")
+    x = dataset.x[first : None if points is None else first + points].to(run.device)
     run.model.check_data(x, source)
     return x, source
 
