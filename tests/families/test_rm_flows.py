@@ -34,7 +34,15 @@ MAKERS: dict[str, Callable[..., Family]] = {
     "sylvester-householder": lambda d, k=3: SylvesterFamily(d, flows=k, reflections=2),
     "sylvester-triangular": lambda d, k=3: SylvesterFamily(d, flows=k, variant="triangular"),
 }
-NAMES = list(MAKERS)
+NAMES = list(MAKERS)  # uncentred
+#: the same families with centred layers (:func:`avi.families.finite_flow.centred_layers`)
+CENTRED: dict[str, Callable[..., Family]] = {
+    "planar-centred": lambda d, k=3: PlanarFamily(d, flows=k, centred=True),
+    "radial-centred": lambda d, k=3: RadialFamily(d, flows=k, centred=True),
+    "sylvester-householder-centred": lambda d, k=3: SylvesterFamily(d, flows=k, reflections=2, centred=True),
+    "sylvester-triangular-centred": lambda d, k=3: SylvesterFamily(d, flows=k, variant="triangular", centred=True),
+}
+MAKERS |= CENTRED
 
 
 def _params(family: Family, n: int, spread: float) -> Tensor:
@@ -103,7 +111,7 @@ def test_each_layer_matches_autograd(name: str, draw: str) -> None:
             assert layer(_probe(layer, d))[1].item() < -8
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + list(CENTRED))
 def test_log_q_is_the_change_of_variables(name: str) -> None:
     # log q(F(z0)) = log N(z0; m, s^2) - log |det dF/dz0| with the Jacobian of the whole flow by
     # autograd; the sample's own log q, and log_prob at the sample and at a copy (inverted).
@@ -126,27 +134,30 @@ def test_log_q_is_the_change_of_variables(name: str) -> None:
     torch.testing.assert_close(q.log_prob(sample.clone()), q.log_prob(sample), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + list(CENTRED))
 def test_density_integrates_to_one(name: str) -> None:
     # The trapezoid rule on a 321 x 321 grid over [-8, 8]^2 (spacing 0.05) of q(z) = exp(log_prob)
     # at z on the grid (log_prob inverts the flow): for a smooth density that vanishes at the
     # edges the rule is accurate to rounding (measured |mass - 1| < 1e-15 for planar and
-    # Sylvester), less so at the radial flow's kink at z_ref (9e-9). A wrong log-determinant,
-    # off by any constant or sign, misses 1e-6 by far.
+    # Sylvester), less so at the radial flow's kink at z_ref (9e-9). Centred, the radial kink
+    # sits in the mass, where this grid misses by 1.4e-6 (641 points: 9e-8, 1281: 4e-9, the
+    # rule converging), so radial flows get 641 points a side. A wrong log-determinant, off by
+    # any constant or sign, misses 1e-6 by far.
     family = MAKERS[name](2)
     params = _params(family, 1, 0.5)
     params[:, :2] = params[:, :2].clamp(-2, 2)
     q = family(params)
     with torch.no_grad():
         assert q.sample((2000,)).abs().max() < 6  # the mass is well inside the grid
-        axis = torch.linspace(-8, 8, 321, dtype=torch.float64)
+        n = 641 if isinstance(family, RadialFamily) else 321
+        axis = torch.linspace(-8, 8, n, dtype=torch.float64)
         grid = torch.cartesian_prod(axis, axis).unsqueeze(1)  # (G, 1, 2)
-        density = q.log_prob(grid).exp().reshape(321, 321)
+        density = q.log_prob(grid).exp().reshape(n, n)
     mass = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis).item()
     assert abs(mass - 1) < 1e-6, mass
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + list(CENTRED))
 def test_invertible_for_any_raw_output(name: str) -> None:
     # Raw outputs of spread 30 (tanh and softplus saturate): the constraint holds and each map
     # is monotone along the direction that could fold it, so it stays a bijection.
@@ -187,7 +198,7 @@ def test_invertible_for_any_raw_output(name: str) -> None:
         assert not layer(z)[1].isnan().any()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + list(CENTRED))
 def test_gradient_of_log_q_at_a_fixed_z(name: str) -> None:
     # d log q(z) / d(lambda, z) at a z that is not a sample (log_prob inverts the flow) against
     # finite differences (gradcheck, float64); at a sample of q (the remembered base point) the
@@ -205,7 +216,7 @@ def test_gradient_of_log_q_at_a_fixed_z(name: str) -> None:
 
 
 @pytest.mark.parametrize("estimator", ["reparam", "score"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + list(CENTRED))
 def test_gradients_reach_the_encoder_and_the_table(name: str, estimator: str, ppca: LinearGaussian) -> None:
     # Through an encoder (amortized: every flow parameter is an encoder output) and a per-point
     # table, the ELBO's gradient reaches every encoder weight and every column of lambda.
@@ -226,6 +237,60 @@ def test_gradients_reach_the_encoder_and_the_table(name: str, estimator: str, pp
     objective(ppca, table(x, index), x).value.sum().backward()
     grad = table.table.grad.to_dense()
     assert grad.isfinite().all() and (grad.abs().sum(0) > 0).all()
+
+
+def _offsets(family: Family) -> list[slice]:
+    """Where each flow's offset sits in lambda: planar b, radial z_ref, Sylvester b."""
+    d, size = family.latent_dim, (family.param_size - 2 * family.latent_dim) // family.flows
+    if isinstance(family, PlanarFamily):
+        start, width = 2 * d, 1
+    elif isinstance(family, RadialFamily):
+        start, width = 0, d
+    else:
+        start, width = d * (d - 1) + 2 * d, d
+    return [slice(2 * d + k * size + start, 2 * d + k * size + start + width) for k in range(family.flows)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_centred_layer_is_the_layer_moved(name: str) -> None:
+    # G = layer.centred(c) is z -> c + F(z - c) with F's log-determinant at z - c, for each
+    # layer and a batch of centres; so a centred flow is a flow of the same kind (the same family).
+    d = 3
+    family = MAKERS[name](d)
+    q = family(_params(family, 4, 1.0))
+    z, c = torch.randn(5, 4, d, dtype=torch.float64), torch.randn(4, d, dtype=torch.float64)
+    for layer in q.layers:
+        moved, log_det = layer.centred(c)(z)
+        expected, expected_log_det = layer(z - c)
+        torch.testing.assert_close(moved, c + expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(log_det, expected_log_det, rtol=1e-12, atol=1e-12)
+        assert (moved - layer(z)[0]).abs().max() > 1e-3  # moving it changes the map
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_centred_layers_sit_at_the_image_of_the_base_mean(name: str) -> None:
+    # With every offset of lambda 0 (planar b, radial z_ref, Sylvester b), each centred layer
+    # leaves the image of the base mean where it is (tanh(0) = 0; radial d = 0), so the whole
+    # flow maps m to m; the uncentred flow of the same lambda moves it. Centring changes only
+    # the parametrisation: the centred flow of lambda equals the uncentred flow whose offsets
+    # are moved by each layer's centre c_k.
+    d = 3
+    plain, centred = MAKERS[name](d), CENTRED[f"{name}-centred"](d)
+    params = _params(plain, 4, 1.0)
+    for where in _offsets(plain):
+        params[:, where] = 0.0
+    q, q_centred = plain(params), centred(params)
+    torch.testing.assert_close(q_centred.push(q.loc)[0], q.loc, rtol=0, atol=1e-12)
+    assert (q.push(q.loc)[0] - q.loc).abs().max() > 1e-3
+    z0 = q.loc + q.scale * torch.randn(6, 4, d, dtype=torch.float64)
+    centre, z, log_q = q.loc, z0, q._base_log_prob(z0)
+    for layer in q.layers:
+        moved = layer.centred(centre)
+        z, log_det = moved(z)
+        log_q, centre = log_q - log_det, moved(centre)[0]
+    expected_z, expected_log_q = q_centred.push(z0)
+    torch.testing.assert_close(z, expected_z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(log_q, expected_log_q, rtol=1e-12, atol=1e-12)
 
 
 def test_training_improves_the_elbo(ppca: LinearGaussian, ppca_x: Tensor) -> None:

@@ -20,17 +20,19 @@ from .conftest import small_job
 
 
 @pytest.mark.parametrize(
-    ("settings", "kind", "layers"),
+    ("settings", "kind", "layers", "centred"),
     [
-        ({"family": "planar"}, PlanarFamily, 10),
-        ({"family": "radial", "flow_length": 3}, RadialFamily, 3),
-        ({"family": "sylvester", "sylvester_variant": "triangular"}, SylvesterFamily, 4),
+        ({"family": "planar"}, PlanarFamily, 10, False),
+        ({"family": "planar", "flow_centred": True}, PlanarFamily, 10, True),
+        ({"family": "radial", "flow_length": 3, "flow_centred": True}, RadialFamily, 3, True),
+        ({"family": "sylvester", "sylvester_variant": "triangular"}, SylvesterFamily, 4, False),
+        ({"family": "sylvester", "flow_centred": True}, SylvesterFamily, 4, True),
     ],
 )
-def test_each_flow_family_is_built_with_its_length(settings: dict, kind: type, layers: int) -> None:
+def test_each_flow_family_is_built_with_its_length(settings: dict, kind: type, layers: int, centred: bool) -> None:
     family = build_family(load_config(None, {"inference": settings, "model": {"latent_dim": 3}}))
     assert isinstance(family, kind)
-    assert family.flows == layers
+    assert (family.flows, family.centred) == (layers, centred)
 
 
 @pytest.mark.parametrize("strategy", ["amortized", "per-datapoint"])
@@ -51,3 +53,5 @@ def test_flow_options_are_refused_where_they_do_not_apply() -> None:
         load_config(None, {"inference": {"family": "iaf", "flow_length": 3}})
     with pytest.raises(ConfigError, match="applies to the sylvester family"):
         load_config(None, {"inference": {"family": "radial", "householder_reflections": 2}})
+    with pytest.raises(ConfigError, match="flow_centred applies to the planar, radial and sylvester"):
+        load_config(None, {"inference": {"family": "mean-field", "flow_centred": True}})

@@ -9,6 +9,13 @@ table of lambda gives per-datapoint flows. The layers (planar, radial, Sylvester
 closed-form inverse, but each inverts by scalar monotone root-finding, so ``log_prob`` works at
 any z: at the flow's own samples from the z_0 it remembers, elsewhere through the layers'
 ``inverse``. Its gradient is exact to first order by the implicit function theorem (below).
+
+Centred flows (:func:`centred_layers`) move each layer to c_k, the image of the base mean under
+the layers before it: G_k(z) = c_k + F_k(z - c_k), c_1 = m, c_(k+1) = G_k(c_k); so a planar
+hyperplane is w^T (z - c_k) + b = 0, a radial reference point c_k + z_ref, a Sylvester offset
+R~ Q^T (z - c_k) + b. G_k is a layer of the same kind, so the family is the same (every centred
+lambda has an uncentred twin giving the same q); what changes is where raw parameters near 0
+put a layer (inside q's mass), and so how it trains.
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ from torch.distributions import Distribution, constraints
 
 from avi.families.gaussian import inverse_softplus
 
-__all__ = ["FiniteFlow", "Layer", "initial_flow_params", "matvec", "solve_increasing", "split_flow_params"]
+__all__ = [
+    "FiniteFlow",
+    "Layer",
+    "centred_layers",
+    "initial_flow_params",
+    "matvec",
+    "solve_increasing",
+    "split_flow_params",
+]
 
 #: spread of the fixed draw that starts a per-point table's flow parameters (off the saddle
 #: points where a layer is the identity and its parameters get no gradient)
@@ -47,6 +62,11 @@ class Layer(Protocol):
 
     def inverse(self, y: Tensor) -> Tensor:
         """F^-1(y): (..., B, D), to the solver's precision (no gradient)."""
+        ...
+
+    def centred(self, c: Tensor) -> Layer:
+        """The layer moved by c (B, D): G(z) = c + F(z - c), a layer of the same kind
+        (:func:`centred_layers`)."""
         ...
 
 
@@ -78,6 +98,17 @@ def solve_increasing(p: Tensor, q: Tensor, c: Tensor, t: Tensor) -> Tensor:
             if done:
                 break
         return x
+
+
+def centred_layers(loc: Tensor, layers: Sequence[Layer]) -> list[Layer]:
+    """Each layer centred at c_k, the image of the base mean m (B, D) under the (centred) layers
+    before it: c_1 = m, c_(k+1) = G_k(c_k)."""
+    centre, centred = loc, []
+    for layer in layers:
+        layer = layer.centred(centre)
+        centred.append(layer)
+        centre = layer(centre)[0]
+    return centred
 
 
 def split_flow_params(params: Tensor, latent_dim: int, flows: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -15,7 +15,13 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
-from avi.families.finite_flow import FiniteFlow, initial_flow_params, solve_increasing, split_flow_params
+from avi.families.finite_flow import (
+    FiniteFlow,
+    centred_layers,
+    initial_flow_params,
+    solve_increasing,
+    split_flow_params,
+)
 
 __all__ = ["PlanarFamily", "PlanarLayer"]
 
@@ -44,6 +50,10 @@ class PlanarLayer:
         """w^T z + b: (..., B)."""
         return (self.w * z).sum(-1) + self.b
 
+    def centred(self, c: Tensor) -> PlanarLayer:
+        """c + F(z - c): the offset b - w^T c."""
+        return PlanarLayer(self.u_hat, self.w, self.b - (self.w * c).sum(-1), self.slope_raw)
+
     def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
         th = torch.tanh(self._pre(z))
         # 1 + u_hat^T psi = 1 + (1 - th^2)(softplus(w^T u) - 1) = th^2 + (1 - th^2) softplus(w^T u) > 0
@@ -64,19 +74,22 @@ class PlanarLayer:
 
 class PlanarFamily:
     """q = K planar flows of N(m, diag(s^2)); lambda = (m, softplus^-1(s), then (u, w, b) for
-    each flow), P = 2D + K(2D + 1). Rezende and Mohamed (2015) use K = 10 to 80 on MNIST."""
+    each flow), P = 2D + K(2D + 1). Rezende and Mohamed (2015) use K = 10 to 80 on MNIST.
+    ``centred``: each hyperplane w^T (z - c_k) + b = 0 about the image c_k of the base mean
+    (:func:`~avi.families.finite_flow.centred_layers`)."""
 
     name = "planar"
 
-    def __init__(self, latent_dim: int, flows: int = 10) -> None:
+    def __init__(self, latent_dim: int, flows: int = 10, centred: bool = False) -> None:
         if flows < 1:
             raise ConfigError(f"a planar flow needs at least one layer, got {flows}")
-        self.latent_dim, self.flows = latent_dim, flows
+        self.latent_dim, self.flows, self.centred = latent_dim, flows, centred
         self.param_size = 2 * latent_dim + flows * (2 * latent_dim + 1)
 
     def __call__(self, params: Tensor) -> Distribution:
         loc, scale, raw = split_flow_params(params, self.latent_dim, self.flows)
-        return FiniteFlow(loc, scale, [PlanarLayer.from_raw(r) for r in raw.unbind(-2)])
+        layers = [PlanarLayer.from_raw(r) for r in raw.unbind(-2)]
+        return FiniteFlow(loc, scale, centred_layers(loc, layers) if self.centred else layers)
 
     def initial_params(self, n: int, scale: float = 1.0) -> Tensor:
         """N(0, scale^2 I) through small fixed flows, for n points: (n, P)."""

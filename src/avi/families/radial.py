@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
-from avi.families.finite_flow import FiniteFlow, initial_flow_params, split_flow_params
+from avi.families.finite_flow import FiniteFlow, centred_layers, initial_flow_params, split_flow_params
 
 __all__ = ["RadialFamily", "RadialLayer"]
 
@@ -40,6 +40,10 @@ class RadialLayer:
         """The layer of raw parameters (z_ref, a, g): (B, D + 2), any values."""
         z_ref, a, g = raw.split([raw.shape[-1] - 2, 1, 1], dim=-1)
         return cls(z_ref, F.softplus(a).squeeze(-1), F.softplus(g).squeeze(-1))
+
+    def centred(self, c: Tensor) -> RadialLayer:
+        """c + F(z - c): the reference point c + z_ref."""
+        return RadialLayer(c + self.z_ref, self.alpha, self.gamma)
 
     def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
         d = z - self.z_ref
@@ -74,19 +78,21 @@ class RadialLayer:
 
 class RadialFamily:
     """q = K radial flows of N(m, diag(s^2)); lambda = (m, softplus^-1(s), then (z_ref, a, g)
-    for each flow), P = 2D + K(D + 2)."""
+    for each flow), P = 2D + K(D + 2). ``centred``: each reference point c_k + z_ref, about the
+    image c_k of the base mean (:func:`~avi.families.finite_flow.centred_layers`)."""
 
     name = "radial"
 
-    def __init__(self, latent_dim: int, flows: int = 10) -> None:
+    def __init__(self, latent_dim: int, flows: int = 10, centred: bool = False) -> None:
         if flows < 1:
             raise ConfigError(f"a radial flow needs at least one layer, got {flows}")
-        self.latent_dim, self.flows = latent_dim, flows
+        self.latent_dim, self.flows, self.centred = latent_dim, flows, centred
         self.param_size = 2 * latent_dim + flows * (latent_dim + 2)
 
     def __call__(self, params: Tensor) -> Distribution:
         loc, scale, raw = split_flow_params(params, self.latent_dim, self.flows)
-        return FiniteFlow(loc, scale, [RadialLayer.from_raw(r) for r in raw.unbind(-2)])
+        layers = [RadialLayer.from_raw(r) for r in raw.unbind(-2)]
+        return FiniteFlow(loc, scale, centred_layers(loc, layers) if self.centred else layers)
 
     def initial_params(self, n: int, scale: float = 1.0) -> Tensor:
         """N(0, scale^2 I) through small fixed flows, for n points: (n, P)."""

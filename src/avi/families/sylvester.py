@@ -21,7 +21,14 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from avi.errors import ConfigError
-from avi.families.finite_flow import FiniteFlow, initial_flow_params, matvec, solve_increasing, split_flow_params
+from avi.families.finite_flow import (
+    FiniteFlow,
+    centred_layers,
+    initial_flow_params,
+    matvec,
+    solve_increasing,
+    split_flow_params,
+)
 
 __all__ = ["SYLVESTER_VARIANTS", "SylvesterFamily", "SylvesterLayer", "householder_product"]
 
@@ -64,6 +71,11 @@ class SylvesterLayer:
         upper, upper_tilde, diag, diag_tilde, b = raw.split([len(rows), len(rows), dim, dim, dim], dim=-1)
         return cls(q, _triangular(upper, diag, rows, cols), _triangular(upper_tilde, diag_tilde, rows, cols), b)
 
+    def centred(self, c: Tensor) -> SylvesterLayer:
+        """c + F(z - c): the offset b - R~ Q^T c."""
+        shift = matvec(self.r_tilde, matvec(self.q.transpose(-1, -2), c))
+        return SylvesterLayer(self.q, self.r, self.r_tilde, self.b - shift)
+
     def _pre(self, z: Tensor) -> Tensor:
         """R~ Q^T z + b: (..., B, D)."""
         return matvec(self.r_tilde, matvec(self.q.transpose(-1, -2), z)) + self.b
@@ -102,16 +114,20 @@ class SylvesterLayer:
 class SylvesterFamily:
     """q = K Sylvester flows of N(m, diag(s^2)); lambda = (m, softplus^-1(s), then for each flow
     R's and R~'s strictly upper entries, their raw diagonals, b, and for ``householder`` H
-    reflections), P = 2D + K(D^2 + 2D + H D) (H = 0 for ``triangular``)."""
+    reflections), P = 2D + K(D^2 + 2D + H D) (H = 0 for ``triangular``). ``centred``: each
+    offset R~ Q^T (z - c_k) + b, about the image c_k of the base mean
+    (:func:`~avi.families.finite_flow.centred_layers`)."""
 
     name = "sylvester"
 
-    def __init__(self, latent_dim: int, flows: int = 4, variant: str = "householder", reflections: int = 8) -> None:
+    def __init__(
+        self, latent_dim: int, flows: int = 4, variant: str = "householder", reflections: int = 8, centred: bool = False
+    ) -> None:
         if variant not in SYLVESTER_VARIANTS:
             raise ConfigError(f"unknown Sylvester flow {variant!r}; choose from {list(SYLVESTER_VARIANTS)}")
         if flows < 1 or reflections < 1:
             raise ConfigError(f"a Sylvester flow needs at least one layer and reflection, got {flows}, {reflections}")
-        self.latent_dim, self.flows, self.variant = latent_dim, flows, variant
+        self.latent_dim, self.flows, self.variant, self.centred = latent_dim, flows, variant, centred
         self.reflections = reflections if variant == "householder" else 0
         self.param_size = 2 * latent_dim + flows * (latent_dim * latent_dim + (2 + self.reflections) * latent_dim)
 
@@ -127,7 +143,7 @@ class SylvesterFamily:
         loc, scale, raw = split_flow_params(params, self.latent_dim, self.flows)
         cut = self.latent_dim * (self.latent_dim + 2)
         layers = [SylvesterLayer.from_raw(r[..., :cut], self._orthogonal(r, k)) for k, r in enumerate(raw.unbind(-2))]
-        return FiniteFlow(loc, scale, layers)
+        return FiniteFlow(loc, scale, centred_layers(loc, layers) if self.centred else layers)
 
     def initial_params(self, n: int, scale: float = 1.0) -> Tensor:
         """N(0, scale^2 I) through small fixed flows, for n points: (n, P)."""

@@ -203,12 +203,16 @@ def build_family(config: Config) -> Family:
         return FlowFamily(config.model.latent_dim, inf.family, transforms=inf.flow_transforms, hidden=inf.flow_hidden)
     d = config.model.latent_dim
     if inf.family == "planar":
-        return PlanarFamily(d, flows=inf.flow_length or 10)
+        return PlanarFamily(d, flows=inf.flow_length or 10, centred=inf.flow_centred)
     if inf.family == "radial":
-        return RadialFamily(d, flows=inf.flow_length or 10)
+        return RadialFamily(d, flows=inf.flow_length or 10, centred=inf.flow_centred)
     if inf.family == "sylvester":
         return SylvesterFamily(
-            d, flows=inf.flow_length or 4, variant=inf.sylvester_variant, reflections=inf.householder_reflections
+            d,
+            flows=inf.flow_length or 4,
+            variant=inf.sylvester_variant,
+            reflections=inf.householder_reflections,
+            centred=inf.flow_centred,
         )
     return make_family(inf.family, config.model.latent_dim)
 

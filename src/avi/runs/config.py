@@ -227,6 +227,9 @@ class InferenceConfig(_Section):
     (2018) ``sylvester`` take all their parameters from the encoder (or the per-point table):
     ``flow_length`` layers (default 10, 10 and 4), Sylvester's ``sylvester_variant``
     (``householder``, with ``householder_reflections`` reflections per layer, or ``triangular``).
+    ``flow_centred`` places each of their layers about the image of q's base mean under the
+    layers before it (the same family, parametrised so that a planar hyperplane starts and tends
+    to stay inside q's mass: :func:`avi.families.finite_flow.centred_layers`).
 
     Amortized inference regularisation (Shu et al. 2018) of an encoder of x (``amortized`` and
     ``semi-amortized``): ``denoise`` = sigma > 0 adds N(0, sigma^2 I) noise to the encoder's input
@@ -255,6 +258,7 @@ class InferenceConfig(_Section):
     flow_transforms: int = Field(2, ge=1, le=1000)
     flow_hidden: list[Width] = Field(default_factory=lambda: [64, 64])
     flow_length: int | None = Field(None, ge=1, le=1000)
+    flow_centred: bool = False
     sylvester_variant: Literal["householder", "triangular"] = "householder"
     householder_reflections: int = Field(8, ge=1, le=1000)
     denoise: float = Field(0.0, ge=0)
@@ -682,7 +686,7 @@ _APPLIES: tuple[tuple[tuple[str, ...], str, Callable[[Any], bool], str, str], ..
         "",
     ),
     (
-        ("inference.flow_length",),
+        ("inference.flow_length", "inference.flow_centred"),
         "inference.family",
         lambda f: f in ("planar", "radial", "sylvester"),
         "the planar, radial and sylvester families",
