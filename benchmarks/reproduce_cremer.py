@@ -62,8 +62,8 @@ What this script runs instead, and why:
   steps with an auxiliary variable, so L[q*_AF] may fall short of the paper's. The ``flow``
   run's layers are centred (``inference.flow_centred``: each hyperplane about the image of the
   base mean), because uncentred planar layers trained with Adam saturate into constant shifts
-  (docs/results.md, the Rezende and Mohamed reproduction); the ``ffg`` run's new planar encoder
-  is uncentred (``avi gaps`` builds it from that run's config, which names no flow options);
+  (docs/results.md, the Rezende and Mohamed reproduction); so is the ``ffg`` run's new planar
+  encoder (:data:`NEW_ENCODER`, ``avi gaps --set inference.flow_centred=true``);
 - q* starts from the encoder's output, not from N(0, I): :data:`REFINE_STEPS` = 2,000 Adam
   steps (lr 0.05, cosine decay, 4 samples a step; avi's defaults), with avi's convergence
   check (a second run of half the steps on 100 points, ``q_star_converged``) in place of the
@@ -173,6 +173,9 @@ WARMUP_EPOCHS = 100
 #: the planar flow's layers (Rezende and Mohamed's K = 10; the paper's auxiliary flow has 2 steps)
 FLOW_LENGTH = 10
 QUICK_EPOCHS, QUICK_IMAGES = 2, 500
+#: the inference settings of a new encoder of each family (trained on the other run's fixed
+#: decoder for its q*): the planar one as the flow run's own q
+NEW_ENCODER: dict[str, dict[str, Any]] = {"planar": {"flow_length": FLOW_LENGTH, "flow_centred": True}}
 
 
 @dataclass(frozen=True)
@@ -222,15 +225,15 @@ def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = W
     )  # fmt: skip
 
 
-def decompose(run_dir: Path, family: str, gaps: GapSettings) -> dict[str, Any]:
+def decompose(run_dir: Path, family: str, gaps: GapSettings, encoder: dict[str, Any]) -> dict[str, Any]:
     """:func:`run_gaps` of the run with ``family`` on the first ``gaps.points`` training images
     (AIS for the mean-field family, the IWAE bound for a flow) in pieces of :data:`PIECE`
     points, merged by :func:`merge_gaps`. Each piece is saved in ``cremer-FAMILY.json`` when it
     is done, and a later call goes on from the first missing one where the saved settings are
     these and the file is newer than the checkpoint. Every piece starts from seed 1, so the new
-    encoder of the other family is the same in each."""
+    encoder of the other family (with the inference settings ``encoder``) is the same in each."""
     cache = run_dir / f"cremer-{family}.json"
-    settings = asdict(gaps)
+    settings = asdict(gaps) | ({"encoder_settings": encoder} if encoder else {})
     pieces: list[dict[str, Any]] = []
     if cache.exists() and cache.stat().st_mtime > (run_dir / CHECKPOINT).stat().st_mtime:
         saved = json.loads(cache.read_text())
@@ -241,7 +244,7 @@ def decompose(run_dir: Path, family: str, gaps: GapSettings) -> dict[str, Any]:
         torch.manual_seed(1)
         piece = run_gaps(run_dir, family=family, split="train", points=min(PIECE, gaps.points - first), first=first,
                          steps=gaps.refine_steps, k=gaps.chains if ais else gaps.iwae_k, ais_steps=ais,
-                         encoder_epochs=gaps.encoder_epochs)  # fmt: skip
+                         encoder_epochs=gaps.encoder_epochs, encoder_settings=encoder)  # fmt: skip
         pieces.append(piece)
         write_json(cache, {"settings": settings, "pieces": pieces})
     result = merge_gaps(pieces)
@@ -278,7 +281,10 @@ def table_row(name: str, ffg: dict[str, Any], flow: dict[str, Any]) -> dict[str,
 def evaluate(run_dir: Path, name: str, *, gaps: GapSettings, finished: bool) -> dict[str, Any]:
     """The run's row of the table (:func:`table_row`) with both decompositions and what produced them."""
     started = time.perf_counter()
-    decompositions = {short: decompose(run_dir, family, gaps) for short, family in RUNS.items()}
+    decompositions = {
+        short: decompose(run_dir, family, gaps, {} if family == RUNS[name] else NEW_ENCODER.get(family, {}))
+        for short, family in RUNS.items()
+    }
     return {
         "finished": finished,
         "passes_done": epochs_done(run_dir),

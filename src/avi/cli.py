@@ -573,6 +573,15 @@ def gaps(
     ais_steps: Annotated[
         int, typer.Option(help="Estimate log p(x) by annealed importance sampling with this many steps (0: IWAE).")
     ] = 0,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="inference.KEY=VALUE",
+            help="With --family: an inference setting of the new encoder (--set inference.flow_centred=true). "
+            "Repeatable.",
+        ),
+    ] = None,
     threads: ThreadsFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -582,11 +591,13 @@ def gaps(
 
     _set_threads(threads)
     try:
+        encoder_settings = _inference_settings(settings or [])
         with reporter(console, "points", transient=True) as progress:
             progress.start("gap decomposition")
             result = run_gaps(
                 run_dir, data=data, family=family, k=k, split=split, points=points, first=first,
-                steps=steps, ais_steps=ais_steps, on_progress=_pieces(progress, {"refining q*": "steps"}),
+                steps=steps, ais_steps=ais_steps, encoder_settings=encoder_settings,
+                on_progress=_pieces(progress, {"refining q*": "steps"}),
             )  # fmt: skip
     except AviError as err:
         _fail(str(err))
@@ -606,6 +617,16 @@ def gaps(
     table.add_row("amortization gap", f"{result['amortization_gap']:.3f} ± {result['amortization_gap_stderr']:.3f}")
     Console().print(table)
     console.print(f"figure: {Path(run_dir) / 'gaps.png'}", highlight=False, soft_wrap=True)
+
+
+def _inference_settings(items: list[str]) -> dict[str, Any]:
+    """``avi gaps --set`` items as the new encoder's inference settings; any other section is a
+    :class:`ConfigError` (the trained model and its data are fixed)."""
+    parsed = parse_set(items)
+    others = sorted(set(parsed) - {"inference"})
+    if others:
+        raise ConfigError(f"avi gaps --set takes inference.KEY=VALUE (the new encoder's settings), not {others[0]}.*")
+    return parsed.get("inference", {})
 
 
 def _unconverged(steps: int, gain: float, points: int) -> str:

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.evaluation import gaps as gap_estimates
+from avi.runs import gaps as gaps_module
+from avi.runs.build import build_posterior
 from avi.runs.config import load_config
 from avi.runs.gaps import MEMORY_BUDGET, merge_gaps, run_gaps
 from avi.runs.train import run_fit
@@ -81,6 +83,36 @@ def test_gaps_of_a_ppca_run_and_of_a_new_full_rank_encoder(avi_cli, tmp_path: Pa
     _one_line_error(avi_cli("gaps", str(run), "--family", "spline"), "unknown variational family 'spline'")
     _one_line_error(avi_cli("gaps", str(run), "--first", "40"), "first point 40 is past the last of the 40 points")
     _one_line_error(avi_cli("gaps", str(run), "--first", "-1"), "first must be non-negative")
+
+
+def test_a_new_encoder_takes_its_own_inference_settings(avi_cli, tmp_path: Path, monkeypatch) -> None:
+    """``--set inference.KEY=VALUE`` with ``--family`` builds the new encoder with those settings
+    (seen by :func:`build_posterior`, recorded in the result); with the run's own family, for
+    another section, or where a setting does not apply to the family, it is one line."""
+    config, run = tmp_path / "ppca.toml", tmp_path / "ppca"
+    config.write_text(PPCA_JOB)
+    assert avi_cli("fit", str(config), "--out", str(run)).returncode == 0
+    built = []
+
+    def spy(config, *args, **kwargs):
+        built.append(config.inference)
+        return build_posterior(config, *args, **kwargs)
+
+    monkeypatch.setattr(gaps_module, "build_posterior", spy)
+    result = run_gaps(run, family="planar", encoder_settings={"flow_centred": True, "flow_length": 2}, points=10,
+                      steps=2, k=4, encoder_epochs=1)  # fmt: skip
+    assert [(i.family, i.flow_centred, i.flow_length) for i in built] == [("planar", True, 2)]
+    assert result["encoder_settings"] == {"flow_centred": True, "flow_length": 2}
+    assert json.loads((run / "gaps-planar-test.json").read_text())["encoder_settings"] == result["encoder_settings"]
+    assert run_gaps(run, family="planar", points=10, steps=2, k=4, encoder_epochs=1)["encoder_settings"] == {}
+    assert built[-1].flow_centred is False
+
+    _one_line_error(avi_cli("gaps", str(run), "--set", "inference.flow_centred=true"),
+                    "encoder settings apply to a new encoder")  # fmt: skip
+    _one_line_error(avi_cli("gaps", str(run), "--family", "planar", "--set", "model.latent_dim=3"),
+                    "avi gaps --set takes inference.KEY=VALUE (the new encoder's settings), not model.*")  # fmt: skip
+    _one_line_error(avi_cli("gaps", str(run), "--family", "full-rank", "--set", "inference.flow_centred=true"),
+                    "inference.flow_centred applies to the planar, radial and sylvester families")  # fmt: skip
 
 
 def test_a_decomposition_in_pieces_merges_into_the_whole(tmp_path: Path) -> None:

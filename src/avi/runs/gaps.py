@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from torch import Tensor
 
@@ -16,7 +17,7 @@ from avi.evaluation.gaps import CONVERGED_GAIN, Progress, check_decomposable, ga
 from avi.families.posterior import Posterior
 from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
-from avi.runs.config import FAMILY_NAMES, FamilyName
+from avi.runs.config import FAMILY_NAMES, Config, resolve_config
 from avi.runs.load import TrainedRun, load_trained
 from avi.runs.report_figures import gaps_figure
 from avi.runs.rundir import GAPS_SCHEMA, read_gaps, read_json, require_run, write_json
@@ -42,6 +43,7 @@ def run_gaps(
     first: int = 0,
     steps: int = 1000,
     encoder_epochs: int = 10,
+    encoder_settings: Mapping[str, Any] | None = None,
     ais_steps: int = 0,
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -53,7 +55,10 @@ def run_gaps(
     fit ``evaluate.memory_budget`` MiB (:data:`MEMORY_BUDGET` when unset).
 
     With a ``family`` other than the run's, a new amortized encoder of that family is first
-    trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do).
+    trained for ``encoder_epochs`` epochs against the run's fixed model (as Cremer et al. do),
+    with the run's inference settings but for ``encoder_settings`` (inference keys, e.g.
+    ``{"flow_centred": True}``; refused where ``family`` is the run's own, or where one does not
+    apply to it), which the result records.
     ``q_star_converged`` says whether ``steps`` were enough (:func:`gap_decomposition`'s check);
     ``on_progress`` hears how the decomposition goes on. Writes ``gaps-FAMILY-SPLIT.json`` and
     the figure ``gaps.png`` into the run directory. A run that an ``avi fit`` is still writing
@@ -70,19 +75,22 @@ def run_gaps(
     run = load_trained(require_run(run_dir, stopped=True))
     config = run.config
     family = family or config.inference.family
+    settings = _encoder_settings(config, family, dict(encoder_settings or {}))
     saved = Path(run_dir) / f"gaps-{family}-{split if data is None else 'file'}.json"
     _check_saved(Path(run_dir), saved)
     x, source = _points(run, data, split, points, first)
     check_decomposable(run.posterior, x)
     started = time.perf_counter()
     run.model.requires_grad_(False)
-    posterior = run.posterior if family == config.inference.family else _new_encoder(run, family, encoder_epochs)
+    own = family == config.inference.family
+    posterior = run.posterior if own else _new_encoder(run, family, encoder_epochs, settings)
     gaps = gap_decomposition(
         run.model, posterior, x, k=k or config.evaluate.k, steps=steps, ais_steps=ais_steps,
         memory_budget=config.evaluate.memory_budget or MEMORY_BUDGET, on_progress=on_progress,
     )  # fmt: skip
     result = {
-        "family": family, "split": split if data is None else None, "data": source, "first": first,
+        "family": family, "encoder_settings": settings, "split": split if data is None else None, "data": source,
+        "first": first,
         "n": x.shape[0], **gaps._asdict(), "refine_steps": steps, "ais_steps": ais_steps,
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
@@ -115,6 +123,21 @@ def merge_gaps(pieces: list[dict[str, Any]]) -> dict[str, Any]:
         result["refine_steps"] > 0 and result["refine_gain"] - 2 * result["refine_gain_stderr"] <= CONVERGED_GAIN
     )
     return result
+
+
+def _encoder_settings(config: Config, family: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` checked as the inference settings of a new encoder of ``family``: only with a
+    family other than the run's, each a setting that applies to it (validated as ``avi fit``
+    validates its own)."""
+    if not settings:
+        return settings
+    if family == config.inference.family:
+        raise ConfigError(
+            f"encoder settings apply to a new encoder, which avi gaps trains only with a family other than "
+            f"the run's ({family!r}): give --family"
+        )
+    checked = resolve_config({"inference": {**settings, "family": family, "strategy": "amortized"}}, explicit=True)
+    return {key: getattr(checked.inference, key) for key in settings}
 
 
 def _check_saved(run_dir: Path, replaced: Path) -> None:
@@ -160,12 +183,13 @@ def _points(run: TrainedRun, data: str | Path | None, split: str, points: int | 
     return x, source
 
 
-def _new_encoder(run: TrainedRun, family: str, epochs: int) -> Posterior:
-    """A new amortized encoder of ``family`` trained for ``epochs`` epochs on the training split
+def _new_encoder(run: TrainedRun, family: str, epochs: int, settings: dict[str, Any]) -> Posterior:
+    """A new amortized encoder of ``family`` (the run's inference settings but for ``settings``,
+    checked by :func:`_encoder_settings`) trained for ``epochs`` epochs on the training split
     against the run's fixed model (the run's batch size and learning rate)."""
-    config = run.config.model_copy(deep=True)
-    # a name of FAMILY_NAMES (_check_options), validated again on assignment
-    config.inference.family, config.inference.strategy = cast(FamilyName, family), "amortized"
+    values = run.config.model_dump()
+    values["inference"] |= {"family": family, "strategy": "amortized"} | settings
+    config = resolve_config(values)
     posterior = build_posterior(config, run.model, 0).to(run.device)
     fit(run.model, posterior, run.splits.train.to(run.device), epochs=epochs,
         batch_size=config.train.batch_size, lr=config.train.lr, train_model=False)  # fmt: skip
