@@ -18,6 +18,8 @@ __all__ = [
     "CONV_CHANNELS",
     "MLP",
     "ConvDecoder",
+    "MAXOUT_PIECES",
+    "Maxout",
     "ReducedPrecision",
     "activation_layer",
     "autocast_forward",
@@ -29,6 +31,24 @@ __all__ = [
 ]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
+#: linear pieces of a maxout unit (``activation = "maxout"``): Rezende and Mohamed's (2015)
+#: window of 4
+MAXOUT_PIECES = 4
+
+
+class Maxout(nn.Module):
+    """Maxout units (Goodfellow et al. 2013): h (..., n * pieces) -> (..., n), each unit the
+    largest of its ``pieces`` consecutive inputs, max_j (W_j x + b_j) after a linear layer."""
+
+    def __init__(self, pieces: int = MAXOUT_PIECES) -> None:
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h.unflatten(-1, (-1, self.pieces)).amax(-1)
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}"
 
 
 @runtime_checkable
@@ -62,29 +82,42 @@ class MLP(nn.Sequential):
 
 
 def activation_layer(activation: str) -> nn.Module:
-    """A new layer of the activation named ``activation`` (:data:`ACTIVATIONS`); :class:`ConfigError` else."""
+    """A new layer of the activation named ``activation`` (:data:`ACTIVATIONS`); :class:`ConfigError` else
+    (maxout too: its units need the linear layer before them :data:`MAXOUT_PIECES` times as wide,
+    which only :func:`mlp` builds)."""
+    if activation == "maxout":
+        raise ConfigError(
+            f"maxout units are built into MLP layers only; convolutional networks and the MADE decoder "
+            f"take {', '.join(sorted(ACTIVATIONS))}"
+        )
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[activation]()
 
 
 def _linear_layers(sizes: Sequence[int], activation: str) -> list[nn.Module]:
-    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them, none after the last."""
-    activation_layer(activation)
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them, none after
+    the last; with ``maxout``, each hidden layer of n units is a linear layer to n *
+    :data:`MAXOUT_PIECES` values and :class:`Maxout`."""
+    maxout = activation == "maxout"
+    if not maxout:
+        activation_layer(activation)
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ConfigError(f"network sizes must be at least two positive integers, got {list(sizes)}")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(activation_layer(activation))
+        hidden = i < len(sizes) - 2
+        layers.append(nn.Linear(n_in, n_out * MAXOUT_PIECES if hidden and maxout else n_out))
+        if hidden:
+            layers.append(Maxout() if maxout else activation_layer(activation))
     return layers
 
 
 def mlp(sizes: Sequence[int], activation: str = "relu") -> MLP:
     """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers, linear output.
 
-    ``mlp([784, 400, 40])`` is Linear(784, 400), ReLU, Linear(400, 40); ``mlp([D, K])`` is affine.
+    ``mlp([784, 400, 40])`` is Linear(784, 400), ReLU, Linear(400, 40); ``mlp([D, K])`` is affine;
+    ``mlp([784, 400, 40], "maxout")`` is Linear(784, 1600), Maxout (400 units), Linear(400, 40).
     """
     return MLP(*_linear_layers(sizes, activation))
 

@@ -20,7 +20,7 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from avi.errors import ConfigError
 from avi.models.base import LatentVariableModel
 from avi.models.bernoulli import bernoulli_log_prob
-from avi.nn import ACTIVATIONS, autocast_forward
+from avi.nn import activation_layer, autocast_forward
 
 __all__ = ["MADE", "AutoregressiveBernoulli", "MADEModel"]
 
@@ -61,8 +61,7 @@ class MADE(nn.Module):
         super().__init__()
         if data_dim < 2 or not hidden or any(h < 1 for h in hidden):
             raise ConfigError(f"a MADE needs data dimension >= 2 and hidden layers, got {data_dim} and {list(hidden)}")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+        activation_layer(activation)  # ConfigError for an unknown name or maxout
         degrees = [torch.arange(1, data_dim + 1)] + [torch.arange(h) % (data_dim - 1) + 1 for h in hidden]
         self.hidden = nn.ModuleList(
             _MaskedLinear((d_out[:, None] >= d_in[None, :]).float()) for d_in, d_out in pairwise(degrees)
@@ -71,7 +70,7 @@ class MADE(nn.Module):
         self.direct = _MaskedLinear(torch.ones(data_dim, data_dim).tril(-1), bias=False)
         self.context_hidden = nn.Linear(context_dim, hidden[0], bias=False)
         self.context_output = nn.Linear(context_dim, data_dim, bias=False)
-        self.activation = ACTIVATIONS[activation]()
+        self.activation = activation_layer(activation)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: (..., D), context: (..., C), broadcast against each other -> logits (..., D)."""

@@ -106,6 +106,9 @@ class ModelConfig(_Section):
     ``hidden`` (like the other layer sizes of a config) is a list of positive widths; unset, the
     model gets one layer sized by the data's dimension (:func:`avi.runs.build.default_hidden`:
     400 units for MNIST), recorded in the run's config.json when the model is built.
+    ``activation``: of every hidden layer, model and encoder; ``maxout`` makes each hidden unit the
+    largest of :data:`avi.nn.MAXOUT_PIECES` = 4 linear pieces (Rezende and Mohamed's 2015
+    networks; MLPs only, not the conv networks or the MADE decoder).
     ``likelihood``: ``bernoulli`` (binary data, or data in [0, 1] binarised) or ``gaussian``
     (real-valued data; it starts at the training data's mean and standard deviation).
     ``network``: the VAE's networks, ``mlp`` or, for 28x28 images (784 values per point), ``conv``:
@@ -127,7 +130,7 @@ class ModelConfig(_Section):
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
     hidden: list[Width] | None = None
-    activation: Literal["relu", "tanh", "elu", "softplus"] = "relu"
+    activation: Literal["relu", "tanh", "elu", "softplus", "maxout"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
     decoder: Literal["mlp", "made"] = "mlp"
@@ -540,11 +543,15 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_network(self) -> Config:
-        """The conv networks are the VAE's, in place of its MLPs (not of a MADE decoder)."""
+        """The conv networks are the VAE's, in place of its MLPs (not of a MADE decoder); maxout
+        units are MLP layers."""
         m = self.model
         if m.network == "conv" and (m.name != "vae" or m.decoder != "mlp"):
             other = f"model {m.name!r}" if m.name != "vae" else f"the {m.decoder} decoder"
             raise ValueError(f"model.network 'conv' is for the vae with its own decoder, not {other}")
+        if m.activation == "maxout" and (m.network == "conv" or m.decoder == "made"):
+            other = "model.network 'conv'" if m.network == "conv" else "the made decoder"
+            raise ValueError(f"model.activation 'maxout' builds MLP layers, not {other}")
         return self
 
     @model_validator(mode="after")
