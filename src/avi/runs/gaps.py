@@ -90,8 +90,7 @@ def run_gaps(
     )  # fmt: skip
     result = {
         "family": family, "encoder_settings": settings, "split": split if data is None else None, "data": source,
-        "first": first,
-        "n": x.shape[0], **gaps._asdict(), "refine_steps": steps, "ais_steps": ais_steps,
+        "first": first, "n": x.shape[0], **gaps._asdict(), "refine_steps": steps, "ais_steps": ais_steps,
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
     write_json(saved, result)
