@@ -408,12 +408,18 @@ def evaluate(
 
 def _show_evaluation(run_dir: Path, result: dict[str, Any], precision: str, as_json: bool) -> None:
     """``avi evaluate``'s result: a note where it ran in another ``precision`` than asked, the
-    Pareto k-hat warning, then its table (or, ``as_json``, one JSON object)."""
+    Pareto k-hat warning and that of flow layers that only shift q, then its table (or,
+    ``as_json``, one JSON object)."""
+    from avi.evaluation.flow_use import unused_layers_warning
+
     if precision != result["precision"]:
         note = f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}"
         console.print(note, highlight=False, soft_wrap=True)
     if result["pareto_k_warning"] is not None:
         console.print(f"warning: {escape(result['pareto_k_warning'])}", highlight=False, soft_wrap=True)
+    unused = unused_layers_warning(result.get("flow_layer_reshaping") or [])
+    if unused is not None:
+        console.print(f"warning: {escape(unused)}", highlight=False, soft_wrap=True)
     if as_json:
         _print_json(result)
         return
@@ -426,6 +432,7 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
     undefined standard errors (NaN: k < 3) left out."""
     import math
 
+    from avi.evaluation.flow_use import IN_USE
     from avi.evaluation.psis import KHAT_THRESHOLD
 
     def estimate(key: str) -> str:
@@ -464,6 +471,11 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
     per_layer = f" ({'+'.join(map(str, layers))} by layer)" if len(layers) > 1 else ""
     table.add_row("active units", f"{result['active_units']}{per_layer} of {len(result['kl_per_dim'])}")
     table.add_row("KL per dimension", " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    reshaping = result.get("flow_layer_reshaping")
+    if reshaping:
+        in_use = sum(r > IN_USE for r in reshaping)
+        shares = " ".join(f"{r:.3f}" for r in reshaping)
+        table.add_row("flow layers in use", f"{in_use} of {len(reshaping)} (reshaping q: {shares})")
     return table
 
 

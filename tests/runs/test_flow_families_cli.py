@@ -3,6 +3,7 @@ evaluate (an IWAE bound, which may not exceed the model's exact log p(x)) and th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,35 @@ def test_a_ppca_run_with_a_planar_posterior_bounds_the_exact_log_likelihood(tmp_
     exact = run.model.exact_log_marginal(x)
     assert torch.isfinite(bound).all()
     assert bound.mean() <= exact.mean() + 3 * bound.std() / len(x) ** 0.5
+
+
+def test_avi_evaluate_reports_how_much_each_flow_layer_reshapes_q(avi_cli, tmp_path: Path) -> None:
+    # A planar run of 3 layers: the evaluation holds one reshaping per layer, the table a row of
+    # them, and a layer pushed out of q's mass (b = 1e4 in the encoder's bias) is named in a
+    # warning; a mean-field run has none.
+    path, run = tmp_path / "job.toml", tmp_path / "run"
+    path.write_text(small_job(2, points=300, name="ppca"))
+    fitted = avi_cli("fit", str(path), "--family", "planar", "--set", "inference.flow_length=3", "--out", str(run))
+    assert fitted.returncode == 0, fitted.stderr
+    result = avi_cli("evaluate", str(run), "--k", "10")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((run / "evaluation-k10.json").read_text())
+    reshaping = evaluation["flow_layer_reshaping"]
+    assert len(reshaping) == 3 and all(r > 0 for r in reshaping), reshaping
+    assert "flow layers in use" in result.stdout and "reshape q by at most" not in result.stderr
+
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    output = [key for key in state["posterior"] if key.endswith("bias")][-1]  # the encoder's last layer
+    state["posterior"][output][2 * 2 + (2 * 2 + 1) * 2 - 1] = 1e4  # lambda = (m, s, (u, w, b) per layer): b of layer 2
+    torch.save(state, run / "checkpoint.pt")
+    result = avi_cli("evaluate", str(run), "--k", "10")
+    assert result.returncode == 0, result.stderr
+    assert "warning: 1 of 3 flow layers (number 2) reshape q by at most 0.01" in result.stderr, result.stderr
+
+    plain = tmp_path / "plain"
+    assert avi_cli("fit", str(path), "--out", str(plain)).returncode == 0
+    assert avi_cli("evaluate", str(plain), "--k", "10").returncode == 0
+    assert json.loads((plain / "evaluation-k10.json").read_text())["flow_layer_reshaping"] is None
 
 
 def test_flow_options_are_refused_where_they_do_not_apply() -> None:

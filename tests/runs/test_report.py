@@ -346,6 +346,25 @@ def test_summary_shows_the_debiased_estimate_with_its_interval_marked_unreliable
     assert cells["log p(x), IWAE k=50 (test split, 40 points, best checkpoint, epoch 7)"] == "-11.17 ± 0.029"
 
 
+def test_summary_counts_the_flow_layers_in_use_and_warns_of_those_that_only_shift_q() -> None:
+    from avi.runs.report_tables import summary
+
+    rows = [{"epoch": 2, "wall_seconds": 1.0, "val_elbo": -9.0, "val_reconstruction": -8.0, "val_kl": 1.0}]
+    flow = {**EVALUATION, "pareto_k": {"median": 0.3, "share_over_0.7": 0.02, "points": 40}, "pareto_k_warning": None,
+            "kl_per_dim": [0.2, 0.3], "active_units": 2, "flow_layer_reshaping": [0.4, 0.003, 0.02, 0.0]}  # fmt: skip
+    head = summary(rows, [flow], [], run="runs/x", status="finished", latent_dim=2)
+    assert dict(head.rows)["flow layers in use (test)"] == "2 of 4 (reshaping q by more than 0.01)"
+    assert head.warnings == [
+        "2 of 4 flow layers (number 2, 4) reshape q by at most 0.01 (E tr Cov of their displacement over E tr "
+        "Cov of their input): each only shifts q's mean. Centred layers (inference.flow_centred = true) keep "
+        "them inside q's mass."
+    ]
+    alive = summary(rows, [{**flow, "flow_layer_reshaping": [0.5, 0.2]}], [], run="x", status="finished", latent_dim=2)
+    assert dict(alive.rows)["flow layers in use (test)"].startswith("2 of 2") and alive.warnings == []
+    other = summary(rows, [{**flow, "flow_layer_reshaping": None}], [], run="x", status="finished", latent_dim=2)
+    assert "flow layers in use (test)" not in dict(other.rows) and other.warnings == []
+
+
 def test_summary_without_an_evaluation_uses_validation_and_warns_of_collapse() -> None:
     from avi.runs.report_tables import summary
 

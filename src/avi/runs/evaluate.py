@@ -40,6 +40,7 @@ from avi.errors import ConfigError
 from avi.evaluation.bounds import LogLikelihood, chunk_sizes, cubo_per_point, elbo_per_point, log_likelihood
 from avi.evaluation.collapse import collapse_diagnostics
 from avi.evaluation.consistency import consistency_kl, linear_probe_accuracy, posterior_means
+from avi.evaluation.flow_use import flow_layer_use
 from avi.evaluation.importance import fast_path
 from avi.evaluation.jackknife import mean_with_stderr
 from avi.evaluation.psis import KHAT_THRESHOLD, khat_summary, khat_warning
@@ -275,10 +276,13 @@ def _write_points(path: Path, points: Tensor) -> None:
 
 def _point_means(model: LatentVariableModel, posterior: nn.Module, x: Tensor) -> dict[str, Any]:
     """Mean ELBO, reconstruction and KL over x, and the collapse diagnostics (KL per latent
-    dimension, active units in all and per latent layer, I(x; z)) on the first 1,000 points, as in training (a flow's
-    mutual information on the first 100: :func:`~avi.runs.collapse.mi_settings`)."""
+    dimension, active units in all and per latent layer, I(x; z)) on the first 1,000 points, as
+    in training (a flow's mutual information on the first 100: :func:`~avi.runs.collapse.mi_settings`);
+    for a finite flow (planar, radial, Sylvester) also how much each layer reshapes q
+    (:func:`~avi.evaluation.flow_use.flow_layer_use`, None for other families)."""
     elbo, reconstruction, kl = (v.mean().item() for v in elbo_per_point(model, posterior, x))
     collapse = collapse_diagnostics(model, posterior, x[:DIAGNOSTIC_POINTS], **mi_settings(posterior))
+    reshaping = flow_layer_use(posterior, x[:DIAGNOSTIC_POINTS])
     return {
         "elbo": elbo,
         "reconstruction": reconstruction,
@@ -287,6 +291,7 @@ def _point_means(model: LatentVariableModel, posterior: nn.Module, x: Tensor) ->
         "active_units": collapse.active_units,
         "active_units_per_layer": list(collapse.active_units_per_layer),
         "mutual_information": collapse.mutual_information,
+        "flow_layer_reshaping": None if reshaping is None else reshaping.tolist(),
     }
 
 

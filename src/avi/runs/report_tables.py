@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from avi.evaluation.flow_use import IN_USE, unused_layers_warning
 from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_summary, khat_warning
 from avi.runs.rundir import json_text, last_diagnosed
 
@@ -87,7 +88,8 @@ def summary(
     the debiased estimate with its 95% interval (marked unreliable where k-hat is warned about)
     and k-hat, with a line for the others; the ELBO with its reconstruction and KL terms
     (evaluated, else the last epoch's validation values); active units (evaluated, else of the
-    last epoch that recorded the collapse diagnostics); and the inference gaps."""
+    last epoch that recorded the collapse diagnostics); a finite flow's layers in use
+    (evaluated); and the inference gaps."""
     last = rows[-1]
     evaluation = evaluations[0] if evaluations else {}
     out = [("training", f"{status} after {last['epoch']} epochs, {fmt(last['wall_seconds'], '.0f')} s")]
@@ -104,8 +106,10 @@ def summary(
     out += _bound_rows(last, evaluation)
     units, collapsed = _active_units(last_diagnosed(rows), evaluation, latent_dim)
     out.append(units)
+    flow, unused = _flow_layers(evaluation)
+    out += flow
     out += _gap_rows(gaps, run)
-    return Summary(out, [w for w in (khat_warned, collapsed) if w])
+    return Summary(out, [w for w in (khat_warned, collapsed, unused) if w])
 
 
 def _evaluated_on(evaluation: dict[str, Any]) -> str:
@@ -224,6 +228,17 @@ def _active_units(
     else:
         return ("active units", "not computed: the run recorded no collapse diagnostics"), None
     return (f"active units ({source})", f"{active} of {dims}"), collapse_warning(active, dims)
+
+
+def _flow_layers(evaluation: dict[str, Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """The row of a finite flow's layers in use (none for other families or an evaluation that
+    did not measure them) and the warning for those that only shift q."""
+    reshaping = evaluation.get("flow_layer_reshaping")
+    if not isinstance(reshaping, list) or not reshaping or not all(_number(r) for r in reshaping):
+        return [], None
+    in_use = sum(r > IN_USE for r in reshaping)
+    row = ("flow layers in use (test)", f"{in_use} of {len(reshaping)} (reshaping q by more than {IN_USE})")
+    return [row], unused_layers_warning(reshaping)
 
 
 def _gap_rows(gaps: list[dict[str, Any]], run: str) -> list[tuple[str, str]]:

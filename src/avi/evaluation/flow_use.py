@@ -1,0 +1,72 @@
+"""Whether the layers of a finite flow q(z|x) (planar, radial, Sylvester) do anything.
+
+A layer G(z) = z + d(z) whose displacement d is the same for all of a point's draws leaves q's
+shape as it was: it shifts q's mean, and the flow is the base Gaussian again, trained through a
+harder parametrisation. Planar layers end so when tanh saturates over all of q's mass (the
+Rezende and Mohamed reproduction's did, silently: docs/results.md). Per layer k, with z its
+input over q's draws,
+
+    reshaping_k = E_x[tr Cov_q(G_k(z) - z)] / E_x[tr Cov_q(z)],
+
+0 for a pure shift, of order 1 where the layer moves a point's draws about as far as they spread.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from avi.families.finite_flow import FiniteFlow
+from avi.nn import eval_mode
+
+__all__ = ["IN_USE", "flow_layer_use", "unused_layers_warning"]
+
+#: the reshaping above which a layer counts as in use
+IN_USE = 0.01
+
+
+@torch.no_grad()
+def flow_layer_use(
+    posterior: nn.Module,
+    x: Tensor,
+    *,
+    num_samples: int = 100,
+    batch_size: int = 500,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """reshaping_k of each layer of the posterior's finite flow on the points x (N, D), from
+    ``num_samples`` draws of each point's q (variances with Bessel's correction), in batches of
+    ``batch_size`` points: (K,); None where q(z|x) is not a :class:`FiniteFlow`."""
+    moved: Tensor | None = None
+    spread: Tensor | None = None
+    with eval_mode(posterior):
+        for start in range(0, x.shape[0], batch_size):
+            index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
+            q = posterior(x[index], index)
+            if not isinstance(q, FiniteFlow):
+                return None
+            noise = torch.randn((num_samples, *q.loc.shape), generator=generator, dtype=q.loc.dtype)
+            z = q.loc + q.scale * noise.to(q.loc.device)
+            batch_moved, batch_spread = [], []
+            for layer in q.layers:
+                out, _ = layer(z)
+                batch_moved.append((out - z).var(0).sum())
+                batch_spread.append(z.var(0).sum())
+                z = out
+            moved = torch.stack(batch_moved) if moved is None else moved + torch.stack(batch_moved)
+            spread = torch.stack(batch_spread) if spread is None else spread + torch.stack(batch_spread)
+    if moved is None or spread is None:
+        return None
+    return moved / spread
+
+
+def unused_layers_warning(reshaping: list[float]) -> str | None:
+    """The warning for layers at most :data:`IN_USE` (by their ``reshaping``), or None."""
+    unused = [k + 1 for k, r in enumerate(reshaping) if not r > IN_USE]
+    if not unused:
+        return None
+    return (
+        f"{len(unused)} of {len(reshaping)} flow layers (number {', '.join(map(str, unused))}) reshape q by at most "
+        f"{IN_USE} (E tr Cov of their displacement over E tr Cov of their input): each only shifts q's mean. "
+        "Centred layers (inference.flow_centred = true) keep them inside q's mass."
+    )
