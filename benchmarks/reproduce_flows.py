@@ -145,7 +145,8 @@ def config_for(name: str, *, threads: int, epochs: int = EPOCHS, warmup: int = W
 
 def evaluate(run_dir: Path, *, k: int, finished: bool) -> dict[str, Any]:
     """The run's test bounds (nats, lower is better): the negative ELBO (the paper's), and the
-    IWAE-k bound with its standard error, with what produced them."""
+    IWAE-k bound with its standard error, with what produced them; for a flow, how much each
+    layer reshapes q (``avi evaluate``'s ``flow_layer_reshaping``, None for the diagonal runs)."""
     r = run_evaluate(run_dir, k=k)
     return {
         "finished": finished,
@@ -158,6 +159,7 @@ def evaluate(run_dir: Path, *, k: int, finished: bool) -> dict[str, Any]:
         "test_nll_iwae_stderr": r["log_likelihood_stderr"],
         "test_kl": r["kl"],
         "active_units": r["active_units"],
+        "flow_layer_reshaping": r["flow_layer_reshaping"],
         "k": k,
         "evaluate_seconds": r["seconds"],
     }
