@@ -1,6 +1,7 @@
-"""What the bad-input property test (tests/runs/test_bad_input_property.py) and the audit
-(benchmarks/bad_inputs.py) share to run ``avi`` in this process: a time limit on a command, the
-directory it runs in, and config values written as TOML."""
+"""What the bad-input property test (tests/runs/test_bad_input_property.py), the audit
+(benchmarks/bad_inputs.py) and other in-process CLI tests share to run ``avi`` in this process:
+a time limit on a command, the directory it runs in, config values written as TOML, and a call
+with its exit code checked."""
 
 from __future__ import annotations
 
@@ -12,7 +13,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TooSlow", "time_limit", "toml_value", "working_directory"]
+__all__ = ["TooSlow", "avi_in_process", "time_limit", "toml_value", "working_directory"]
+
+
+def avi_in_process(*args: str, code: int = 0) -> Any:
+    """``avi ARGS`` in this process (typer's runner), its exit code checked against ``code``; the
+    threads it sets restored."""
+    import torch
+    from typer.testing import CliRunner
+
+    from avi.cli import app
+
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
 
 
 class TooSlow(Exception):

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
-from avi.cli import app
 from avi.encoders.conv import conv_encoder
 from avi.errors import ConfigError
 from avi.evaluation.importance import fast_path, row_bytes
@@ -23,6 +21,7 @@ from avi.models import VAEModel
 from avi.nn import ConvDecoder
 from avi.runs.build import build_model, build_posterior
 from avi.runs.config import load_config
+from tests.cli_harness import avi_in_process
 
 
 def test_the_networks_map_images_to_parameters_and_latents_to_images() -> None:
@@ -93,29 +92,18 @@ def test_conv_is_refused_for_data_that_are_not_28x28_images() -> None:
         build_posterior(config, VAEModel(20, 4, [8]), 10)
 
 
-def _avi(*args: str, code: int = 0) -> Any:
-    """``avi ARGS`` in this process, its exit code checked; the threads it sets restored."""
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
-
-
 def test_fit_resume_and_evaluate_a_conv_vae(tmp_path: Path) -> None:
     """avi fit --network conv trains an epoch on 784-dimensional data, --resume a second, and
     avi evaluate --k 10 scores the test split: a finite log-likelihood above the ELBO's bound."""
     run = tmp_path / "run"
     fit = ("--data", "synthetic", "--set", "data.synthetic_points=200", "--network", "conv", "--latent-dim", "4",
            "--hidden", "16", "--batch-size", "50", "--set", "train.threads=1")  # fmt: skip
-    _avi("fit", *fit, "--epochs", "1", "--out", str(run))
-    _avi("fit", "--resume", str(run), "--epochs", "2")
+    avi_in_process("fit", *fit, "--epochs", "1", "--out", str(run))
+    avi_in_process("fit", "--resume", str(run), "--epochs", "2")
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and state["posterior"]["encoder.1.weight"].shape == (32, 1, 4, 4)
     assert state["model"]["decoder.bias"].shape == (784,)
-    result = json.loads(_avi("evaluate", str(run), "--k", "10", "--json").stdout)
+    result = json.loads(avi_in_process("evaluate", str(run), "--k", "10", "--json").stdout)
     assert result["n"] == 20 and math.isfinite(result["log_likelihood"])
     assert result["elbo"] - 1.0 <= result["log_likelihood"] < 0
 
@@ -123,7 +111,7 @@ def test_fit_resume_and_evaluate_a_conv_vae(tmp_path: Path) -> None:
 def test_fit_refuses_conv_on_other_data_in_one_line(tmp_path: Path) -> None:
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).random((50, 20)).astype(np.float32))
-    result = _avi("fit", "--data", str(data), "--network", "conv", "--out", str(tmp_path / "never"), code=2)
+    result = avi_in_process("fit", "--data", str(data), "--network", "conv", "--out", str(tmp_path / "never"), code=2)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "the data have dimension 20" in lines[0], result.output
     assert not (tmp_path / "never").exists()

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
-from avi.cli import app
 from avi.errors import ConfigError
 from avi.nn import MAXOUT_PIECES, Maxout, mlp
 from avi.runs.build import build_model, build_posterior
 from avi.runs.config import load_config
+from tests.cli_harness import avi_in_process
 
 
 def test_a_maxout_unit_is_the_largest_of_its_pieces() -> None:
@@ -59,30 +58,19 @@ def test_maxout_is_refused_where_no_mlp_layer_holds_it(overrides: dict[str, Any]
     assert "\n" not in str(err.value)
 
 
-def _avi(*args: str, code: int = 0) -> Any:
-    """``avi ARGS`` in this process, its exit code checked; the threads it sets restored."""
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result
-
-
 def test_fit_resume_and_evaluate_a_maxout_vae(tmp_path: Path) -> None:
     """An epoch, a resumed second, and avi evaluate: the checkpoint holds the 4x wide layers,
     the IWAE bound is finite and not below the ELBO by more than its noise."""
     run = tmp_path / "run"
     fit = ("--data", "synthetic", "--set", "data.synthetic_points=200", "--set", "model.activation=maxout",
            "--latent-dim", "2", "--hidden", "16", "--batch-size", "50", "--set", "train.threads=1")  # fmt: skip
-    _avi("fit", *fit, "--epochs", "1", "--out", str(run))
-    _avi("fit", "--resume", str(run), "--epochs", "2")
+    avi_in_process("fit", *fit, "--epochs", "1", "--out", str(run))
+    avi_in_process("fit", "--resume", str(run), "--epochs", "2")
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and state["model"]["decoder.0.weight"].shape == (16 * MAXOUT_PIECES, 2)
-    result = json.loads(_avi("evaluate", str(run), "--k", "50", "--json").stdout)
+    result = json.loads(avi_in_process("evaluate", str(run), "--k", "50", "--json").stdout)
     assert math.isfinite(result["log_likelihood"]) and result["log_likelihood"] >= result["elbo"] - 1.0
-    bad = _avi("fit", "--data", "synthetic", "--set", "model.activation=maxout", "--decoder", "made",
+    bad = avi_in_process("fit", "--data", "synthetic", "--set", "model.activation=maxout", "--decoder", "made",
                "--out", str(tmp_path / "never"), code=2)  # fmt: skip
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "builds MLP layers, not the made decoder" in lines[0], bad.output
