@@ -62,9 +62,9 @@ What this script runs instead, and why:
   steps with an auxiliary variable, so L[q*_AF] may fall short of the paper's. The layers are
   uncentred, as the paper's: centred layers (``inference.flow_centred``), which stay in use in
   the Rezende and Mohamed checks, made this recipe diverge at pass 10 (the KL weight 0.085
-  let q contract: training KL 200-330 nats, every layer's u_hat^T w at the bound -1, so
-  log det -> -inf where draws cross a hyperplane), so uncentred layers, which saturate into
-  shifts (docs/results.md) but train, it is. The ``ffg`` run's new planar encoder has the
+  let q contract: training KL 200-330 nats, u_hat^T w at the bound -1 in nine of ten layers
+  for some points, so log det -> -inf where draws cross a hyperplane); uncentred layers
+  saturate into shifts (docs/results.md) but train. The ``ffg`` run's new planar encoder has the
   ``flow`` run's settings (:data:`NEW_ENCODER`, ``avi gaps --set``);
 - q* starts from the encoder's output, not from N(0, I): :data:`REFINE_STEPS` = 2,000 Adam
   steps (lr 0.05, cosine decay, 4 samples a step; avi's defaults), with avi's convergence
