@@ -318,7 +318,8 @@ class _TrainingProgress:
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
-    """An epoch's summary: its bounds, seconds and, where measured, active units and mutual information."""
+    """An epoch's summary: its bounds, seconds and, where measured, active units, mutual
+    information and a finite flow's layers in use."""
     return (
         f"epoch {row['epoch']:>3}  train ELBO {row['train_elbo']:9.2f}  KL {row['train_kl']:7.2f}  "
         f"val ELBO {row['val_elbo']:9.2f}  {row['epoch_seconds']:6.1f} s"
@@ -327,6 +328,7 @@ def _epoch_line(row: dict[str, Any]) -> str:
             if "active_units" in row
             else ""
         )
+        + (f"  flow layers in use {row['flow_layers_in_use']}" if "flow_layers_in_use" in row else "")
     )
 
 

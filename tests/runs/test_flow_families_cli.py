@@ -15,6 +15,7 @@ from avi.families import PlanarFamily, RadialFamily, SylvesterFamily
 from avi.runs.build import build_family
 from avi.runs.config import load_config
 from avi.runs.load import load_trained
+from avi.runs.rundir import read_metrics
 from avi.runs.train import run_fit
 
 from .conftest import small_job
@@ -50,9 +51,10 @@ def test_a_ppca_run_with_a_planar_posterior_bounds_the_exact_log_likelihood(tmp_
 
 
 def test_avi_evaluate_reports_how_much_each_flow_layer_reshapes_q(avi_cli, tmp_path: Path) -> None:
-    # A planar run of 3 layers: the evaluation holds one reshaping per layer, the table a row of
-    # them, and a layer pushed out of q's mass (b = 1e4 in the encoder's bias) is named in a
-    # warning; a mean-field run has none.
+    # A planar run of 3 layers: each epoch's diagnostics count its layers in use (all 3 at the
+    # end), the evaluation holds one reshaping per layer, the table a row of them, and a layer
+    # pushed out of q's mass (b = 1e4 in the encoder's bias) is named in a warning; a
+    # mean-field run has none of these.
     path, run = tmp_path / "job.toml", tmp_path / "run"
     path.write_text(small_job(2, points=300, name="ppca"))
     fitted = avi_cli("fit", str(path), "--family", "planar", "--set", "inference.flow_length=3", "--out", str(run))
@@ -72,8 +74,13 @@ def test_avi_evaluate_reports_how_much_each_flow_layer_reshapes_q(avi_cli, tmp_p
     assert result.returncode == 0, result.stderr
     assert "warning: 1 of 3 flow layers (number 2) reshape q by at most 0.01" in result.stderr, result.stderr
 
+    rows = read_metrics(run)  # the collapse diagnostics of every epoch count the layers in use
+    assert all(row["flow_layers_in_use"] in (0, 1, 2, 3) for row in rows) and rows[-1]["flow_layers_in_use"] == 3
+    assert "flow layers in use 3" in fitted.stderr, fitted.stderr
+
     plain = tmp_path / "plain"
     assert avi_cli("fit", str(path), "--out", str(plain)).returncode == 0
+    assert "flow_layers_in_use" not in read_metrics(plain)[-1]
     assert avi_cli("evaluate", str(plain), "--k", "10").returncode == 0
     assert json.loads((plain / "evaluation-k10.json").read_text())["flow_layer_reshaping"] is None
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from avi.atomic import save_figure
 from avi.errors import ConfigError
 from avi.evaluation.collapse import collapse_diagnostics
+from avi.evaluation.flow_use import IN_USE, flow_layer_use
 from avi.families.flow import FlowFamily
 from avi.families.sylvester import SylvesterFamily
 from avi.models.base import LatentVariableModel
@@ -68,18 +69,23 @@ def mi_settings(posterior: nn.Module) -> dict[str, int]:
 
 def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor, *, seed: int = 0) -> dict[str, Any]:
     """Metrics columns ``kl_dim_0..K-1``, ``active_units`` and ``mutual_information`` of the
-    posterior on x, and for a model with several latent layers the active units of each,
-    ``active_units_layer_0..L-1`` (z_1 first: Burda et al.'s "16+5"), with the random draws of
-    the estimate seeded by ``seed`` and the global RNG left as it was (training draws the same
-    numbers with or without diagnostics)."""
+    posterior on x, for a model with several latent layers the active units of each,
+    ``active_units_layer_0..L-1`` (z_1 first: Burda et al.'s "16+5"), and for a finite flow
+    (planar, radial, Sylvester) ``flow_layers_in_use``, its layers that reshape q by more than
+    :data:`~avi.evaluation.flow_use.IN_USE` (:func:`~avi.evaluation.flow_use.flow_layer_use`);
+    with the random draws of the estimates seeded by ``seed`` and the global RNG left as it was
+    (training draws the same numbers with or without diagnostics)."""
     with seeded(seed, x.device):
         d = collapse_diagnostics(model, posterior, x, **mi_settings(posterior))
+        reshaping = flow_layer_use(posterior, x)
     layers = d.active_units_per_layer if len(d.active_units_per_layer) > 1 else ()
+    in_use = {} if reshaping is None else {"flow_layers_in_use": int((reshaping > IN_USE).sum())}
     return {
         **{f"kl_dim_{k}": v for k, v in enumerate(d.kl_per_dim.tolist())},
         "active_units": d.active_units,
         **{f"active_units_layer_{layer}": count for layer, count in enumerate(layers)},
         "mutual_information": d.mutual_information,
+        **in_use,
     }
 
 

@@ -141,9 +141,9 @@ GAPS_SCHEMA: dict[str, Field] = {
 #: read: numbers (NaN where undefined, as the validation ELBO of a run without validation data)
 METRICS_REQUIRED = ("epoch", "train_elbo", "train_kl", "val_elbo", "val_kl", "wall_seconds")
 #: columns of metrics.csv that hold numbers where a row has them
-METRICS_OPTIONAL = ("active_units",)
+METRICS_OPTIONAL = ("active_units", "flow_layers_in_use")
 #: the columns of metrics.csv that hold integers
-METRICS_INTEGER = ("epoch", "active_units")
+METRICS_INTEGER = ("epoch", "active_units", "flow_layers_in_use")
 
 
 def _plain(obj: Any) -> Any:
