@@ -72,7 +72,7 @@ def test_avi_evaluate_reports_how_much_each_flow_layer_reshapes_q(avi_cli, tmp_p
     torch.save(state, run / "checkpoint.pt")
     result = avi_cli("evaluate", str(run), "--k", "10")
     assert result.returncode == 0, result.stderr
-    assert "warning: 1 of 3 flow layers (number 2) reshape q by at most 0.01" in result.stderr, result.stderr
+    assert "warning: 1 of 3 flow layers (number 2) reshape q by at most 0.0001" in result.stderr, result.stderr
 
     rows = read_metrics(run)  # the collapse diagnostics of every epoch count the layers in use
     assert all(row["flow_layers_in_use"] in (0, 1, 2, 3) for row in rows) and rows[-1]["flow_layers_in_use"] == 3

@@ -351,11 +351,11 @@ def test_summary_counts_the_flow_layers_in_use_and_warns_of_those_that_only_shif
 
     rows = [{"epoch": 2, "wall_seconds": 1.0, "val_elbo": -9.0, "val_reconstruction": -8.0, "val_kl": 1.0}]
     flow = {**EVALUATION, "pareto_k": {"median": 0.3, "share_over_0.7": 0.02, "points": 40}, "pareto_k_warning": None,
-            "kl_per_dim": [0.2, 0.3], "active_units": 2, "flow_layer_reshaping": [0.4, 0.003, 0.02, 0.0]}  # fmt: skip
+            "kl_per_dim": [0.2, 0.3], "active_units": 2, "flow_layer_reshaping": [0.4, 3e-5, 0.02, 0.0]}  # fmt: skip
     head = summary(rows, [flow], [], run="runs/x", status="finished", latent_dim=2)
-    assert dict(head.rows)["flow layers in use (test)"] == "2 of 4 (reshaping q by more than 0.01)"
+    assert dict(head.rows)["flow layers in use (test)"] == "2 of 4 (reshaping q by more than 0.0001)"
     assert head.warnings == [
-        "2 of 4 flow layers (number 2, 4) reshape q by at most 0.01 (E tr Cov of their displacement over E tr "
+        "2 of 4 flow layers (number 2, 4) reshape q by at most 0.0001 (E tr Cov of their displacement over E tr "
         "Cov of their input): each only shifts q's mean. Centred layers (inference.flow_centred = true) keep "
         "them inside q's mass."
     ]
