@@ -141,7 +141,7 @@ import torch
 
 from avi.runs.config import Config, load_config
 from avi.runs.gaps import merge_gaps, plot_gaps, run_gaps
-from avi.runs.rundir import CHECKPOINT, write_json
+from avi.runs.rundir import write_json
 from machine import CpuSnapshot, cpu_snapshot, folder_lock, machine_facts, other_processes_cpus, write_report
 from reproduce_burda import (
     epochs_done,
@@ -232,12 +232,13 @@ def decompose(run_dir: Path, family: str, gaps: GapSettings, encoder: dict[str, 
     (AIS for the mean-field family, the IWAE bound for a flow) in pieces of :data:`PIECE`
     points, merged by :func:`merge_gaps`. Each piece is saved in ``cremer-FAMILY.json`` when it
     is done, and a later call goes on from the first missing one where the saved settings are
-    these and the file is newer than the checkpoint. Every piece starts from seed 1, so the new
-    encoder of the other family (with the inference settings ``encoder``) is the same in each."""
+    these, the passes trained included (a file's time would not survive a clone). Every piece
+    starts from seed 1, so the new encoder of the other family (with the inference settings
+    ``encoder``) is the same in each."""
     cache = run_dir / f"cremer-{family}.json"
-    settings = asdict(gaps) | ({"encoder_settings": encoder} if encoder else {})
+    settings = asdict(gaps) | {"passes": epochs_done(run_dir)} | ({"encoder_settings": encoder} if encoder else {})
     pieces: list[dict[str, Any]] = []
-    if cache.exists() and cache.stat().st_mtime > (run_dir / CHECKPOINT).stat().st_mtime:
+    if cache.exists():
         saved = json.loads(cache.read_text())
         if saved["settings"] == settings:
             pieces = saved.get("pieces", [])
