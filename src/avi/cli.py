@@ -476,7 +476,7 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
     reshaping = result.get("flow_layer_reshaping")
     if reshaping:
         in_use = sum(r > IN_USE for r in reshaping)
-        shares = " ".join(f"{r:.3f}" for r in reshaping)
+        shares = " ".join(f"{r:.2g}" for r in reshaping)
         table.add_row("flow layers in use", f"{in_use} of {len(reshaping)} (reshaping q: {shares})")
     return table
 

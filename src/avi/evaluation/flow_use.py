@@ -8,7 +8,8 @@ input over q's draws,
 
     reshaping_k = E_x[tr Cov_q(G_k(z) - z)] / E_x[tr Cov_q(z)],
 
-0 for a pure shift, of order 1 where the layer moves a point's draws about as far as they spread.
+0 for a pure shift, of order 1 where the layer moves a point's draws about as far as they spread
+in every direction (a planar layer moves them along one direction of D: of order 1/D).
 """
 
 from __future__ import annotations
