@@ -60,7 +60,7 @@ What this script runs instead, and why:
   starts from a new planar encoder trained :data:`ENCODER_EPOCHS` = 20 epochs against the fixed
   decoder; a planar flow of 10 layers is less expressive than the paper's two RealNVP-like
   steps with an auxiliary variable, so L[q*_AF] may fall short of the paper's. The layers are
-  uncentred, as the paper's: centred layers (``inference.flow_centred``), which stay in use in
+  uncentred, as Rezende and Mohamed's: centred layers (``inference.flow_centred``), which stay in use in
   the Rezende and Mohamed checks, made this recipe diverge at pass 10 (the KL weight 0.085
   let q contract: training KL 200-330 nats, u_hat^T w at the bound -1 in nine of ten layers
   for some points, so log det -> -inf where draws cross a hyperplane); uncentred layers
@@ -199,7 +199,8 @@ POINTS, REFINE_STEPS, AIS_STEPS, ENCODER_EPOCHS = 1000, 2000, 500, 20
 FINAL = GapSettings(POINTS, REFINE_STEPS, AIS_STEPS, chains=100, iwae_k=5000, encoder_epochs=ENCODER_EPOCHS)
 INTERIM = GapSettings(100, 500, 100, chains=20, iwae_k=500, encoder_epochs=2)
 #: points per piece of a decomposition, each saved when done: a call (or a session) that ends
-#: loses at most one piece (AIS of 200 points at the final settings: about 40 minutes)
+#: loses at most one piece (AIS of 200 points at the final settings: about 40 minutes of a quiet
+#: core, 63-85 minutes measured beside three other processes on the two)
 PIECE = 200
 QUICK = GapSettings(20, 50, 10, chains=10, iwae_k=50, encoder_epochs=1)
 
