@@ -434,7 +434,7 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
     undefined standard errors (NaN: k < 3) left out."""
     import math
 
-    from avi.evaluation.flow_use import IN_USE
+    from avi.evaluation.flow_use import layers_in_use
     from avi.evaluation.psis import KHAT_THRESHOLD
 
     def estimate(key: str) -> str:
@@ -475,9 +475,8 @@ def _evaluation_table(run_dir: Path, result: dict[str, Any]) -> Table:
     table.add_row("KL per dimension", " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     reshaping = result.get("flow_layer_reshaping")
     if reshaping:
-        in_use = sum(r > IN_USE for r in reshaping)
         shares = " ".join(f"{r:.2g}" for r in reshaping)
-        table.add_row("flow layers in use", f"{in_use} of {len(reshaping)} (reshaping q: {shares})")
+        table.add_row("flow layers in use", f"{layers_in_use(reshaping)} of {len(reshaping)} (reshaping q: {shares})")
     return table
 
 

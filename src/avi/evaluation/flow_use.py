@@ -14,13 +14,16 @@ in every direction (a planar layer moves them along one direction of D: of order
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from avi.families.finite_flow import FiniteFlow
 from avi.nn import eval_mode
 
-__all__ = ["IN_USE", "flow_layer_use", "unused_layers_warning"]
+__all__ = ["IN_USE", "flow_layer_use", "layers_in_use", "unused_layers_warning"]
 
 #: the reshaping above which a layer counts as in use: a planar layer moves draws along one
 #: direction of D, so a live one reshapes of order 1/D (0.007-0.011 for the five live layers of
@@ -39,28 +42,30 @@ def flow_layer_use(
 ) -> Tensor | None:
     """reshaping_k of each layer of the posterior's finite flow on the points x (N, D), from
     ``num_samples`` draws of each point's q (variances with Bessel's correction), in batches of
-    ``batch_size`` points: (K,); None where q(z|x) is not a :class:`FiniteFlow`."""
-    moved: Tensor | None = None
-    spread: Tensor | None = None
+    ``batch_size`` points: (K,); None where q(z|x) is not a :class:`FiniteFlow` (found from the
+    first point alone, as the per-epoch diagnostics ask every run)."""
+    totals = []  # per batch, (K, 2): summed tr Cov of each layer's displacement and of its input
     with eval_mode(posterior):
+        if x.shape[0] == 0 or not isinstance(posterior(x[:1], torch.arange(1, device=x.device)), FiniteFlow):
+            return None
         for start in range(0, x.shape[0], batch_size):
             index = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-            q = posterior(x[index], index)
-            if not isinstance(q, FiniteFlow):
-                return None
+            q = cast(FiniteFlow, posterior(x[index], index))
             noise = torch.randn((num_samples, *q.loc.shape), generator=generator, dtype=q.loc.dtype)
             z = q.loc + q.scale * noise.to(q.loc.device)
-            batch_moved, batch_spread = [], []
+            batch = []
             for layer in q.layers:
                 out, _ = layer(z)
-                batch_moved.append((out - z).var(0).sum())
-                batch_spread.append(z.var(0).sum())
+                batch.append(torch.stack([(out - z).var(0).sum(), z.var(0).sum()]))
                 z = out
-            moved = torch.stack(batch_moved) if moved is None else moved + torch.stack(batch_moved)
-            spread = torch.stack(batch_spread) if spread is None else spread + torch.stack(batch_spread)
-    if moved is None or spread is None:
-        return None
+            totals.append(torch.stack(batch))
+    moved, spread = torch.stack(totals).sum(0).unbind(-1)
     return moved / spread
+
+
+def layers_in_use(reshaping: Sequence[float] | Tensor) -> int:
+    """How many layers reshape q by more than :data:`IN_USE`."""
+    return sum(float(r) > IN_USE for r in reshaping)
 
 
 def unused_layers_warning(reshaping: list[float]) -> str | None:

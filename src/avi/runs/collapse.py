@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from avi.atomic import save_figure
 from avi.errors import ConfigError
 from avi.evaluation.collapse import collapse_diagnostics
-from avi.evaluation.flow_use import IN_USE, flow_layer_use
+from avi.evaluation.flow_use import flow_layer_use, layers_in_use
 from avi.families.flow import FlowFamily
 from avi.families.sylvester import SylvesterFamily
 from avi.models.base import LatentVariableModel
@@ -79,7 +79,7 @@ def diagnostics_row(model: LatentVariableModel, posterior: nn.Module, x: Tensor,
         d = collapse_diagnostics(model, posterior, x, **mi_settings(posterior))
         reshaping = flow_layer_use(posterior, x)
     layers = d.active_units_per_layer if len(d.active_units_per_layer) > 1 else ()
-    in_use = {} if reshaping is None else {"flow_layers_in_use": int((reshaping > IN_USE).sum())}
+    in_use = {} if reshaping is None else {"flow_layers_in_use": layers_in_use(reshaping)}
     return {
         **{f"kl_dim_{k}": v for k, v in enumerate(d.kl_per_dim.tolist())},
         "active_units": d.active_units,

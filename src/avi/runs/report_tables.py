@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from avi.evaluation.flow_use import IN_USE, unused_layers_warning
+from avi.evaluation.flow_use import IN_USE, layers_in_use, unused_layers_warning
 from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_summary, khat_warning
 from avi.runs.rundir import json_text, last_diagnosed
 
@@ -236,8 +236,8 @@ def _flow_layers(evaluation: dict[str, Any]) -> tuple[list[tuple[str, str]], str
     reshaping = evaluation.get("flow_layer_reshaping")
     if not isinstance(reshaping, list) or not reshaping or not all(_number(r) for r in reshaping):
         return [], None
-    in_use = sum(r > IN_USE for r in reshaping)
-    row = ("flow layers in use (test)", f"{in_use} of {len(reshaping)} (reshaping q by more than {IN_USE})")
+    in_use = f"{layers_in_use(reshaping)} of {len(reshaping)} (reshaping q by more than {IN_USE})"
+    row = ("flow layers in use (test)", in_use)
     return [row], unused_layers_warning(reshaping)
 
 
