@@ -14,7 +14,14 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import cubo_per_point, log_likelihood
 from avi.evaluation.bounds import MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
-from avi.evaluation.importance import SAMPLE_BLOCK, NoiseStream, chunk_log_weights, row_bytes
+from avi.evaluation.importance import (
+    SAMPLE_BLOCK,
+    NoiseStream,
+    chunk_log_weights,
+    decoder_copy_bytes,
+    fast_decoder,
+    row_bytes,
+)
 from avi.precision import bf16_supported
 from avi.families import make_family
 from avi.inference import LocalPosterior
@@ -138,6 +145,14 @@ def test_chunk_sizes_follow_the_budget() -> None:
     with pytest.raises(ConfigError, match="below one sample"):
         chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.001)
     assert chunk_sizes(model, 5000, memory_budget=MAX_BUDGET_MIB, workers=4096) == (1, TARGET_ROWS)
+    # bf16: the rows are wider by the activations' copies, and the decoder's weights are copied
+    # once (400 x 20 + 400 + 784 x 400 bfloat16 values), out of the budget of every worker
+    copies = 2 * (400 * 20 + 400 + 784 * 400)
+    assert decoder_copy_bytes(model, "bf16") == copies and decoder_copy_bytes(model) == 0
+    wide = row_bytes(model, torch.float32, "bf16")
+    assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2, precision="bf16") == (1, (2**21 - copies) // (2 * wide))
+    with pytest.raises(ConfigError, match="bfloat16 weights"):
+        chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.5, precision="bf16")
     for typo in (math.inf, 1e308, MAX_BUDGET_MIB * 2):  # 1e308 MiB in bytes overflows a float
         with pytest.raises(ConfigError, match="positive number of MiB up to 2\\^40"):
             chunk_sizes(model, 5000, memory_budget=typo)
@@ -187,6 +202,12 @@ def test_bf16_decoder_keeps_log_weights_in_float32_and_close_to_fp32() -> None:
     q = posterior(x)
     lw = chunk_log_weights(model, q, x, 10, NoiseStream(0, torch.arange(13), 3, torch.float32, x.device), precision="bf16")
     assert lw.dtype == torch.float32
+    decoder = fast_decoder(model, "bf16")  # the weights cast once for every chunk: the same weights
+    assert decoder is not None and decoder.output_weight.dtype == torch.bfloat16
+    assert all(w.dtype == torch.bfloat16 for pair in decoder.weights for w in pair if w is not None)
+    again = chunk_log_weights(model, q, x, 10, NoiseStream(0, torch.arange(13), 3, torch.float32, x.device),
+                              precision="bf16", decoder=decoder)  # fmt: skip
+    assert torch.equal(again, lw)
     with pytest.raises(ConfigError, match="precision"):
         log_likelihood(model, posterior, x, k=3, precision="fp16")
 

@@ -96,7 +96,9 @@ def test_peak_memory_stays_under_the_budget() -> None:
     assert within["unchunked_mib"] > 1000  # the unchunked computation would need 100x the budget
     assert within["peak"] - within["baseline"] < budget, within
     # two worker threads hold a chunk each: each gets half the budget (measured +6 MiB); bf16
-    # keeps bfloat16 copies of the activations besides (measured +7.4 MiB)
+    # keeps bfloat16 copies of the activations besides, and of the decoder's weights once
+    # (measured +7.4 MiB on an AMD host, +7.6 to +8.2 MiB with AMX, where copying the weights
+    # per chunk and thread reached +10.2)
     assert threads["peak"] - threads["baseline"] < budget, threads
     assert abs(threads["mean"] - within["mean"]) < 1e-3  # other chunk sizes: float32 rounding of ~545
     assert bf16["peak"] - bf16["baseline"] < budget, bf16

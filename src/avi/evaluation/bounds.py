@@ -16,7 +16,15 @@ from torch.distributions import Distribution
 
 from avi.data.dataset import Dataset
 from avi.errors import ConfigError
-from avi.evaluation.importance import PRECISIONS, NoiseStream, chunk_log_weights, row_bytes
+from avi.evaluation.importance import (
+    PRECISIONS,
+    FastDecoder,
+    NoiseStream,
+    chunk_log_weights,
+    decoder_copy_bytes,
+    fast_decoder,
+    row_bytes,
+)
 from avi.evaluation.jackknife import jackknife_log_mean
 from avi.evaluation.psis import effective_sample_size, pareto_k
 from avi.models.base import LatentVariableModel
@@ -163,11 +171,13 @@ def chunk_sizes(
     """(points per batch, samples per chunk) of an importance-sampling pass with k samples.
 
     A chunk holds batch x chunk rows of :func:`~avi.evaluation.importance.row_bytes` each; at
-    most ``memory_budget`` MiB of them less :data:`RESERVE_MIB` (the budget covers this working
-    memory, not the model and data), and at most :data:`TARGET_ROWS` (larger chunks are slower: the logits fall out of
-    the cache). Samples are chunked first (up to k), then points batched to fill the rows. The
-    k log weights each point holds until its estimates are made (with the jackknife's float64
-    temporaries about 64 bytes per sample: 0.3 MiB at k = 5000) come out of the reserve.
+    most ``memory_budget`` MiB of them less :data:`RESERVE_MIB` per worker and, in bfloat16, the
+    decoder's weights cast once (:func:`~avi.evaluation.importance.decoder_copy_bytes`; the
+    budget covers this working memory, not the model and data), and at most :data:`TARGET_ROWS`
+    (larger chunks are slower: the logits fall out of the cache). Samples are chunked first (up to
+    k), then points batched to fill the rows. The k log weights each point holds until its estimates
+    are made (with the jackknife's float64 temporaries about 64 bytes per sample: 0.3 MiB at k =
+    5000) come out of the reserve.
     Explicit sizes are used as given and must fit the budget.
     """
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
@@ -175,19 +185,20 @@ def chunk_sizes(
             raise ConfigError(f"{name} must be a positive integer, got {value}")
     if memory_budget is not None and not 0 < memory_budget <= MAX_BUDGET_MIB:
         raise ConfigError(f"the memory budget must be a positive number of MiB up to 2^40, got {memory_budget}")
-    row = row_bytes(model, dtype, precision)
+    row, copies = row_bytes(model, dtype, precision), decoder_copy_bytes(model, precision)
     rows = TARGET_ROWS
     if memory_budget is not None:
-        rows = int((memory_budget - workers * RESERVE_MIB) * 2**20) // (row * workers)
+        rows = (int((memory_budget - workers * RESERVE_MIB) * 2**20) - copies) // (row * workers)
         if rows < 1:
             raise ConfigError(
                 f"a memory budget of {memory_budget:g} MiB is below one sample's working memory "
                 f"({row / 2**20:.3f} MiB) and {RESERVE_MIB:g} MiB of scratch per thread ({workers})"
+                + (f" and {copies / 2**20:.2f} MiB of bfloat16 weights" if copies else "")
             )
         rows = min(rows, TARGET_ROWS)
     chunk = chunk_size or min(k, rows)
     batch = batch_size or max(1, rows // chunk)
-    need = workers * (batch * min(chunk, k) * row + RESERVE_MIB * 2**20)
+    need = workers * (batch * min(chunk, k) * row + RESERVE_MIB * 2**20) + copies
     if memory_budget is not None and need > memory_budget * 2**20:
         raise ConfigError(
             f"batch_size {batch} x chunk_size {chunk}{f' x {workers} threads' if workers > 1 else ''} needs "
@@ -238,8 +249,9 @@ def _log_power_mean(
     with eval_mode(posterior):
         with torch.no_grad():
             prior = model.prior()  # once: constant over the call (a VampPrior's is an encoder pass)
+            decoder = fast_decoder(model, precision)  # once: in bf16, the weights' copies
         sample = partial(_batch_log_weights, model, posterior, x, chunk_size=chunk_size, seed=seed,
-                         precision=precision, prior=prior, stop=stop)  # fmt: skip
+                         precision=precision, prior=prior, decoder=decoder, stop=stop)  # fmt: skip
         span = batch_size * max(1, ESTIMATE_SAMPLES // (k * batch_size))
         estimate = partial(_estimate_part, sample, x, order=order, k=k, batch_size=batch_size, span=span,
                            on_batch=_serialised(on_batch))  # fmt: skip
@@ -294,11 +306,12 @@ def _batch_log_weights(
     seed: int,
     precision: str,
     prior: Distribution,
+    decoder: FastDecoder | None,
     stop: threading.Event,
 ) -> None:
     """The k log weights of the points ``index`` of x into ``out`` (B, k), drawn ``chunk_size``
-    samples at a time from each point's noise stream, with ``prior`` the model's p(z); raises
-    :class:`_Stopped` before a chunk once ``stop`` is set."""
+    samples at a time from each point's noise stream, with ``prior`` the model's p(z) and
+    ``decoder`` its fast path's; raises :class:`_Stopped` before a chunk once ``stop`` is set."""
     xb = x[index]
     q = posterior(xb, index)
     noise = NoiseStream(seed, index, model.latent_dim, x.dtype, x.device)
@@ -307,7 +320,9 @@ def _batch_log_weights(
         if stop.is_set():
             raise _Stopped
         chunk = min(chunk_size, k - done)
-        out[:, done : done + chunk] = chunk_log_weights(model, q, xb, chunk, noise, precision=precision, prior=prior)
+        out[:, done : done + chunk] = chunk_log_weights(
+            model, q, xb, chunk, noise, precision=precision, prior=prior, decoder=decoder
+        )
 
 
 def _serialised(on_batch: Callable[[int], None] | None) -> Callable[[int], None]:

@@ -27,7 +27,7 @@ Two things make a k = 5000 evaluation both reproducible and fast:
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,16 @@ from avi.objectives.bounds import rsample_with_log_prob
 from avi.precision import PRECISIONS
 from avi.seeding import point_seed
 
-__all__ = ["SAMPLE_BLOCK", "NoiseStream", "chunk_log_weights", "fast_path", "row_bytes"]
+__all__ = [
+    "SAMPLE_BLOCK",
+    "FastDecoder",
+    "NoiseStream",
+    "chunk_log_weights",
+    "decoder_copy_bytes",
+    "fast_decoder",
+    "fast_path",
+    "row_bytes",
+]
 
 #: samples drawn per generator call; a point's noise is its stream read in blocks of this size
 SAMPLE_BLOCK = 100
@@ -154,26 +163,60 @@ def _convolution_widths(model: LatentVariableModel) -> int:
     return sum(sizes)
 
 
-def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
-    """h W^T + b in h's dtype (weights cast to it), the bias added in place (addmm's broadcast
-    copy of the bias, and a bias of another dtype, are slower on CPU)."""
-    out = torch.mm(h, layer.weight.to(h.dtype).t())
-    return out if layer.bias is None else out.add_(layer.bias.to(h.dtype))
+class FastDecoder(NamedTuple):
+    """A Bernoulli MLP decoder as the fast path runs it: its hidden layers, the weight and bias
+    of each ``nn.Linear`` among them in the compute dtype (``weights``, in order), and its output
+    layer with that layer's weight in the compute dtype (``output_weight``). In bfloat16 the
+    copies are made once by :func:`fast_decoder`, not per chunk of samples."""
+
+    hidden: nn.Sequential
+    weights: tuple[tuple[Tensor, Tensor | None], ...]
+    output: nn.Linear
+    output_weight: Tensor
+    bf16: bool
 
 
-def _fast_log_likelihood(hidden: nn.Sequential, output: nn.Linear, x: Tensor, z: Tensor, bf16: bool) -> Tensor:
+def fast_decoder(model: LatentVariableModel, precision: str = "fp32") -> FastDecoder | None:
+    """The model's decoder for :func:`chunk_log_weights`' fast path (None where it has none),
+    its weights cast to bfloat16 for ``precision="bf16"``: pass it to every chunk of an
+    evaluation."""
+    fast = _bernoulli_mlp(model)
+    if fast is None:
+        return None
+    hidden, output = fast
+    dtype = torch.bfloat16 if precision == "bf16" else output.weight.dtype
+    weights = tuple(
+        (m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)) for m in hidden if isinstance(m, nn.Linear)
+    )
+    return FastDecoder(hidden, weights, output, output.weight.to(dtype), precision == "bf16")
+
+
+def decoder_copy_bytes(model: LatentVariableModel, precision: str = "fp32") -> int:
+    """Bytes of the bfloat16 weight copies that :func:`fast_decoder` makes (0 in fp32 or off the fast path)."""
+    fast = _bernoulli_mlp(model)
+    if fast is None or precision != "bf16":
+        return 0
+    layers = [m for m in fast[0] if isinstance(m, nn.Linear)]
+    return 2 * (sum(p.numel() for m in layers for p in m.parameters()) + fast[1].weight.numel())
+
+
+def _fast_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
     """log p(x | z) (B, S) for z (B, S, K) of a Bernoulli MLP decoder, as the module docstring
     derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits.
-    With ``bf16`` the decoder's layers run in bfloat16 (inputs, weights, hidden units) and the
+    In bfloat16 the decoder's layers run in bfloat16 (inputs, weights, hidden units) and the
     output layer's product is cast back to x's dtype before its bias."""
+    output = decoder.output
     (b, s), rows = z.shape[:2], z.reshape(-1, z.shape[-1])
-    h = rows.to(torch.bfloat16) if bf16 else rows
-    for layer in hidden:
+    h = rows.to(torch.bfloat16) if decoder.bf16 else rows
+    weights = iter(decoder.weights)
+    for layer in decoder.hidden:
         if isinstance(layer, nn.Linear):
-            h = _affine(layer, h)
+            weight, bias = next(weights)
+            h = torch.mm(h, weight.to(h.dtype).t())  # .to: no copy where the dtypes agree
+            h = h if bias is None else h.add_(bias.to(h.dtype))  # in place: addmm's broadcast copy is slower
         else:
             h = h.relu_() if isinstance(layer, nn.ReLU) and h is not rows else layer(h)
-    logits = torch.mm(h, output.weight.to(h.dtype).t()).to(x.dtype)
+    logits = torch.mm(h, decoder.output_weight.to(h.dtype).t()).to(x.dtype)
     if output.bias is not None:
         logits.add_(output.bias)
     h = h.to(x.dtype).view(b, s, -1)
@@ -183,8 +226,8 @@ def _fast_log_likelihood(hidden: nn.Sequential, output: nn.Linear, x: Tensor, z:
     softplus = logits.exp_().add_(1.0).log2_().sum(-1).mul_(_LN2).view(b, s)
     overflow = ~torch.isfinite(softplus)  # a logit above ~88 (float32): redo those rows stably
     if bool(overflow.any()):
-        redo = h[overflow].to(torch.bfloat16) if bf16 else h[overflow]  # bf16 values survive the round trip
-        again = torch.mm(redo, output.weight.to(redo.dtype).t()).to(x.dtype)
+        redo = h[overflow].to(torch.bfloat16) if decoder.bf16 else h[overflow]  # bf16 survives the round trip
+        again = torch.mm(redo, decoder.output_weight.to(redo.dtype).t()).to(x.dtype)
         if output.bias is not None:
             again.add_(output.bias)
         softplus[overflow] = F.softplus(again).sum(-1)
@@ -200,18 +243,20 @@ def chunk_log_weights(
     *,
     precision: str = "fp32",
     prior: Distribution | None = None,
+    decoder: FastDecoder | None = None,
 ) -> Tensor:
     """log w = log p(x | z) + log p(z) - log q(z | x) for ``count`` samples per point, (B, count),
     in x's dtype (float32, or float64 for float64 data); z comes from ``noise`` where q is
     Gaussian. Bernoulli MLP decoders take the fast path; ``precision="bf16"`` runs their
     decoder in bfloat16 (other models stay in x's dtype). ``prior``: ``model.prior()`` where
-    the caller has it (a VampPrior's costs an encoder pass over its pseudo-inputs), else made here."""
+    the caller has it (a VampPrior's costs an encoder pass over its pseudo-inputs), else made here;
+    ``decoder``: :func:`fast_decoder`'s, likewise (in bfloat16 it holds the weights' copies)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     z, log_q = _sample(q, noise, count)
-    fast = _bernoulli_mlp(model)
-    if fast is not None:
-        log_lik = _fast_log_likelihood(*fast, x, z, precision == "bf16")
+    decoder = fast_decoder(model, precision) if decoder is None else decoder
+    if decoder is not None:
+        log_lik = _fast_log_likelihood(decoder, x, z)
     else:
         log_lik = model.likelihood(z.transpose(0, 1)).log_prob(x).transpose(0, 1)
     log_prior = (model.prior() if prior is None else prior).log_prob(z)
