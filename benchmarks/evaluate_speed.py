@@ -10,6 +10,11 @@ binarised once with a fixed seed. Then, on 2 threads:
 - ``bf16``: the same with ``precision="bf16"`` (the decoder under bfloat16 autocast), on the
   same samples, so the difference to fp32 is the rounding alone; skipped where the CPU has no
   native bf16;
+- ``fp32_compiled`` and ``bf16_compiled``: the same with ``compile=True`` (the decoder's
+  log-density through ``torch.compile``: layers, softplus and sums fused); the seconds of the
+  first compiled call of the process (two points: Dynamo, Inductor and the C++ compiler, or
+  Inductor's on-disk cache where an earlier process compiled the same graph) are recorded apart
+  as ``compile_seconds`` and added in ``seconds_with_compile_for_10000_points``;
 - ``fp32_2proc``: ``fp32`` split over 2 processes of 1 thread each, each evaluating half the
   points (2,000 of them in the full run) (as ``torchrun --nproc_per_node 2 -m avi evaluate`` does), timed from inside the
   workers (the slower one); per-point noise is seeded by (seed, point), so the estimates equal
@@ -38,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -206,12 +212,26 @@ def main() -> None:
         results["bf16"] = timed("bf16", lambda: log_likelihood(model, posterior, x, k=K, seed=0, precision="bf16").value, points)
     else:
         results["bf16"] = None
+    for precision in ("fp32", "bf16") if results["bf16"] is not None else ("fp32",):
+        first = time.perf_counter()
+        log_likelihood(model, posterior, x[:2], k=K, seed=0, precision=precision, compile=True)
+        compile_seconds = time.perf_counter() - first
+        run = partial(log_likelihood, model, posterior, x, k=K, seed=0, precision=precision, compile=True)
+        result = timed(f"{precision}_compiled", lambda: run().value, points)
+        result["compile_seconds"] = compile_seconds
+        result["seconds_with_compile_for_10000_points"] = result["seconds_for_10000_points"] + compile_seconds
+        results[f"{precision}_compiled"] = result
     results["fp32_2proc"] = two_processes(model, posterior, x[:two_process_points])
     results["previous"] = timed("previous", lambda: previous_log_likelihood(model, posterior, test[:previous_points], K), previous_points)
     facts = run_facts(started)
     others = other_processes_cpus(before)
 
     fp32_values = results["fp32"].pop("values")
+    compiled_difference = {
+        name: (results[name].pop("values") - fp32_values).abs().max().item()
+        for name in ("fp32_compiled", "bf16_compiled")
+        if name in results
+    }
     bf16_difference = None
     if results["bf16"] is not None:
         diff = results["bf16"].pop("values") - fp32_values
@@ -224,6 +244,10 @@ def main() -> None:
     report = {
         "fp32_seconds_for_10000_points": results["fp32"]["seconds_for_10000_points"],
         "bf16_seconds_for_10000_points": None if results["bf16"] is None else results["bf16"]["seconds_for_10000_points"],
+        "bf16_compiled_seconds_for_10000_points": results.get("bf16_compiled", {}).get("seconds_for_10000_points"),
+        "fp32_compiled_seconds_for_10000_points": results["fp32_compiled"]["seconds_for_10000_points"],
+        # per point, against fp32 eager on the same samples: float rounding (fp32), bf16's (bf16)
+        "compiled_minus_fp32_max_abs": compiled_difference,
         "previous_seconds_for_10000_points": results["previous"]["seconds_for_10000_points"],
         "fp32_speedup_vs_previous": results["fp32"]["points_per_s"] / results["previous"]["points_per_s"],
         "fp32_2proc_seconds_for_10000_points": results["fp32_2proc"]["seconds_for_10000_points"],

@@ -376,6 +376,14 @@ def evaluate(
         typer.Option(help="MiB of working memory for the importance sampling (per process); sizes its chunks."),
     ] = None,
     checkpoint: CheckpointFlag = "last",
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Run a Bernoulli MLP decoder's log-density through torch.compile (a few seconds to compile; "
+            "faster in bf16).",
+        ),
+    ] = False,
     threads: ThreadsFlag = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -400,6 +408,7 @@ def evaluate(
                 precision=precision,
                 memory_budget=memory_budget,
                 checkpoint=checkpoint,
+                compile=compile,
                 on_batch=progress.update,
             )
     except AviError as err:
@@ -502,8 +511,8 @@ def compare(
     quick: Annotated[
         bool,
         typer.Option(
-            "--quick", help="With --model: 2 chains, fewer draws and steps (logistic regression: 5 features); "
-            "under a minute."
+            "--quick",
+            help="With --model: 2 chains, fewer draws and steps (logistic regression: 5 features); under a minute.",
         ),
     ] = False,
     as_json: JsonFlag = False,

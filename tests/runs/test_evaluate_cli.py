@@ -124,6 +124,10 @@ def test_device_and_precision_options(avi_cli, fitted) -> None:
         assert result["log_likelihood"] == pytest.approx(fp32["log_likelihood"], abs=0.05)
     else:
         assert result["precision"] == "fp32" and "ran fp32" in bf16.stderr
+    # the decoder's log-density through torch.compile: the same samples, the same sums to float rounding
+    compiled = json.loads(avi_cli("evaluate", str(run), "--k", "100", "--compile", "--json").stdout)
+    assert compiled["compiled"] is True and fp32["compiled"] is False
+    assert compiled["log_likelihood"] == pytest.approx(fp32["log_likelihood"], abs=1e-4)
     for args, message in (
         (["--precision", "fp16"], "unknown precision"),
         (["--device", "tpu"], "unknown device"),

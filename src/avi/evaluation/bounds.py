@@ -21,6 +21,7 @@ from avi.evaluation.importance import (
     FastDecoder,
     NoiseStream,
     chunk_log_weights,
+    compiled_decoder,
     decoder_copy_bytes,
     fast_decoder,
     row_bytes,
@@ -99,6 +100,7 @@ def log_likelihood(
     points: range | None = None,
     precision: str = "fp32",
     threads: int | None = None,
+    compile: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> LogLikelihood:
     """Importance-sampled log p(x): the IWAE bound log (1/k) sum_i w_i, w_i = p(x, z_i) / q(z_i|x).
@@ -117,11 +119,13 @@ def log_likelihood(
     ``precision="bf16"`` runs a Bernoulli MLP decoder in bfloat16 (see
     :mod:`avi.evaluation.importance`); the log weights and their sums stay in float32. On CPU
     the points are shared among ``threads`` worker threads (default ``torch.get_num_threads()``)
-    of one intra-op thread each.
+    of one intra-op thread each. ``compile=True`` runs such a decoder's log-density through
+    ``torch.compile`` (:func:`~avi.evaluation.importance.compiled_decoder`), with the samples
+    split into equal chunks so that every chunk but a last partial batch's has the compiled shape.
     """
     return _log_power_mean(
         model, posterior, data, 1.0, k=k, batch_size=batch_size, chunk_size=chunk_size, memory_budget=memory_budget,
-        seed=seed, points=points, precision=precision, threads=threads, on_batch=on_batch,
+        seed=seed, points=points, precision=precision, threads=threads, compile=compile, on_batch=on_batch,
     )  # fmt: skip
 
 
@@ -140,6 +144,7 @@ def cubo_per_point(
     points: range | None = None,
     precision: str = "fp32",
     threads: int | None = None,
+    compile: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> LogLikelihood:
     """The chi upper bound CUBO_n = (1/n) log (1/k) sum_i w_i^n per point (Dieng et al. 2017),
@@ -153,7 +158,7 @@ def cubo_per_point(
     check_order(n)
     return _log_power_mean(
         model, posterior, data, n, k=k, batch_size=batch_size, chunk_size=chunk_size, memory_budget=memory_budget,
-        seed=seed, points=points, precision=precision, threads=threads, on_batch=on_batch,
+        seed=seed, points=points, precision=precision, threads=threads, compile=compile, on_batch=on_batch,
     )  # fmt: skip
 
 
@@ -221,6 +226,7 @@ def _log_power_mean(
     points: range | None,
     precision: str,
     threads: int | None,
+    compile: bool,
     on_batch: Callable[[int], None] | None,
 ) -> LogLikelihood:
     """The :class:`LogLikelihood` of (1/r) log (1/k) sum_i w_i^r per point for r = ``order`` > 0,
@@ -245,11 +251,14 @@ def _log_power_mean(
     )  # fmt: skip
     if seed is None:
         seed = int(torch.randint(2**31, ()).item())
+    decoder = fast_decoder(model, precision)  # once: in bf16, the weights' copies
+    if compile and decoder is not None:
+        chunk_size = -(-k // -(-k // chunk_size))  # k in equal chunks, one compiled shape
+        decoder = _compiled(decoder, x, (min(batch_size, len(points)), chunk_size), workers)
     stop = threading.Event()
     with eval_mode(posterior):
         with torch.no_grad():
             prior = model.prior()  # once: constant over the call (a VampPrior's is an encoder pass)
-            decoder = fast_decoder(model, precision)  # once: in bf16, the weights' copies
         sample = partial(_batch_log_weights, model, posterior, x, chunk_size=chunk_size, seed=seed,
                          precision=precision, prior=prior, decoder=decoder, stop=stop)  # fmt: skip
         span = batch_size * max(1, ESTIMATE_SAMPLES // (k * batch_size))
@@ -257,6 +266,17 @@ def _log_power_mean(
                            on_batch=_serialised(on_batch))  # fmt: skip
         value, stderr, *rest = torch.cat(_in_parallel(estimate, points, workers, stop)).T
     return LogLikelihood(value, stderr, k, *rest)
+
+
+def _compiled(decoder: FastDecoder, x: Tensor, shape: tuple[int, int], workers: int) -> FastDecoder:
+    """:func:`~avi.evaluation.importance.compiled_decoder` compiled with the intra-op thread
+    count that each of ``workers`` runs on (one where there are several)."""
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1 if workers > 1 else intra_op)
+    try:
+        return compiled_decoder(decoder, x, shape)
+    finally:
+        torch.set_num_threads(intra_op)
 
 
 def _check_sampling(k: int, precision: str, threads: int | None) -> None:

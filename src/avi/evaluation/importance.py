@@ -27,7 +27,8 @@ Two things make a k = 5000 evaluation both reproducible and fast:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ __all__ = [
     "FastDecoder",
     "NoiseStream",
     "chunk_log_weights",
+    "compiled_decoder",
     "decoder_copy_bytes",
     "fast_decoder",
     "fast_path",
@@ -174,6 +176,9 @@ class FastDecoder(NamedTuple):
     output: nn.Linear
     output_weight: Tensor
     bf16: bool
+    #: :func:`compiled_decoder`'s log-density, for z of ``compiled_shape`` (points, samples) only
+    compiled: Callable[[FastDecoder, Tensor, Tensor], Tensor] | None = None
+    compiled_shape: tuple[int, int] | None = None
 
 
 def fast_decoder(model: LatentVariableModel, precision: str = "fp32") -> FastDecoder | None:
@@ -189,6 +194,38 @@ def fast_decoder(model: LatentVariableModel, precision: str = "fp32") -> FastDec
         (m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)) for m in hidden if isinstance(m, nn.Linear)
     )
     return FastDecoder(hidden, weights, output, output.weight.to(dtype), precision == "bf16")
+
+
+def compiled_decoder(decoder: FastDecoder, x: Tensor, shape: tuple[int, int]) -> FastDecoder:
+    """``decoder`` with its log-density compiled by ``torch.compile`` (Inductor; on CPU its C++
+    wrapper, so that worker threads run the kernels without the GIL) for z of ``shape``
+    (points, samples), x's dtype and device: the layers, the bias, the cast to x's dtype, the
+    softplus and the sums fused, where eager torch makes a pass over the logits for each. It is
+    compiled here, by one call in the calling thread (compiling is not thread-safe; the kernels
+    take the calling thread's intra-op thread count); worker threads only run it, and z of
+    other shapes keeps the eager path."""
+    options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp_wrapper": x.device.type == "cpu"}
+    compiled = torch.compile(_fused_log_likelihood, dynamic=False, options=options)
+    points, samples = shape
+    latent = (decoder.weights[0][0] if decoder.weights else decoder.output_weight).shape[1]
+    with torch.no_grad():  # the mode the workers run in (a guard of the compiled code, as are sizes and strides)
+        compiled(decoder, x[:1].repeat(points, 1), x.new_zeros(points, samples, latent))
+    return decoder._replace(compiled=compiled, compiled_shape=shape)
+
+
+def _fused_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
+    """log p(x | z) = sum_d x_d l_d - softplus(l_d) (B, S) for z (B, S, K) in one expression
+    for ``torch.compile`` (eagerly it would hold every temporary over the logits at once)."""
+    (b, s), h = z.shape[:2], z.reshape(-1, z.shape[-1])
+    h = h.to(torch.bfloat16) if decoder.bf16 else h
+    weights = iter(decoder.weights)
+    for layer in decoder.hidden:
+        h = F.linear(h, *next(weights)) if isinstance(layer, nn.Linear) else layer(h)
+    logits = F.linear(h, decoder.output_weight).to(x.dtype)
+    if decoder.output.bias is not None:
+        logits = logits + decoder.output.bias
+    logits = logits.view(b, s, -1)
+    return (x[:, None, :] * logits - F.softplus(logits)).sum(-1)  # one reduction: the logits never stored
 
 
 def decoder_copy_bytes(model: LatentVariableModel, precision: str = "fp32") -> int:
@@ -255,7 +292,9 @@ def chunk_log_weights(
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     z, log_q = _sample(q, noise, count)
     decoder = fast_decoder(model, precision) if decoder is None else decoder
-    if decoder is not None:
+    if decoder is not None and decoder.compiled is not None and z.shape[:2] == decoder.compiled_shape:
+        log_lik = decoder.compiled(decoder, x.contiguous(), z.contiguous())
+    elif decoder is not None:
         log_lik = _fast_log_likelihood(decoder, x, z)
     else:
         log_lik = model.likelihood(z.transpose(0, 1)).log_prob(x).transpose(0, 1)

@@ -81,6 +81,7 @@ def run_evaluate(
     precision: str = "fp32",
     memory_budget: float | None = None,
     checkpoint: str = "last",
+    compile: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run on its test split (or the file ``data``): mean ELBO, reconstruction, KL and
@@ -101,13 +102,15 @@ def run_evaluate(
     ``train.early_stop`` keeps), named with its epoch in the result; each has its own files.
 
     Runs on ``device`` (cpu, cuda, auto; default the run's) in ``precision`` within ``memory_budget``
-    MiB (see the module); ``on_batch(done, total)`` reports sampling progress.
+    MiB (see the module); with ``compile`` a Bernoulli MLP decoder's log-density runs through
+    ``torch.compile`` (``compiled`` in the result says whether it did); ``on_batch(done, total)``
+    reports sampling progress.
     """
     _check_options(precision, k)
     run = load_trained(require_run(run_dir, stopped=True), _device(run_dir, device), checkpoint)
     if consistency and not run.posterior.amortized:
         raise ConfigError("consistency metrics need an encoder of x; this run's posterior is not amortized")
-    sampling = _sampling(run, k, precision, memory_budget)
+    sampling = _sampling(run, k, precision, memory_budget, compile)
     test, source = _evaluation_data(run, data)
     x = test.x.to(run.device)
     _check_budget(run, sampling, len(distributed.shard(x.shape[0])))
@@ -138,6 +141,7 @@ def _scored(run: TrainedRun, checkpoint: str, sampling: dict[str, Any], path: Pa
         "k": sampling["k"],
         "strategy": run.config.inference.strategy,
         "precision": sampling["precision"],
+        "compiled": sampling["compile"],
         "processes": distributed.world_size(),
     }
 
@@ -176,10 +180,13 @@ def _evaluation_data(run: TrainedRun, data: str | Path | None) -> tuple[Dataset,
     return test, str(data)
 
 
-def _sampling(run: TrainedRun, k: int | None, precision: str, memory_budget: float | None) -> dict[str, Any]:
+def _sampling(
+    run: TrainedRun, k: int | None, precision: str, memory_budget: float | None, compile: bool = False
+) -> dict[str, Any]:
     """The importance-sampling settings: k (default ``evaluate.k``), the noise seed
     ``train.seed``, the precision that will run (bf16 only where the device has it and the model
-    a fast path) and the chunk sizes of ``evaluate`` (``memory_budget`` overriding its budget)."""
+    a fast path), whether the decoder is compiled (only on that path) and the chunk sizes of
+    ``evaluate`` (``memory_budget`` overriding its budget)."""
     settings = run.config.evaluate
     if precision == "bf16" and not (bf16_supported(run.device) and fast_path(run.model)):
         precision = "fp32"
@@ -187,6 +194,7 @@ def _sampling(run: TrainedRun, k: int | None, precision: str, memory_budget: flo
         "k": settings.k if k is None else k,
         "seed": run.config.train.seed,
         "precision": precision,
+        "compile": compile and fast_path(run.model),
         "batch_size": settings.batch_size,
         "chunk_size": settings.chunk_size,
         "memory_budget": settings.memory_budget if memory_budget is None else memory_budget,
