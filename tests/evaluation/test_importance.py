@@ -13,7 +13,8 @@ from torch import Tensor
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import cubo_per_point, log_likelihood
-from avi.evaluation.bounds import MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
+from avi.evaluation import importance
+from avi.evaluation.bounds import COMPILED_ROWS, MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
 from avi.evaluation.importance import (
     SAMPLE_BLOCK,
     NoiseStream,
@@ -154,6 +155,12 @@ def test_chunk_sizes_follow_the_budget() -> None:
     assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2, precision="bf16") == (1, (2**21 - copies) // (2 * wide))
     with pytest.raises(ConfigError, match="bfloat16 weights"):
         chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.5, precision="bf16")
+    # a compiled decoder: larger chunks, k split equally (5000 = 2 x 2500; 300 = 1 x 300), and a
+    # budget still binds them
+    assert chunk_sizes(model, 5000, compile=True) == (1, 2500)
+    assert chunk_sizes(model, 300, compile=True) == (COMPILED_ROWS // 300, 300)
+    batch, chunk = chunk_sizes(model, 5000, memory_budget=3.0, compile=True)
+    assert batch == 1 and chunk == -(-5000 // -(-5000 // (2**20 // row))) and chunk * row <= 2**20
     for typo in (math.inf, 1e308, MAX_BUDGET_MIB * 2):  # 1e308 MiB in bytes overflows a float
         with pytest.raises(ConfigError, match="positive number of MiB up to 2\\^40"):
             chunk_sizes(model, 5000, memory_budget=typo)
@@ -232,11 +239,12 @@ def test_worker_threads_change_nothing_in_the_estimate() -> None:
         log_likelihood(model, posterior, x, k=5, threads=0)
 
 
-def test_compiled_decoder_gives_the_eager_log_weights() -> None:
+def test_compiled_decoder_gives_the_eager_log_weights(monkeypatch) -> None:
     # torch.compile fuses the decoder's layers, the softplus and the sums: on the same samples the
     # log weights equal the eager path's to float32 rounding of ~20-nat sums (1e-4), with a
     # logit of 120 (stable softplus) among them; chunks of another shape take the eager path; and
-    # log_likelihood's compiled estimate, on two worker threads, equals the eager one
+    # log_likelihood's compiled estimate, on two worker threads with every chunk compiled (the
+    # eager path made to fail), equals the eager one
     model, posterior, x = _vae()
     with torch.no_grad():
         model.decoder[-1].bias[0] = 120.0
@@ -248,6 +256,11 @@ def test_compiled_decoder_gives_the_eager_log_weights() -> None:
         fused = chunk_log_weights(model, q, x, count, NoiseStream(2, index, 3, torch.float32, x.device), decoder=decoder)
         assert torch.isfinite(fused).all()
         torch.testing.assert_close(fused, eager, rtol=0, atol=1e-4)
-    reference = log_likelihood(model, posterior, x, k=300, seed=5, threads=1)
-    compiled = log_likelihood(model, posterior, x, k=300, seed=5, threads=2, compile=True)
+    reference = log_likelihood(model, posterior, x, k=5000, seed=5, threads=1)
+
+    def eager(*args):
+        raise AssertionError("a chunk took the eager path")
+
+    monkeypatch.setattr(importance, "_fast_log_likelihood", eager)
+    compiled = log_likelihood(model, posterior, x, k=5000, seed=5, threads=2, compile=True)
     torch.testing.assert_close(compiled.value, reference.value, rtol=0, atol=1e-4)

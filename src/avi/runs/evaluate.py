@@ -205,7 +205,7 @@ def _check_budget(run: TrainedRun, sampling: dict[str, Any], points: int) -> Non
     """Raise :class:`ConfigError` where the chunks do not fit the memory budget, with the worker
     threads that sampling will use, so that a bad budget fails before the slow parts."""
     workers = 1 if run.device.type != "cpu" else max(1, min(torch.get_num_threads(), points))
-    sizes = {key: sampling[key] for key in ("precision", "batch_size", "chunk_size", "memory_budget")}
+    sizes = {key: sampling[key] for key in ("precision", "compile", "batch_size", "chunk_size", "memory_budget")}
     chunk_sizes(run.model, sampling["k"], workers=workers, **sizes)
 
 
