@@ -414,17 +414,22 @@ def evaluate(
     except AviError as err:
         _fail(str(err))
     if is_main():  # under torchrun, rank 0 alone speaks
-        _show_evaluation(run_dir, result, precision, as_json)
+        _show_evaluation(run_dir, result, precision, as_json, compile)
 
 
-def _show_evaluation(run_dir: Path, result: dict[str, Any], precision: str, as_json: bool) -> None:
-    """``avi evaluate``'s result: a note where it ran in another ``precision`` than asked, the
-    Pareto k-hat warning and that of flow layers that only shift q, then its table (or,
-    ``as_json``, one JSON object)."""
+def _show_evaluation(
+    run_dir: Path, result: dict[str, Any], precision: str, as_json: bool, compile: bool = False
+) -> None:
+    """``avi evaluate``'s result: a note where it ran in another ``precision`` than asked or
+    uncompiled where ``compile`` was asked, the Pareto k-hat warning and that of flow layers
+    that only shift q, then its table (or, ``as_json``, one JSON object)."""
     from avi.evaluation.flow_use import unused_layers_warning
 
     if precision != result["precision"]:
         note = f"{precision} evaluation needs native bf16 and a Bernoulli MLP decoder: ran {result['precision']}"
+        console.print(note, highlight=False, soft_wrap=True)
+    if compile and not result["compiled"]:
+        note = "--compile applies to a Bernoulli MLP decoder's log-density: ran uncompiled"
         console.print(note, highlight=False, soft_wrap=True)
     if result["pareto_k_warning"] is not None:
         console.print(f"warning: {escape(result['pareto_k_warning'])}", highlight=False, soft_wrap=True)

@@ -168,6 +168,9 @@ def test_models_without_the_fast_path_evaluate_in_fp32_with_a_message(avi_cli, f
     result = avi_cli("evaluate", str(run), "--k", "50", "--precision", "bf16")
     assert result.returncode == 0, result.stderr
     assert "ran fp32" in result.stderr and len(_other_lines(result.stderr)) == 1
+    compiled = avi_cli("evaluate", str(run), "--k", "50", "--compile", "--json")  # nothing to compile
+    assert compiled.returncode == 0 and json.loads(compiled.stdout)["compiled"] is False, compiled.stderr
+    assert "ran uncompiled" in compiled.stderr and len(_other_lines(compiled.stderr)) == 1
 
 
 def test_a_user_posterior_is_evaluated_through_the_interface(fitted, monkeypatch) -> None:
