@@ -220,8 +220,12 @@ def _fused_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
     h = h.to(torch.bfloat16) if decoder.bf16 else h
     weights = iter(decoder.weights)
     for layer in decoder.hidden:
-        h = F.linear(h, *next(weights)) if isinstance(layer, nn.Linear) else layer(h)
-    logits = F.linear(h, decoder.output_weight).to(x.dtype)
+        if isinstance(layer, nn.Linear):
+            weight, bias = next(weights)
+            h = F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))  # .to: no-ops, traced
+        else:
+            h = layer(h)
+    logits = F.linear(h, decoder.output_weight.to(h.dtype)).to(x.dtype)
     if decoder.output.bias is not None:
         logits = logits + decoder.output.bias
     logits = logits.view(b, s, -1)
