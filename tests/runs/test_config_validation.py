@@ -438,6 +438,16 @@ def test_a_model_too_large_to_build_names_its_sizes(model: dict[str, Any], what:
     key, value = next(iter(model.items()))
     assert f"model.{key} = {value!r}" in message and message.endswith("; use smaller sizes")
     assert "num_classes" not in message and "flow_hidden" not in message  # the vae's mean-field q reads neither
+    assert "model.activation" not in message  # relu units size nothing
+
+
+def test_maxout_units_are_named_among_the_sizes() -> None:
+    # a maxout layer is 4 linear pieces a unit: its width is hidden x 4, so the activation sizes it
+    config = load_config(None, {"model": {"hidden": [2**38], "activation": "maxout"}})
+    with pytest.raises(ConfigError) as err, sized_by(settings_of(config, MODEL_SIZES)):
+        build_model(config, 12)
+    message = str(err.value)
+    assert f"model.hidden = {[2**38]!r}" in message and "model.activation = 'maxout'" in message
 
 
 def test_only_allocation_failures_become_size_errors() -> None:

@@ -27,6 +27,7 @@ __all__ = ["EVALUATION_SIZES", "MODEL_SIZES", "TRAINING_SIZES", "allocation_fail
 MODEL_SIZES = (
     "model.latent_dim",
     "model.hidden",
+    "model.activation",
     "model.num_classes",
     "model.layers",
     "model.layer_hidden",
@@ -65,6 +66,7 @@ def allocation_failure(err: BaseException) -> str | None:
 #: where a size setting is read: those it does not apply to size nothing
 _READ: dict[str, Callable[[Config], bool]] = {
     "model.hidden": lambda c: not c.model.custom,
+    "model.activation": lambda c: not c.model.custom and c.model.activation == "maxout",  # 4 pieces a unit
     "model.num_classes": lambda c: c.model.name == "discrete-vae",
     "model.layers": lambda c: c.model.name == "hvae",
     "model.layer_hidden": lambda c: c.model.name == "hvae",
