@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from avi.cli import _evaluation_table, app
 from avi.errors import ConfigError
+from avi.evaluation import importance
 from avi.precision import bf16_supported
 from avi.runs import evaluate as evaluate_module
 from avi.runs.evaluate import run_evaluate
@@ -161,6 +162,26 @@ def test_bf16_without_hardware_support_falls_back_to_fp32(fitted, monkeypatch) -
     result = run_evaluate(run, k=20, precision="bf16")
     assert result["precision"] == "fp32"
     assert result["log_likelihood"] == run_evaluate(run, k=20)["log_likelihood"]
+
+
+def test_a_compiled_evaluation_compiles_every_chunk(fitted, monkeypatch) -> None:
+    # 60 test points on 2 worker threads, k = 100: each worker's part of 30 points is one batch of
+    # the compiled shape (30, 100), so no chunk takes the eager path (made to fail here)
+    run = fitted()
+    eager = run_evaluate(run, k=100)
+
+    def fail(*args):
+        raise AssertionError("a chunk took the eager path")
+
+    monkeypatch.setattr(importance, "_fast_log_likelihood", fail)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compiled = run_evaluate(run, k=100, compile=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert compiled["compiled"] is True and compiled["n"] == 60
+    assert compiled["log_likelihood"] == pytest.approx(eager["log_likelihood"], abs=1e-4)
 
 
 def test_models_without_the_fast_path_evaluate_in_fp32_with_a_message(avi_cli, fitted) -> None:

@@ -267,7 +267,8 @@ def _log_power_mean(
         seed = int(torch.randint(2**31, ()).item())
     decoder = fast_decoder(model, precision)  # once: in bf16, the weights' copies
     if compile and decoder is not None:
-        decoder = _compiled(decoder, x, (min(batch_size, len(points)), chunk_size), workers)
+        # the batches of a worker's part: batch_size points, or the whole part where it is smaller
+        decoder = _compiled(decoder, x, (min(batch_size, len(points) // workers), chunk_size), workers)
     stop = threading.Event()
     with eval_mode(posterior):
         with torch.no_grad():
