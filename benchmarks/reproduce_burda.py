@@ -382,6 +382,15 @@ def settings_of(configs: dict[str, Config], *, layers: int) -> dict:
             "binarisation": "dynamic (train), one fixed draw (test)", "validation": "none, 60,000 train"}  # fmt: skip
 
 
+def merged_settings(previous: dict, current: dict) -> dict:
+    """``current`` settings with the per-run entries of ``previous`` kept for runs it lacks: a
+    finished run's state leaves the tree, its recipe stays in the report."""
+    def kept(key: str, value):
+        return {**previous[key], **value} if isinstance(value, dict) and isinstance(previous.get(key), dict) else value
+
+    return {key: kept(key, value) for key, value in current.items()}
+
+
 def report_of(args: argparse.Namespace, previous: dict, results: dict) -> dict:
     """``previous`` report with this call's runs merged in (the other runs' entries, written by
     their own processes, are kept): the one-layer runs at the top level, the two-layer runs
@@ -389,7 +398,8 @@ def report_of(args: argparse.Namespace, previous: dict, results: dict) -> dict:
     section = previous.get("two_layers", {}) if args.layers == 2 else previous
     runs = {**section.get("runs", {}), **results}
     configs = {name: read_config(args.state / name) for name in runs if (args.state / name / CONFIG).exists()}
-    common = {"runs": runs, "settings": settings_of(configs, layers=args.layers),
+    settings = merged_settings(section.get("settings", {}), settings_of(configs, layers=args.layers))
+    common = {"runs": runs, "settings": settings,
               "machine": machine_facts(args.threads), "timestamp": datetime.now(timezone.utc).isoformat()}  # fmt: skip
     names = PUBLISHED_2L if args.layers == 2 else PUBLISHED
     nlls = {f"{name}_test_nll": runs.get(name, {}).get("test_nll") for name in names}
