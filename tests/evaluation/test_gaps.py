@@ -15,6 +15,7 @@ from avi.data import Dataset
 from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import gap_decomposition
+from avi.evaluation.gaps import q_star_converged
 from avi.families import make_family
 from avi.inference import LocalPosterior, TrainState, make_optimizers, train_epoch
 from avi.models import LinearGaussian
@@ -161,6 +162,18 @@ def test_the_decomposition_says_whether_q_star_converged(
     assert refining == list(range(1, steps + steps // 2 + 1))
     assert {total for what, _, total in heard if what == "refining q*"} == {steps + steps // 2}
     assert len(heard) == len(refining)  # log p(x) is exact: no batches of importance sampling
+
+
+@pytest.mark.parametrize(("gain", "stderr", "converged"), [
+    (0.0001, 0.0015, True),  # the PPCA check above at 1,000 steps
+    (0.010, 0.002, True),  # the Cremer ffg run's 1,000 points
+    (0.06, 0.02, False),  # a gain beyond its noise
+    (0.0, 0.006, False),  # no gain seen, but a check too noisy to see 0.01 nats
+    (251.0, 1044.0, False),  # a diverged encoder: the gain "within" a 1,000-nat standard error
+    (math.nan, math.nan, False),  # no refinement
+])  # fmt: skip
+def test_convergence_needs_a_check_fine_enough_to_see_the_gain(gain: float, stderr: float, converged: bool) -> None:
+    assert q_star_converged(gain, stderr) is converged
 
 
 def test_zero_steps_is_no_q_star(ppca: LinearGaussian, ppca_x: Tensor) -> None:

@@ -10,7 +10,8 @@ encoder's output and run to convergence with the model fixed. Whether it converg
 by halving: on the first :data:`CHECK_POINTS` points q* is found again, from the encoder's
 output, with half the steps (a run of its own, with its own decay), and the steps count as
 enough when doubling them raised L[q*] by at most :data:`CONVERGED_GAIN` nats per point
-(beyond twice the standard error of that gain).
+(beyond twice the standard error of that gain), measured finely enough to see such a gain
+(:func:`q_star_converged`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ from avi.nn import eval_mode
 from avi.objectives.elbo_objective import ELBO
 from avi.seeding import seeded
 
-__all__ = ["CHECK_POINTS", "CONVERGED_GAIN", "GapDecomposition", "Progress", "check_decomposable", "gap_decomposition"]
+__all__ = [
+    "CHECK_POINTS",
+    "CONVERGED_GAIN",
+    "GapDecomposition",
+    "Progress",
+    "check_decomposable",
+    "gap_decomposition",
+    "q_star_converged",
+]
 
 #: points on which q* is found again with half the steps, to check that the steps were enough
 CHECK_POINTS = 100
@@ -62,9 +71,16 @@ class GapDecomposition(NamedTuple):
     #: points, and its standard error (NaN with 0 steps: q* is then the encoder's output)
     refine_gain: float
     refine_gain_stderr: float
-    #: whether refine_gain is at most CONVERGED_GAIN beyond twice its standard error (False
-    #: with 0 steps)
+    #: :func:`q_star_converged` of refine_gain and its standard error (False with 0 steps)
     q_star_converged: bool
+
+
+def q_star_converged(gain: float, stderr: float) -> bool:
+    """Whether refining q* for twice the steps gained at most :data:`CONVERGED_GAIN` nats per
+    point beyond twice the gain's standard error, with that standard error small enough to see
+    such a gain (2 se <= CONVERGED_GAIN): a check too noisy to tell says not converged. False
+    for a NaN gain (no refinement)."""
+    return gain - 2 * stderr <= CONVERGED_GAIN and 2 * stderr <= CONVERGED_GAIN
 
 
 def _stderr(values: Tensor) -> float:
@@ -148,7 +164,7 @@ def gap_decomposition(
     ll, lo, la = (v.mean().item() for v in (log_px, elbo_o, elbo_a))
     return GapDecomposition(
         ll, lo, la, ll - lo, lo - la, method, _stderr(log_px - elbo_o), _stderr(elbo_o - elbo_a),
-        gain, gain_stderr, steps > 0 and gain - 2 * gain_stderr <= CONVERGED_GAIN,
+        gain, gain_stderr, steps > 0 and q_star_converged(gain, gain_stderr),
     )  # fmt: skip
 
 

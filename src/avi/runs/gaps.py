@@ -13,7 +13,7 @@ from torch import Tensor
 from avi.atomic import save_figure
 from avi.data.files import load_array_file
 from avi.errors import ConfigError
-from avi.evaluation.gaps import CONVERGED_GAIN, Progress, check_decomposable, gap_decomposition
+from avi.evaluation.gaps import Progress, check_decomposable, gap_decomposition, q_star_converged
 from avi.families.posterior import Posterior
 from avi.inference.fit import fit
 from avi.runs.build import build_posterior, prepare_data
@@ -118,8 +118,8 @@ def merge_gaps(pieces: list[dict[str, Any]]) -> dict[str, Any]:
                                            "amortization_gap", "refine_gain")}  # fmt: skip
     result |= {key: stderr(key) for key in ("approximation_gap_stderr", "amortization_gap_stderr",
                                              "refine_gain_stderr")}  # fmt: skip
-    result["q_star_converged"] = (
-        result["refine_steps"] > 0 and result["refine_gain"] - 2 * result["refine_gain_stderr"] <= CONVERGED_GAIN
+    result["q_star_converged"] = result["refine_steps"] > 0 and q_star_converged(
+        result["refine_gain"], result["refine_gain_stderr"]
     )
     return result
 
