@@ -216,15 +216,8 @@ def compiled_decoder(decoder: FastDecoder, x: Tensor, shape: tuple[int, int]) ->
 def _fused_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
     """log p(x | z) = sum_d x_d l_d - softplus(l_d) (B, S) for z (B, S, K) in one expression
     for ``torch.compile`` (eagerly it would hold every temporary over the logits at once)."""
-    (b, s), h = z.shape[:2], z.reshape(-1, z.shape[-1])
-    h = h.to(torch.bfloat16) if decoder.bf16 else h
-    weights = iter(decoder.weights)
-    for layer in decoder.hidden:
-        if isinstance(layer, nn.Linear):
-            weight, bias = next(weights)
-            h = F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))  # .to: no-ops, traced
-        else:
-            h = layer(h)
+    b, s = z.shape[:2]
+    h = _hidden_units(decoder, z.reshape(-1, z.shape[-1]))
     logits = F.linear(h, decoder.output_weight.to(h.dtype)).to(x.dtype)
     if decoder.output.bias is not None:
         logits = logits + decoder.output.bias
@@ -241,22 +234,30 @@ def decoder_copy_bytes(model: LatentVariableModel, precision: str = "fp32") -> i
     return 2 * (sum(p.numel() for m in layers for p in m.parameters()) + fast[1].weight.numel())
 
 
+def _hidden_units(decoder: FastDecoder, rows: Tensor) -> Tensor:
+    """The decoder's last hidden units h (N, H) for latent rows (N, K), in the compute dtype: each
+    layer's product with its weight cast to h's dtype (no copy where they agree), its bias added
+    in place (addmm's broadcast copy of the bias is slower on CPU), ReLUs in place."""
+    h = rows.to(torch.bfloat16) if decoder.bf16 else rows
+    weights = iter(decoder.weights)
+    for layer in decoder.hidden:
+        if isinstance(layer, nn.Linear):
+            weight, bias = next(weights)
+            h = torch.mm(h, weight.to(h.dtype).t())
+            h = h if bias is None else h.add_(bias.to(h.dtype))
+        else:
+            h = h.relu_() if isinstance(layer, nn.ReLU) and h is not rows else layer(h)
+    return h
+
+
 def _fast_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
     """log p(x | z) (B, S) for z (B, S, K) of a Bernoulli MLP decoder, as the module docstring
     derives: h . (W^T x) + b . x - sum_d softplus(l_d), the softplus sum in place on the logits.
     In bfloat16 the decoder's layers run in bfloat16 (inputs, weights, hidden units) and the
     output layer's product is cast back to x's dtype before its bias."""
     output = decoder.output
-    (b, s), rows = z.shape[:2], z.reshape(-1, z.shape[-1])
-    h = rows.to(torch.bfloat16) if decoder.bf16 else rows
-    weights = iter(decoder.weights)
-    for layer in decoder.hidden:
-        if isinstance(layer, nn.Linear):
-            weight, bias = next(weights)
-            h = torch.mm(h, weight.to(h.dtype).t())  # .to: no copy where the dtypes agree
-            h = h if bias is None else h.add_(bias.to(h.dtype))  # in place: addmm's broadcast copy is slower
-        else:
-            h = h.relu_() if isinstance(layer, nn.ReLU) and h is not rows else layer(h)
+    b, s = z.shape[:2]
+    h = _hidden_units(decoder, z.reshape(-1, z.shape[-1]))
     logits = torch.mm(h, decoder.output_weight.to(h.dtype).t()).to(x.dtype)
     if output.bias is not None:
         logits.add_(output.bias)
