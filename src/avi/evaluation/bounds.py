@@ -5,8 +5,9 @@ sample size) per point."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from functools import partial
 from typing import NamedTuple
 
@@ -285,12 +286,19 @@ def _log_power_mean(
 def _compiled(decoder: FastDecoder, x: Tensor, shape: tuple[int, int], workers: int) -> FastDecoder:
     """:func:`~avi.evaluation.importance.compiled_decoder` compiled with the intra-op thread
     count that each of ``workers`` runs on (one where there are several)."""
-    intra_op = torch.get_num_threads()
-    torch.set_num_threads(1 if workers > 1 else intra_op)
-    try:
+    with _intra_op_threads(1 if workers > 1 else torch.get_num_threads()):
         return compiled_decoder(decoder, x, shape)
+
+
+@contextmanager
+def _intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside, the caller's restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
     finally:
-        torch.set_num_threads(intra_op)
+        torch.set_num_threads(before)
 
 
 def _check_sampling(k: int, precision: str, threads: int | None) -> None:
@@ -394,21 +402,16 @@ def _in_parallel(
         return [estimate(points)]
     n = len(points)
     parts = [range(points.start + n * w // workers, points.start + n * (w + 1) // workers) for w in range(workers)]
-    intra_op = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:  # its exit joins the workers, stopped or done
-            futures = [pool.submit(estimate, part) for part in parts]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            finally:
-                stop.set()  # all done, else an interrupt or an error: the rest stop
-            for error in (future.exception() for future in done):
-                if error is not None:
-                    raise error
-            return [future.result() for future in futures]
-    finally:
-        torch.set_num_threads(intra_op)
+    with _intra_op_threads(1), ThreadPoolExecutor(workers) as pool:  # its exit joins the workers, stopped or done
+        futures = [pool.submit(estimate, part) for part in parts]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            stop.set()  # all done, else an interrupt or an error: the rest stop
+        for error in (future.exception() for future in done):
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
 
 
 class _Stopped(Exception):
