@@ -58,7 +58,8 @@ What this script runs instead, and why:
   per-point refinement of a planar q is exactly (:func:`avi.evaluation.gaps.gap_decomposition`
   refines every parameter the encoder outputs). For the ``ffg`` run, q*_AF's refinement
   starts from a new planar encoder trained :data:`ENCODER_EPOCHS` = 20 epochs against the fixed
-  decoder; a planar flow of 10 layers is less expressive than the paper's two RealNVP-like
+  decoder, with the run's warm-up (5 epochs) and cosine decay over those 20 (at the peak rate
+  throughout, it diverged in its 20th epoch and gave L[q] = -189,320); a planar flow of 10 layers is less expressive than the paper's two RealNVP-like
   steps with an auxiliary variable, so L[q*_AF] may fall short of the paper's. The layers are
   uncentred, as Rezende and Mohamed's: centred layers (``inference.flow_centred``), which stay in use in
   the Rezende and Mohamed checks, made this recipe diverge at pass 10 (the KL weight 0.085

@@ -13,9 +13,12 @@ from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.evaluation import gaps as gap_estimates
+from avi.inference.fit import fit
+from avi.inference.loop import Hook
+from avi.inference.state import TrainState
 from avi.runs import gaps as gaps_module
 from avi.runs.build import build_posterior
-from avi.runs.config import load_config
+from avi.runs.config import learning_rate, load_config
 from avi.runs.gaps import MEMORY_BUDGET, merge_gaps, run_gaps
 from avi.runs.train import run_fit
 
@@ -113,6 +116,32 @@ def test_a_new_encoder_takes_its_own_inference_settings(avi_cli, tmp_path: Path,
                     "avi gaps --set takes inference.KEY=VALUE (the new encoder's settings), not model.*")  # fmt: skip
     _one_line_error(avi_cli("gaps", str(run), "--family", "full-rank", "--set", "inference.flow_centred=true"),
                     "inference.flow_centred applies to the planar, radial and sylvester families")  # fmt: skip
+
+
+def test_a_new_encoder_trains_with_the_runs_schedule(tmp_path: Path, monkeypatch) -> None:
+    """The new encoder trains with the run's Adam epsilon and learning-rate schedule, its warm-up
+    and cosine decay spanning the encoder's epochs (a run's KL warm-up, longer than those epochs,
+    does not apply: the encoder maximises the plain ELBO): the rates its optimiser held, epoch by
+    epoch, are those of :func:`learning_rate` over 4 epochs."""
+    config = tmp_path / "ppca.toml"
+    config.write_text(PPCA_JOB.replace("threads = 1", 'threads = 1\nlr_schedule = "cosine"\nlr_warmup = 2\n'
+                                       "adam_eps = 1e-4\n[remedies]\nkl_warmup = 3"))  # fmt: skip
+    run = run_fit(load_config(config), tmp_path / "ppca")
+    seen: list[tuple[float, float]] = []
+
+    class Rates(Hook):
+        def on_epoch_start(self, state: TrainState) -> None:
+            group = state.dense_optimizers[0].param_groups[0]
+            seen.append((group["lr"], group["eps"]))
+
+    def spy(*args, hooks=(), **kwargs):
+        return fit(*args, hooks=[*hooks, Rates()], **kwargs)
+
+    monkeypatch.setattr(gaps_module, "fit", spy)
+    run_gaps(run, family="planar", points=10, steps=2, k=4, encoder_epochs=4)
+    train = load_config(config).train.model_copy(update={"epochs": 4})
+    assert seen == [(pytest.approx(learning_rate(train, epoch)), 1e-4) for epoch in range(1, 5)]
+    assert [lr for lr, _ in seen] == pytest.approx([0.005, 0.01, 0.01, 0.005])
 
 
 def test_a_decomposition_in_pieces_merges_into_the_whole(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def fit(
     batch_size: int = 100,
     objective: Objective | None = None,
     lr: float = 1e-3,
+    adam_eps: float = 1e-8,
     local_lr: float = 0.1,
     train_model: bool = True,
     validation: Dataset | None = None,
@@ -78,9 +79,10 @@ def fit(
     hooks: Sequence[Hook] = (),
     ema_decay: float | None = None,
 ) -> History:
-    """Fit by ``epochs`` passes of Adam over minibatches; the default objective is the ELBO with
-    one reparameterised sample and analytic KL. ``train_model=False`` keeps the model fixed and
-    fits only the posterior (an encoder against a known decoder, or per-datapoint VI).
+    """Fit by ``epochs`` passes of Adam (rate ``lr``, epsilon ``adam_eps``) over minibatches; the
+    default objective is the ELBO with one reparameterised sample and analytic KL.
+    ``train_model=False`` keeps the model fixed and fits only the posterior (an encoder against
+    a known decoder, or per-datapoint VI).
     ``baseline`` is the objective's estimator state (``objective.init_state(data_dim)``),
     passed to each step and updated after it; a learned one (NVIL's network) is trained by Adam
     with the posterior. ``hooks`` (:class:`~avi.inference.loop.Hook`) run each step and epoch
@@ -98,7 +100,7 @@ def fit(
     objective = objective or ELBO()
     generator = generator or torch.Generator().manual_seed(0)
     optimizers = make_optimizers(
-        model, posterior, lr=lr, local_lr=local_lr, train_model=train_model, estimator=baseline
+        model, posterior, lr=lr, local_lr=local_lr, train_model=train_model, eps=adam_eps, estimator=baseline
     )
     state = TrainState(model, posterior, optimizers, generator, baseline)
     history = History(validation=validation)
