@@ -32,8 +32,9 @@ for the same noise, Inductor drawing its own), which makes the steps at batch 20
 
 ``--layers 2`` trains the two-stochastic-layer model (784-200-200-100-100-100-50, tanh; preset
 ``burda-2l``) as ``vae2_k1`` and ``iwae2_k5`` under the fast recipe of ``benchmarks/time_to_nll.py``
-(presets ``burda-2l-fast`` and ``burda-2l-fast-iwae5``: batch 250, lr 3e-3 decayed by a cosine over
-1,500 passes, the VAE with a 100-pass KL warm-up), not the paper's schedule, which at batch 20
+(presets ``burda-2l-fast`` and ``burda-2l-fast-iwae5``: batch 250, lr 3e-3 (the IWAE 1e-3: at 3e-3
+its bound worsened from pass 50) decayed by a cosine over 1,500 passes, the VAE with a 100-pass KL
+warm-up), not the paper's schedule, which at batch 20
 would take weeks on this machine. State: ``benchmarks/state/reproduce_burda2/``; the same JSON
 gains ``vae2_k1_test_nll``, ``iwae2_k5_test_nll`` and their runs under ``two_layers`` (the
 one-layer keys kept); figure ``reproduce_burda_2l.png``:

@@ -24,7 +24,9 @@ def test_two_layer_fast_presets_are_the_two_layer_model_under_the_one_layer_reci
     assert two.model.model_dump(exclude={"preset"}) == load_config(
         None, {"model": {"preset": "burda-2l"}}
     ).model.model_dump(exclude={"preset"})
-    assert (two.train, two.data, two.objective, two.remedies) == (one.train, one.data, one.objective, one.remedies)
+    assert (two.data, two.objective, two.remedies) == (one.data, one.objective, one.remedies)
+    lr = {"burda-2l-fast": one.train.lr, "burda-2l-fast-iwae5": 1e-3}[preset]  # the IWAE's bound worsened at 3e-3
+    assert two.train == one.train.model_copy(update={"lr": lr})
     assert (two.train.batch_size, two.train.lr_schedule, two.data.validation_fraction) == (250, "cosine", 0.0)
 
 
