@@ -203,10 +203,12 @@ def fit(
 
 def _fit_done(run_dir: Path, *, idle: bool) -> None:
     """The last lines of ``avi fit`` on standard error: where the run is, and, where its
-    summary says so, that the validation bound was still improving; or, for a resumed run that
+    summary says so, that the training objective got worse or the validation bound was still
+    improving; or, for a resumed run that
     trained no epoch (``idle``) because it had done all of them or a stopping rule had ended
     it, one line saying how to go on."""
     from avi.runs.rundir import SUMMARY, SUMMARY_SCHEMA, read_json
+    from avi.runs.train import WORSENED
 
     try:
         summary = read_json(run_dir / SUMMARY, SUMMARY_SCHEMA)
@@ -224,6 +226,8 @@ def _fit_done(run_dir: Path, *, idle: bool) -> None:
             rule = f"early stopping; best epoch {summary['best_epoch']}"
         _say(f"{run_dir} stopped at epoch {done} ({rule}); give --lr or --lr-schedule to train on")
         return
+    if summary.get("train_objective_worsened"):
+        _say(WORSENED)
     if summary.get("val_elbo_improving"):
         more = f"avi fit --resume {run_dir} --epochs M, M > {summary['epochs_done']}"
         _say(f"the validation bound was still improving: more epochs may help ({more})")

@@ -380,6 +380,27 @@ def test_summary_without_an_evaluation_uses_validation_and_warns_of_collapse() -
     assert len(head.warnings) == 1 and head.warnings[0].startswith("Posterior collapse: none of the 3 latent")
 
 
+def test_summary_warns_where_the_training_objective_got_worse() -> None:
+    """A training objective that peaks at epoch 10 and sinks by 0.1 nats an epoch after it draws
+    the warning avi fit prints; the same epochs still climbing, or sinking by less than the
+    tolerance of a run that sets it wide, do not."""
+    from avi.runs.config import TrainConfig
+    from avi.runs.report_tables import summary
+    from avi.runs.train import WORSENED
+
+    def rows(objectives: list[float]) -> list[dict]:
+        return [{"epoch": e, "wall_seconds": 1.0, "val_elbo": -9.0, "val_reconstruction": -8.0, "val_kl": 1.0,
+                 "train_objective": v, "kl_weight": 1.0} for e, v in enumerate(objectives, 1)]  # fmt: skip
+
+    peaked = [-100.0 + e for e in range(10)] + [-91.0 - 0.1 * e for e in range(1, 21)]
+    head = summary(rows(peaked), [], [], run="runs/x", status="finished", latent_dim=2)
+    assert WORSENED in head.warnings
+    climbing = [-100.0 + 0.1 * e for e in range(30)]
+    assert WORSENED not in summary(rows(climbing), [], [], run="x", status="finished", latent_dim=2).warnings
+    wide = TrainConfig(lr_tolerance=0.05)  # 0.05 x 91.3 = 4.6 nats: the windows' 1.5-nat fall is within it
+    assert WORSENED not in summary(rows(peaked), [], [], run="x", status="finished", latent_dim=2, train=wide).warnings
+
+
 def test_latent_plot_has_a_legend_per_class_outside_the_axes_and_labelled_axes() -> None:
     import torch
 

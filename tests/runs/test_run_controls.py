@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.errors import ConfigError
 from avi.runs.config import TrainConfig, learning_rate, load_config
 from avi.runs.rundir import best_evaluation, read_checkpoint, read_config, read_metrics
-from avi.runs.train import run_fit, stopped_early, val_elbo_improving
+from avi.runs import train as train_module
+from avi.runs.train import run_fit, stopped_early, train_objective_worsened, val_elbo_improving
 
 from .conftest import small_job
 
@@ -185,3 +187,44 @@ def test_resuming_a_run_its_stopping_rule_ended_trains_only_with_a_new_rate(tmp_
     assert (run / "checkpoint.pt").read_bytes() == before and len(read_metrics(run)) == done
     assert _avi("fit", "--resume", str(run), "--lr", "0.001").exit_code == 0
     assert len(read_metrics(run)) > done
+
+
+def _objectives(*values: float, kl_weight: float = 1.0) -> list[dict[str, Any]]:
+    return [{"epoch": epoch, "train_objective": value, "kl_weight": kl_weight} for epoch, value in enumerate(values, 1)]
+
+
+def test_a_worsening_training_objective_is_told_from_noise() -> None:
+    """Windows of W = max(5, 10%) epochs, means compared with three standard errors: a bound that
+    climbs and then sinks by a nat is flagged, one that levels off in noise of 0.3 nats (seeded,
+    every length from 10 epochs to 200) is not, nor one still climbing; epochs of a KL warm-up
+    (another weight) do not count, and under 2 W comparable epochs there is no verdict."""
+    train = TrainConfig()
+    climb = [-120.0 + 20 * (1 - math.exp(-epoch / 10)) for epoch in range(60)]
+    assert train_objective_worsened(_objectives(*climb), train) is False
+    sinks = [*climb, *[climb[-1] - 0.02 * epoch for epoch in range(1, 61)]]  # 1.2 nats lost over 60 epochs
+    assert train_objective_worsened(_objectives(*sinks), train) is True
+    generator = torch.Generator().manual_seed(0)
+    noise = (0.3 * torch.randn(200, generator=generator)).tolist()
+    level = [*climb, *[-100.0 + e for e in noise]]
+    assert not any(train_objective_worsened(_objectives(*level[:n]), train) for n in range(10, len(level) + 1))
+    warm = _objectives(*[-90.0 + e for e in noise[:20]], kl_weight=0.5)  # a down-weighted KL scores higher
+    assert train_objective_worsened([*warm, *_objectives(*level[60:100])], train) is False
+    assert train_objective_worsened([*warm, *_objectives(*level[60:69])], train) is None  # 9 < 2 x 5
+    assert train_objective_worsened(_objectives(*sinks[:-1], math.nan), train) is None  # after a NaN: none
+    assert train_objective_worsened([], train) is None
+
+
+def test_avi_fit_says_when_the_training_objective_got_worse(tmp_path: Path, monkeypatch) -> None:
+    """The verdict lands in summary.json as ``train_objective_worsened`` and, where it is True,
+    as one line of ``avi fit``'s closing lines naming the learning rate."""
+    run = tmp_path / "run"
+    fitted = _avi("fit", _job(tmp_path), "--out", str(run))
+    assert json.loads((run / "summary.json").read_text())["train_objective_worsened"] is None  # 3 epochs
+    assert "got worse" not in fitted.stderr
+    monkeypatch.setattr(train_module, "train_objective_worsened", lambda rows, train: True)
+    worse = _avi("fit", _job(tmp_path), "--out", str(tmp_path / "worse"))
+    assert json.loads((tmp_path / "worse" / "summary.json").read_text())["train_objective_worsened"] is True
+    assert [line for line in worse.stderr.splitlines() if "got worse" in line] == [
+        "the training objective got worse over the run (its mean over the last epochs is below an earlier "
+        "one's): the learning rate (train.lr) may be too high; see metrics.csv"
+    ]

@@ -76,7 +76,8 @@ def run_report(run_dir: str | Path, *, points: int = 2000) -> Path:
     evaluation = evaluations[0] if evaluations else {}
     gaps = read_gaps(run_dir)
     run = load_trained(run_dir)
-    head = summary(rows, evaluations, gaps, run=str(run_dir), status=status, latent_dim=run.config.model.latent_dim)
+    head = summary(rows, evaluations, gaps, run=str(run_dir), status=status, latent_dim=run.config.model.latent_dim,
+                   train=run.config.train)  # fmt: skip
     plot_curves(rows, run_dir / "curves.png")
     sections = [("Summary", _summary_html(head)), ("Training curves", _embed(run_dir / "curves.png"))]
     sections += _data_sections(run, run_dir, points)

@@ -21,7 +21,9 @@ import torch
 
 from avi.evaluation.flow_use import IN_USE, layers_in_use, unused_layers_warning
 from avi.evaluation.psis import KHAT_THRESHOLD, KhatSummary, khat_summary, khat_warning
+from avi.runs.config import TrainConfig
 from avi.runs.rundir import json_text, last_diagnosed
+from avi.runs.train import WORSENED, train_objective_worsened
 
 __all__ = [
     "EVALUATION_SETTINGS",
@@ -82,6 +84,7 @@ def summary(
     run: str,
     status: str,
     latent_dim: int,
+    train: TrainConfig | None = None,
 ) -> Summary:
     """The headline numbers of a run (``run`` names it in the hints): how training ended; of the
     first of ``evaluations`` (the most careful), the log-likelihood with k and its standard error,
@@ -89,7 +92,8 @@ def summary(
     and k-hat, with a line for the others; the ELBO with its reconstruction and KL terms
     (evaluated, else the last epoch's validation values); active units (evaluated, else of the
     last epoch that recorded the collapse diagnostics); a finite flow's layers in use
-    (evaluated); and the inference gaps."""
+    (evaluated); and the inference gaps. Warns where the training objective got worse
+    (:func:`~avi.runs.train.train_objective_worsened` under ``train``, default settings where None)."""
     last = rows[-1]
     evaluation = evaluations[0] if evaluations else {}
     out = [("training", f"{status} after {last['epoch']} epochs, {fmt(last['wall_seconds'], '.0f')} s")]
@@ -109,7 +113,8 @@ def summary(
     flow, unused = _flow_layers(evaluation)
     out += flow
     out += _gap_rows(gaps, run)
-    return Summary(out, [w for w in (khat_warned, collapsed, unused) if w])
+    worsened = WORSENED if train_objective_worsened(rows, train or TrainConfig()) else None
+    return Summary(out, [w for w in (khat_warned, collapsed, unused, worsened) if w])
 
 
 def _evaluated_on(evaluation: dict[str, Any]) -> str:

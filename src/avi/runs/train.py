@@ -9,6 +9,7 @@ and the caller's own.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -64,6 +65,7 @@ from avi.runs.tracking import open_trackers
 
 __all__ = [
     "ProgressHook",
+    "WORSENED",
     "TrainedRun",
     "available_device",
     "default_run_dir",
@@ -72,6 +74,7 @@ __all__ = [
     "resolve_device",
     "run_fit",
     "stopped_early",
+    "train_objective_worsened",
     "val_elbo_improving",
 ]
 
@@ -262,6 +265,7 @@ class _Fit:
             "parameters": sum(p.numel() for p in self.run.model.parameters())
             + sum(p.numel() for p in self.run.posterior.parameters()),
             "val_elbo_improving": val_elbo_improving(self.rows[: self.saved], self.config.train),
+            "train_objective_worsened": train_objective_worsened(self.rows[: self.saved], self.config.train),
             **extra,
         }
 
@@ -284,6 +288,41 @@ def val_elbo_improving(rows: Sequence[dict[str, Any]], train: TrainConfig) -> bo
     window = min(window, len(values) - 1)
     before = max(values[:-window])
     return max(values[-window:]) > before + train.lr_tolerance * abs(before)
+
+
+#: what ``avi fit`` and ``avi report`` say where :func:`train_objective_worsened`
+WORSENED = (
+    "the training objective got worse over the run (its mean over the last epochs is below an earlier one's): "
+    "the learning rate (train.lr) may be too high; see metrics.csv"
+)
+
+
+def train_objective_worsened(rows: Sequence[dict[str, Any]], train: TrainConfig) -> bool | None:
+    """Whether the training objective got worse during the run, the mark of a learning rate too
+    high for it (or of a diverging fit): the mean ``train_objective`` of the last W epochs falls
+    below the best mean of the earlier windows of W (consecutive, counted back from the end) by
+    more than three standard errors of the difference (each window's from its epochs' spread)
+    and ``train.lr_tolerance`` x |best|. Only the trailing epochs that share the last epoch's KL
+    weight and inverse temperature count (a warm-up or a cycle changes what the objective
+    measures). W is 10% of those epochs and at least :data:`IMPROVING_WINDOW`; None where they
+    are fewer than 2 W."""
+    if not rows:
+        return None
+    weights = ("kl_weight", "inverse_temperature")
+    last = [rows[-1].get(key) for key in weights]
+    values: list[float] = []
+    for row in reversed(rows):
+        value = row.get("train_objective")
+        if [row.get(key) for key in weights] != last or not isinstance(value, (int, float)) or not math.isfinite(value):
+            break
+        values.append(float(value))
+    window = max(IMPROVING_WINDOW, math.ceil(len(values) / 10))
+    if len(values) < 2 * window:
+        return None
+    windows = [values[start : start + window] for start in range(0, len(values) - window + 1, window)]
+    recent, best = windows[0], max(windows[1:], key=statistics.fmean)
+    margin = 3 * math.sqrt((statistics.variance(recent) + statistics.variance(best)) / window)
+    return statistics.fmean(recent) < statistics.fmean(best) - margin - train.lr_tolerance * abs(statistics.fmean(best))
 
 
 @dataclass
