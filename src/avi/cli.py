@@ -204,9 +204,8 @@ def fit(
 def _fit_done(run_dir: Path, *, idle: bool) -> None:
     """The last lines of ``avi fit`` on standard error: where the run is, and, where its
     summary says so, that the training objective got worse or the validation bound was still
-    improving; or, for a resumed run that
-    trained no epoch (``idle``) because it had done all of them or a stopping rule had ended
-    it, one line saying how to go on."""
+    improving; or, for a resumed run that trained no epoch (``idle``) because it had done all of
+    them or a stopping rule had ended it, one line saying how to go on."""
     from avi.runs.rundir import SUMMARY, SUMMARY_SCHEMA, read_json
     from avi.runs.train import WORSENED
 

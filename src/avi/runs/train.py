@@ -299,7 +299,7 @@ WORSENED = (
 
 def train_objective_worsened(rows: Sequence[dict[str, Any]], train: TrainConfig) -> bool | None:
     """Whether the training objective got worse during the run, the mark of a learning rate too
-    high for it (or of a diverging fit): the mean ``train_objective`` of the last W epochs falls
+    high for it: the mean ``train_objective`` of the last W epochs falls
     below the best mean of the earlier windows of W (consecutive, counted back from the end) by
     more than three standard errors of the difference (each window's from its epochs' spread)
     and ``train.lr_tolerance`` x |best|. Only the trailing epochs that share the last epoch's KL
