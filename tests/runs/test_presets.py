@@ -35,3 +35,12 @@ def test_only_the_two_layer_vae_warms_its_kl_term_up() -> None:
     iwae = load_config(None, {"model": {"preset": "burda-2l-fast-iwae5"}})
     assert (vae.objective.name, vae.remedies.kl_warmup) == ("elbo", 100)
     assert (iwae.objective.name, iwae.objective.k, iwae.remedies.kl_warmup) == ("iwae", 5, 0)
+
+
+def test_the_bf16_iwae_recipe_differs_from_the_fast_one_in_precision_and_length_only() -> None:
+    """``burda-1l-fast-iwae5-bf16`` (benchmarks/time_to_nll.py's ``iwae_k5_bf16``) is the IWAE
+    fast recipe over 2,500 passes in bf16; on a CPU without bf16 a run says so and trains in fp32."""
+    bf16 = load_config(None, {"model": {"preset": "burda-1l-fast-iwae5-bf16"}})
+    fast = load_config(None, {"model": {"preset": "burda-1l-fast-iwae5"}})
+    assert (bf16.model, bf16.data, bf16.objective, bf16.remedies) == (fast.model, fast.data, fast.objective, fast.remedies)
+    assert bf16.train == fast.train.model_copy(update={"epochs": 2500, "precision": "bf16"})
