@@ -1,7 +1,7 @@
 """Run controls of ``avi fit`` and ``avi evaluate``: early stopping from the command line, which
 checkpoint an evaluation scores, the learning-rate schedule on resume, whether the validation
-bound was still improving, and a resumed run with nothing left to train. In-process (typer's
-CliRunner) on the small synthetic job."""
+bound was still improving or the training objective got worse, and a resumed run with nothing
+left to train. In-process (typer's CliRunner) on the small synthetic job."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from avi.cli import app
 from avi.errors import ConfigError
+from avi.runs import train as train_module
 from avi.runs.config import TrainConfig, learning_rate, load_config
 from avi.runs.rundir import best_evaluation, read_checkpoint, read_config, read_metrics
-from avi.runs import train as train_module
 from avi.runs.train import run_fit, stopped_early, train_objective_worsened, val_elbo_improving
 
 from .conftest import small_job
@@ -190,7 +190,7 @@ def test_resuming_a_run_its_stopping_rule_ended_trains_only_with_a_new_rate(tmp_
 
 
 def _objectives(*values: float, kl_weight: float = 1.0) -> list[dict[str, Any]]:
-    return [{"epoch": epoch, "train_objective": value, "kl_weight": kl_weight} for epoch, value in enumerate(values, 1)]
+    return [{"epoch": e, "train_objective": value, "kl_weight": kl_weight} for e, value in enumerate(values, 1)]
 
 
 def test_a_worsening_training_objective_is_told_from_noise() -> None:
