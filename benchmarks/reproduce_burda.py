@@ -152,7 +152,8 @@ def train(run_dir: Path, config, *, deadline: float, max_epochs: int) -> None:
 def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
     """Test NLL (IWAE bound, k samples) on the first ``points`` test images (all when None),
     test ELBO and active units of a run's last checkpoint (for a model with several stochastic
-    layers, also per layer, z_1 first: Burda et al.'s "16+5")."""
+    layers, also per layer, z_1 first: Burda et al.'s "16+5"), and whether its training
+    objective got worse (summary.json's ``train_objective_worsened``: a rate too high)."""
     run = load_trained(run_dir)
     test_x = run.splits.test.x[:points]
     nll = log_likelihood(run.model, run.posterior, test_x, k=k)
@@ -170,6 +171,7 @@ def evaluate(run_dir: Path, *, k: int, points: int | None) -> dict:
         "test_elbo": mean_elbo(run.model, run.posterior, test_x),
         "active_units": sum(by_layer),
         "k": k,
+        "train_objective_worsened": summary.get("train_objective_worsened"),
     } | ({"active_units_by_layer": list(by_layer)} if len(by_layer) > 1 else {})
 
 
