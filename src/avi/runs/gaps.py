@@ -191,15 +191,15 @@ def _new_encoder(run: TrainedRun, family: str, epochs: int, settings: dict[str, 
     epsilon and learning-rate schedule, warm-up and decay spanning the ``epochs``. (At the peak
     rate from the first step and without the decay, a planar encoder on a trained MNIST decoder
     diverged in its 20th epoch: ELBO -96 to -28,096.)"""
-    train = run.config.train
     values = run.config.model_dump()
     values["inference"] |= {"family": family, "strategy": "amortized"} | settings
-    values["train"] |= {"epochs": max(epochs, 1), "lr_warmup": min(train.lr_warmup, epochs)}
+    values["train"] |= {"epochs": max(epochs, 1), "lr_warmup": min(run.config.train.lr_warmup, epochs)}
     values["remedies"] = {}  # the plain ELBO: the run's KL weighting served its own training
     config = resolve_config(values)
+    train = config.train  # the run's, its schedule spanning the encoder's epochs
     posterior = build_posterior(config, run.model, 0).to(run.device)
     fit(run.model, posterior, run.splits.train.to(run.device), epochs=epochs, batch_size=train.batch_size,
-        lr=train.lr, adam_eps=train.adam_eps, train_model=False, hooks=[LearningRate(config.train)])  # fmt: skip
+        lr=train.lr, adam_eps=train.adam_eps, train_model=False, hooks=[LearningRate(train)])  # fmt: skip
     return posterior
 
 
