@@ -20,6 +20,7 @@ __all__ = [
     "ConvDecoder",
     "MAXOUT_PIECES",
     "Maxout",
+    "WIDE_UNITS",
     "ReducedPrecision",
     "activation_layer",
     "autocast_forward",
@@ -49,6 +50,17 @@ class Maxout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pieces={self.pieces}"
+
+
+#: the hidden units built with the linear layer before them widened: their activation's name ->
+#: (how many values of that layer make one unit, the layer that reduces them to units).
+#: ``maxout``: the largest of :data:`MAXOUT_PIECES`; ``gated``: Dauphin et al.'s (2017) gated
+#: linear unit, h = (W x + b) * sigmoid(V x + c), the units of Tomczak and Welling's (2018) VAEs
+#: (``nn.GLU`` over the last axis: the first half times the sigmoid of the second).
+WIDE_UNITS: dict[str, tuple[int, Callable[[], nn.Module]]] = {
+    "maxout": (MAXOUT_PIECES, Maxout),
+    "gated": (2, lambda: nn.GLU(-1)),
+}
 
 
 @runtime_checkable
@@ -83,11 +95,11 @@ class MLP(nn.Sequential):
 
 def activation_layer(activation: str) -> nn.Module:
     """A new layer of the activation named ``activation`` (:data:`ACTIVATIONS`); :class:`ConfigError` else
-    (maxout too: its units need the linear layer before them :data:`MAXOUT_PIECES` times as wide,
-    which only :func:`mlp` builds)."""
-    if activation == "maxout":
+    (:data:`WIDE_UNITS` too: their units need the linear layer before them widened, which only
+    :func:`mlp` builds)."""
+    if activation in WIDE_UNITS:
         raise ConfigError(
-            f"maxout units are built into MLP layers only; convolutional networks and the MADE decoder "
+            f"{activation} units are built into MLP layers only; convolutional networks and the MADE decoder "
             f"take {', '.join(sorted(ACTIVATIONS))}"
         )
     if activation not in ACTIVATIONS:
@@ -97,19 +109,21 @@ def activation_layer(activation: str) -> nn.Module:
 
 def _linear_layers(sizes: Sequence[int], activation: str) -> list[nn.Module]:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with the activation between them, none after
-    the last; with ``maxout``, each hidden layer of n units is a linear layer to n *
-    :data:`MAXOUT_PIECES` values and :class:`Maxout`."""
-    maxout = activation == "maxout"
-    if not maxout:
-        activation_layer(activation)
+    the last; with one of :data:`WIDE_UNITS`, each hidden layer of n units is a linear layer to
+    n * width values and the layer that makes them n units."""
+    if activation in WIDE_UNITS:
+        width, units = WIDE_UNITS[activation]
+    else:
+        activation_layer(activation)  # ConfigError for an unknown name
+        width, units = 1, lambda: activation_layer(activation)
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ConfigError(f"network sizes must be at least two positive integers, got {list(sizes)}")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         hidden = i < len(sizes) - 2
-        layers.append(nn.Linear(n_in, n_out * MAXOUT_PIECES if hidden and maxout else n_out))
+        layers.append(nn.Linear(n_in, n_out * width if hidden else n_out))
         if hidden:
-            layers.append(Maxout() if maxout else activation_layer(activation))
+            layers.append(units())
     return layers
 
 
@@ -117,7 +131,8 @@ def mlp(sizes: Sequence[int], activation: str = "relu") -> MLP:
     """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, activation between layers, linear output.
 
     ``mlp([784, 400, 40])`` is Linear(784, 400), ReLU, Linear(400, 40); ``mlp([D, K])`` is affine;
-    ``mlp([784, 400, 40], "maxout")`` is Linear(784, 1600), Maxout (400 units), Linear(400, 40).
+    ``mlp([784, 400, 40], "maxout")`` is Linear(784, 1600), Maxout (400 units), Linear(400, 40);
+    ``mlp([784, 300, 40], "gated")`` is Linear(784, 600), GLU (300 units), Linear(300, 40).
     """
     return MLP(*_linear_layers(sizes, activation))
 

@@ -441,13 +441,15 @@ def test_a_model_too_large_to_build_names_its_sizes(model: dict[str, Any], what:
     assert "model.activation" not in message  # relu units size nothing
 
 
-def test_maxout_units_are_named_among_the_sizes() -> None:
-    # a maxout layer is 4 linear pieces a unit: its width is hidden x 4, so the activation sizes it
-    config = load_config(None, {"model": {"hidden": [2**38], "activation": "maxout"}})
+@pytest.mark.parametrize("activation", ["maxout", "gated"])
+def test_wide_units_are_named_among_the_sizes(activation: str) -> None:
+    # a maxout layer is 4 linear pieces a unit, a gated one 2 (value and gate): its width is
+    # hidden times that, so the activation sizes it
+    config = load_config(None, {"model": {"hidden": [2**38], "activation": activation}})
     with pytest.raises(ConfigError) as err, sized_by(settings_of(config, MODEL_SIZES)):
         build_model(config, 12)
     message = str(err.value)
-    assert f"model.hidden = {[2**38]!r}" in message and "model.activation = 'maxout'" in message
+    assert f"model.hidden = {[2**38]!r}" in message and f"model.activation = {activation!r}" in message
 
 
 def test_only_allocation_failures_become_size_errors() -> None:

@@ -61,7 +61,7 @@ class MADE(nn.Module):
         super().__init__()
         if data_dim < 2 or not hidden or any(h < 1 for h in hidden):
             raise ConfigError(f"a MADE needs data dimension >= 2 and hidden layers, got {data_dim} and {list(hidden)}")
-        activation_layer(activation)  # ConfigError for an unknown name or maxout
+        activation_layer(activation)  # ConfigError for an unknown name or WIDE_UNITS
         degrees = [torch.arange(1, data_dim + 1)] + [torch.arange(h) % (data_dim - 1) + 1 for h in hidden]
         self.hidden = nn.ModuleList(
             _MaskedLinear((d_out[:, None] >= d_in[None, :]).float()) for d_in, d_out in pairwise(degrees)

@@ -28,6 +28,7 @@ from pydantic import (
 from avi.errors import ConfigError, first_line
 from avi.evaluation.bounds import MAX_BUDGET_MIB
 from avi.families.discrete import DISCRETE_FAMILIES
+from avi.nn import WIDE_UNITS
 from avi.objectives.schedules import KLSchedule
 from avi.objectives.select import ESTIMATORS, OBJECTIVES, Objective, objective_named, takes
 from avi.objectives.tempered import Tempered
@@ -108,7 +109,8 @@ class ModelConfig(_Section):
     400 units for MNIST), recorded in the run's config.json when the model is built.
     ``activation``: of every hidden layer, model and encoder; ``maxout`` makes each hidden unit the
     largest of :data:`avi.nn.MAXOUT_PIECES` = 4 linear pieces (Rezende and Mohamed's 2015
-    networks; MLPs only, not the conv networks or the MADE decoder).
+    networks) and ``gated`` a gated linear unit, (W x + b) * sigmoid(V x + c) (Tomczak and
+    Welling's 2018 networks); both in MLPs only, not the conv networks or the MADE decoder.
     ``likelihood``: ``bernoulli`` (binary data, or data in [0, 1] binarised) or ``gaussian``
     (real-valued data; it starts at the training data's mean and standard deviation).
     ``network``: the VAE's networks, ``mlp`` or, for 28x28 images (784 values per point), ``conv``:
@@ -130,7 +132,7 @@ class ModelConfig(_Section):
     preset: str | None = None
     latent_dim: int = Field(20, ge=1)
     hidden: list[Width] | None = None
-    activation: Literal["relu", "tanh", "elu", "softplus", "maxout"] = "relu"
+    activation: Literal["relu", "tanh", "elu", "softplus", "maxout", "gated"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     #: the VAE's decoder: an MLP, or a MADE conditioned on z (autoregressive, Bernoulli only)
     decoder: Literal["mlp", "made"] = "mlp"
@@ -544,14 +546,14 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_network(self) -> Config:
         """The conv networks are the VAE's, in place of its MLPs (not of a MADE decoder); maxout
-        units are MLP layers."""
+        and gated units are MLP layers."""
         m = self.model
         if m.network == "conv" and (m.name != "vae" or m.decoder != "mlp"):
             other = f"model {m.name!r}" if m.name != "vae" else f"the {m.decoder} decoder"
             raise ValueError(f"model.network 'conv' is for the vae with its own decoder, not {other}")
-        if m.activation == "maxout" and (m.network == "conv" or m.decoder == "made"):
+        if m.activation in WIDE_UNITS and (m.network == "conv" or m.decoder == "made"):
             other = "model.network 'conv'" if m.network == "conv" else "the made decoder"
-            raise ValueError(f"model.activation 'maxout' builds MLP layers, not {other}")
+            raise ValueError(f"model.activation {m.activation!r} builds MLP layers, not {other}")
         return self
 
     @model_validator(mode="after")

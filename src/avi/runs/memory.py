@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from avi.errors import ConfigError
+from avi.nn import WIDE_UNITS
 from avi.objectives.select import takes
 from avi.runs.config import Config
 
@@ -66,7 +67,7 @@ def allocation_failure(err: BaseException) -> str | None:
 #: where a size setting is read: those it does not apply to size nothing
 _READ: dict[str, Callable[[Config], bool]] = {
     "model.hidden": lambda c: not c.model.custom,
-    "model.activation": lambda c: not c.model.custom and c.model.activation == "maxout",  # 4 pieces a unit
+    "model.activation": lambda c: not c.model.custom and c.model.activation in WIDE_UNITS,  # wider layers
     "model.num_classes": lambda c: c.model.name == "discrete-vae",
     "model.layers": lambda c: c.model.name == "hvae",
     "model.layer_hidden": lambda c: c.model.name == "hvae",
