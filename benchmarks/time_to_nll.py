@@ -259,8 +259,9 @@ def _paper_hours(previous: dict, timings: dict) -> dict:
 
 def report_of(previous: dict, results: dict, timings: dict, args) -> dict:
     """The JSON report: this call's runs merged into the previous report's. The headline hours
-    and fractions are CPU hours of the one-thread processes (the quiet-machine wall time); the
-    wall hours of this shared machine are kept beside them."""
+    and fractions are CPU hours of the one-thread processes (the quiet-machine wall time), and
+    wall hours for the runs of :data:`THREADS`; the wall hours of this shared machine are kept
+    beside them."""
     runs, paper = previous.get("runs", {}) | results, _paper_hours(previous, timings)
     return {
         "benchmark": "time_to_nll",
