@@ -30,9 +30,10 @@ from avi.inference import LocalPosterior
 from avi.models import LinearGaussian, VAEModel
 
 
-def _vae(dtype: torch.dtype = torch.float32, hidden: tuple[int, ...] = (32,), family: str = "mean-field") -> tuple[VAEModel, AmortizedPosterior, Tensor]:
+def _vae(dtype: torch.dtype = torch.float32, hidden: tuple[int, ...] = (32,), family: str = "mean-field",
+         activation: str = "relu") -> tuple[VAEModel, AmortizedPosterior, Tensor]:  # fmt: skip
     """A small Bernoulli VAE (D = 30, K = 3) with random weights, its encoder, and 13 binary points."""
-    model = VAEModel(30, 3, hidden).to(dtype)
+    model = VAEModel(30, 3, hidden, activation).to(dtype)
     fam = make_family(family, 3)
     posterior = AmortizedPosterior(mlp_encoder(30, (16,), fam.param_size), fam).to(dtype)
     x = (torch.rand(13, 30, generator=torch.Generator().manual_seed(3)) < 0.4).to(dtype)
@@ -84,6 +85,18 @@ def test_fast_path_equals_the_distributions_on_the_same_noise(family: str, hidde
     fast32 = chunk_log_weights(model32, posterior32(x.float()), x.float(), 150, NoiseStream(1, index, 3, torch.float32, x.device))
     assert fast32.dtype == torch.float32
     torch.testing.assert_close(fast32.double(), reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["maxout", "gated"])
+def test_fast_path_runs_wide_units_as_the_distributions_do(activation: str) -> None:
+    # maxout and gated units reduce a widened layer: the fast path runs them through their own
+    # forward, and must agree with Independent(Bernoulli(logits)).log_prob to float64 rounding
+    model, posterior, x = _vae(torch.float64, (24, 16), activation=activation)
+    q = posterior(x)
+    index = torch.arange(x.shape[0])
+    fast = chunk_log_weights(model, q, x, 150, NoiseStream(1, index, 3, torch.float64, x.device))
+    eps = NoiseStream(1, index, 3, torch.float64, x.device).read(150)
+    torch.testing.assert_close(fast, _reference_log_weights(model, q, x, eps), rtol=1e-10, atol=1e-9)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
