@@ -211,7 +211,6 @@ def main() -> None:
     names = [args.only] if args.only else sorted(PRESET)
     budget = args.hours * 3600 / len(names)
     results, timings = {}, {}
-    before = json.loads(args.out.read_text()).get("runs", {}) if args.out.exists() else {}
     for name in names:
         config = fast_config(name, threads=THREADS.get(name, args.threads), quick=args.quick)
         run_dir, timings[name] = args.state / name, []
@@ -225,14 +224,16 @@ def main() -> None:
         finished = epochs_done(run_dir) >= config.train.epochs
         r = evaluate(run_dir, k=args.k, points=None if finished else args.eval_points)
         cpu, published = float(read_metrics(run_dir)[-1]["cpu_seconds"]), PUBLISHED[TABLE_RUN[name]]["nll"]
-        others = [*before.get(name, {}).get("other_processes_cpus_by_call", []), other]
         results[name] = r | {"finished": finished, "epochs_total": config.train.epochs, "preset": PRESET[name],
                              "wall_hours": r["train_wall_seconds"] / 3600, "cpu_hours": cpu / 3600,
                              "published_nll": published, "curve": curve_of(run_dir),
                              "threads": config.train.threads, "clock": clock(name),
-                             "other_processes_cpus_by_call": others}  # fmt: skip
+                             "other_processes_cpus_by_call": [other]}  # fmt: skip
     with folder_lock(args.out.parent):
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+        for name, r in results.items():  # this call's load after the earlier calls'
+            earlier = previous.get("runs", {}).get(name, {}).get("other_processes_cpus_by_call", [])
+            r["other_processes_cpus_by_call"] = earlier + r["other_processes_cpus_by_call"]
         write_report(args.out, report_of(previous, results, timings, args))
         runs, paper = previous.get("runs", {}) | results, _paper_hours(previous, timings)
         plot(args.state, runs, {n: paper[clock(n)].get(n) for n in PRESET}, args.out.with_suffix(".png"))

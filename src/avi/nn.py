@@ -115,7 +115,7 @@ def _linear_layers(sizes: Sequence[int], activation: str) -> list[nn.Module]:
         width, units = WIDE_UNITS[activation]
     else:
         activation_layer(activation)  # ConfigError for an unknown name
-        width, units = 1, lambda: activation_layer(activation)
+        width, units = 1, ACTIVATIONS[activation]
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ConfigError(f"network sizes must be at least two positive integers, got {list(sizes)}")
     layers: list[nn.Module] = []
