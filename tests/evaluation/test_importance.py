@@ -14,7 +14,7 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import cubo_per_point, log_likelihood
 from avi.evaluation import importance
-from avi.evaluation.bounds import COMPILED_ROWS, MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
+from avi.evaluation.bounds import COMPILED_POINTS, COMPILED_ROWS, MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
 from avi.evaluation.importance import (
     SAMPLE_BLOCK,
     NoiseStream,
@@ -168,12 +168,14 @@ def test_chunk_sizes_follow_the_budget() -> None:
     assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2, precision="bf16") == (1, (2**21 - copies) // (2 * wide))
     with pytest.raises(ConfigError, match="bfloat16 weights"):
         chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.5, precision="bf16")
-    # a compiled decoder: larger chunks, k split equally (5000 = 2 x 2500; 300 = 1 x 300), and a
-    # budget still binds them
-    assert chunk_sizes(model, 5000, compile=True) == (1, 2500)
+    # a compiled decoder: larger chunks of at least COMPILED_POINTS points, k split equally
+    # (5000 = 4 x 1250; 300 = 1 x 300), and a budget still binds them
+    assert chunk_sizes(model, 5000, compile=True) == (COMPILED_POINTS, COMPILED_ROWS // COMPILED_POINTS)
     assert chunk_sizes(model, 300, compile=True) == (COMPILED_ROWS // 300, 300)
     batch, chunk = chunk_sizes(model, 5000, memory_budget=3.0, compile=True)
-    assert batch == 1 and chunk == -(-5000 // -(-5000 // (2**20 // row))) and chunk * row <= 2**20
+    rows = 2**20 // row
+    assert chunk == -(-5000 // -(-5000 // (rows // COMPILED_POINTS))) and batch == rows // chunk >= COMPILED_POINTS
+    assert batch * chunk * row <= 2**20
     for typo in (math.inf, 1e308, MAX_BUDGET_MIB * 2):  # 1e308 MiB in bytes overflows a float
         with pytest.raises(ConfigError, match="positive number of MiB up to 2\\^40"):
             chunk_sizes(model, 5000, memory_budget=typo)
@@ -255,19 +257,21 @@ def test_worker_threads_change_nothing_in_the_estimate() -> None:
 def test_compiled_decoder_gives_the_eager_log_weights(monkeypatch) -> None:
     # torch.compile fuses the decoder's layers, the softplus and the sums: on the same samples the
     # log weights equal the eager path's to float32 rounding of ~20-nat sums (1e-4), with a
-    # logit of 120 (stable softplus) among them; chunks of another shape take the eager path; and
-    # log_likelihood's compiled estimate, on two worker threads with every chunk compiled (the
-    # eager path made to fail), equals the eager one
+    # logit of 120 (stable softplus) among them, also for fewer points than compiled (padded);
+    # chunks of another sample count take the eager path; and log_likelihood's compiled estimate,
+    # on two worker threads with every chunk compiled (the eager path made to fail; 13 points in
+    # parts of 6 and 7, batches of 4: the last batch of each part is padded), equals the eager one
     model, posterior, x = _vae()
     with torch.no_grad():
         model.decoder[-1].bias[0] = 120.0
-    q, index = posterior(x), torch.arange(x.shape[0])
+    index = torch.arange(x.shape[0])
     decoder = compiled_decoder(fast_decoder(model), x, (13, 40))
     assert decoder.compiled is not None and decoder.compiled_shape == (13, 40)
-    for count in (40, 25):  # the compiled shape, then another one
-        eager = chunk_log_weights(model, q, x, count, NoiseStream(2, index, 3, torch.float32, x.device))
-        fused = chunk_log_weights(model, q, x, count, NoiseStream(2, index, 3, torch.float32, x.device), decoder=decoder)
-        assert torch.isfinite(fused).all()
+    for points, count in ((13, 40), (5, 40), (13, 25)):  # the compiled shape, fewer points (padded), other samples
+        qb, xb, ib = posterior(x[:points]), x[:points], index[:points]
+        eager = chunk_log_weights(model, qb, xb, count, NoiseStream(2, ib, 3, torch.float32, x.device))
+        fused = chunk_log_weights(model, qb, xb, count, NoiseStream(2, ib, 3, torch.float32, x.device), decoder=decoder)
+        assert fused.shape == (points, count) and torch.isfinite(fused).all()
         torch.testing.assert_close(fused, eager, rtol=0, atol=1e-4)
     reference = log_likelihood(model, posterior, x, k=5000, seed=5, threads=1)
 
@@ -277,3 +281,19 @@ def test_compiled_decoder_gives_the_eager_log_weights(monkeypatch) -> None:
     monkeypatch.setattr(importance, "_fast_log_likelihood", eager)
     compiled = log_likelihood(model, posterior, x, k=5000, seed=5, threads=2, compile=True)
     torch.testing.assert_close(compiled.value, reference.value, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dim", [784, 300, 50])
+def test_log_product_sum_is_the_softplus_sum(dim: int) -> None:
+    # sum_d softplus(l_d) = sum_d max(l_d, 0) + sum_groups log prod (1 + e^-|l_d|), groups of 112
+    # factors (784 = 7 groups; 300 = 2 + a tail of 76; 50 = a tail alone), logits up to |l| = 120
+    # where e^l overflows float32: within the worst-case float32 rounding bound of D terms,
+    # 4 D u (1 + sum softplus) with u = 2^-24, of float64's softplus sum
+    generator = torch.Generator().manual_seed(0)
+    logits = 8 * torch.randn(6, 3, dim, generator=generator)
+    logits[0, 0, :4] = torch.tensor([120.0, -120.0, 88.5, -88.5])
+    reference = torch.nn.functional.softplus(logits.double()).sum(-1)
+    got = logits.clamp_min(0).sum(-1) + importance._log_product_sum(logits)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    bound = 4 * dim * 2.0**-24 * (1 + reference)
+    assert ((got.double() - reference).abs() <= bound).all()

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_BUDGET_MIB",
     "RESERVE_MIB",
     "TARGET_ROWS",
+    "COMPILED_POINTS",
     "COMPILED_ROWS",
     "LogLikelihood",
     "chunk_sizes",
@@ -53,8 +54,14 @@ TARGET_ROWS = 1024
 
 #: the same for a compiled decoder (``compile=True``), whose fused kernel reads the logits once,
 #: so that the per-chunk costs weigh more than the cache: k = 5000 in bf16 on an AMX host, 2
-#: threads, took 69 s in chunks of 1,000, 56 s of 2,500 and 57 s of 5,000
-COMPILED_ROWS = 4096
+#: threads, took 4.8-5.0 ms a point in chunks of 1 point x 2,500 samples, 4.1-4.6 in chunks of
+#: 4 x 1,250 and 4.6-5.3 in chunks of 10,000 rows
+COMPILED_ROWS = 5000
+
+#: points that a compiled decoder's chunks hold at least, where k allows: the per-batch costs
+#: (the encoder, the noise streams, the Python between the kernels, which two worker threads
+#: take turns at) are shared by the batch's points
+COMPILED_POINTS = 4
 
 #: MiB of a memory budget kept per worker thread for what is not a row: the point batch's
 #: encoder output and noise block, BLAS/oneDNN scratch, the allocator's slack
@@ -194,8 +201,9 @@ def chunk_sizes(
     are made (with the jackknife's float64 temporaries about 64 bytes per sample: 0.3 MiB at k =
     5000) come out of the reserve.
     Explicit sizes are used as given and must fit the budget. With ``compile`` the cap is
-    :data:`COMPILED_ROWS` and k is split into equal chunks (5000 = 2 x 2500), so that one
-    compiled shape serves every chunk.
+    :data:`COMPILED_ROWS`, a chunk holds at most a :data:`COMPILED_POINTS`-th of the rows in
+    samples, and k is split into equal chunks (5000 = 4 x 1250), so that one compiled shape
+    serves every chunk.
     """
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if value is not None and value < 1:
@@ -216,6 +224,7 @@ def chunk_sizes(
         rows = min(rows, cap)
     chunk = chunk_size or min(k, rows)
     if compile and chunk_size is None:
+        chunk = min(k, max(1, rows // COMPILED_POINTS))
         chunk = -(-k // -(-k // chunk))  # k in equal chunks (the last one short by less than one per chunk)
     batch = batch_size or max(1, rows // chunk)
     need = workers * (batch * min(chunk, k) * row + RESERVE_MIB * 2**20) + copies

@@ -59,6 +59,9 @@ SAMPLE_BLOCK = 100
 
 
 _LN2 = math.log(2.0)
+
+#: factors 1 + e^(-|l|) in (1, 2] per product of :func:`_log_product_sum`: 2^112 < float32's 2^128
+_PRODUCT_GROUP = 112
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -177,6 +180,7 @@ class FastDecoder(NamedTuple):
     output_weight: Tensor
     bf16: bool
     #: :func:`compiled_decoder`'s log-density, for z of ``compiled_shape`` (points, samples) only
+    #: (z of fewer points is padded to it)
     compiled: Callable[[FastDecoder, Tensor, Tensor], Tensor] | None = None
     compiled_shape: tuple[int, int] | None = None
 
@@ -200,10 +204,11 @@ def compiled_decoder(decoder: FastDecoder, x: Tensor, shape: tuple[int, int]) ->
     """``decoder`` with its log-density compiled by ``torch.compile`` (Inductor; on CPU its C++
     wrapper, so that worker threads run the kernels without the GIL) for z of ``shape``
     (points, samples), x's dtype and device: the layers, the bias, the cast to x's dtype, the
-    softplus and the sums fused, where eager torch makes a pass over the logits for each. It is
+    softplus (as :func:`_log_product_sum`) and the sums fused, where eager torch makes a pass
+    over the logits for each. It is
     compiled here, by one call in the calling thread (compiling is not thread-safe; the kernels
-    take the calling thread's intra-op thread count); worker threads only run it, and z of
-    other shapes keeps the eager path."""
+    take the calling thread's intra-op thread count); worker threads only run it, z of fewer
+    points is padded to the shape, and z of other sample counts keeps the eager path."""
     options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp_wrapper": x.device.type == "cpu"}
     compiled = torch.compile(_fused_log_likelihood, dynamic=False, options=options)
     points, samples = shape
@@ -222,7 +227,19 @@ def _fused_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
     if decoder.output.bias is not None:
         logits = logits + decoder.output.bias
     logits = logits.view(b, s, -1)
-    return (x[:, None, :] * logits - F.softplus(logits)).sum(-1)  # one reduction: the logits never stored
+    return (x[:, None, :] * logits - logits.clamp_min(0)).sum(-1) - _log_product_sum(logits)
+
+
+def _log_product_sum(logits: Tensor) -> Tensor:
+    """sum_d log(1 + e^(-|l_d|)) over the last dimension as the logs of products of
+    :data:`_PRODUCT_GROUP` factors: one exp per logit and one log per group, where softplus takes
+    an exp and a log1p per logit (with max(l, 0) this is sum_d softplus(l_d); compiled, about
+    1.4x faster for the 784-400-20 decoder). Each factor is in (1, 2], so a group's product stays
+    below 2^112, finite in float32, and its rounding error is at most the group's size in ulps."""
+    factors = 1 + torch.exp(-logits.abs())
+    whole = logits.shape[-1] - logits.shape[-1] % _PRODUCT_GROUP
+    logs = torch.log(factors[..., :whole].unflatten(-1, (-1, _PRODUCT_GROUP)).prod(-1)).sum(-1)
+    return logs + torch.log(factors[..., whole:].prod(-1)) if whole < logits.shape[-1] else logs
 
 
 def decoder_copy_bytes(model: LatentVariableModel, precision: str = "fp32") -> int:
@@ -276,6 +293,18 @@ def _fast_log_likelihood(decoder: FastDecoder, x: Tensor, z: Tensor) -> Tensor:
     return linear - softplus
 
 
+def _padded_log_likelihood(
+    compiled: Callable[[FastDecoder, Tensor, Tensor], Tensor], decoder: FastDecoder, x: Tensor, z: Tensor, rows: int
+) -> Tensor:
+    """log p(x | z) (B, S) by ``compiled``, the decoder's log-density compiled for ``rows`` points,
+    z padded with zero rows (and x with zeros) to that many where it holds fewer (a part's last batch)."""
+    points, missing = z.shape[0], rows - z.shape[0]
+    if missing:
+        x = torch.cat([x, x.new_zeros(missing, x.shape[1])])
+        z = torch.cat([z, z.new_zeros(missing, *z.shape[1:])])
+    return compiled(decoder, x.contiguous(), z.contiguous())[:points]
+
+
 def chunk_log_weights(
     model: LatentVariableModel,
     q: Distribution,
@@ -297,8 +326,10 @@ def chunk_log_weights(
         raise ConfigError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     z, log_q = _sample(q, noise, count)
     decoder = fast_decoder(model, precision) if decoder is None else decoder
-    if decoder is not None and decoder.compiled is not None and z.shape[:2] == decoder.compiled_shape:
-        log_lik = decoder.compiled(decoder, x.contiguous(), z.contiguous())
+    compiled, shape = (None, None) if decoder is None else (decoder.compiled, decoder.compiled_shape)
+    fits = shape is not None and z.shape[1] == shape[1] and z.shape[0] <= shape[0]
+    if decoder is not None and compiled is not None and shape is not None and fits:
+        log_lik = _padded_log_likelihood(compiled, decoder, x, z, shape[0])
     elif decoder is not None:
         log_lik = _fast_log_likelihood(decoder, x, z)
     else:
