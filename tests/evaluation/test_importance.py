@@ -14,7 +14,7 @@ from avi.encoders import AmortizedPosterior, mlp_encoder
 from avi.errors import ConfigError
 from avi.evaluation import cubo_per_point, log_likelihood
 from avi.evaluation import importance
-from avi.evaluation.bounds import COMPILED_POINTS, COMPILED_ROWS, MAX_BUDGET_MIB, RESERVE_MIB, TARGET_ROWS, chunk_sizes
+from avi.evaluation.bounds import COMPILED_ROWS, MAX_BUDGET_MIB, MIN_POINTS, RESERVE_MIB, TARGET_ROWS, chunk_sizes
 from avi.evaluation.importance import (
     SAMPLE_BLOCK,
     NoiseStream,
@@ -152,8 +152,10 @@ def test_chunk_sizes_follow_the_budget() -> None:
     model = VAEModel(784, 20, (400,))
     row = row_bytes(model, torch.float32)
     assert row == 4 * (2 * (400 + 784) + 784 + 6 * 20)
-    assert chunk_sizes(model, 5000) == (1, TARGET_ROWS)  # no budget: cache-sized chunks
+    # no budget: TARGET_ROWS in chunks of MIN_POINTS points (of all k samples where they fit)
+    assert chunk_sizes(model, 5000) == (MIN_POINTS, TARGET_ROWS // MIN_POINTS)
     assert chunk_sizes(model, 20) == (TARGET_ROWS // 20, 20)
+    # a budget: samples first (one point's noise and log weights at a time, the least memory)
     batch, chunk = chunk_sizes(model, 5000, memory_budget=3.0)
     assert batch == 1 and chunk == 2**20 // row and batch * chunk * row <= 2**20  # 3 MiB less the 2 MiB reserve
     assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2) == (1, 2**20 // row)
@@ -168,14 +170,12 @@ def test_chunk_sizes_follow_the_budget() -> None:
     assert chunk_sizes(model, 5000, memory_budget=6.0, workers=2, precision="bf16") == (1, (2**21 - copies) // (2 * wide))
     with pytest.raises(ConfigError, match="bfloat16 weights"):
         chunk_sizes(model, 5000, memory_budget=RESERVE_MIB + 0.5, precision="bf16")
-    # a compiled decoder: larger chunks of at least COMPILED_POINTS points, k split equally
-    # (5000 = 4 x 1250; 300 = 1 x 300), and a budget still binds them
-    assert chunk_sizes(model, 5000, compile=True) == (COMPILED_POINTS, COMPILED_ROWS // COMPILED_POINTS)
+    # a compiled decoder: larger chunks, k split equally (5000 = 4 x 1250; 300 = 1 x 300), and a
+    # budget still binds them
+    assert chunk_sizes(model, 5000, compile=True) == (MIN_POINTS, COMPILED_ROWS // MIN_POINTS)
     assert chunk_sizes(model, 300, compile=True) == (COMPILED_ROWS // 300, 300)
     batch, chunk = chunk_sizes(model, 5000, memory_budget=3.0, compile=True)
-    rows = 2**20 // row
-    assert chunk == -(-5000 // -(-5000 // (rows // COMPILED_POINTS))) and batch == rows // chunk >= COMPILED_POINTS
-    assert batch * chunk * row <= 2**20
+    assert batch == 1 and chunk == -(-5000 // -(-5000 // (2**20 // row))) and chunk * row <= 2**20
     for typo in (math.inf, 1e308, MAX_BUDGET_MIB * 2):  # 1e308 MiB in bytes overflows a float
         with pytest.raises(ConfigError, match="positive number of MiB up to 2\\^40"):
             chunk_sizes(model, 5000, memory_budget=typo)
