@@ -5,7 +5,8 @@ Trains ``--preset burda-1l-fast`` (VAE, k = 1), ``burda-1l-fast-iwae5`` (IWAE, k
 ``burda-1l-fast-iwae5-bf16`` (``iwae_k5_bf16``: the IWAE recipe in bfloat16 over 2,500 passes,
 trained only on a CPU with native bf16, so that all its passes and their paper's-settings
 reference passes run on that kind of host; elsewhere the call skips it), and the same bf16 recipe
-on two threads of one process (``iwae_k5_bf16_2t``: both cores, timed by the wall clock, below):
+on two threads of one process (``iwae_k5_bf16_2t``: both cores, timed by the wall clock, below),
+and that again with its training step compiled (``iwae_k5_bf16_2tc``, ``--compile``):
 the paper's model (784-200-200-50 tanh, one stochastic layer, dynamic binarisation, all 60,000
 training images) under a recipe chosen for wall time (src/avi/runs/config.py ``PRESETS``). Between
 its chunks of epochs the script times single passes of the paper's settings (batch 20, lr 1e-3,
@@ -17,12 +18,16 @@ epoch here took up to 6x longer); the wall hours are recorded beside them (``mea
 A run on two threads (:data:`THREADS`) is timed by the wall clock instead, its own and the
 reference passes' (CPU seconds would count both threads), which holds only on a machine with
 nothing else running: each call records the CPUs that other processes kept busy while it trained
-(``other_processes_cpus_by_call``; about 0 on a quiet machine).
+(``other_processes_cpus_by_call``; about 0 on a quiet machine). Each call also records its
+training hours and its own reference passes' paper's-settings hours (``calls``), and
+``fraction_call_by_call`` sets each call's hours against its own reference, which a host that
+changes speed between sessions needs (the headline fraction pools the passes of all calls).
 Runs resume from their checkpoints across calls and sessions:
 
     python benchmarks/time_to_nll.py --only vae_k1 --hours 2     # train for at most 2 h, then evaluate
     python benchmarks/time_to_nll.py --only iwae_k5_bf16 --hours 2
     python benchmarks/time_to_nll.py --only iwae_k5_bf16_2t --hours 2   # nothing else running
+    python benchmarks/time_to_nll.py --only iwae_k5_bf16_2tc --hours 2  # likewise
     python benchmarks/time_to_nll.py --quick                     # a smoke run of a few passes
 
 When a run has finished its epochs its test NLL is the k = 5000 bound on all 10,000 test images
@@ -64,15 +69,21 @@ from reproduce_burda import (
 )
 
 PRESET = {"vae_k1": "burda-1l-fast", "iwae_k5": "burda-1l-fast-iwae5", "iwae_k5_bf16": "burda-1l-fast-iwae5-bf16",
-          "iwae_k5_bf16_2t": "burda-1l-fast-iwae5-bf16"}  # fmt: skip
+          "iwae_k5_bf16_2t": "burda-1l-fast-iwae5-bf16", "iwae_k5_bf16_2tc": "burda-1l-fast-iwae5-bf16"}  # fmt: skip
 LABEL = {"vae_k1": "VAE, k = 1", "iwae_k5": "IWAE, k = 5", "iwae_k5_bf16": "IWAE, k = 5, bf16",
-         "iwae_k5_bf16_2t": "IWAE, k = 5, bf16, 2 threads"}  # fmt: skip
+         "iwae_k5_bf16_2t": "IWAE, k = 5, bf16, 2 threads",
+         "iwae_k5_bf16_2tc": "IWAE, k = 5, bf16, 2 threads, compiled"}  # fmt: skip
 #: the run of Table 1 each run reproduces: its published NLL and its paper's-settings passes
-TABLE_RUN = {"vae_k1": "vae_k1", "iwae_k5": "iwae_k5", "iwae_k5_bf16": "iwae_k5", "iwae_k5_bf16_2t": "iwae_k5"}
+TABLE_RUN = {"vae_k1": "vae_k1", "iwae_k5": "iwae_k5", "iwae_k5_bf16": "iwae_k5", "iwae_k5_bf16_2t": "iwae_k5",
+             "iwae_k5_bf16_2tc": "iwae_k5"}  # fmt: skip
 #: the runs trained on more than one thread (the others on ``--threads``, one by default), timed by
 #: the wall clock: on two threads a bf16 pass took 2.08 s against 2.87-2.96 s on one (the quiet
 #: Intel AMX host, 2026-12-07), where two processes under torchrun took 3.06-3.34 s
-THREADS = {"iwae_k5_bf16_2t": 2}
+THREADS = {"iwae_k5_bf16_2t": 2, "iwae_k5_bf16_2tc": 2}
+#: the runs that train through ``torch.compile`` (``--compile``): on two threads a bf16 pass took
+#: 2.31-2.69 s compiled against 3.29-3.69 s eager (five passes each, interleaved, the Intel AMX
+#: host, 2026-12-07 15:56 UTC; the first compiled pass pays 7-16 s of compiling)
+COMPILED = {"iwae_k5_bf16_2tc"}
 
 
 def clock(name: str) -> str:
@@ -99,8 +110,9 @@ class CpuSeconds(Hook):
         return False
 
 
-def _fit(run_dir: Path, config, *, epochs: int, compile: bool = False) -> None:
-    """Train ``run_dir`` (new, or resumed from its checkpoint) to ``epochs``, counting CPU seconds."""
+def _fit(run_dir: Path, config, *, epochs: int, compile: bool | None = None) -> None:
+    """Train ``run_dir`` (new, or resumed from its checkpoint) to ``epochs``, counting CPU seconds;
+    ``compile``: compiled or not from now on (None: as its config says)."""
     rows = read_metrics(run_dir) if (run_dir / "metrics.csv").exists() else []
     hooks = [CpuSeconds(float(rows[-1]["cpu_seconds"]) if rows else 0.0)]
     if (run_dir / CHECKPOINT).exists():
@@ -111,7 +123,7 @@ def _fit(run_dir: Path, config, *, epochs: int, compile: bool = False) -> None:
 
 def fast_config(name: str, *, threads: int, quick: bool):
     """The preset's config; ``quick``: 2 epochs (and a 1-epoch KL warm-up where it has one)."""
-    values = {"model": {"preset": PRESET[name]}, "train": {"threads": threads}}
+    values = {"model": {"preset": PRESET[name]}, "train": {"threads": threads, "compile": name in COMPILED}}
     if quick:
         values["train"]["epochs"] = 2
         values |= {"remedies": {"kl_warmup": 1}} if name == "vae_k1" else {}
@@ -149,6 +161,21 @@ def train_interleaved(run_dir: Path, scratch: Path, config, *, deadline: float, 
     return busy / seconds if seconds else None
 
 
+def trained_hours(run_dir: Path, name: str) -> float:
+    """Hours ``run_dir`` has trained so far in its clock (:func:`clock`): 0 before its first epoch."""
+    rows = read_metrics(run_dir) if (run_dir / "metrics.csv").exists() else []
+    return float(rows[-1][f"{clock(name)}_seconds"]) / 3600 if rows else 0.0
+
+
+def call_by_call(calls: list[dict]) -> float | None:
+    """sum_i hours_i / paper_hours_i: each call's training hours against the paper's-settings
+    hours of its own interleaved passes, so that a host that changes speed between calls
+    (sessions) weighs each call by its own reference (None where a call timed no pass)."""
+    if any(c["paper_hours"] is None for c in calls if c["hours"]):
+        return None
+    return sum(c["hours"] / c["paper_hours"] for c in calls if c["hours"])
+
+
 def _seconds_per_epoch(run_dir: Path) -> float | None:
     rows = read_metrics(run_dir) if (run_dir / "metrics.csv").exists() else []
     return statistics.median(float(r["epoch_seconds"]) for r in rows[-20:]) if rows else None
@@ -164,7 +191,7 @@ def plot(state: Path, runs: dict, paper_hours: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (name, label), color in zip(LABEL.items(), ("C0", "C1", "C2", "C3"), strict=True):
+    for (name, label), color in zip(LABEL.items(), ("C0", "C1", "C2", "C3", "C4"), strict=True):
         curve = curve_of(state / name) if (state / name / "metrics.csv").exists() else runs.get(name, {}).get("curve")
         if curve:
             ax.plot(curve.get("hours", curve["cpu_hours"]), curve["bound"], color=color, lw=1,
@@ -219,8 +246,12 @@ def main() -> None:
         if config.train.precision == "bf16" and not bf16_supported(torch.device("cpu")) and not args.quick:
             print(f"{name}: skipped: its recipe is bf16 and this CPU ({cpu_name()}) has no native bf16")
             continue
+        before = trained_hours(run_dir, name)
         other = train_interleaved(run_dir, args.state / f"paper_{name}", config,
                                   deadline=time.monotonic() + budget, timings=timings[name])  # fmt: skip
+        passes = [t[0 if clock(name) == "wall" else 1] for t in timings[name]]
+        call = {"hours": trained_hours(run_dir, name) - before, "other_processes_cpus": other,
+                "paper_hours": statistics.median(passes) * PASSES / 3600 if passes else None}  # fmt: skip
         finished = epochs_done(run_dir) >= config.train.epochs
         r = evaluate(run_dir, k=args.k, points=None if finished else args.eval_points)
         cpu, published = float(read_metrics(run_dir)[-1]["cpu_seconds"]), PUBLISHED[TABLE_RUN[name]]["nll"]
@@ -228,18 +259,23 @@ def main() -> None:
                              "wall_hours": r["train_wall_seconds"] / 3600, "cpu_hours": cpu / 3600,
                              "published_nll": published, "curve": curve_of(run_dir),
                              "threads": config.train.threads, "clock": clock(name),
-                             "other_processes_cpus_by_call": [other]}  # fmt: skip
+                             "other_processes_cpus_by_call": [other], "calls": [call]}  # fmt: skip
     with folder_lock(args.out.parent):
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         for name, r in results.items():  # this call's load after the earlier calls'
-            earlier = previous.get("runs", {}).get(name, {}).get("other_processes_cpus_by_call", [])
-            r["other_processes_cpus_by_call"] = earlier + r["other_processes_cpus_by_call"]
+            earlier = previous.get("runs", {}).get(name, {})
+            for key in ("other_processes_cpus_by_call", "calls"):
+                r[key] = earlier.get(key, []) + r[key]
+            if "calls" in earlier or not previous.get("runs", {}).get(name):  # every call recorded
+                r["fraction_call_by_call"] = call_by_call(r["calls"])
         write_report(args.out, report_of(previous, results, timings, args))
         runs, paper = previous.get("runs", {}) | results, _paper_hours(previous, timings)
         plot(args.state, runs, {n: paper[clock(n)].get(n) for n in PRESET}, args.out.with_suffix(".png"))
     for name, r in results.items():
         hours = paper[clock(name)][name]
         share = f", {r[f'{clock(name)}_hours'] / hours:.3f} of the paper's {hours:.2f} h" if hours else ""
+        if r.get("fraction_call_by_call") is not None:
+            share += f" ({r['fraction_call_by_call']:.3f} call by call)"
         print(f"{name}: {epochs_done(args.state / name)}/{r['epochs_total']} epochs, {r['cpu_hours']:.2f} CPU h "
               f"({r['wall_hours']:.2f} wall h){share}; test NLL {r['test_nll']:.2f} on {r['test_points']:,} points "
               f"(published {r['published_nll']})")
@@ -273,8 +309,11 @@ def report_of(previous: dict, results: dict, timings: dict, args) -> dict:
         "paper_settings_iwae_hours_same_host": paper["cpu"]["iwae_k5"],
         "paper_settings_iwae_bf16_hours_same_host": paper["cpu"]["iwae_k5_bf16"],
         "paper_settings_iwae_bf16_2t_wall_hours_same_host": paper["wall"]["iwae_k5_bf16_2t"],
+        "paper_settings_iwae_bf16_2tc_wall_hours_same_host": paper["wall"]["iwae_k5_bf16_2tc"],
         "fraction_of_paper_time": {n: runs[n][f"{clock(n)}_hours"] / paper[clock(n)][n]
                                    for n in runs if paper[clock(n)].get(n)},  # fmt: skip
+        "fraction_call_by_call": {n: r["fraction_call_by_call"] for n, r in runs.items()
+                                  if r.get("fraction_call_by_call") is not None},  # fmt: skip
         "measured_wall": {"runs_hours": {n: r["wall_hours"] for n, r in runs.items()}, "paper_settings_hours": paper["wall"]},
         "paper_pass_seconds": paper["seconds"],
         "runs": runs,
