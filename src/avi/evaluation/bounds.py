@@ -60,9 +60,9 @@ TARGET_ROWS = 4000
 #: 4 x 1,250 and 4.6-5.3 in chunks of 10,000 rows
 COMPILED_ROWS = 5000
 
-#: points that a chunk holds at least, where the rows allow: the per-batch and per-chunk costs
-#: (the encoder, the noise streams, the Python between the kernels, which two worker threads
-#: take turns at) are shared by the batch's points
+#: points that a chunk holds at least without a memory budget, where the rows allow: the
+#: per-batch costs (the encoder, the noise streams, the Python between the kernels, which two
+#: worker threads take turns at) are shared by the batch's points
 MIN_POINTS = 4
 
 #: MiB of a memory budget kept per worker thread for what is not a row: the point batch's

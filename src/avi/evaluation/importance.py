@@ -205,10 +205,10 @@ def compiled_decoder(decoder: FastDecoder, x: Tensor, shape: tuple[int, int]) ->
     wrapper, so that worker threads run the kernels without the GIL) for z of ``shape``
     (points, samples), x's dtype and device: the layers, the bias, the cast to x's dtype, the
     softplus (as :func:`_log_product_sum`) and the sums fused, where eager torch makes a pass
-    over the logits for each. It is
-    compiled here, by one call in the calling thread (compiling is not thread-safe; the kernels
-    take the calling thread's intra-op thread count); worker threads only run it, z of fewer
-    points is padded to the shape, and z of other sample counts keeps the eager path."""
+    over the logits for each. It is compiled here, by one call in the calling thread (compiling
+    is not thread-safe; the kernels take the calling thread's intra-op thread count); worker
+    threads only run it, z of fewer points is padded to the shape, and z of other sample counts
+    keeps the eager path."""
     options: dict[str, str | int | bool | Callable[..., Any]] = {"cpp_wrapper": x.device.type == "cpu"}
     compiled = torch.compile(_fused_log_likelihood, dynamic=False, options=options)
     points, samples = shape
